@@ -1,0 +1,610 @@
+"""Kubernetes audit input -> AuditEvent datums (``schemas/audit_event.avsc``).
+
+Accepted input:
+
+* a webhook body: an ``audit.k8s.io`` ``EventList`` (``v1``, ``v1beta1`` or ``v1alpha1``);
+* a single ``Event`` object (current or pre-v1, which may have no top-level ``apiVersion``);
+* log backend files, one ``Event`` per line (:func:`parse_line`).
+
+The ``original`` field of every datum is the event's exact bytes from the input: for an
+``EventList`` the raw slice of each item, found while scanning, never a re-serialization.
+
+Whole-body problems raise :class:`BadRequestBody`; problems with one event become a
+:class:`Reject` (or :class:`RejectError` from :func:`parse_line`) carrying a reason and the raw
+bytes, so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from sealtrail.errors import DecodeError
+
+_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "BadRequestBody",
+    "ParseResult",
+    "Reject",
+    "RejectError",
+    "generic_event",
+    "parse_body",
+    "parse_line",
+    "parse_timestamp",
+]
+
+MAX_EVENT_BYTES = 100 * 1024
+"""Default largest accepted event (the JSON object's bytes)."""
+
+AUDIT_GROUP = "audit.k8s.io/"
+AUDIT_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1", "audit.k8s.io/v1alpha1"})
+
+_INT32_MIN = -(1 << 31)
+_INT32_MAX = (1 << 31) - 1
+
+
+class BadRequestBody(DecodeError):
+    """A whole request body is not Kubernetes audit JSON (nothing in it can be used)."""
+
+
+class RejectError(DecodeError):
+    """One event could not be accepted; ``reason`` says why and ``raw`` holds its bytes."""
+
+    def __init__(self, reason: str, raw: bytes) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """One event that was not accepted: why, and its exact bytes (for the rejects topic)."""
+
+    reason: str
+    raw: bytes
+
+
+@dataclass(slots=True)
+class ParseResult:
+    """Accepted AuditEvent datums and rejected items, in input order within each list."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+class _Bad(Exception):  # noqa: N818 - internal signal carrying a reject reason
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# timestamps
+
+_TS_RE = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))",
+    re.ASCII,
+)
+_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
+
+
+def parse_timestamp(text: str) -> int:
+    """RFC 3339 timestamp -> microseconds since the Unix epoch (fraction truncated to micros).
+
+    Raises ``ValueError`` if ``text`` is not an RFC 3339 date-time.
+    """
+    m = _TS_RE.fullmatch(text)
+    if m is None:
+        raise ValueError("not an RFC 3339 date-time")
+    year, month, day, hour, minute, second, frac, sign, off_h, off_m = m.groups()
+    days = _dt.date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
+    h, mi, s = int(hour), int(minute), int(second)
+    if h > 23 or mi > 59 or s > 59:
+        raise ValueError("time of day out of range")
+    secs = days * 86400 + h * 3600 + mi * 60 + s
+    if sign is not None:
+        oh, om = int(off_h), int(off_m)
+        if oh > 23 or om > 59:
+            raise ValueError("UTC offset out of range")
+        offset = oh * 3600 + om * 60
+        secs = secs - offset if sign == "+" else secs + offset
+    micros = 0
+    if frac:
+        micros = int(frac[:6].ljust(6, "0"))
+    return secs * 1_000_000 + micros
+
+
+# --------------------------------------------------------------------------------------------
+# field extraction
+
+
+def _jtype(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str = "") -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if type(value) is not str:
+        raise _Bad(f"{where}{key} must be a string, not {_jtype(value)}")
+    return value
+
+
+def _required(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if value is None or value == "":
+        raise _Bad(f"{key} is missing")
+    if type(value) is not str:
+        raise _Bad(f"{key} must be a string, not {_jtype(value)}")
+    return value
+
+
+def _obj(obj: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise _Bad(f"{key} must be an object, not {_jtype(value)}")
+    return value
+
+
+def _str_list(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if type(value) is not list:
+        raise _Bad(f"{name} must be an array of strings, not {_jtype(value)}")
+    for item in value:
+        if type(item) is not str:
+            raise _Bad(f"{name} must be an array of strings, but holds {_jtype(item)}")
+    return value
+
+
+def _str_map(value: Any, name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise _Bad(f"{name} must be an object of strings, not {_jtype(value)}")
+    for item in value.values():
+        if type(item) is not str:
+            raise _Bad(f"{name} values must be strings, but one is {_jtype(item)}")
+    return value
+
+
+def _time(obj: Mapping[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise _Bad(f"{key} must be an RFC 3339 string, not {_jtype(value)}")
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        raise _Bad(f"{key} {_clip(value)} is not an RFC 3339 timestamp") from None
+
+
+def _clip(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=True) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _to_datum(
+    item: Any,
+    raw: bytes,
+    cluster: str,
+    received_at_us: int,
+    list_api_version: str,
+    in_list: bool,
+) -> dict[str, Any]:
+    """Validate one audit Event object and map it to an AuditEvent datum."""
+    if type(item) is not dict:
+        raise _Bad(f"event must be a JSON object, not {_jtype(item)}")
+    kind = item.get("kind")
+    if kind is None:
+        if not in_list:
+            raise _Bad('kind is missing (expected "Event")')
+    elif kind != "Event":
+        raise _Bad(f'kind must be "Event", not {_clip(kind)}')
+
+    api_version = item.get("apiVersion")
+    if api_version is None:
+        api_version = list_api_version
+    elif type(api_version) is not str:
+        raise _Bad(f"apiVersion must be a string, not {_jtype(api_version)}")
+    elif not api_version.startswith(AUDIT_GROUP):
+        raise _Bad(f"apiVersion {_clip(api_version)} is not an audit.k8s.io version")
+
+    audit_id = _required(item, "auditID")
+    stage = _required(item, "stage")
+    verb = _required(item, "verb")
+
+    user = _obj(item, "user") or {}
+    impersonated = _obj(item, "impersonatedUser")
+    ref = _obj(item, "objectRef") or {}
+    status = _obj(item, "responseStatus")
+
+    code: int | None = None
+    if status is not None:
+        value = status.get("code")
+        if value is not None:
+            if type(value) is not int:
+                raise _Bad(f"responseStatus.code must be an integer, not {_jtype(value)}")
+            if not _INT32_MIN <= value <= _INT32_MAX:
+                raise _Bad("responseStatus.code is out of range")
+            code = value
+
+    extra_raw = user.get("extra")
+    extra: dict[str, list[str]] = {}
+    if extra_raw is not None:
+        if type(extra_raw) is not dict:
+            raise _Bad(f"user.extra must be an object, not {_jtype(extra_raw)}")
+        for key, values in extra_raw.items():
+            extra[key] = _str_list(values, "user.extra values")
+
+    received = _time(item, "requestReceivedTimestamp")
+    if received is None:
+        received = _time(item, "timestamp")  # v1alpha1 events carry only "timestamp"
+
+    return {
+        "cluster": cluster,
+        "source": "k8s",
+        "received_at": received_at_us,
+        "original": raw,
+        "api_version": api_version,
+        "audit_id": audit_id,
+        "stage": stage,
+        "level": _str(item, "level"),
+        "verb": verb,
+        "request_uri": _str(item, "requestURI"),
+        "user_name": _str(user, "username", "user."),
+        "user_uid": _str(user, "uid", "user."),
+        "user_groups": _str_list(user.get("groups"), "user.groups"),
+        "user_extra": extra,
+        "impersonated_user": (
+            None if impersonated is None else _str(impersonated, "username", "impersonatedUser.")
+        ),
+        "source_ips": _str_list(item.get("sourceIPs"), "sourceIPs"),
+        "user_agent": _str(item, "userAgent"),
+        "object_resource": _str(ref, "resource", "objectRef."),
+        "object_namespace": _str(ref, "namespace", "objectRef."),
+        "object_name": _str(ref, "name", "objectRef."),
+        "object_subresource": _str(ref, "subresource", "objectRef."),
+        "object_api_group": _str(ref, "apiGroup", "objectRef."),
+        "object_api_version": _str(ref, "apiVersion", "objectRef."),
+        "object_uid": _str(ref, "uid", "objectRef."),
+        "response_code": code,
+        "request_received_at": received,
+        "stage_at": _time(item, "stageTimestamp"),
+        "annotations": _str_map(item.get("annotations"), "annotations"),
+        "actor": "",
+        "action": "",
+        "resource": "",
+        "outcome": "",
+        "attributes": {},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# scanning
+
+
+def _no_constants(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+_raw_decode = _DECODER.raw_decode
+_WS_MATCH = re.compile(r"[ \t\n\r]*").match
+
+
+def _ws(text: str, i: int) -> int:
+    """Index of the first non-whitespace character at or after ``i``."""
+    m = _WS_MATCH(text, i)
+    return i if m is None else m.end()
+
+
+def _bad_body(message: str) -> NoReturn:
+    raise BadRequestBody(message)
+
+
+def _scan_array(text: str, i: int, spans: list[tuple[int, int]], values: list[Any]) -> int:
+    """Scan a JSON array starting at ``text[i] == '['``; record each element's span."""
+    i = _ws(text, i + 1)
+    if text[i] == "]":
+        return i + 1
+    while True:
+        value, end = _raw_decode(text, i)
+        spans.append((i, end))
+        values.append(value)
+        i = _ws(text, end)
+        ch = text[i]
+        if ch == ",":
+            i = _ws(text, i + 1)
+        elif ch == "]":
+            return i + 1
+        else:
+            raise ValueError(f"expected ',' or ']' at character {i}")
+
+
+def _scan_top(text: str, start: int) -> tuple[dict[str, Any], list[tuple[int, int]], int]:
+    """Scan the top-level object at ``text[start] == '{'``.
+
+    Returns the object, the spans of the elements of its ``items`` array (if any), and the end.
+    """
+    obj: dict[str, Any] = {}
+    spans: list[tuple[int, int]] = []
+    i = _ws(text, start + 1)
+    if text[i] == "}":
+        return obj, spans, i + 1
+    while True:
+        if text[i] != '"':
+            raise ValueError(f"expected a property name at character {i}")
+        key, i = _scanstring(text, i + 1, True)
+        i = _ws(text, i)
+        if text[i] != ":":
+            raise ValueError(f"expected ':' at character {i}")
+        i = _ws(text, i + 1)
+        if key == "items":
+            if "items" in obj:
+                _bad_body("Request body has two items arrays; send one EventList per request.")
+            if text[i] == "[":
+                values: list[Any] = []
+                i = _scan_array(text, i, spans, values)
+                obj[key] = values
+            else:
+                obj[key], i = _raw_decode(text, i)
+        else:
+            obj[key], i = _raw_decode(text, i)
+        i = _ws(text, i)
+        ch = text[i]
+        if ch == ",":
+            i = _ws(text, i + 1)
+        elif ch == "}":
+            return obj, spans, i + 1
+        else:
+            raise ValueError(f"expected ',' or '}}' at character {i}")
+
+
+def parse_body(
+    body: bytes,
+    cluster: str,
+    received_at_us: int,
+    *,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> ParseResult:
+    """Parse a request body holding an ``EventList`` or a single ``Event``.
+
+    Every item ends up either in ``events`` (AuditEvent datums stamped with ``cluster`` and
+    ``received_at_us``) or in ``rejects``. Raises :class:`BadRequestBody` if the body as a whole
+    is unusable (not UTF-8 JSON, not an object, a kind other than Event/EventList, an unknown
+    EventList apiVersion, or ``items`` not an array).
+    """
+    if not isinstance(body, bytes | bytearray | memoryview):
+        _bad_body("Request body must be bytes; pass the raw HTTP body.")
+    body = bytes(body)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        _bad_body("Request body is not valid UTF-8; send UTF-8 JSON audit events.")
+    ascii_only = len(text) == len(body)
+    i = _ws(text, 1 if text.startswith("\ufeff") else 0)
+    if i >= len(text):
+        _bad_body("Request body is empty; send an audit.k8s.io EventList or Event.")
+    if text[i] != "{":
+        _bad_body("Request body is not a JSON object; send an audit.k8s.io EventList or Event.")
+    try:
+        obj, spans, end = _scan_top(text, i)
+    except BadRequestBody:
+        raise
+    except RecursionError:
+        _bad_body("Request body JSON is nested too deeply; send audit.k8s.io events.")
+    except (ValueError, IndexError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        if isinstance(exc, IndexError):
+            reason = "unexpected end of data"
+        _bad_body(f"Request body is not valid JSON ({reason}); send audit.k8s.io events.")
+    if _ws(text, end) != len(text):
+        _bad_body("Request body has data after the JSON object; send one object per request.")
+
+    def raw_of(span: tuple[int, int]) -> bytes:
+        s, e = span
+        return body[s:e] if ascii_only else text[s:e].encode("utf-8")
+
+    result = ParseResult()
+    kind = obj.get("kind")
+    if kind == "EventList":
+        list_api = obj.get("apiVersion")
+        if list_api is None:
+            list_api = ""
+        elif type(list_api) is not str or list_api not in AUDIT_VERSIONS:
+            _bad_body(
+                f"EventList apiVersion {_clip(list_api)} is not supported; send "
+                "audit.k8s.io/v1 or v1beta1."
+            )
+        if "items" not in obj:
+            _bad_body("EventList has no items array; send the webhook backend's EventList.")
+        items = obj["items"]
+        if items is None:
+            return result
+        if type(items) is not list:
+            _bad_body(f"EventList items must be an array, not {_jtype(items)}.")
+        for span, item in zip(spans, items, strict=True):
+            _accept(
+                result, item, raw_of(span), cluster, received_at_us, list_api, True, max_event_bytes
+            )
+        return result
+    if type(kind) is str and kind != "Event":
+        _bad_body(f"Request body kind {_clip(kind)} is not Event or EventList.")
+    _accept(result, obj, raw_of((i, end)), cluster, received_at_us, "", False, max_event_bytes)
+    return result
+
+
+def _accept(
+    result: ParseResult,
+    item: Any,
+    raw: bytes,
+    cluster: str,
+    received_at_us: int,
+    list_api: str,
+    in_list: bool,
+    max_event_bytes: int,
+) -> None:
+    if len(raw) > max_event_bytes:
+        result.rejects.append(
+            Reject(f"event is {len(raw)} bytes, over the {max_event_bytes} byte limit", raw)
+        )
+        return
+    try:
+        result.events.append(_to_datum(item, raw, cluster, received_at_us, list_api, in_list))
+    except _Bad as bad:
+        result.rejects.append(Reject(str(bad), raw))
+
+
+def parse_line(
+    line: bytes,
+    cluster: str,
+    received_at_us: int,
+    *,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> dict[str, Any]:
+    """Parse one line of a log backend file (one ``Event`` JSON object) into a datum.
+
+    ``original`` is the line without surrounding whitespace (and line terminator). Raises
+    :class:`RejectError` with the reason and the raw line; callers skip blank lines themselves.
+    """
+    raw = bytes(line).strip(b" \t\r\n")
+    if not raw:
+        raise RejectError("line is empty", raw)
+    if len(raw) > max_event_bytes:
+        raise RejectError(f"event is {len(raw)} bytes, over the {max_event_bytes} byte limit", raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RejectError("line is not valid UTF-8", raw) from None
+    try:
+        item, end = _raw_decode(text, 0)
+    except RecursionError:
+        raise RejectError("line JSON is nested too deeply", raw) from None
+    except ValueError as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise RejectError(f"line is not valid JSON ({reason})", raw) from None
+    if end != len(text):
+        raise RejectError("line has data after the JSON object", raw)
+    if type(item) is dict and item.get("kind") == "EventList":
+        raise RejectError("line is an EventList; log files hold one Event per line", raw)
+    try:
+        return _to_datum(item, raw, cluster, received_at_us, "", False)
+    except _Bad as bad:
+        raise RejectError(str(bad), raw) from None
+
+
+# --------------------------------------------------------------------------------------------
+# generic (non-Kubernetes) events
+
+
+def generic_event(
+    cluster: str,
+    actor: str,
+    action: str,
+    resource: str,
+    outcome: str,
+    attributes: Mapping[str, str] | None,
+    timestamp_us: int,
+    event_id: str,
+    *,
+    received_at_us: int | None = None,
+) -> dict[str, Any]:
+    """An AuditEvent datum for a non-Kubernetes source (the SDK).
+
+    ``original`` is the canonical JSON (sorted keys, no spaces, UTF-8) of the given fields.
+    ``received_at_us`` defaults to now. Raises ``TypeError`` for arguments of the wrong type
+    and ``UnicodeEncodeError`` (a ``ValueError``) for strings that are not valid Unicode.
+    """
+    for name, value in (
+        ("cluster", cluster),
+        ("actor", actor),
+        ("action", action),
+        ("resource", resource),
+        ("outcome", outcome),
+        ("event_id", event_id),
+    ):
+        if type(value) is not str:
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if type(timestamp_us) is not int:
+        raise TypeError(f"timestamp_us must be an int, not {type(timestamp_us).__name__}")
+    attrs: dict[str, str] = {}
+    if attributes is not None:
+        if not isinstance(attributes, Mapping):
+            raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
+        for key, value in attributes.items():
+            if type(key) is not str or type(value) is not str:
+                raise TypeError("attributes keys and values must be str")
+            attrs[key] = value
+    if received_at_us is None:
+        received_at_us = time.time_ns() // 1000
+    elif type(received_at_us) is not int:
+        raise TypeError(f"received_at_us must be an int, not {type(received_at_us).__name__}")
+    original = json.dumps(
+        {
+            "action": action,
+            "actor": actor,
+            "attributes": attrs,
+            "event_id": event_id,
+            "outcome": outcome,
+            "resource": resource,
+            "timestamp_us": timestamp_us,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+    return {
+        "cluster": cluster,
+        "source": "generic",
+        "received_at": received_at_us,
+        "original": original,
+        "api_version": "",
+        "audit_id": event_id,
+        "stage": "",
+        "level": "",
+        "verb": "",
+        "request_uri": "",
+        "user_name": "",
+        "user_uid": "",
+        "user_groups": [],
+        "user_extra": {},
+        "impersonated_user": None,
+        "source_ips": [],
+        "user_agent": "",
+        "object_resource": "",
+        "object_namespace": "",
+        "object_name": "",
+        "object_subresource": "",
+        "object_api_group": "",
+        "object_api_version": "",
+        "object_uid": "",
+        "response_code": None,
+        "request_received_at": timestamp_us,
+        "stage_at": timestamp_us,
+        "annotations": {},
+        "actor": actor,
+        "action": action,
+        "resource": resource,
+        "outcome": outcome,
+        "attributes": attrs,
+    }

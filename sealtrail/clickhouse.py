@@ -1,0 +1,152 @@
+"""ClickHouse connections through clickhouse-connect: embedded chdb (``chdb:///path``) or a server.
+
+The embedded engine allows one process per data path and one path per process, so the first
+client of a path is cached and reused for the life of the process, and a path held by another
+process is reported in one sentence that names that process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+
+from sealtrail.config import Settings
+from sealtrail.errors import ClickHouseError, ConfigError
+
+_clients: dict[str, Client] = {}
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return dsn
+
+
+def chdb_path(dsn: str) -> Path | None:
+    if not dsn.startswith("chdb:"):
+        return None
+    path = dsn[len("chdb:"):]
+    path = path[2:] if path.startswith("//") else path
+    return Path(path.split("?", 1)[0])
+
+
+def holder_of(path: Path) -> str | None:
+    """If another process holds the embedded store at ``path``, describe it; else ``None``."""
+    status = path / "status"
+    if not status.exists():
+        return None
+    # ClickHouse holds a POSIX (fcntl) write lock on ``status``. Probing it is safe only while
+    # this process has no embedded engine open: closing our descriptor drops all our locks on it.
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = status.read_text(errors="replace")
+            match = re.search(r"PID:\s*(\d+)", text)
+            if match and int(match.group(1)) == os.getpid():
+                return None
+            return f"process {match.group(1)}" if match else "another process"
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def validate_identifier(name: str, what: str = "database name") -> str:
+    if not _IDENT.match(name):
+        raise ConfigError(f"{what} {name!r} must be letters, digits and underscores")
+    return name
+
+
+def connect(settings: Settings, create_database: bool = True) -> Client:
+    """A client for the configured DSN, with the sealtrail database created if asked."""
+    dsn = settings.clickhouse_dsn
+    database = validate_identifier(settings.clickhouse_database)
+    client = _connect_dsn(dsn)
+    if create_database:
+        command(client, f"CREATE DATABASE IF NOT EXISTS {database}")
+    return client
+
+
+def _connect_dsn(dsn: str) -> Client:
+    if dsn in _clients:
+        return _clients[dsn]
+    path = chdb_path(dsn)
+    if path is not None:
+        if _clients and any(key.startswith("chdb:") for key in _clients):
+            other = next(key for key in _clients if key.startswith("chdb:"))
+            raise ClickHouseError(
+                f"this process already uses the embedded ClickHouse at {chdb_path(other)}; "
+                "one process can open only one embedded store"
+            )
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ClickHouseError(
+                f"cannot create the embedded ClickHouse directory {path} ({exc.strerror}); "
+                "set SEALTRAIL_CLICKHOUSE or SEALTRAIL_HOME to a writable place"
+            ) from None
+        holder = holder_of(path)
+        if holder is not None:
+            raise ClickHouseError(
+                f"the embedded ClickHouse at {path} is in use by {holder} (a running "
+                "'sealtrail sink' or 'sealtrail run'); stop it first, or point "
+                "SEALTRAIL_CLICKHOUSE at a ClickHouse server"
+            )
+        try:
+            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+            client.query("SELECT 1")
+        except DriverError as exc:
+            holder = holder_of(path)
+            if holder is not None:
+                raise ClickHouseError(
+                    f"the embedded ClickHouse at {path} is in use by {holder}; stop it first, "
+                    "or point SEALTRAIL_CLICKHOUSE at a ClickHouse server"
+                ) from None
+            raise ClickHouseError(
+                f"cannot open the embedded ClickHouse at {path}: {_first_line(exc)}"
+            ) from None
+    elif dsn.startswith(("http://", "https://", "clickhouse://", "clickhouses://")):
+        try:
+            client = clickhouse_connect.get_client(dsn=dsn, compress="lz4", connect_timeout=10)
+        except DriverError as exc:
+            raise ClickHouseError(
+                f"cannot reach ClickHouse at {redact(dsn)}: {_first_line(exc)}; "
+                "check SEALTRAIL_CLICKHOUSE"
+            ) from None
+    else:
+        raise ConfigError(
+            f"the ClickHouse DSN {redact(dsn)!r} is not understood; use chdb:///path for the "
+            "embedded engine or http(s)://user:password@host:8123 for a server"
+        )
+    _clients[dsn] = client
+    return client
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def command(client: Client, sql: str, **kwargs: Any) -> Any:
+    """Run a statement, turning driver errors into :class:`ClickHouseError`."""
+    try:
+        return client.command(sql, **kwargs)
+    except DriverError as exc:
+        raise ClickHouseError(f"ClickHouse refused a statement: {_first_line(exc)}") from None

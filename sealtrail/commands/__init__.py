@@ -1,0 +1,1 @@
+"""Sub-commands of the ``sealtrail`` CLI; each module has ``register(app)``."""

@@ -1,0 +1,440 @@
+"""A real local Apache Kafka cluster (KRaft), fetched from Maven Central and run from the data dir.
+
+Layout under ``$SEALTRAIL_HOME/kafka``: ``stack.json`` (ports, node ids, pids, cluster id) and one
+``node-N/`` folder per broker (``server.properties``, ``data/``, ``broker.log``). The jars are
+cached once per machine under ``$XDG_CACHE_HOME/sealtrail/kafka-VERSION`` (default ``~/.cache``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from sealtrail.config import Settings
+from sealtrail.errors import StackError
+
+KAFKA_VERSION = "4.1.1"
+CONTROLLER_PORT_OFFSET = 100
+STARTUP_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+HEAP = "-Xmx768m"
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sealtrail" / f"kafka-{KAFKA_VERSION}"
+
+
+def _data_file(name: str) -> Path:
+    return Path(str(resources.files("sealtrail") / "data" / "kafka" / name))
+
+
+def require_tool(name: str, purpose: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise StackError(
+            f"'{name}' is not on PATH; install it ({purpose}) and run the command again"
+        )
+    return path
+
+
+def fetch_jars(say: Say = _quiet) -> Path:
+    """Return the folder of broker jars, fetching them with Maven the first time."""
+    libs = cache_dir() / "libs"
+    if (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        return libs
+    mvn = require_tool("mvn", "Apache Maven 3, to fetch the Kafka broker from Maven Central")
+    require_tool("java", "Java 17 or newer, to run the Kafka broker")
+    say(f"fetching Apache Kafka {KAFKA_VERSION} from Maven Central (once per machine)...")
+    staging = cache_dir() / f"libs.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, exist_ok=True)
+    command = [
+        mvn, "-q", "-B", "-f", str(_data_file("pom.xml")),
+        "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+        raise StackError(
+            "Maven could not fetch the Kafka broker jars; check that Maven Central is reachable "
+            f"(last output: {' | '.join(tail)})"
+        )
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    return libs
+
+
+@dataclass
+class NodeState:
+    node_id: int
+    port: int
+    controller_port: int
+    pid: int | None = None
+
+
+@dataclass
+class StackState:
+    cluster_id: str
+    port: int
+    nodes: list[NodeState] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); reap it if it is one.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        done = 0
+    if done == pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _port_busy_for(port: int, seconds: float) -> bool:
+    """True if the port stays taken for ``seconds`` (a just-stopped broker frees it shortly)."""
+    deadline = time.monotonic() + seconds
+    while port_in_use(port):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+class LocalKafka:
+    """Start, stop and inspect the local KRaft cluster of one data dir."""
+
+    def __init__(self, home: Path, say: Say = _quiet) -> None:
+        self.root = home / "kafka"
+        self.say = say
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stack.json"
+
+    def load_state(self) -> StackState | None:
+        try:
+            raw = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StackError(
+                f"{self.state_file} is unreadable ({exc}); run 'sealtrail stack down' and remove it"
+            ) from None
+        return StackState(
+            cluster_id=raw["cluster_id"],
+            port=raw["port"],
+            nodes=[NodeState(**node) for node in raw["nodes"]],
+        )
+
+    def save_state(self, state: StackState) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+        tmp.replace(self.state_file)
+
+    def running_nodes(self, state: StackState) -> list[NodeState]:
+        return [node for node in state.nodes if _pid_alive(node.pid)]
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _prepare_dir(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_text("ok", encoding="ascii")
+            probe.unlink()
+        except OSError as exc:
+            raise StackError(
+                f"the data dir {self.root} is not writable ({exc.strerror}); "
+                "choose another with SEALTRAIL_HOME or --home"
+            ) from None
+
+    def node_dir(self, node_id: int) -> Path:
+        return self.root / f"node-{node_id}"
+
+    def _write_config(self, state: StackState, node: NodeState) -> Path:
+        count = len(state.nodes)
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in state.nodes)
+        directory = self.node_dir(node.node_id)
+        (directory / "data").mkdir(parents=True, exist_ok=True)
+        min_isr = 2 if count >= 3 else 1
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": node.node_id,
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str((directory / "data").resolve()),
+            "auto.create.topics.enable": "false",
+            "num.partitions": 1,
+            "default.replication.factor": min(3, count),
+            "min.insync.replicas": min_isr,
+            "unclean.leader.election.enable": "false",
+            "offsets.topic.replication.factor": min(3, count),
+            "offsets.topic.num.partitions": 10,
+            "transaction.state.log.replication.factor": min(3, count),
+            "transaction.state.log.min.isr": min_isr,
+            "transaction.state.log.num.partitions": 10,
+            "share.coordinator.state.topic.replication.factor": min(3, count),
+            "share.coordinator.state.topic.min.isr": min_isr,
+            "group.initial.rebalance.delay.ms": 0,
+            "message.max.bytes": 12 * 1024 * 1024,
+            "replica.fetch.max.bytes": 12 * 1024 * 1024,
+            "log.retention.hours": -1,
+            "transaction.max.timeout.ms": 900000,
+        }
+        path = directory / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()), encoding="utf-8")
+        return path
+
+    def _java_base(self, libs: Path) -> list[str]:
+        java = require_tool("java", "Java 17 or newer, to run the Kafka broker")
+        return [
+            java, HEAP, "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_data_file('log4j2.properties')}",
+            "-cp", f"{libs}/*",
+        ]
+
+    def _format(self, libs: Path, state: StackState, node: NodeState, config: Path) -> None:
+        if (self.node_dir(node.node_id) / "data" / "meta.properties").exists():
+            return
+        command = [
+            *self._java_base(libs), "kafka.tools.StorageTool", "format",
+            "-t", state.cluster_id, "-c", str(config), "--ignore-formatted",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+            raise StackError(
+                f"formatting Kafka storage for node {node.node_id} failed: {' | '.join(tail)}"
+            )
+
+    def _spawn(self, libs: Path, node: NodeState, config: Path) -> int:
+        log = open(self.node_dir(node.node_id) / "broker.log", "ab")  # noqa: SIM115
+        try:
+            process = subprocess.Popen(
+                [*self._java_base(libs), "kafka.Kafka", str(config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.node_dir(node.node_id),
+            )
+        finally:
+            log.close()
+        return process.pid
+
+    def up(self, port: int = 9092, brokers: int = 1, timeout: float = STARTUP_TIMEOUT_S) -> StackState:
+        """Start the cluster (or confirm it runs) and wait until every broker answers metadata."""
+        if brokers not in (1, 3):
+            raise StackError("--brokers must be 1 or 3")
+        self._prepare_dir()
+        state = self.load_state()
+        if state is not None:
+            alive = self.running_nodes(state)
+            if alive and len(state.nodes) == len(alive):
+                if state.port != port or len(state.nodes) != brokers:
+                    raise StackError(
+                        f"a local stack already runs from {self.root} on port {state.port} with "
+                        f"{len(state.nodes)} broker(s); stop it with 'sealtrail stack down' first"
+                    )
+                self.say(f"the local stack is already running at {state.bootstrap}")
+                self.wait_ready(state, timeout)
+                return state
+            if state.port != port or len(state.nodes) != brokers:
+                # A different shape from an old run: its storage belongs to another quorum.
+                self.down()
+                shutil.rmtree(self.root, ignore_errors=True)
+                self._prepare_dir()
+                state = None
+        if state is None:
+            state = StackState(
+                cluster_id=base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+                port=port,
+                nodes=[
+                    NodeState(i + 1, port + i, port + CONTROLLER_PORT_OFFSET + i)
+                    for i in range(brokers)
+                ],
+            )
+        for node in state.nodes:
+            if _pid_alive(node.pid):
+                continue
+            for p in (node.port, node.controller_port):
+                if _port_busy_for(p, seconds=8.0):
+                    raise StackError(
+                        f"port {p} on 127.0.0.1 is already in use by another program; "
+                        "stop it or choose another base port with --port"
+                    )
+        libs = fetch_jars(self.say)
+        for node in state.nodes:
+            if _pid_alive(node.pid):
+                continue
+            config = self._write_config(state, node)
+            self._format(libs, state, node, config)
+            node.pid = self._spawn(libs, node, config)
+            self.save_state(state)
+        self.say(f"starting {brokers} Kafka broker(s) (KRaft) on 127.0.0.1:{port}...")
+        self.wait_ready(state, timeout)
+        return state
+
+    def start_node(self, node_id: int, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Start one stopped node again (fault tests)."""
+        state = self._require_state()
+        node = self._node(state, node_id)
+        if _pid_alive(node.pid):
+            return
+        libs = fetch_jars(self.say)
+        config = self._write_config(state, node)
+        node.pid = self._spawn(libs, node, config)
+        self.save_state(state)
+        self.wait_ready(state, timeout)
+
+    def stop_node(self, node_id: int, hard: bool = False) -> None:
+        """Stop one node (SIGTERM, or SIGKILL with ``hard``), leaving the others running."""
+        state = self._require_state()
+        node = self._node(state, node_id)
+        self._stop_pid(node.pid, hard)
+        node.pid = None
+        self.save_state(state)
+
+    def _node(self, state: StackState, node_id: int) -> NodeState:
+        for node in state.nodes:
+            if node.node_id == node_id:
+                return node
+        raise StackError(f"the local stack has no node {node_id}")
+
+    def _require_state(self) -> StackState:
+        state = self.load_state()
+        if state is None:
+            raise StackError(f"no local stack in {self.root}; start one with 'sealtrail stack up'")
+        return state
+
+    def wait_ready(self, state: StackState, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        expected = len(self.running_nodes(state)) or len(state.nodes)
+        client = AdminClient({"bootstrap.servers": state.bootstrap, "log_level": 0})
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for node in state.nodes:
+                if node.pid and not _pid_alive(node.pid):
+                    raise StackError(
+                        f"Kafka node {node.node_id} exited during start-up; see "
+                        f"{self.node_dir(node.node_id) / 'broker.log'}: {self._log_tail(node)}"
+                    )
+            try:
+                metadata = client.list_topics(timeout=2)
+                if len(metadata.brokers) >= expected:
+                    return
+                last = f"{len(metadata.brokers)} of {expected} brokers registered"
+            except KafkaException as exc:
+                last = str(exc.args[0])
+            time.sleep(0.3)
+        raise StackError(
+            f"Kafka did not answer metadata requests within {timeout:.0f}s ({last}); "
+            f"see the logs under {self.root}"
+        )
+
+    def _log_tail(self, node: NodeState) -> str:
+        try:
+            lines = (self.node_dir(node.node_id) / "broker.log").read_text(errors="replace")
+        except OSError:
+            return "no log"
+        errors = [line for line in lines.splitlines() if "ERROR" in line or "Exception" in line]
+        return (errors or lines.splitlines() or ["empty log"])[-1][:300]
+
+    @staticmethod
+    def _stop_pid(pid: int | None, hard: bool = False, timeout: float = STOP_TIMEOUT_S) -> None:
+        if not _pid_alive(pid):
+            return
+        assert pid is not None
+        try:
+            os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            while _pid_alive(pid):
+                time.sleep(0.05)
+
+    def down(self) -> int:
+        """Stop every node; return how many were running."""
+        state = self.load_state()
+        if state is None:
+            return 0
+        alive = self.running_nodes(state)
+        # All at once: stopping one by one makes the last node wait out its controlled shutdown
+        # for a quorum that is already gone.
+        for node in alive:
+            try:
+                os.kill(node.pid or 0, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for node in alive:
+            self._stop_pid(node.pid, timeout=STOP_TIMEOUT_S)
+        for node in state.nodes:
+            node.pid = None
+        self.save_state(state)
+        return len(alive)
+
+    def status(self) -> tuple[StackState | None, list[NodeState]]:
+        state = self.load_state()
+        if state is None:
+            return None, []
+        return state, self.running_nodes(state)
+
+
+def local_kafka(settings: Settings, say: Say = _quiet) -> LocalKafka:
+    return LocalKafka(settings.home, say)

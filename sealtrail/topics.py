@@ -1,0 +1,140 @@
+"""Create and check the append-only topics: raw events, chain, checkpoints, rejects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
+
+from sealtrail.config import Settings
+from sealtrail.errors import KafkaUnavailable, TopicError
+from sealtrail.kafka import admin
+
+MAX_MESSAGE_BYTES = 12 * 1024 * 1024
+
+
+def append_only_config(replication_factor: int) -> dict[str, str]:
+    """Topic settings that keep every record forever and never elect an out-of-sync leader."""
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": "-1",
+        "retention.bytes": "-1",
+        "unclean.leader.election.enable": "false",
+        "min.insync.replicas": str(2 if replication_factor >= 3 else 1),
+        "max.message.bytes": str(MAX_MESSAGE_BYTES),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class TopicState:
+    name: str
+    partitions: int
+    created: bool
+
+
+def unsafe_settings(config: dict[str, str]) -> list[str]:
+    """What in a topic's config breaks the append-only promise, in words."""
+    problems = []
+    if "compact" in config.get("cleanup.policy", "delete"):
+        problems.append(f"cleanup.policy={config['cleanup.policy']} (compaction deletes records)")
+    for key in ("retention.ms", "retention.bytes"):
+        if config.get(key, "-1") != "-1":
+            problems.append(f"{key}={config[key]} (finite retention deletes records)")
+    if config.get("unclean.leader.election.enable", "false") == "true":
+        problems.append("unclean.leader.election.enable=true (can lose acknowledged records)")
+    return problems
+
+
+def init_topics(
+    settings: Settings, partitions: int = 6, replication_factor: int = 1, timeout: float = 30.0
+) -> list[TopicState]:
+    """Create missing topics idempotently; refuse existing ones with unsafe settings."""
+    if partitions < 1:
+        raise TopicError("--partitions must be at least 1")
+    if replication_factor < 1:
+        raise TopicError("--replication-factor must be at least 1")
+    client = admin(settings)
+    names = settings.topics
+    wanted = [names.raw, names.chain, names.checkpoints, names.rejects]
+    try:
+        existing = client.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"Kafka at {settings.kafka} did not answer ({exc.args[0]}); "
+            "start it with 'sealtrail stack up' or set SEALTRAIL_KAFKA"
+        ) from None
+    # The chain and checkpoint topics mirror the raw topic partition for partition.
+    if names.raw in existing:
+        partitions = len(existing[names.raw].partitions)
+    missing = [name for name in wanted if name not in existing]
+    if missing:
+        config = append_only_config(replication_factor)
+        futures = client.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
+                      config=config) for n in missing],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.name() == "TOPIC_ALREADY_EXISTS":
+                    continue
+                raise TopicError(f"could not create topic {name}: {error.str()}") from None
+    check_topics(settings, timeout=timeout)
+    metadata = client.list_topics(timeout=timeout).topics
+    return [
+        TopicState(name, len(metadata[name].partitions), name in missing) for name in wanted
+    ]
+
+
+def check_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Raise :class:`TopicError` if a topic is missing, unsafe, or out of step with the raw topic."""
+    client = admin(settings)
+    names = settings.topics
+    wanted = [names.raw, names.chain, names.checkpoints, names.rejects]
+    try:
+        metadata = client.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"Kafka at {settings.kafka} did not answer ({exc.args[0]}); "
+            "start it with 'sealtrail stack up' or set SEALTRAIL_KAFKA"
+        ) from None
+    absent = [n for n in wanted if n not in metadata]
+    if absent:
+        raise TopicError(
+            f"topic(s) {', '.join(absent)} do not exist; run 'sealtrail topics init'"
+        )
+    futures = client.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, name) for name in wanted], request_timeout=timeout
+    )
+    for resource, future in futures.items():
+        entries = future.result()
+        config = {key: entry.value for key, entry in entries.items() if entry.value is not None}
+        problems = unsafe_settings(config)
+        if problems:
+            raise TopicError(
+                f"topic {resource.name} is not append-only: {'; '.join(problems)}; "
+                "fix it with kafka-configs or delete and recreate it with 'sealtrail topics init'"
+            )
+    raw_partitions = len(metadata[names.raw].partitions)
+    for name in (names.chain, names.checkpoints):
+        if len(metadata[name].partitions) != raw_partitions:
+            raise TopicError(
+                f"topic {name} has {len(metadata[name].partitions)} partitions but {names.raw} "
+                f"has {raw_partitions}; they must match partition for partition"
+            )
+
+
+def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> int:
+    try:
+        metadata = admin(settings).list_topics(topic=topic, timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"Kafka at {settings.kafka} did not answer ({exc.args[0]})") from None
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None:
+        raise TopicError(f"topic {topic} does not exist; run 'sealtrail topics init'")
+    return len(info.partitions)

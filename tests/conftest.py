@@ -1,0 +1,91 @@
+"""Session fixtures: one real Kafka broker and one embedded ClickHouse (chdb) per test run.
+
+Both are started with the project's own code (``sealtrail.stack``) and always shut down.
+Each test gets its own topic prefix and ClickHouse database, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sealtrail.config import Settings
+
+K8S_SAMPLES = Path(__file__).resolve().parent / "data" / "k8s-audit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.integration)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(width: int = 3) -> int:
+    """A base port P with P..P+width-1 and their controller ports (P+100...) all free."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 40000)
+        ports = [base + i for i in range(width)] + [base + 100 + i for i in range(width)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+@pytest.fixture(scope="session")
+def stack_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack-home")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack_home: Path) -> Iterator[str]:
+    from sealtrail.stack import LocalKafka
+
+    kafka = LocalKafka(stack_home)
+    state = kafka.up(port=free_port_base(1), brokers=1)
+    try:
+        yield state.bootstrap
+    finally:
+        kafka.down()
+
+
+@pytest.fixture(scope="session")
+def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"chdb://{tmp_path_factory.mktemp('clickhouse')}"
+
+
+@pytest.fixture
+def base_settings(kafka_bootstrap: str, chdb_dsn: str, tmp_path: Path) -> Settings:
+    """Settings for one test: the session broker, own topics, own ClickHouse database."""
+    tag = uuid.uuid4().hex[:10]
+    return Settings(
+        kafka=kafka_bootstrap,
+        clickhouse=chdb_dsn,
+        clickhouse_database=f"t_{tag}",
+        home=tmp_path / "home",
+        topic_prefix=f"t{tag}.",
+        deployment="sealtrail.test",
+    )
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    """Like ``base_settings`` with the four topics created (3 partitions)."""
+    from sealtrail.topics import init_topics
+
+    init_topics(base_settings, partitions=3, replication_factor=1)
+    return base_settings
