@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,35 +38,53 @@ def redact(dsn: str) -> str:
 def chdb_path(dsn: str) -> Path | None:
     if not dsn.startswith("chdb:"):
         return None
-    path = dsn[len("chdb:"):]
+    path = dsn[len("chdb:") :]
     path = path[2:] if path.startswith("//") else path
     return Path(path.split("?", 1)[0])
 
 
+LOCK_NAME = ".sealtrail-owner.lock"
+_owner_lock_fds: dict[Path, int] = {}
+
+
 def holder_of(path: Path) -> str | None:
-    """If another process holds the embedded store at ``path``, describe it; else ``None``."""
-    status = path / "status"
-    if not status.exists():
+    """If another process owns the embedded store at ``path``, describe it; else ``None``."""
+    lock = path / LOCK_NAME
+    if not lock.exists():
         return None
-    # ClickHouse holds a POSIX (fcntl) write lock on ``status``. Probing it is safe only while
-    # this process has no embedded engine open: closing our descriptor drops all our locks on it.
     try:
-        fd = os.open(status, os.O_RDONLY)
+        fd = os.open(lock, os.O_RDONLY)
     except OSError:
         return None
     try:
         try:
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            text = status.read_text(errors="replace")
-            match = re.search(r"PID:\s*(\d+)", text)
-            if match and int(match.group(1)) == os.getpid():
-                return None
-            return f"process {match.group(1)}" if match else "another process"
-        fcntl.lockf(fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = lock.read_text(errors="replace").strip()
+            return owner or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _take_ownership(path: Path) -> None:
+    """Hold an exclusive lock naming this process for as long as it lives."""
+    if path in _owner_lock_fds:
+        return
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ClickHouseError(
+            f"the embedded ClickHouse at {path} is in use by {holder_of(path) or 'another process'}"
+            "; stop it first, or point SEALTRAIL_CLICKHOUSE at a ClickHouse server"
+        ) from None
+    command = " ".join(os.path.basename(arg) for arg in sys.argv[:3])
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} ({command})".encode())
+    _owner_lock_fds[path] = fd
 
 
 def validate_identifier(name: str, what: str = "database name") -> str:
@@ -102,13 +121,7 @@ def _connect_dsn(dsn: str) -> Client:
                 f"cannot create the embedded ClickHouse directory {path} ({exc.strerror}); "
                 "set SEALTRAIL_CLICKHOUSE or SEALTRAIL_HOME to a writable place"
             ) from None
-        holder = holder_of(path)
-        if holder is not None:
-            raise ClickHouseError(
-                f"the embedded ClickHouse at {path} is in use by {holder} (a running "
-                "'sealtrail sink' or 'sealtrail run'); stop it first, or point "
-                "SEALTRAIL_CLICKHOUSE at a ClickHouse server"
-            )
+        _take_ownership(path)
         try:
             client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
             client.query("SELECT 1")

@@ -107,8 +107,6 @@ def read_properties(path: Path) -> dict[str, str]:
             continue
         sep = line.find("=")
         if sep <= 0:
-            raise ConfigError(
-                f"{path}:{number} is not a 'key=value' line; fix or remove it"
-            )
+            raise ConfigError(f"{path}:{number} is not a 'key=value' line; fix or remove it")
         props[line[:sep].strip()] = line[sep + 1 :].strip()
     return props

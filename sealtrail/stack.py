@@ -67,8 +67,14 @@ def fetch_jars(say: Say = _quiet) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True, exist_ok=True)
     command = [
-        mvn, "-q", "-B", "-f", str(_data_file("pom.xml")),
-        "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(_data_file("pom.xml")),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -237,17 +243,28 @@ class LocalKafka:
     def _java_base(self, libs: Path) -> list[str]:
         java = require_tool("java", "Java 17 or newer, to run the Kafka broker")
         return [
-            java, HEAP, "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            java,
+            HEAP,
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={_data_file('log4j2.properties')}",
-            "-cp", f"{libs}/*",
+            "-cp",
+            f"{libs}/*",
         ]
 
     def _format(self, libs: Path, state: StackState, node: NodeState, config: Path) -> None:
         if (self.node_dir(node.node_id) / "data" / "meta.properties").exists():
             return
         command = [
-            *self._java_base(libs), "kafka.tools.StorageTool", "format",
-            "-t", state.cluster_id, "-c", str(config), "--ignore-formatted",
+            *self._java_base(libs),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            state.cluster_id,
+            "-c",
+            str(config),
+            "--ignore-formatted",
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -261,14 +278,19 @@ class LocalKafka:
         try:
             process = subprocess.Popen(
                 [*self._java_base(libs), "kafka.Kafka", str(config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.node_dir(node.node_id),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.node_dir(node.node_id),
             )
         finally:
             log.close()
         return process.pid
 
-    def up(self, port: int = 9092, brokers: int = 1, timeout: float = STARTUP_TIMEOUT_S) -> StackState:
+    def up(
+        self, port: int = 9092, brokers: int = 1, timeout: float = STARTUP_TIMEOUT_S
+    ) -> StackState:
         """Start the cluster (or confirm it runs) and wait until every broker answers metadata."""
         if brokers not in (1, 3):
             raise StackError("--brokers must be 1 or 3")

@@ -71,8 +71,15 @@ def init_topics(
     if missing:
         config = append_only_config(replication_factor)
         futures = client.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
-                      config=config) for n in missing],
+            [
+                NewTopic(
+                    n,
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    config=config,
+                )
+                for n in missing
+            ],
             operation_timeout=timeout,
             request_timeout=timeout,
         )
@@ -86,9 +93,7 @@ def init_topics(
                 raise TopicError(f"could not create topic {name}: {error.str()}") from None
     check_topics(settings, timeout=timeout)
     metadata = client.list_topics(timeout=timeout).topics
-    return [
-        TopicState(name, len(metadata[name].partitions), name in missing) for name in wanted
-    ]
+    return [TopicState(name, len(metadata[name].partitions), name in missing) for name in wanted]
 
 
 def check_topics(settings: Settings, timeout: float = 30.0) -> None:
@@ -105,9 +110,7 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
         ) from None
     absent = [n for n in wanted if n not in metadata]
     if absent:
-        raise TopicError(
-            f"topic(s) {', '.join(absent)} do not exist; run 'sealtrail topics init'"
-        )
+        raise TopicError(f"topic(s) {', '.join(absent)} do not exist; run 'sealtrail topics init'")
     futures = client.describe_configs(
         [ConfigResource(ResourceType.TOPIC, name) for name in wanted], request_timeout=timeout
     )
@@ -133,7 +136,9 @@ def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> in
     try:
         metadata = admin(settings).list_topics(topic=topic, timeout=timeout)
     except KafkaException as exc:
-        raise KafkaUnavailable(f"Kafka at {settings.kafka} did not answer ({exc.args[0]})") from None
+        raise KafkaUnavailable(
+            f"Kafka at {settings.kafka} did not answer ({exc.args[0]})"
+        ) from None
     info = metadata.topics.get(topic)
     if info is None or info.error is not None:
         raise TopicError(f"topic {topic} does not exist; run 'sealtrail topics init'")

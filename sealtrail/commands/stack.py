@@ -10,8 +10,9 @@ from sealtrail import topics
 from sealtrail.cli import settings_of
 from sealtrail.stack import local_kafka
 
-stack_app = typer.Typer(help="Run a real local Apache Kafka (KRaft) cluster for demos and tests.",
-                        no_args_is_help=True)
+stack_app = typer.Typer(
+    help="Run a real local Apache Kafka (KRaft) cluster for demos and tests.", no_args_is_help=True
+)
 
 
 def _say(message: str) -> None:
@@ -21,7 +22,9 @@ def _say(message: str) -> None:
 @stack_app.command("up")
 def up(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(help="First broker port (brokers use PORT, PORT+1, ...).")] = 9092,
+    port: Annotated[
+        int, typer.Option(help="First broker port (brokers use PORT, PORT+1, ...).")
+    ] = 9092,
     brokers: Annotated[int, typer.Option(help="1, or 3 for a three-voter quorum.")] = 1,
     partitions: Annotated[int, typer.Option(help="Partitions of the topics it creates.")] = 6,
     no_topics: Annotated[bool, typer.Option("--no-topics", help="Do not create topics.")] = False,
@@ -31,12 +34,15 @@ def up(
     state = local_kafka(settings, _say).up(port=port, brokers=brokers)
     if not no_topics:
         created = topics.init_topics(
-            settings.with_(kafka=state.bootstrap), partitions=partitions,
+            settings.with_(kafka=state.bootstrap),
+            partitions=partitions,
             replication_factor=min(3, brokers),
         )
         for topic in created:
-            _say(f"topic {topic.name}: {topic.partitions} partitions"
-                 f"{' (created)' if topic.created else ''}")
+            _say(
+                f"topic {topic.name}: {topic.partitions} partitions"
+                f"{' (created)' if topic.created else ''}"
+            )
     _say(f"Kafka is up. Use: export SEALTRAIL_KAFKA={state.bootstrap}")
     typer.echo(state.bootstrap)
 
@@ -52,8 +58,10 @@ def status(ctx: typer.Context) -> None:
     alive_ids = {node.node_id for node in alive}
     for node in state.nodes:
         mark = "running" if node.node_id in alive_ids else "stopped"
-        typer.echo(f"node {node.node_id}: 127.0.0.1:{node.port} {mark}"
-                   f"{f' (pid {node.pid})' if node.node_id in alive_ids else ''}")
+        typer.echo(
+            f"node {node.node_id}: 127.0.0.1:{node.port} {mark}"
+            f"{f' (pid {node.pid})' if node.node_id in alive_ids else ''}"
+        )
     typer.echo(f"bootstrap: {state.bootstrap}")
     if not alive:
         raise typer.Exit(1)

@@ -20,8 +20,10 @@ def init(
 ) -> None:
     """Create missing topics with append-only settings; refuse existing unsafe ones."""
     for topic in topics.init_topics(settings_of(ctx), partitions, replication_factor):
-        typer.echo(f"{topic.name}: {topic.partitions} partitions"
-                   f"{' (created)' if topic.created else ' (exists, settings checked)'}")
+        typer.echo(
+            f"{topic.name}: {topic.partitions} partitions"
+            f"{' (created)' if topic.created else ' (exists, settings checked)'}"
+        )
 
 
 @topics_app.command("check")

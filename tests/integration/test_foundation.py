@@ -107,9 +107,7 @@ def test_topics_init_is_idempotent_and_safe(base_settings: Settings) -> None:
 def test_topics_init_refuses_compacted_topic(base_settings: Settings) -> None:
     config = append_only_config(1) | {"cleanup.policy": "compact"}
     client = admin(base_settings)
-    futures = client.create_topics(
-        [NewTopic(base_settings.topics.chain, 1, 1, config=config)]
-    )
+    futures = client.create_topics([NewTopic(base_settings.topics.chain, 1, 1, config=config)])
     for future in futures.values():
         future.result()
     with pytest.raises(TopicError, match="cleanup.policy=compact"):
@@ -133,9 +131,7 @@ def test_topics_init_refuses_compacted_topic(base_settings: Settings) -> None:
 def test_topics_init_refuses_finite_retention(base_settings: Settings) -> None:
     config = append_only_config(1) | {"retention.ms": "86400000"}
     client = admin(base_settings)
-    futures = client.create_topics(
-        [NewTopic(base_settings.topics.raw, 1, 1, config=config)]
-    )
+    futures = client.create_topics([NewTopic(base_settings.topics.raw, 1, 1, config=config)])
     for future in futures.values():
         future.result()
     with pytest.raises(TopicError, match="retention.ms=86400000"):

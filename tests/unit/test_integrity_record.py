@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from processors.integrity.errors import (
     ChainBroken,
-    IntegrityError,
     HashMismatch,
+    IntegrityError,
     MalformedRecord,
     SequenceGap,
     SequenceRepeat,

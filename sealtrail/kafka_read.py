@@ -1,0 +1,119 @@
+"""Reading whole partitions or their tails, read_committed, with a plain assigned consumer.
+
+Used by the chainer's recovery, the verifier, proofs and exports. Reads stop at the high
+watermark taken when the read starts, so a growing topic still gives a finite read.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from sealtrail.config import Settings
+from sealtrail.errors import KafkaUnavailable
+from sealtrail.kafka import consumer_conf
+
+POLL_TIMEOUT_S = 1.0
+
+
+def reader(settings: Settings, **overrides: object) -> Consumer:
+    """A consumer for assign()-style reads: its group id is throwaway and it never commits."""
+    conf = consumer_conf(settings, f"sealtrail-reader-{uuid.uuid4()}", **overrides)
+    return Consumer(conf)
+
+
+def watermarks(
+    consumer: Consumer, topic: str, partition: int, timeout: float = 10.0
+) -> tuple[int, int]:
+    """(low, high) offsets; with read_committed the high mark is the last stable offset."""
+    try:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout
+        )
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"could not read the offsets of {topic}/{partition}: {exc.args[0].str()}"
+        ) from None
+    return int(low), int(high)
+
+
+def read_range(
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    start: int | None = None,
+    end: int | None = None,
+    idle_timeout: float = 30.0,
+) -> Iterator[Message]:
+    """Yield records of one partition from ``start`` (default: earliest) up to ``end``.
+
+    ``end`` defaults to the high watermark at call time. Transaction markers and aborted records
+    take offsets but are never yielded, so the read ends when the position reaches ``end``.
+    """
+    low, high = watermarks(consumer, topic, partition)
+    stop = high if end is None else min(end, high)
+    first = low if start is None else max(start, low)
+    if first >= stop:
+        return
+    consumer.assign(
+        [TopicPartition(topic, partition, first if start is not None else OFFSET_BEGINNING)]
+    )
+    idle = 0.0
+    try:
+        while True:
+            batch = consumer.consume(num_messages=5000, timeout=POLL_TIMEOUT_S)
+            if not batch:
+                position = consumer.position([TopicPartition(topic, partition)])[0].offset
+                if position >= stop:
+                    return
+                idle += POLL_TIMEOUT_S
+                if idle >= idle_timeout:
+                    raise KafkaUnavailable(
+                        f"reading {topic}/{partition} stalled at offset {position} of {stop}; "
+                        "check that the brokers are up"
+                    )
+                continue
+            idle = 0.0
+            for message in batch:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaUnavailable(f"reading {topic}/{partition} failed: {error.str()}")
+                offset = message.offset()
+                if offset is None or offset >= stop:
+                    return
+                yield message
+                if offset + 1 >= stop:
+                    return
+    finally:
+        consumer.unassign()
+
+
+def read_tail(
+    consumer: Consumer, topic: str, partition: int, count: int = 1, window: int = 64
+) -> list[Message]:
+    """The last ``count`` records of a partition (fewer if it holds fewer).
+
+    Seeks back a window from the end and doubles it until enough records are found:
+    transaction markers take offsets, so end-1 is often not a record.
+    """
+    low, high = watermarks(consumer, topic, partition)
+    if high <= low:
+        return []
+    span = max(window, count * 2)
+    while True:
+        start = max(low, high - span)
+        found = list(read_range(consumer, topic, partition, start, high))
+        if len(found) >= count or start == low:
+            return found[-count:] if count else []
+        span *= 4

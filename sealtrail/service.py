@@ -1,0 +1,57 @@
+"""What every long-running sealtrail process shares: graceful stop on SIGTERM/SIGINT, backoff."""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT (or by code); services drain and exit when it is set."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def install(self) -> StopFlag:
+        """Route SIGTERM and SIGINT here (main thread only). A second signal stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return self
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            if self._event.is_set():
+                raise KeyboardInterrupt
+            log.info("received %s: draining, then stopping", signal.Signals(signum).name)
+            self.set(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        return self
+
+    def set(self, reason: str = "stop requested") -> None:
+        self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if stopping."""
+        return self._event.wait(seconds)
+
+
+def backoff(initial: float = 0.2, maximum: float = 30.0, factor: float = 2.0) -> Iterator[float]:
+    """Exponential backoff with full jitter: 0.2s, 0.4s, ... capped at ``maximum``."""
+    delay = initial
+    while True:
+        yield random.uniform(delay / 2, delay)
+        delay = min(maximum, delay * factor)
