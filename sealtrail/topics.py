@@ -97,7 +97,7 @@ def init_topics(
 
 
 def check_topics(settings: Settings, timeout: float = 30.0) -> None:
-    """Raise :class:`TopicError` if a topic is missing, unsafe, or out of step with the raw topic."""
+    """Raise :class:`TopicError` if a topic is missing, unsafe or out of step with the raw one."""
     client = admin(settings)
     names = settings.topics
     wanted = [names.raw, names.chain, names.checkpoints, names.rejects]

@@ -72,7 +72,8 @@ def test_embedded_store_held_by_other_process(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            f"import time; from sealtrail import clickhouse; clickhouse._connect_dsn('chdb://{store}'); "
+            "import time; from sealtrail import clickhouse; "
+            f"clickhouse._connect_dsn('chdb://{store}'); "
             "print('ready', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
