@@ -1,0 +1,182 @@
+"""``sealtrail run``: webhook, chainer and sink as one supervised process group.
+
+Each child is a normal ``sealtrail`` sub-command in its own process (the embedded ClickHouse
+allows one process per store, and a crash in one stage must not take the others down). A child
+that dies is restarted with exponential backoff; SIGTERM drains every child. One HTTP endpoint
+serves ``/healthz`` (all children up) and ``/metrics`` (supervisor metrics plus the webhook's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from sealtrail import config
+from sealtrail.config import Settings
+from sealtrail.service import StopFlag, backoff
+
+log = logging.getLogger(__name__)
+
+STABLE_AFTER_S = 30.0  # a child that ran this long gets its backoff reset
+DRAIN_TIMEOUT_S = 30.0
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = dict(os.environ)
+    env[config.ENV_KAFKA] = settings.kafka
+    if settings.kafka_config is not None:
+        env[config.ENV_KAFKA_CONFIG] = str(settings.kafka_config)
+    env[config.ENV_CLICKHOUSE] = settings.clickhouse_dsn
+    env[config.ENV_CLICKHOUSE_DATABASE] = settings.clickhouse_database
+    env[config.ENV_HOME] = str(settings.home)
+    env[config.ENV_TOPIC_PREFIX] = settings.topic_prefix
+    env[config.ENV_DEPLOYMENT] = settings.deployment
+    return env
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    delays: Iterator[float] = field(default_factory=lambda: backoff(0.5, 30.0))
+    next_start: float = 0.0
+
+    @property
+    def up(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        children: list[tuple[str, list[str]]],
+        health_listen: tuple[str, int] | None,
+        stop: StopFlag,
+        webhook_metrics_url: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.children = [Child(name, args) for name, args in children]
+        self.health_listen = health_listen
+        self.stop = stop
+        self.webhook_metrics_url = webhook_metrics_url
+        self.http: ThreadingHTTPServer | None = None
+        self.health_port: int | None = None
+
+    def _spawn(self, child: Child) -> None:
+        command = [sys.executable, "-m", "sealtrail.cli", *child.args]
+        log.info("starting %s", child.name)
+        child.process = subprocess.Popen(command, env=child_env(self.settings),
+                                         stdin=subprocess.DEVNULL)
+        child.started_at = time.monotonic()
+
+    def _serve_health(self) -> None:
+        if self.health_listen is None:
+            return
+        supervisor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path == "/healthz":
+                    down = [c.name for c in supervisor.children if not c.up]
+                    body = ("ok\n" if not down else f"down: {', '.join(down)}\n").encode()
+                    self._send(200 if not down else 503, body, "text/plain")
+                elif self.path == "/metrics":
+                    self._send(200, supervisor.metrics().encode(),
+                               "text/plain; version=0.0.4")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, kind: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return
+
+        self.http = ThreadingHTTPServer(self.health_listen, Handler)
+        self.health_port = self.http.server_address[1]
+        threading.Thread(target=self.http.serve_forever, name="health", daemon=True).start()
+        log.info("health and metrics on http://%s:%d/", self.health_listen[0], self.health_port)
+
+    def metrics(self) -> str:
+        lines = [
+            "# HELP sealtrail_run_child_up 1 if the child process runs.",
+            "# TYPE sealtrail_run_child_up gauge",
+        ]
+        lines += [f'sealtrail_run_child_up{{child="{c.name}"}} {int(c.up)}' for c in self.children]
+        lines += [
+            "# HELP sealtrail_run_child_restarts_total Restarts after a child died.",
+            "# TYPE sealtrail_run_child_restarts_total counter",
+        ]
+        lines += [f'sealtrail_run_child_restarts_total{{child="{c.name}"}} {c.restarts}'
+                  for c in self.children]
+        text = "\n".join(lines) + "\n"
+        if self.webhook_metrics_url:
+            try:
+                with urllib.request.urlopen(self.webhook_metrics_url, timeout=2) as response:  # noqa: S310
+                    text += response.read().decode("utf-8", "replace")
+            except OSError:
+                pass
+        return text
+
+    def run(self) -> int:
+        self._serve_health()
+        for child in self.children:
+            self._spawn(child)
+        try:
+            while not self.stop.wait(0.5):
+                now = time.monotonic()
+                for child in self.children:
+                    if child.up or child.process is None and now < child.next_start:
+                        continue
+                    if child.process is not None:
+                        code = child.process.returncode
+                        ran = now - child.started_at
+                        if ran >= STABLE_AFTER_S:
+                            child.delays = backoff(0.5, 30.0)
+                        delay = next(child.delays)
+                        log.warning("%s exited with code %s after %.1fs; restarting in %.1fs",
+                                    child.name, code, ran, delay)
+                        child.process = None
+                        child.next_start = now + delay
+                        child.restarts += 1
+                        continue
+                    self._spawn(child)
+        finally:
+            self._drain()
+        return 0
+
+    def _drain(self) -> None:
+        log.info("draining %d children", len(self.children))
+        for child in self.children:
+            if child.up and child.process is not None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not drain in time; killing it", child.name)
+                child.process.kill()
+                child.process.wait()
+        if self.http is not None:
+            self.http.shutdown()
