@@ -1,0 +1,1 @@
+"""Benchmarks: each stage beside its raw baseline in the same run, reported as ratios."""

@@ -1,0 +1,168 @@
+"""Small shared helpers for the benchmarks: a throwaway broker, timing, peak RSS, result tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from sealtrail.config import Settings
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Result:
+    """One benchmark line: a stage, its rate, its baseline's rate and their ratio."""
+
+    stage: str
+    rate: float
+    unit: str = "events/s"
+    baseline: str = ""
+    baseline_rate: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    peak_rss_mb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.baseline_rate:
+            return None
+        return self.rate / self.baseline_rate
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ratio"] = self.ratio
+        return data
+
+
+def timed(function: Callable[[], int]) -> tuple[int, float]:
+    """Run ``function`` (which returns how many items it processed); return (items, seconds)."""
+    started = time.perf_counter()
+    items = function()
+    return items, time.perf_counter() - started
+
+
+def rate(items: int, seconds: float) -> float:
+    return items / seconds if seconds > 0 else float("inf")
+
+
+class PeakRss:
+    """Samples the resident set size of this process (and given pids) every 50 ms."""
+
+    def __init__(self, pids: list[int] | None = None) -> None:
+        self.pids = pids or [os.getpid()]
+        self.peak: dict[int, int] = {pid: 0 for pid in self.pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self.pids:
+                try:
+                    rss = psutil.Process(pid).memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peak[pid] = max(self.peak[pid], rss)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mb(self, pid: int | None = None) -> float:
+        return self.peak[pid or self.pids[0]] / (1024 * 1024)
+
+
+def max_rss_mb() -> float:
+    """Peak RSS of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def bench_broker(home: Path | None = None, bootstrap: str | None = None) -> Iterator[str]:
+    """Use ``bootstrap`` if given (or SEALTRAIL_KAFKA), else start a throwaway local broker."""
+    bootstrap = bootstrap or os.environ.get("SEALTRAIL_KAFKA")
+    if bootstrap:
+        yield bootstrap
+        return
+    import socket
+    import tempfile
+
+    from sealtrail.stack import LocalKafka
+
+    def free(port: int) -> bool:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    base = next(p for p in range(39092, 39900, 7) if free(p) and free(p + 100))
+    directory = home or Path(tempfile.mkdtemp(prefix="sealtrail-bench-"))
+    kafka = LocalKafka(directory)
+    state = kafka.up(port=base, brokers=1)
+    try:
+        yield state.bootstrap
+    finally:
+        kafka.down()
+
+
+def fresh_settings(bootstrap: str, partitions: int = 3, **changes: Any) -> Settings:
+    """Settings with a new topic prefix whose four topics exist."""
+    from sealtrail.topics import init_topics
+
+    settings = Settings(kafka=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", **changes)
+    init_topics(settings, partitions=partitions, replication_factor=1)
+    return settings
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def print_table(results: list[Result]) -> None:
+    header = f"{'stage':<44} {'rate':>12} {'baseline rate':>14} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>11}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+
+        def num(value: float | None, fmt: str) -> str:
+            return format(value, fmt) if value is not None else "-"
+
+        print(
+            f"{r.stage:<44} {num(r.rate, ',.0f'):>12} {num(r.baseline_rate, ',.0f'):>14} "
+            f"{num(r.ratio, '.2f'):>6} {num(r.p50_ms, '.1f'):>8} {num(r.p99_ms, '.1f'):>8} "
+            f"{num(r.peak_rss_mb, '.0f'):>11}"
+        )
+
+
+def write_json(name: str, results: list[Result], extra: dict[str, Any] | None = None) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {"machine": machine(), "results": [r.as_dict() for r in results], **(extra or {})}
+    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return path
