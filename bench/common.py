@@ -145,7 +145,10 @@ def machine() -> dict[str, Any]:
 
 
 def print_table(results: list[Result]) -> None:
-    header = f"{'stage':<44} {'rate':>12} {'baseline rate':>14} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>11}"
+    header = (
+        f"{'stage':<44} {'rate':>12} {'baseline rate':>14} {'ratio':>6} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>11}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
