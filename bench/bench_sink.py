@@ -1,0 +1,179 @@
+"""Sink throughput into embedded ClickHouse beside a raw clickhouse-connect insert of the same rows.
+
+``python -m bench.bench_sink --rows N``: fills the chain topic of a throwaway (or
+``SEALTRAIL_KAFKA``) broker with N chained Falco sample events, runs ``Sink(...).run()`` with
+``--once`` and compares its rows/s with inserting the same rows, already decoded and pivoted in
+memory, into a table of the same schema (same process, same chdb store). Also reports the sink's
+insert path alone (decode + column build + insert, without Kafka) against the same baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from bench.common import Result, bench_broker, fresh_settings, print_table, write_json
+from processors.integrity.record import ChainedRecord, ChainHead, link
+from processors.sink import Sink, SinkOptions, event_columns
+from producers.k8s import RejectError, parse_line
+from schemas.codec import encode_audit_event, encode_chained
+from sealtrail import clickhouse
+from sealtrail.kafka import producer_conf
+
+SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "k8s-audit"
+
+
+def _payloads() -> list[bytes]:
+    out: list[bytes] = []
+    for path in sorted(SAMPLES.glob("*.json")):
+        for line in path.read_bytes().splitlines():
+            if line.strip():
+                try:
+                    out.append(encode_audit_event(parse_line(line, "bench", 1)))
+                except RejectError:
+                    continue
+    return out
+
+
+def _fill(settings: Any, rows: int, partitions: int) -> list[ChainedRecord]:
+    payloads = _payloads()
+    producer = Producer(producer_conf(settings, **{"transactional.id": f"bench-{uuid.uuid4()}"}))
+    producer.init_transactions(30)
+    heads = [ChainHead(f"{settings.topics.raw}/{p}") for p in range(partitions)]
+    records: list[ChainedRecord] = []
+    producer.begin_transaction()
+    for i in range(rows):
+        p = i % partitions
+        record = link(
+            heads[p], i // partitions, time.time_ns() // 1000, payloads[i % len(payloads)]
+        )
+        records.append(record)
+        value = encode_chained(
+            {
+                "chain": record.chain,
+                "seq": record.seq,
+                "prev_hash": record.prev_hash,
+                "hash": record.hash,
+                "source_offset": record.source_offset,
+                "ingested_at": record.ingested_at_us,
+                "payload": record.payload,
+            }
+        )
+        while True:
+            try:
+                producer.produce(
+                    settings.topics.chain, key=record.chain.encode(), value=value, partition=p
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.commit_transaction(120)
+    return records
+
+
+def run(
+    rows: int = 100_000, batch_rows: int = 10_000, partitions: int = 3, bootstrap: str | None = None
+) -> dict[str, Any]:
+    store = Path(tempfile.mkdtemp(prefix="sealtrail-bench-sink-"))
+    with bench_broker(bootstrap=bootstrap) as kafka:
+        settings = fresh_settings(
+            kafka, partitions, clickhouse=f"chdb://{store}", clickhouse_database="bench_sink"
+        )
+        records = _fill(settings, rows, partitions)
+
+        sink = Sink(settings, SinkOptions(once=True, batch_rows=batch_rows))
+        started = time.perf_counter()
+        stats = sink.run()
+        sink_s = time.perf_counter() - started
+        assert stats.inserted == rows, stats
+
+        client = clickhouse.connect(settings)
+        db = settings.clickhouse_database
+        by_chain: dict[str, list[ChainedRecord]] = {}
+        for record in records:
+            by_chain.setdefault(record.chain, []).append(record)
+        chunks = [
+            chain_records[i : i + batch_rows]
+            for chain_records in by_chain.values()
+            for i in range(0, len(chain_records), batch_rows)
+        ]
+
+        # Baseline: rows decoded and pivoted beforehand, plain inserts into the same schema.
+        client.command(f"CREATE TABLE {db}.events_raw AS {db}.events")
+        from processors.clickhouse_schema import EVENT_COLUMNS
+
+        prepared = [event_columns(chunk)[0] for chunk in chunks]
+        started = time.perf_counter()
+        for columns in prepared:
+            client.insert(
+                f"{db}.events_raw", columns, column_names=list(EVENT_COLUMNS), column_oriented=True
+            )
+        raw_s = time.perf_counter() - started
+
+        # The sink's insert path without Kafka: decode + pivot + insert with dedup tokens.
+        client.command(f"CREATE TABLE {db}.events_path AS {db}.events")
+        started = time.perf_counter()
+        for chunk in chunks:
+            columns, _ = event_columns(chunk)
+            client.insert(
+                f"{db}.events_path",
+                columns,
+                column_names=list(EVENT_COLUMNS),
+                column_oriented=True,
+                settings={"insert_deduplication_token": f"{chunk[0].chain}:{chunk[0].seq}"},
+            )
+        path_s = time.perf_counter() - started
+
+    sink_rate, raw_rate, path_rate = rows / sink_s, rows / raw_s, rows / path_s
+    return {
+        "rows": rows,
+        "batch_rows": batch_rows,
+        "sink_rows_per_s": sink_rate,
+        "raw_insert_rows_per_s": raw_rate,
+        "sink_insert_path_rows_per_s": path_rate,
+        "ratio_sink_vs_raw": sink_rate / raw_rate,
+        "ratio_insert_path_vs_raw": path_rate / raw_rate,
+        "sink_seconds": sink_s,
+        "sink_decode_seconds": stats.decode_seconds,
+        "sink_insert_seconds": stats.insert_seconds,
+        "sink_kafka_and_other_seconds": sink_s - stats.decode_seconds - stats.insert_seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--batch-rows", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=3)
+    args = parser.parse_args()
+    result = run(args.rows, args.batch_rows, args.partitions)
+    print(json.dumps(result, indent=2))
+    lines = [
+        Result(
+            "sink: chain topic -> chdb (--once)",
+            result["sink_rows_per_s"],
+            "rows/s",
+            "raw clickhouse-connect insert",
+            result["raw_insert_rows_per_s"],
+        ),
+        Result(
+            "sink insert path (decode+insert, no Kafka)",
+            result["sink_insert_path_rows_per_s"],
+            "rows/s",
+            "raw clickhouse-connect insert",
+            result["raw_insert_rows_per_s"],
+        ),
+    ]
+    print_table(lines)
+    write_json("sink", lines, {"sink": result})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,716 @@
+"""The ClickHouse sink: chain and checkpoint topics -> ClickHouse, exactly once.
+
+How "exactly once" holds without a transaction spanning Kafka and ClickHouse:
+
+* records are read ``read_committed`` and batched per chain-topic partition;
+* each batch is one insert block per chain and seq range, with
+  ``insert_deduplication_token = "<chain>:<first>-<last>"`` (the tables keep a
+  ``non_replicated_deduplication_window``), so a retried insert is stored once;
+* the offset is committed only after ClickHouse acknowledged the insert;
+* before filtering a batch the sink knows which seqs of the chain are already stored (loaded on
+  start-up and on every assignment, then tracked), so records re-read after a crash between the
+  insert and the commit, or a re-run from offset 0, add nothing. A block that spans several
+  months is written as one part per month, not atomically, so the stored set is "every seq below
+  N plus a few above"; holes left by a crash are filled on the next run.
+
+A payload that does not decode still gets its ``events`` row (``decode_ok = 0``, empty decoded
+columns) so the store holds every seq of every chain; the bytes and the reason also go to
+``rejects``. A chain-topic value that is not a ChainedEvent at all has no seq: it goes to
+``rejects`` only, and the verifier reports the gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+from clickhouse_connect.driver.insert import InsertContext
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from processors.clickhouse_schema import (
+    CHECKPOINT_COLUMNS,
+    EVENT_COLUMNS,
+    REJECT_COLUMNS,
+    migrate,
+)
+from processors.integrity.checkpoint import Checkpoint
+from processors.integrity.errors import MalformedCheckpoint
+from processors.integrity.record import HASH_SIZE, ChainedRecord
+from schemas.codec import decode_audit_event, decode_chained
+from sealtrail import clickhouse
+from sealtrail.config import Settings
+from sealtrail.errors import ConfigError, DecodeError, KafkaUnavailable
+from sealtrail.kafka import consumer_conf
+from sealtrail.service import StopFlag, backoff
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "Sink",
+    "SinkOptions",
+    "SinkStats",
+    "event_columns",
+    "parse_checkpoint",
+]
+
+DEFAULT_GROUP = "sealtrail-sink"
+_MAX_I64 = (1 << 63) - 1
+_COORDINATOR_ERRORS = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SinkOptions:
+    batch_rows: int = 10000
+    batch_ms: int = 500
+    once: bool = False
+    group: str = DEFAULT_GROUP
+
+    def __post_init__(self) -> None:
+        if self.batch_rows < 1:
+            raise ConfigError(f"--batch-rows must be at least 1, not {self.batch_rows}")
+        if self.batch_ms < 1:
+            raise ConfigError(f"--batch-ms must be at least 1, not {self.batch_ms}")
+
+
+@dataclass(slots=True)
+class SinkStats:
+    inserted: int = 0  # events rows written
+    skipped: int = 0  # records already stored
+    rejects: int = 0  # rows written to rejects
+    checkpoints: int = 0  # checkpoint rows written
+    batches: int = 0
+    retries: int = 0
+    insert_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+class _Stopped(Exception):
+    """Stop was requested while waiting to retry an insert: exit without committing."""
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding, in bulk
+
+
+def event_columns(
+    records: Sequence[ChainedRecord],
+) -> tuple[list[list[Any]], list[tuple[ChainedRecord, str]]]:
+    """The ``events`` columns (in :data:`EVENT_COLUMNS` order) for ``records``, and the records
+    whose payload did not decode with the reason (they still get a ``decode_ok = 0`` row)."""
+    columns: list[list[Any]] = [[] for _ in EVENT_COLUMNS]
+    (
+        c_chain,
+        c_seq,
+        c_prev,
+        c_hash,
+        c_offset,
+        c_ingested,
+        c_payload,
+        c_ok,
+        c_cluster,
+        c_source,
+        c_time,
+        c_received,
+        c_audit,
+        c_stage,
+        c_level,
+        c_verb,
+        c_uri,
+        c_user,
+        c_groups,
+        c_imp,
+        c_ips,
+        c_agent,
+        c_resource,
+        c_ns,
+        c_name,
+        c_sub,
+        c_group,
+        c_apiv,
+        c_code,
+        c_ann,
+        c_actor,
+        c_action,
+        c_rgen,
+        c_outcome,
+        c_attrs,
+    ) = columns
+    failed: list[tuple[ChainedRecord, str]] = []
+    for record in records:
+        c_chain.append(record.chain)
+        c_seq.append(record.seq)
+        c_prev.append(record.prev_hash)
+        c_hash.append(record.hash)
+        c_offset.append(record.source_offset)
+        c_ingested.append(record.ingested_at_us)
+        c_payload.append(record.payload)
+        try:
+            d = decode_audit_event(record.payload)
+        except DecodeError as exc:
+            failed.append((record, str(exc)))
+            d = None
+        if d is None:
+            c_ok.append(0)
+            # Undecodable rows are placed in time by when the chainer sealed them.
+            c_time.append(record.ingested_at_us)
+            c_received.append(record.ingested_at_us)
+            for col in (c_cluster, c_source, c_audit, c_stage, c_level, c_verb, c_uri, c_user):
+                col.append("")
+            for col in (c_imp, c_agent, c_resource, c_ns, c_name, c_sub, c_group, c_apiv):
+                col.append("")
+            for col in (c_actor, c_action, c_rgen, c_outcome):
+                col.append("")
+            c_groups.append([])
+            c_ips.append([])
+            c_code.append(None)
+            c_ann.append({})
+            c_attrs.append({})
+            continue
+        c_ok.append(1)
+        received = d["received_at"]
+        stage_at = d["stage_at"]
+        if stage_at is None:
+            stage_at = d["request_received_at"]
+        c_time.append(received if stage_at is None else stage_at)
+        c_received.append(received)
+        c_cluster.append(d["cluster"])
+        c_source.append(d["source"])
+        c_audit.append(d["audit_id"])
+        c_stage.append(d["stage"])
+        c_level.append(d["level"])
+        c_verb.append(d["verb"])
+        c_uri.append(d["request_uri"])
+        c_user.append(d["user_name"])
+        c_groups.append(d["user_groups"])
+        c_imp.append(d["impersonated_user"] or "")
+        c_ips.append(d["source_ips"])
+        c_agent.append(d["user_agent"])
+        c_resource.append(d["object_resource"])
+        c_ns.append(d["object_namespace"])
+        c_name.append(d["object_name"])
+        c_sub.append(d["object_subresource"])
+        c_group.append(d["object_api_group"])
+        c_apiv.append(d["object_api_version"])
+        c_code.append(d["response_code"])
+        c_ann.append(d["annotations"])
+        c_actor.append(d["actor"])
+        c_action.append(d["action"])
+        c_rgen.append(d["resource"])
+        c_outcome.append(d["outcome"])
+        c_attrs.append(d["attributes"])
+    return columns, failed
+
+
+def _record_of(datum: dict[str, Any]) -> ChainedRecord:
+    """A ChainedRecord from a decoded datum; DecodeError if a field cannot be stored."""
+    chain, seq, offset = datum["chain"], datum["seq"], datum["source_offset"]
+    prev, digest = datum["prev_hash"], datum["hash"]
+    if not 0 <= seq <= _MAX_I64 or not 0 <= offset <= _MAX_I64:
+        raise DecodeError(f"chained record has a negative seq ({seq}) or source_offset ({offset})")
+    if len(prev) != HASH_SIZE or len(digest) != HASH_SIZE:
+        raise DecodeError(
+            f"chained record hashes are {len(prev)} and {len(digest)} bytes, not {HASH_SIZE}"
+        )
+    return ChainedRecord(chain, seq, prev, digest, offset, datum["ingested_at"], datum["payload"])
+
+
+def parse_checkpoint(note: str) -> tuple[Checkpoint, list[str]]:
+    """The checkpoint body of a signed note and the names of the keys that signed it
+    (signatures are not checked here: the verifier does that with its key ring)."""
+    cut = note.rfind("\n\n")
+    if cut < 0:
+        raise MalformedCheckpoint("checkpoint note has no signature block")
+    checkpoint = Checkpoint.parse(note[: cut + 1])
+    names = [
+        line[2:].split(" ", 1)[0]
+        for line in note[cut + 2 :].split("\n")
+        if line.startswith("\u2014 ")
+    ]
+    return checkpoint, names
+
+
+# ---------------------------------------------------------------------------------------------
+# what is already stored
+
+
+@dataclass(slots=True)
+class _Stored:
+    """Seqs of one chain in ClickHouse: all below ``contiguous``, plus ``extra`` above it."""
+
+    contiguous: int = 0
+    extra: set[int] = field(default_factory=set)
+
+    def has(self, seq: int) -> bool:
+        return seq < self.contiguous or seq in self.extra
+
+    def add(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            if seq == self.contiguous:
+                self.contiguous += 1
+            elif seq > self.contiguous:
+                self.extra.add(seq)
+        while self.contiguous in self.extra:
+            self.extra.discard(self.contiguous)
+            self.contiguous += 1
+
+
+@dataclass(slots=True)
+class _Buffer:
+    messages: list[Message] = field(default_factory=list)
+    since: float = 0.0
+
+
+class Sink:
+    """``Sink(settings, options, stop).run()``; ``run`` returns the statistics of the run."""
+
+    def __init__(
+        self, settings: Settings, options: SinkOptions | None = None, stop: StopFlag | None = None
+    ) -> None:
+        self.settings = settings
+        self.options = options or SinkOptions()
+        self.stop = stop or StopFlag()
+        self.stats = SinkStats()
+        self.db = clickhouse.validate_identifier(settings.clickhouse_database)
+        self.chain_topic = settings.topics.chain
+        self.checkpoint_topic = settings.topics.checkpoints
+        self._client: Client | None = None
+        self._consumer: Consumer | None = None
+        self._buffers: dict[tuple[str, int], _Buffer] = {}
+        self._stored: dict[str, _Stored] = {}
+        self._cp_offsets: dict[int, int] = {}  # checkpoint partition -> max stored offset
+        self._cp_loaded = False
+        self._contexts: dict[str, InsertContext] = {}
+        self._assigned: set[tuple[str, int]] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = clickhouse.connect(self.settings)
+            migrate(self._client, self.db)
+        return self._client
+
+    def run(self) -> SinkStats:
+        _ = self.client  # open and migrate before touching Kafka: a held store fails fast
+        conf = consumer_conf(
+            self.settings,
+            self.options.group,
+            # Bounded memory: librdkafka's prefetch queue stays small while ClickHouse is slow.
+            **{"queued.max.messages.kbytes": 32768, "max.poll.interval.ms": 900000},
+        )
+        consumer = Consumer(conf)
+        self._consumer = consumer
+        try:
+            if self.options.once:
+                self._run_once(consumer)
+            else:
+                self._run_service(consumer)
+        except _Stopped:
+            log.info("stopped while ClickHouse was unavailable; uncommitted batches are re-read")
+        finally:
+            consumer.close()
+            self._consumer = None
+        return self.stats
+
+    def _run_service(self, consumer: Consumer) -> None:
+        consumer.subscribe(
+            [self.chain_topic, self.checkpoint_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        while not self.stop:
+            self._poll(consumer)
+            self._flush_due()
+        self._flush_all()
+        log.info("sink stopped (%s): %s", self.stop.reason, self.stats.as_dict())
+
+    def _run_once(self, consumer: Consumer) -> None:
+        """Assign every partition at its committed offset, read to the end seen at start, exit."""
+        targets = self._assign_all(consumer)
+        while not self.stop:
+            self._poll(consumer)
+            self._flush_due()
+            if self._caught_up(consumer, targets):
+                break
+        self._flush_all()
+
+    def _assign_all(self, consumer: Consumer) -> dict[tuple[str, int], int]:
+        partitions: list[TopicPartition] = []
+        try:
+            metadata = consumer.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"Kafka at {self.settings.kafka} did not answer ({exc.args[0].str()}); "
+                "check SEALTRAIL_KAFKA"
+            ) from None
+        for topic in (self.chain_topic, self.checkpoint_topic):
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None or not info.partitions:
+                raise KafkaUnavailable(
+                    f"topic {topic} does not exist; create the topics with 'sealtrail topics init'"
+                )
+            partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+        committed = self._committed(consumer, partitions)
+        targets: dict[tuple[str, int], int] = {}
+        assign: list[TopicPartition] = []
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            start = tp.offset if tp.offset >= 0 else low
+            if start < high:
+                targets[(tp.topic, tp.partition)] = high
+                assign.append(TopicPartition(tp.topic, tp.partition, start))
+        self._reset_state(assign)
+        consumer.assign(assign)
+        return targets
+
+    def _committed(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        # A fresh cluster answers "not coordinator" until __consumer_offsets is ready: retry.
+        delays = backoff(0.2, 2.0)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return list(consumer.committed(partitions, timeout=10))
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not error.retriable() and error.code() not in _COORDINATOR_ERRORS:
+                    raise KafkaUnavailable(
+                        f"could not read the sink's committed offsets ({error.str()})"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(
+                        f"could not read the sink's committed offsets ({error.str()}); "
+                        "check that the brokers are up"
+                    ) from None
+                if self.stop.wait(next(delays)):
+                    raise _Stopped from None
+
+    def _caught_up(self, consumer: Consumer, targets: dict[tuple[str, int], int]) -> bool:
+        if any(buffer.messages for buffer in self._buffers.values()):
+            return False
+        if not targets:
+            return True
+        positions = consumer.position([TopicPartition(t, p) for t, p in targets])
+        for tp in positions:
+            if tp.offset < targets[(tp.topic, tp.partition)]:
+                return False
+        return True
+
+    def _reset_state(self, partitions: Iterable[TopicPartition]) -> None:
+        # Another sink may have written meanwhile: re-read what is stored on every assignment.
+        self._assigned = {(tp.topic, tp.partition) for tp in partitions}
+        self._buffers = {key: buf for key, buf in self._buffers.items() if key in self._assigned}
+        self._stored.clear()
+        self._cp_loaded = False
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._reset_state(partitions)
+        log.info("assigned %d partition(s)", len(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Buffered, uncommitted records are simply re-read by the next owner.
+        for tp in partitions:
+            self._buffers.pop((tp.topic, tp.partition), None)
+        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _poll(self, consumer: Consumer) -> None:
+        timeout = min(0.2, self.options.batch_ms / 1000.0)
+        messages = consumer.consume(
+            num_messages=min(self.options.batch_rows, 5000), timeout=timeout
+        )
+        now = time.monotonic()
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise KafkaUnavailable(f"the Kafka consumer failed: {error.str()}")
+                log.warning("Kafka consumer error: %s", error.str())
+                continue
+            key = (message.topic() or "", message.partition() or 0)
+            buffer = self._buffers.get(key)
+            if buffer is None:
+                buffer = self._buffers[key] = _Buffer(since=now)
+            elif not buffer.messages:
+                buffer.since = now
+            buffer.messages.append(message)
+            if len(buffer.messages) >= self.options.batch_rows:
+                self._flush(key)
+
+    def _flush_due(self) -> None:
+        deadline = time.monotonic() - self.options.batch_ms / 1000.0
+        for key, buffer in list(self._buffers.items()):
+            if buffer.messages and buffer.since <= deadline:
+                self._flush(key)
+
+    def _flush_all(self) -> None:
+        for key, buffer in list(self._buffers.items()):
+            if buffer.messages:
+                self._flush(key)
+
+    def _flush(self, key: tuple[str, int]) -> None:
+        buffer = self._buffers[key]
+        messages, buffer.messages = buffer.messages, []
+        topic, partition = key
+        if topic == self.chain_topic:
+            self._write_chain_batch(partition, messages)
+        else:
+            self._write_checkpoints(partition, messages)
+        self.stats.batches += 1
+        self._commit(topic, partition, messages[-1].offset())
+
+    def _commit(self, topic: str, partition: int, last_offset: int | None) -> None:
+        if self._consumer is None or last_offset is None:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(topic, partition, last_offset + 1)], asynchronous=False
+            )
+        except KafkaException as exc:
+            # The rows are in ClickHouse; the next owner skips them by seq, so nothing is lost.
+            log.warning(
+                "could not commit offset %d of %s/%d (%s); the records will be re-read and skipped",
+                last_offset + 1,
+                topic,
+                partition,
+                exc.args[0].str(),
+            )
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _write_chain_batch(self, partition: int, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        by_chain: dict[str, list[ChainedRecord]] = {}
+        bad: list[list[Any]] = []
+        now_us = time.time_ns() // 1000
+        for message in messages:
+            value = message.value() or b""
+            try:
+                record = _record_of(decode_chained(value))
+            except DecodeError as exc:
+                offset = message.offset() or 0
+                bad.append(
+                    [
+                        f"{self.chain_topic}/{partition}",
+                        None,
+                        b"",
+                        self.chain_topic,
+                        partition,
+                        offset,
+                        f"not a chained record: {exc}",
+                        value,
+                        now_us,
+                    ]
+                )
+                continue
+            by_chain.setdefault(record.chain, []).append(record)
+        for chain, records in by_chain.items():
+            stored = self._stored_of(chain)
+            fresh: list[ChainedRecord] = []
+            seen: set[int] = set()
+            for record in records:
+                if stored.has(record.seq) or record.seq in seen:
+                    self.stats.skipped += 1
+                    continue
+                seen.add(record.seq)
+                fresh.append(record)
+            by_chain[chain] = fresh
+        if bad:
+            first, last = bad[0][5], bad[-1][5]
+            self._insert(
+                "rejects",
+                REJECT_COLUMNS,
+                _pivot(bad),
+                f"rejects:{self.chain_topic}/{partition}:{first}-{last}",
+            )
+            self.stats.rejects += len(bad)
+        decode_s = time.perf_counter() - started
+        for chain, records in by_chain.items():
+            if not records:
+                continue
+            t0 = time.perf_counter()
+            columns, failed = event_columns(records)
+            decode_s += time.perf_counter() - t0
+            first, last = records[0].seq, records[-1].seq
+            token = f"{chain}:{first}-{last}"
+            if failed:
+                rows = [
+                    [chain, r.seq, r.hash, self.chain_topic, partition, 0, error, r.payload, now_us]
+                    for r, error in failed
+                ]
+                # Rejects first: once the events rows exist the records are skipped on re-read.
+                self._insert("rejects", REJECT_COLUMNS, _pivot(rows), f"rejects:{token}")
+                self.stats.rejects += len(rows)
+            self._insert("events", EVENT_COLUMNS, columns, token)
+            self._stored_of(chain).add(r.seq for r in records)
+            self.stats.inserted += len(records)
+        self.stats.decode_seconds += decode_s
+
+    def _write_checkpoints(self, partition: int, messages: list[Message]) -> None:
+        stored = self._checkpoint_offsets().get(partition, -1)
+        rows: list[list[Any]] = []
+        now_us = time.time_ns() // 1000
+        for message in messages:
+            offset = message.offset() or 0
+            if offset <= stored:
+                self.stats.skipped += 1
+                continue
+            value = message.value() or b""
+            note = value.decode("utf-8", errors="replace")
+            key = (message.key() or b"").decode("utf-8", errors="replace")
+            names: list[str] = []
+            origin, size, root, head, ts, error = "", 0, b"", b"", 0, ""
+            try:
+                checkpoint, names = parse_checkpoint(note)
+                origin, size, ts = checkpoint.origin, checkpoint.size, checkpoint.timestamp_us
+                root, head = checkpoint.root_hash, checkpoint.head_hash
+            except MalformedCheckpoint as exc:
+                error = str(exc)
+            chain = key or _chain_of_origin(origin, self.settings.deployment)
+            rows.append(
+                [
+                    chain,
+                    origin,
+                    size,
+                    root,
+                    head,
+                    ts,
+                    ",".join(names),
+                    note,
+                    error,
+                    partition,
+                    offset,
+                    now_us,
+                ]
+            )
+        if not rows:
+            return
+        token = f"checkpoints:{partition}:{rows[0][10]}-{rows[-1][10]}"
+        self._insert("checkpoints", CHECKPOINT_COLUMNS, _pivot(rows), token)
+        self._cp_offsets[partition] = rows[-1][10]
+        self.stats.checkpoints += len(rows)
+
+    def _insert(
+        self, table: str, names: Sequence[str], columns: list[list[Any]], token: str
+    ) -> None:
+        """Insert one block, retrying with backoff until ClickHouse takes it (or stop)."""
+        delays = backoff()
+        while True:
+            started = time.perf_counter()
+            try:
+                context = self._contexts.get(table)
+                if context is None:
+                    context = self.client.create_insert_context(
+                        f"{self.db}.{table}", column_names=list(names), column_oriented=True
+                    )
+                    self._contexts[table] = context
+                context.settings["insert_deduplication_token"] = token
+                context.data = columns
+                self.client.insert(context=context)
+                self.stats.insert_seconds += time.perf_counter() - started
+                return
+            except (DriverError, OSError) as exc:
+                self._contexts.pop(table, None)
+                self.stats.retries += 1
+                delay = next(delays)
+                log.warning(
+                    "inserting %d row(s) into %s.%s failed (%s); retrying in %.1fs",
+                    len(columns[0]) if columns else 0,
+                    self.db,
+                    table,
+                    _first_line(exc),
+                    delay,
+                )
+                if self.stop.wait(delay):
+                    raise _Stopped from None
+
+    def _stored_of(self, chain: str) -> _Stored:
+        stored = self._stored.get(chain)
+        if stored is None:
+            stored = self._stored[chain] = self._retrying(
+                f"reading chain {chain}", self._load_stored, chain
+            )
+        return stored
+
+    def _retrying(self, what: str, fn: Any, *args: Any) -> Any:
+        delays = backoff()
+        while True:
+            try:
+                return fn(*args)
+            except (DriverError, OSError) as exc:
+                self.stats.retries += 1
+                delay = next(delays)
+                log.warning("%s failed (%s); retrying in %.1fs", what, _first_line(exc), delay)
+                if self.stop.wait(delay):
+                    raise _Stopped from None
+
+    def _load_stored(self, chain: str) -> _Stored:
+        client, db = self.client, self.db
+        params = {"chain": chain}
+        count, top = client.query(
+            f"SELECT count(), max(seq) FROM {db}.events WHERE chain = %(chain)s", parameters=params
+        ).result_rows[0]
+        if count == 0:
+            return _Stored()
+        if count == top + 1:
+            return _Stored(contiguous=int(top) + 1)
+        # A crash inside a multi-part insert left holes: find the first, load the seqs above it.
+        first_missing = client.query(
+            f"SELECT min(rn) FROM (SELECT seq, row_number() OVER (ORDER BY seq) - 1 AS rn "
+            f"FROM {db}.events WHERE chain = %(chain)s) WHERE seq != rn",
+            parameters=params,
+        ).result_rows[0][0]
+        above = client.query(
+            f"SELECT DISTINCT seq FROM {db}.events WHERE chain = %(chain)s AND seq >= %(lo)s",
+            parameters={"chain": chain, "lo": int(first_missing)},
+        ).result_rows
+        log.info("chain %s has holes from seq %d; filling them", chain, first_missing)
+        return _Stored(contiguous=int(first_missing), extra={int(row[0]) for row in above})
+
+    def _checkpoint_offsets(self) -> dict[int, int]:
+        if not self._cp_loaded:
+            rows = self._retrying(
+                "reading stored checkpoints",
+                lambda: (
+                    self.client.query(
+                        f"SELECT kafka_partition, max(kafka_offset) FROM {self.db}.checkpoints "
+                        "GROUP BY kafka_partition"
+                    ).result_rows
+                ),
+            )
+            self._cp_offsets = {int(p): int(o) for p, o in rows}
+            self._cp_loaded = True
+        return self._cp_offsets
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _pivot(rows: list[list[Any]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _chain_of_origin(origin: str, deployment: str) -> str:
+    prefix = f"{deployment}/"
+    return origin[len(prefix) :] if origin.startswith(prefix) else origin

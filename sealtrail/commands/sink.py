@@ -1,0 +1,267 @@
+"""``sealtrail sink``, ``sealtrail query`` and ``sealtrail history``: ClickHouse in and out."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+from rich.console import Console
+from rich.table import Table
+
+from processors.clickhouse_schema import migrate
+from processors.sink import Sink, SinkOptions
+from sealtrail import clickhouse
+from sealtrail.config import Settings
+from sealtrail.errors import ClickHouseError, ConfigError
+from sealtrail.service import StopFlag
+
+log = logging.getLogger(__name__)
+
+# Kubernetes kinds (as K9s and kubectl users type them) -> the audit objectRef.resource.
+KIND_TO_RESOURCE: dict[str, str] = {
+    "pod": "pods",
+    "po": "pods",
+    "deployment": "deployments",
+    "deploy": "deployments",
+    "replicaset": "replicasets",
+    "rs": "replicasets",
+    "statefulset": "statefulsets",
+    "sts": "statefulsets",
+    "daemonset": "daemonsets",
+    "ds": "daemonsets",
+    "job": "jobs",
+    "cronjob": "cronjobs",
+    "cj": "cronjobs",
+    "service": "services",
+    "svc": "services",
+    "configmap": "configmaps",
+    "cm": "configmaps",
+    "secret": "secrets",
+    "namespace": "namespaces",
+    "ns": "namespaces",
+    "node": "nodes",
+    "no": "nodes",
+    "serviceaccount": "serviceaccounts",
+    "sa": "serviceaccounts",
+    "ingress": "ingresses",
+    "ing": "ingresses",
+    "networkpolicy": "networkpolicies",
+    "netpol": "networkpolicies",
+    "persistentvolume": "persistentvolumes",
+    "pv": "persistentvolumes",
+    "persistentvolumeclaim": "persistentvolumeclaims",
+    "pvc": "persistentvolumeclaims",
+    "role": "roles",
+    "rolebinding": "rolebindings",
+    "clusterrole": "clusterroles",
+    "clusterrolebinding": "clusterrolebindings",
+    "storageclass": "storageclasses",
+    "sc": "storageclasses",
+    "horizontalpodautoscaler": "horizontalpodautoscalers",
+    "hpa": "horizontalpodautoscalers",
+    "poddisruptionbudget": "poddisruptionbudgets",
+    "pdb": "poddisruptionbudgets",
+    "customresourcedefinition": "customresourcedefinitions",
+    "crd": "customresourcedefinitions",
+    "endpoints": "endpoints",
+    "event": "events",
+    "ev": "events",
+}
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def resource_of(kind: str) -> str:
+    """The plural, lowercase resource for a kind, short name or plural (``deployments.apps`` ok)."""
+    word = kind.strip().lower().split(".", 1)[0]
+    if not word or not word.replace("-", "").isalnum():
+        raise ConfigError(f"{kind!r} is not a Kubernetes kind; use e.g. deployment/web")
+    if word in KIND_TO_RESOURCE:
+        return KIND_TO_RESOURCE[word]
+    if word in KIND_TO_RESOURCE.values() or word.endswith("s"):
+        return word
+    if word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    if word.endswith(("x", "ch", "sh")):
+        return word + "es"
+    return word + "s"
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    # Imported here: sealtrail.cli imports this module while it registers commands.
+    from sealtrail.cli import settings_of as of_context
+
+    return of_context(ctx)
+
+
+def _open(settings: Settings) -> Client:
+    client = clickhouse.connect(settings)
+    migrate(client, settings.clickhouse_database)
+    return client
+
+
+def run_query(
+    client: Client, database: str, sql: str, parameters: dict[str, Any] | None = None
+) -> tuple[list[str], list[Sequence[Any]]]:
+    """Run ``sql`` with ``database`` as the default database; one clear line on error."""
+    previous = client.database
+    client.database = clickhouse.validate_identifier(database)
+    try:
+        result = client.query(sql, parameters=parameters)
+    except DriverError as exc:
+        lines = str(exc).strip().splitlines()
+        first = next((line for line in lines if line.strip()), type(exc).__name__)[:400]
+        raise ClickHouseError(f"the query failed: {first.strip()}; check the SQL") from None
+    finally:
+        client.database = previous
+    return list(result.column_names), list(result.result_rows)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if value is None:
+        return ""
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | bytes | bytearray):
+        return _cell(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def render(names: list[str], rows: list[Sequence[Any]], fmt: OutputFormat, title: str = "") -> None:
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps([dict(zip(names, map(_jsonable, row), strict=True)) for row in rows]))
+        return
+    if fmt is OutputFormat.csv:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(names)
+        for row in rows:
+            writer.writerow([_cell(v) for v in row])
+        typer.echo(out.getvalue(), nl=False)
+        return
+    # Not a terminal (pipes, tests): wide enough that cells are not cut.
+    width = None if sys.stdout.isatty() else max(200, shutil.get_terminal_size().columns)
+    console = Console(width=width, highlight=False)
+    table = Table(title=title or None, show_lines=False)
+    for name in names:
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(_cell(v)) for v in row))
+    console.print(table)
+    console.print(f"{len(rows)} row(s)", style="dim")
+
+
+def sink(
+    ctx: typer.Context,
+    once: Annotated[
+        bool, typer.Option("--once", help="Store what is in the topics now, then exit.")
+    ] = False,
+    batch_rows: Annotated[int, typer.Option(help="Rows per insert (per partition).")] = 10000,
+    batch_ms: Annotated[
+        int, typer.Option(help="Longest a row waits before its insert (ms).")
+    ] = 500,
+    group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "sealtrail-sink",
+) -> None:
+    """Load the chain and checkpoint topics into ClickHouse, exactly once (until SIGTERM)."""
+    settings = settings_of(ctx)
+    options = SinkOptions(batch_rows=batch_rows, batch_ms=batch_ms, once=once, group=group)
+    stop = StopFlag().install()
+    stats = Sink(settings, options, stop).run()
+    typer.echo(
+        f"stored {stats.inserted} event row(s), {stats.checkpoints} checkpoint(s), "
+        f"{stats.rejects} reject(s); skipped {stats.skipped} already stored",
+        err=True,
+    )
+
+
+def query(
+    ctx: typer.Context,
+    sql: Annotated[str, typer.Argument(help="SQL; tables and views of the sealtrail database.")],
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        OutputFormat.table
+    ),
+) -> None:
+    """Run SQL on the audit store (see docs/QUERIES.md)."""
+    settings = settings_of(ctx)
+    names, rows = run_query(_open(settings), settings.clickhouse_database, sql)
+    render(names, rows, fmt)
+
+
+HISTORY_SQL = """
+SELECT event_time AS time, cluster, namespace, user_name AS user, verb, subresource,
+       response_code AS code, user_agent, stage
+FROM events_dedup
+WHERE resource = %(resource)s AND name = %(name)s
+  AND (%(namespace)s = '' OR namespace = %(namespace)s)
+  AND (%(cluster)s = '' OR cluster = %(cluster)s)
+  AND stage IN ('ResponseComplete', 'ResponseStarted', 'Panic')
+ORDER BY event_time DESC, audit_id
+LIMIT %(limit)s
+"""
+
+
+def history(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="KIND/NAME, e.g. deployment/web or pods/web-0.")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")] = "",
+    cluster: Annotated[str, typer.Option(help="Cluster name.")] = "",
+    limit: Annotated[int, typer.Option(help="Most rows to show.")] = 50,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = (
+        OutputFormat.table
+    ),
+) -> None:
+    """Show the audit history of one Kubernetes object, newest first."""
+    kind, sep, name = target.partition("/")
+    if not sep or not name or not kind:
+        raise ConfigError(f"{target!r} is not KIND/NAME; use e.g. deployment/web")
+    if limit < 1:
+        raise ConfigError(f"--limit must be at least 1, not {limit}")
+    resource = resource_of(kind)
+    settings = settings_of(ctx)
+    params = {
+        "resource": resource,
+        "name": name,
+        "namespace": namespace,
+        "cluster": cluster,
+        "limit": limit,
+    }
+    names, rows = run_query(_open(settings), settings.clickhouse_database, HISTORY_SQL, params)
+    where = f"{resource}/{name}" + (f" in {namespace}" if namespace else "")
+    where += f" on {cluster}" if cluster else ""
+    if not rows and fmt is OutputFormat.table:
+        typer.echo(f"no audit events for {where}")
+        return
+    render(names, rows, fmt, title=f"history of {where}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sink")(sink)
+    app.command("query")(query)
+    app.command("history")(history)
