@@ -29,10 +29,18 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def redact(dsn: str) -> str:
     """The DSN without its password, for messages and logs."""
     parts = urlsplit(dsn)
+    if parts.query:
+        # clickhouse-connect also reads ``?password=`` (and access tokens) from the query string.
+        query = _SECRET_PARAM.sub(r"\1***", parts.query)
+        parts = parts._replace(query=query)
+        dsn = parts.geturl()
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return parts._replace(netloc=netloc).geturl()
     return dsn
+
+
+_SECRET_PARAM = re.compile(r"((?:^|&)[^=&]*(?:password|secret|token)[^=&]*=)[^&]*", re.IGNORECASE)
 
 
 def chdb_path(dsn: str) -> Path | None:
@@ -142,6 +150,12 @@ def _connect_dsn(dsn: str) -> Client:
             raise ClickHouseError(
                 f"cannot reach ClickHouse at {redact(dsn)}: {_first_line(exc)}; "
                 "check SEALTRAIL_CLICKHOUSE"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            # e.g. a password both in the userinfo and in ?password=: the client cannot take it.
+            raise ConfigError(
+                f"the ClickHouse DSN {redact(dsn)!r} has options the client cannot use "
+                f"({exc.__class__.__name__}); give the password once, as user:password@host"
             ) from None
     else:
         raise ConfigError(

@@ -89,6 +89,14 @@ def fetch_jars(say: Say = _quiet) -> Path:
     return libs
 
 
+def _new_cluster_id() -> str:
+    """A Kafka cluster id (base64url of a UUID) that the storage tool cannot mistake for a flag."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if candidate[0].isalnum():
+            return candidate
+
+
 @dataclass
 class NodeState:
     node_id: int
@@ -315,7 +323,7 @@ class LocalKafka:
                 state = None
         if state is None:
             state = StackState(
-                cluster_id=base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+                cluster_id=_new_cluster_id(),
                 port=port,
                 nodes=[
                     NodeState(i + 1, port + i, port + CONTROLLER_PORT_OFFSET + i)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -91,6 +92,19 @@ def init_topics(
                 if error.name() == "TOPIC_ALREADY_EXISTS":
                     continue
                 raise TopicError(f"could not create topic {name}: {error.str()}") from None
+        # The controller acknowledges creation before every broker's metadata shows the topics.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = client.list_topics(timeout=timeout).topics
+            # Every partition needs a leader, or the first produce answers "not leader".
+            if all(
+                n in shown
+                and not shown[n].error
+                and all(part.leader >= 0 for part in shown[n].partitions.values())
+                for n in wanted
+            ):
+                break
+            time.sleep(0.1)
     check_topics(settings, timeout=timeout)
     metadata = client.list_topics(timeout=timeout).topics
     return [TopicState(name, len(metadata[name].partitions), name in missing) for name in wanted]
