@@ -1,0 +1,1 @@
+"""The verifier: replays chains and checkpoints (core, pure) from Kafka, ClickHouse and files."""

@@ -1,0 +1,240 @@
+"""Read chains and checkpoints from Kafka for the verifier, proofs and the offsite export."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from processors.integrity.checkpoint import KeyRing, origin_for
+from processors.integrity.errors import MalformedRecord
+from processors.integrity.record import ChainedRecord
+from processors.verifier.core import (
+    ChainResult,
+    ChainState,
+    SourceCheckpoint,
+    SourceRecord,
+    verify_chain,
+)
+from schemas.codec import decode_chained
+from sealtrail.config import Settings
+from sealtrail.errors import KafkaUnavailable, SealtrailError, TopicError
+from sealtrail.kafka import admin
+from sealtrail.kafka_read import reader, watermarks
+
+__all__ = [
+    "ChainJob",
+    "chain_id",
+    "chain_partitions",
+    "decode_record",
+    "iter_records",
+    "read_checkpoint_notes",
+    "run_job",
+]
+
+
+def chain_id(settings: Settings, partition: int) -> str:
+    return f"{settings.topics.raw}/{partition}"
+
+
+def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:
+    """Partitions of the chain topic; KafkaUnavailable / TopicError in one sentence."""
+    topic = settings.topics.chain
+    try:
+        md = admin(settings).list_topics(topic=topic, timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"Kafka at {settings.kafka} did not answer within {timeout:.0f}s ({exc.args[0]}); "
+            "check SEALTRAIL_KAFKA and that the brokers are up"
+        ) from None
+    info = md.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise TopicError(
+            f"chain topic {topic} does not exist on {settings.kafka}; check "
+            "SEALTRAIL_TOPIC_PREFIX or create the topics with 'sealtrail topics init'"
+        )
+    return sorted(info.partitions)
+
+
+def decode_record(value: bytes | None) -> ChainedRecord:
+    """A chain topic value as a record; MalformedRecord if it is not one."""
+    if value is None:
+        raise MalformedRecord("chain topic record has no value; it was not written by sealtrail")
+    try:
+        d = decode_chained(value)
+        return ChainedRecord(
+            d["chain"],
+            d["seq"],
+            d["prev_hash"],
+            d["hash"],
+            d["source_offset"],
+            d["ingested_at"],
+            d["payload"],
+        )
+    except SealtrailError as exc:
+        raise MalformedRecord(
+            f"chain topic record does not decode as a ChainedEvent: {exc}"
+        ) from None
+
+
+IDLE_POLL_S = 0.1
+STALL_S = 30.0
+
+
+def read_partition(
+    consumer: Consumer, topic: str, partition: int, start: int | None = None
+) -> Iterator[tuple[int, bytes | None, bytes | None]]:
+    """(offset, key, value) of one partition from ``start`` (default earliest) to the last stable
+    offset at call time. Polls briefly: the end is usually a transaction marker, which takes an
+    offset but is never delivered, so the end is seen through the consumer position."""
+    low, high = watermarks(consumer, topic, partition)
+    first = low if start is None else max(start, low)
+    if first >= high:
+        return
+    consumer.assign(
+        [TopicPartition(topic, partition, first if start is not None else OFFSET_BEGINNING)]
+    )
+    idle = 0.0
+    try:
+        while True:
+            batch = consumer.consume(num_messages=10000, timeout=IDLE_POLL_S)
+            if not batch:
+                position = consumer.position([TopicPartition(topic, partition)])[0].offset
+                if position >= high:
+                    return
+                idle += IDLE_POLL_S
+                if idle >= STALL_S:
+                    raise KafkaUnavailable(
+                        f"reading {topic}/{partition} stalled at offset {position} of {high}; "
+                        "check that the brokers are up"
+                    )
+                continue
+            idle = 0.0
+            for msg in batch:
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaUnavailable(f"reading {topic}/{partition} failed: {error.str()}")
+                offset = msg.offset()
+                if offset is None or offset >= high:
+                    return
+                yield offset, msg.key(), msg.value()
+                if offset + 1 >= high:
+                    return
+    finally:
+        consumer.unassign()
+
+
+def iter_records(
+    settings: Settings, partition: int, start: int | None = None
+) -> tuple[int, int, Iterator[SourceRecord]]:
+    """(low, high watermark, records from ``start`` or the earliest offset)."""
+    consumer = reader(settings)
+    topic = settings.topics.chain
+    low, high = watermarks(consumer, topic, partition)
+
+    def gen() -> Iterator[SourceRecord]:
+        try:
+            for offset, _key, value in read_partition(consumer, topic, partition, start):
+                try:
+                    rec = decode_record(value)
+                except MalformedRecord as exc:
+                    yield SourceRecord(offset, problem=exc)
+                    continue
+                yield SourceRecord(offset, rec)
+        finally:
+            consumer.close()
+
+    return low, high, gen()
+
+
+def read_checkpoint_notes(settings: Settings, partition: int, chain: str) -> list[SourceCheckpoint]:
+    """Every checkpoint note of ``chain`` in its partition (keyed by chain id)."""
+    consumer = reader(settings)
+    out: list[SourceCheckpoint] = []
+    key = chain.encode("utf-8")
+    try:
+        for offset, msg_key, value in read_partition(
+            consumer, settings.topics.checkpoints, partition
+        ):
+            if msg_key != key:
+                continue
+            raw = value or b""
+            try:
+                note = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                note = raw.decode("utf-8", "replace")  # open_checkpoint reports it
+            out.append(SourceCheckpoint(note, offset, "topic"))
+    finally:
+        consumer.close()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ChainJob:
+    """Everything a worker process needs to verify one chain (picklable)."""
+
+    settings: Settings
+    partition: int
+    keyring_text: str
+    state: ChainState | None
+    offsite_notes: tuple[str, ...] = ()
+    require_anchored: bool = False
+    probe_size: int | None = None
+    max_findings: int = 1000
+    # --full with a state file: replay from the start, and the remembered head must still hold.
+    state_check: ChainState | None = None
+
+
+def keyring_text(ring: KeyRing) -> str:
+    """The key ring as text (Verifier objects hold OpenSSL handles that do not pickle)."""
+    return "".join(
+        f"{e.verifier.verifier_key()} {e.from_size} {'-' if e.to_size is None else e.to_size}\n"
+        for e in ring
+    )
+
+
+def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> ChainResult:
+    """Read one chain and its checkpoints from Kafka and verify them (runs in a worker)."""
+    settings = job.settings
+    chain = chain_id(settings, job.partition)
+    ring = KeyRing.parse(job.keyring_text, "key ring")
+    cps = read_checkpoint_notes(settings, job.partition, chain)
+    cps += [SourceCheckpoint(n, None, "offsite") for n in job.offsite_notes]
+    incremental = job.state is not None and job.state.size > 0
+    start = job.state.offset if job.state is not None and incremental else None
+    low, _high, records = iter_records(settings, job.partition, start)
+    result = verify_chain(
+        chain,
+        records,
+        cps,
+        ring,
+        origin=origin_for(settings.deployment, chain),
+        state=job.state,
+        low_offset=low,
+        require_anchored=job.require_anchored,
+        probe_size=job.probe_size,
+        max_findings=job.max_findings,
+        on_record=on_record,
+        state_check=job.state_check if not incremental else None,
+    )
+    if not result.anchor_failed:
+        return result
+    # The remembered record is not at its offset (topic rebuilt, re-partitioned or cut): replay
+    # everything and check the remembered head at its size, which names what happened.
+    low, _high, records = iter_records(settings, job.partition, None)
+    return verify_chain(
+        chain,
+        records,
+        cps,
+        ring,
+        origin=origin_for(settings.deployment, chain),
+        low_offset=low,
+        require_anchored=job.require_anchored,
+        probe_size=job.probe_size,
+        max_findings=job.max_findings,
+        on_record=on_record,
+        state_check=job.state,
+    )

@@ -1,0 +1,134 @@
+"""Checkpoint notes kept outside Kafka: one file per chain, each note between delimiter lines.
+
+File ``<dir>/<quoted chain id>.checkpoints`` (chain id percent-encoded, ``/`` -> ``%2F``)::
+
+    -----BEGIN SEALTRAIL CHECKPOINT-----
+    <signed note, its own blank line included>
+    -----END SEALTRAIL CHECKPOINT-----
+
+A signed note can never contain the END line (its lines are an origin without spaces, numbers,
+base64, the ``sealtrail-head`` line, a blank line and em-dash signature lines), so reading is
+unambiguous. Files are only appended to, and fsynced.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from sealtrail.errors import ConfigError
+
+__all__ = ["BEGIN", "END", "append_notes", "chain_file", "chains_in", "read_notes"]
+
+BEGIN = "-----BEGIN SEALTRAIL CHECKPOINT-----"
+END = "-----END SEALTRAIL CHECKPOINT-----"
+SUFFIX = ".checkpoints"
+
+
+def chain_file(directory: Path, chain: str) -> Path:
+    return Path(directory) / f"{quote(chain, safe='')}{SUFFIX}"
+
+
+def chains_in(directory: Path) -> list[str]:
+    """The chain ids that have a file in ``directory``."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the offsite checkpoint directory {directory} ({exc.strerror}); "
+            "check --offsite"
+        ) from None
+    return [unquote(n[: -len(SUFFIX)]) for n in names if n.endswith(SUFFIX)]
+
+
+def has_any(directory: Path) -> bool:
+    return bool(chains_in(directory)) or any(Path(directory).glob("*.notes"))
+
+
+def _chainer_notes(directory: Path, chain: str) -> list[str]:
+    """Notes the chainer's ``--export-checkpoints`` wrote (``<chain, / -> _>.notes``): each
+    note followed by a blank line; a note is text lines, a blank line, em-dash signature lines."""
+    path = Path(directory) / f"{chain.replace('/', '_')}.notes"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read offsite checkpoints {path} ({type(exc).__name__}); check the file"
+        ) from None
+    paras = [p for p in text.split("\n\n") if p.strip()]
+    notes: list[str] = []
+    i = 0
+    while i + 1 < len(paras):
+        body, sigs = paras[i].strip("\n"), paras[i + 1].strip("\n")
+        if all(line.startswith("\u2014 ") for line in sigs.split("\n")):
+            notes.append(f"{body}\n\n{sigs}\n")
+            i += 2
+        else:
+            i += 1
+    return notes
+
+
+def read_notes(directory: Path, chain: str) -> list[str]:
+    """Every note stored for ``chain`` (also those the chainer exported), deduplicated."""
+    notes = _read_delimited(directory, chain)
+    return list(dict.fromkeys(notes + _chainer_notes(directory, chain)))
+
+
+def _read_delimited(directory: Path, chain: str) -> list[str]:
+    path = chain_file(directory, chain)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read offsite checkpoints {path} ({type(exc).__name__}); check the file"
+        ) from None
+    notes: list[str] = []
+    current: list[str] | None = None
+    for number, line in enumerate(text.split("\n"), 1):
+        if current is None:
+            if line == BEGIN:
+                current = []
+            elif line.strip():
+                raise ConfigError(
+                    f"{path}:{number} is outside a checkpoint block; the file was edited by hand"
+                )
+        elif line == END:
+            notes.append("".join(f"{part}\n" for part in current))
+            current = None
+        else:
+            current.append(line)
+    if current is not None:
+        raise ConfigError(f"{path} ends inside a checkpoint block; the last write was cut off")
+    return notes
+
+
+def append_notes(directory: Path, chain: str, notes: list[str]) -> int:
+    """Append the notes not already stored for ``chain``; return how many were added."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {directory} ({exc.strerror}); check --to") from None
+    have = set(_read_delimited(directory, chain))
+    new = []
+    for note in notes:
+        if note not in have:
+            have.add(note)
+            new.append(note)
+    if not new:
+        return 0
+    blob = "".join(f"{BEGIN}\n{n if n.endswith(chr(10)) else n + chr(10)}{END}\n" for n in new)
+    path = chain_file(directory, chain)
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror}); check --to") from None
+    return len(new)

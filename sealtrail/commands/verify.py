@@ -1,0 +1,526 @@
+"""``sealtrail verify``, ``prove``, ``verify-proof`` and ``checkpoints export``."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, origin_for
+from processors.integrity.errors import IntegrityError
+from processors.integrity.note import Verifier
+from processors.verifier import offsite
+from processors.verifier.core import ChainResult, ChainState
+from processors.verifier.report import Report, previous_success, write_metrics
+from processors.verifier.state import load_state, save_state
+from sealtrail.cli import settings_of
+from sealtrail.config import Settings
+from sealtrail.errors import ClickHouseError, ConfigError, KeyFileError, SealtrailError
+
+ENV_VERIFIER_KEYS = "SEALTRAIL_VERIFIER_KEYS"
+SHOW_FINDINGS = 10
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def load_keyring(value: str | None) -> KeyRing:
+    """A key ring from a file path (key ring or .pub) or a verifier key string."""
+    if not value:
+        raise KeyFileError(
+            f"no verifier key given; pass --key FILE (a .pub file or key ring) or set "
+            f"{ENV_VERIFIER_KEYS}"
+        )
+    path = Path(value)
+    if path.exists() or "+" not in value or "/" in value.split("+", 1)[0]:
+        return KeyRing.load(path)
+    ring = KeyRing()
+    ring.add(Verifier.from_verifier_key(value))
+    return ring
+
+
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar=ENV_VERIFIER_KEYS,
+        help="Trusted verifier key(s): a key ring file, a .pub file or a verifier key string.",
+        show_envvar=True,
+    ),
+]
+
+
+# ------------------------------------------------------------------------------ verify
+
+
+class _Progress:
+    """A rich progress bar on a terminal, plain lines every few seconds otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.done = 0
+        self._bar: Any = None
+        self._last = time.monotonic()
+        self._start = self._last
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("verifying"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]:>8.0f} rec/s"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task("verify", total=max(total, 1), rate=0.0)
+            self._bar.start()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last < (0.2 if self._bar else 5.0):
+            return
+        self._last = now
+        rate = self.done / max(now - self._start, 1e-9)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, rate=rate)
+        elif self.enabled:
+            _say(f"verified {self.done} of ~{self.total} records ({rate:.0f} records/s)")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+            self._bar.stop()
+
+
+def _clickhouse_client(settings: Settings, mode: str) -> Any:
+    """The client when the cross-check should run, else None (mode: auto, off, required)."""
+    if mode == "off":
+        return None
+    from processors.verifier.clickhouse_source import events_table_exists
+    from sealtrail import clickhouse as ch
+
+    path = ch.chdb_path(settings.clickhouse_dsn)
+    if path is not None and not path.exists():
+        if mode == "required":
+            raise ClickHouseError(
+                f"the embedded ClickHouse at {path} does not exist; run the sink first or set "
+                "SEALTRAIL_CLICKHOUSE"
+            )
+        return None
+    try:
+        client = ch.connect(settings, create_database=False)
+        exists = events_table_exists(client, settings.clickhouse_database)
+    except SealtrailError as exc:
+        if mode == "required":
+            raise
+        _say(f"warning: skipping the ClickHouse cross-check: {exc}")
+        return None
+    if not exists:
+        if mode == "required":
+            raise ClickHouseError(
+                f"table {settings.clickhouse_database}.events does not exist in "
+                f"{ch.redact(settings.clickhouse_dsn)}; run the sink or drop --clickhouse-required"
+            )
+        return None
+    return client
+
+
+def run_verify(
+    settings: Settings,
+    ring: KeyRing,
+    *,
+    state_file: Path | None = None,
+    full: bool = False,
+    offsite_dir: Path | None = None,
+    clickhouse: str = "auto",
+    require_anchored: bool = False,
+    jobs: int = 0,
+    timeout: float = 10.0,
+    progress: bool = True,
+    max_findings: int = 1000,
+) -> Report:
+    """Verify every chain (and its ClickHouse rows); the CLI and tests call this."""
+    from processors.verifier.kafka_source import (
+        ChainJob,
+        chain_id,
+        chain_partitions,
+        keyring_text,
+        run_job,
+    )
+    from sealtrail.kafka_read import reader, watermarks
+
+    report = Report(deployment=settings.deployment)
+    partitions = chain_partitions(settings, timeout=timeout)
+    states = load_state(state_file, settings.deployment) if state_file is not None else {}
+    client = _clickhouse_client(settings, clickhouse)
+    report.clickhouse_checked = client is not None
+    ch_sizes: dict[str, int] = {}
+    if client is not None:
+        from processors.verifier.clickhouse_source import chain_sizes
+
+        ch_sizes = chain_sizes(client, settings.clickhouse_database)
+    text = keyring_text(ring)
+    jobs_list = []
+    total = 0
+    consumer = reader(settings)
+    try:
+        for p in partitions:
+            chain = chain_id(settings, p)
+            st = None if full else states.get(chain)
+            notes: tuple[str, ...] = ()
+            if offsite_dir is not None:
+                notes = tuple(offsite.read_notes(offsite_dir, chain))
+            probe = ch_sizes.get(chain)
+            jobs_list.append(
+                ChainJob(
+                    settings,
+                    p,
+                    text,
+                    st,
+                    notes,
+                    require_anchored,
+                    probe,
+                    max_findings,
+                    state_check=states.get(chain) if full else None,
+                )
+            )
+            low, high = watermarks(consumer, settings.topics.chain, p, timeout)
+            total += max(0, high - (st.offset if st is not None and st.size else low))
+    finally:
+        consumer.close()
+    if offsite_dir is not None:
+        known = {chain_id(settings, p) for p in partitions}
+        for chain in offsite.chains_in(offsite_dir):
+            if chain not in known:
+                report.warnings.append(f"offsite checkpoints exist for unknown chain {chain}")
+
+    bar = _Progress(total, progress)
+    results: list[ChainResult] = []
+    try:
+        workers = jobs or min(os.cpu_count() or 1, len(jobs_list))
+        if workers <= 1 or len(jobs_list) <= 1:
+            for job in jobs_list:
+                results.append(run_job(job, bar.advance))
+        else:
+            # spawn: a forked child would inherit the parent's chdb and librdkafka threads.
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = [pool.submit(run_job, job) for job in jobs_list]
+                for fut in futures:
+                    res = fut.result()
+                    bar.advance(res.records_verified)
+                    results.append(res)
+    finally:
+        bar.close()
+    report.chains = results
+
+    if client is not None:
+        from processors.verifier.clickhouse_source import expected_columns, iter_rows
+        from processors.verifier.core import verify_rows
+
+        for res in results:
+            size = ch_sizes.get(res.chain)
+            if size is None:
+                if res.size:
+                    report.warnings.append(f"ClickHouse holds no rows of chain {res.chain} yet")
+                continue
+            if res.ok and size <= res.size and res.probe_root is None:
+                report.warnings.append(
+                    f"ClickHouse rows of chain {res.chain} end below the remembered head, so their "
+                    "hashes were checked row by row but not against the chain root; run --full"
+                )
+            rows = iter_rows(client, settings.clickhouse_database, res.chain, size)
+            ch_res = verify_rows(
+                res.chain,
+                rows,
+                expected_columns(res.chain),
+                size=size,
+                expected_root=res.probe_root if size <= res.size else None,
+                max_findings=max_findings,
+            )
+            if size > res.size and res.ok:
+                from processors.integrity.errors import ClickHouseMismatch
+
+                ch_res.add(
+                    ClickHouseMismatch(
+                        f"ClickHouse holds rows of chain {res.chain} up to seq {size - 1} but the "
+                        f"chain has {res.size} records; rows were inserted",
+                        chain=res.chain,
+                        seq=res.size,
+                        expected=res.size,
+                        found=size,
+                    )
+                )
+            elif size < res.size:
+                report.warnings.append(
+                    f"ClickHouse is {res.size - size} record(s) behind chain {res.chain}"
+                )
+            report.clickhouse.append(ch_res)
+
+    report.finished = time.time()
+    if state_file is not None:
+        new_states: dict[str, ChainState] = dict(states)
+        for res in results:
+            if res.state is not None:
+                new_states[res.chain] = res.state
+        save_state(state_file, settings.deployment, new_states)
+    return report
+
+
+def _print_report(report: Report) -> None:
+    for w in report.to_json()["warnings"]:
+        _say(f"warning: {w}")
+    findings = report.findings()
+    for f in findings[:SHOW_FINDINGS]:
+        ev = f.evidence()
+        _say(
+            f"FINDING {ev['kind']}: {ev['message']} [chain={ev['chain']} seq={ev['seq']} "
+            f"offset={ev['offset']} expected={ev['expected']} found={ev['found']}]"
+        )
+    more = report.findings_total - min(len(findings), SHOW_FINDINGS)
+    if more > 0:
+        _say(f"... and {more} more finding(s); see the --json report")
+    chains = len(report.chains)
+    anchored = sum(1 for r in report.chains if r.anchored)
+    ch = (
+        f", ClickHouse rows checked: {sum(r.records_verified for r in report.clickhouse)}"
+        if report.clickhouse_checked
+        else ", ClickHouse not checked"
+    )
+    verdict = "OK" if report.ok else f"FAILED ({report.findings_total} finding(s))"
+    typer.echo(
+        f"{verdict}: {report.records_verified} records in {chains} chain(s) verified, "
+        f"{anchored} anchored by signed checkpoints{ch}"
+    )
+
+
+def verify(
+    ctx: typer.Context,
+    key: KeyOpt = None,
+    state: Annotated[
+        Path | None, typer.Option(help="State file: verify only what is new since the last run.")
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Replay every chain from the start.")
+    ] = False,
+    offsite_dir: Annotated[
+        Path | None,
+        typer.Option("--offsite", help="Directory of exported checkpoints (truncation/rebuild)."),
+    ] = None,
+    no_clickhouse: Annotated[
+        bool, typer.Option("--no-clickhouse", help="Skip the ClickHouse cross-check.")
+    ] = False,
+    clickhouse_required: Annotated[
+        bool,
+        typer.Option("--clickhouse-required", help="Fail (exit 2) if the events table is absent."),
+    ] = False,
+    require_anchored: Annotated[
+        bool,
+        typer.Option(
+            "--require-anchored", help="A chain without a signed checkpoint is a finding."
+        ),
+    ] = False,
+    jobs: Annotated[int, typer.Option(help="Parallel processes (0 = min(cpus, chains)).")] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the full report as JSON.")
+    ] = None,
+    metrics_file: Annotated[
+        Path | None, typer.Option(help="Prometheus textfile (node-exporter textfile collector).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for Kafka to answer.")] = 10.0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+) -> None:
+    """Verify chains, checkpoints and ClickHouse rows (exit 0 ok, 1 finding, 2 cannot verify)."""
+    settings = settings_of(ctx)
+    if no_clickhouse and clickhouse_required:
+        raise ConfigError("--no-clickhouse and --clickhouse-required contradict each other")
+    if jobs < 0:
+        raise ConfigError("--jobs must be 0 (automatic) or positive")
+    ring = load_keyring(key)
+    if offsite_dir is not None and not offsite_dir.is_dir():
+        raise ConfigError(f"--offsite {offsite_dir} is not a directory; export checkpoints first")
+    report = run_verify(
+        settings,
+        ring,
+        state_file=state,
+        full=full,
+        offsite_dir=offsite_dir,
+        clickhouse="off" if no_clickhouse else "required" if clickhouse_required else "auto",
+        require_anchored=require_anchored,
+        jobs=jobs,
+        timeout=timeout,
+        progress=not quiet,
+    )
+    if json_out is not None:
+        report.write_json(json_out)
+    if metrics_file is not None:
+        last = report.finished if report.ok else previous_success(metrics_file)
+        write_metrics(metrics_file, report, last)
+    _print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------ proofs
+
+
+def _checkpoints(settings: Settings, chain: str, ring: KeyRing) -> list[tuple[str, Checkpoint]]:
+    """Validly signed checkpoints of ``chain`` from the topic, sorted by size."""
+    from processors.verifier.kafka_source import read_checkpoint_notes
+
+    partition = _partition_of(settings, chain)
+    out: dict[int, tuple[str, Checkpoint]] = {}
+    for item in read_checkpoint_notes(settings, partition, chain):
+        try:
+            cp = open_checkpoint(item.note, ring, origin=origin_for(settings.deployment, chain))
+        except IntegrityError:
+            continue  # 'sealtrail verify' reports bad checkpoints; a proof needs a good one
+        out.setdefault(cp.size, (item.note, cp))
+    return [out[k] for k in sorted(out)]
+
+
+def _partition_of(settings: Settings, chain: str) -> int:
+    prefix = settings.topics.raw + "/"
+    tail = chain[len(prefix) :] if chain.startswith(prefix) else ""
+    if not tail.isdigit():
+        raise ConfigError(
+            f"chain {chain!r} is not '{prefix}<partition>'; check --chain and "
+            "SEALTRAIL_TOPIC_PREFIX"
+        )
+    return int(tail)
+
+
+def _leaves(settings: Settings, chain: str, size: int, keep: tuple[int, ...] = ()) -> Any:
+    from processors.proofs import LeafHashes
+    from processors.verifier.kafka_source import iter_records
+
+    _low, _high, items = iter_records(settings, _partition_of(settings, chain))
+
+    def recs() -> Any:
+        for item in items:
+            if item.record is None:
+                assert item.problem is not None
+                raise item.problem
+            yield item.record
+
+    return LeafHashes.from_records(chain, recs(), size, keep)
+
+
+def prove(
+    ctx: typer.Context,
+    chain: Annotated[str, typer.Option(help="Chain id, e.g. audit.events/0.")],
+    key: KeyOpt = None,
+    seq: Annotated[int | None, typer.Option(help="Record to prove included.")] = None,
+    consistency: Annotated[
+        bool, typer.Option("--consistency", help="Prove checkpoint FROM extends checkpoint TO.")
+    ] = False,
+    from_size: Annotated[int | None, typer.Option("--from", help="Older checkpoint size.")] = None,
+    to_size: Annotated[int | None, typer.Option("--to", help="Newer checkpoint size.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the proof here (default stdout).")] = None,
+) -> None:
+    """Print a JSON inclusion proof (--seq) or consistency proof (--consistency --from --to)."""
+    from processors.proofs import make_consistency, make_inclusion
+
+    settings = settings_of(ctx)
+    ring = load_keyring(key)
+    cps = _checkpoints(settings, chain, ring)
+    if consistency:
+        if from_size is None or to_size is None or from_size > to_size:
+            raise ConfigError("--consistency needs --from SIZE1 --to SIZE2 with SIZE1 <= SIZE2")
+        sizes = {cp.size: (note, cp) for note, cp in cps}
+        missing = [s for s in (from_size, to_size) if s not in sizes]
+        if missing:
+            raise ConfigError(
+                f"chain {chain} has no validly signed checkpoint of size {missing[0]}; "
+                f"available: {', '.join(str(s) for s in sorted(sizes)) or 'none'}"
+            )
+        leaves = _leaves(settings, chain, to_size)
+        doc = make_consistency(chain, sizes[from_size], sizes[to_size], leaves)
+    else:
+        if seq is None or seq < 0:
+            raise ConfigError("pass --seq N (the record to prove) or --consistency")
+        later = [(n, cp) for n, cp in cps if cp.size > seq]
+        if not later:
+            raise ConfigError(
+                f"no signed checkpoint of chain {chain} covers seq {seq} yet; wait for the next "
+                "checkpoint and try again"
+            )
+        note, cp = later[-1]
+        leaves = _leaves(settings, chain, cp.size, (seq,))
+        doc = make_inclusion(chain, seq, note, cp, leaves)
+    text = json.dumps(doc, indent=1) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        from processors.verifier.state import write_atomic
+
+        write_atomic(out, text)
+        _say(f"proof written to {out}")
+
+
+def verify_proof_cmd(
+    proof_file: Annotated[Path, typer.Argument(help="A proof written by 'sealtrail prove'.")],
+    key: KeyOpt = None,
+) -> None:
+    """Check a proof offline (no Kafka, no ClickHouse). Exit 0 proved, 1 not proved."""
+    from processors.proofs import verify_proof
+
+    ring = load_keyring(key)
+    try:
+        text = proof_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {proof_file} ({type(exc).__name__}); check the path"
+        ) from None
+    proven = verify_proof(text, ring)
+    typer.echo(f"PROVED: {proven.statement}")
+
+
+# ------------------------------------------------------------------------------ export
+
+checkpoints_app = typer.Typer(help="Signed checkpoints.", no_args_is_help=True)
+
+
+@checkpoints_app.command("export")
+def export(
+    ctx: typer.Context,
+    to: Annotated[Path, typer.Option("--to", help="Directory outside Kafka to append notes to.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for Kafka to answer.")] = 10.0,
+) -> None:
+    """Append every checkpoint note not yet exported to DIR (one file per chain)."""
+    from processors.verifier.kafka_source import chain_id, chain_partitions, read_checkpoint_notes
+
+    settings = settings_of(ctx)
+    added = 0
+    for p in chain_partitions(settings, timeout=timeout):
+        chain = chain_id(settings, p)
+        notes = [c.note for c in read_checkpoint_notes(settings, p, chain)]
+        added += offsite.append_notes(to, chain, notes)
+    typer.echo(f"exported {added} new checkpoint(s) to {to}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
+    app.command("prove")(prove)
+    app.command("verify-proof")(verify_proof_cmd)
+    app.add_typer(checkpoints_app, name="checkpoints")
