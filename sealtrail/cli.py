@@ -22,6 +22,12 @@ from sealtrail.errors import EXIT_ERROR, SealtrailError
 COMMAND_MODULES = [
     "sealtrail.commands.stack",
     "sealtrail.commands.topics",
+    "sealtrail.commands.produce",
+    "sealtrail.commands.chain",
+    "sealtrail.commands.keys",
+    "sealtrail.commands.sink",
+    "sealtrail.commands.run",
+    "sealtrail.commands.verify",
 ]
 
 
@@ -123,13 +129,18 @@ def root(
     )
 
 
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(app)
+# Run as ``python -m sealtrail.cli`` (how ``sealtrail run`` starts its children) this file is
+# ``__main__``; the command modules import ``sealtrail.cli``, so register there, not here.
+if __name__ != "__main__":
+    for _module in COMMAND_MODULES:
+        importlib.import_module(_module).register(app)
 
 
 def main() -> None:
-    app()
+    app(prog_name="sealtrail")
 
 
 if __name__ == "__main__":
-    main()
+    from sealtrail.cli import main as _registered_main
+
+    _registered_main()

@@ -77,7 +77,7 @@ class Supervisor:
         self.health_port: int | None = None
 
     def _spawn(self, child: Child) -> None:
-        command = [sys.executable, "-m", "sealtrail.cli", *child.args]
+        command = [sys.executable, "-m", "sealtrail", *child.args]
         log.info("starting %s", child.name)
         child.process = subprocess.Popen(command, env=child_env(self.settings),
                                          stdin=subprocess.DEVNULL)

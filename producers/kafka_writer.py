@@ -1,0 +1,231 @@
+"""Produce-with-confirmation: the one way producers put records on the raw and rejects topics.
+
+A :class:`ConfirmedProducer` owns one idempotent ``acks=all`` librdkafka producer and a thread
+that serves its delivery callbacks. Callers group records into a :class:`Batch` and learn, once,
+whether Kafka acknowledged every record of it (a thread event, a concurrent future or an asyncio
+future), so a webhook answers 200 or a shipper moves its position only after the acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from sealtrail.config import Settings
+from sealtrail.errors import KafkaUnavailable, SealtrailError
+from sealtrail.kafka import producer_conf
+
+log = logging.getLogger(__name__)
+
+REJECT_BODY_LIMIT = 1024 * 1024
+"""Largest body kept in a reject entry; longer bodies are truncated and say so."""
+
+
+class DeliveryFailed(KafkaUnavailable):
+    """Kafka did not acknowledge some records; they were not stored and must be sent again."""
+
+
+class Backpressure(SealtrailError):
+    """Too many records wait for acknowledgement; the sender should retry later."""
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def reject_record(
+    reason: str, source: str, cluster: str, body: bytes, received_at_us: int | None = None
+) -> bytes:
+    """The JSON value of one rejects-topic entry (body truncated to 1 MiB, flagged if so)."""
+    entry: dict[str, Any] = {
+        "reason": reason,
+        "source": source,
+        "cluster": cluster,
+        "received_at": now_us() if received_at_us is None else received_at_us,
+        "body_b64": base64.b64encode(body[:REJECT_BODY_LIMIT]).decode("ascii"),
+    }
+    if len(body) > REJECT_BODY_LIMIT:
+        entry["truncated"] = True
+        entry["body_bytes"] = len(body)
+        entry["reason"] = f"{reason} (body truncated from {len(body)} to {REJECT_BODY_LIMIT} bytes)"
+    return json.dumps(entry, separators=(",", ":")).encode("utf-8")
+
+
+class Batch:
+    """Counts the acknowledgements of a group of records; reports once when all are in.
+
+    ``on_done(error)`` runs exactly once, from the delivery thread (or from :meth:`seal` if every
+    record was already acknowledged): ``error`` is None when Kafka stored every record.
+    """
+
+    __slots__ = ("_done", "_error", "_lock", "_on_done", "_pending", "_sealed", "acked")
+
+    def __init__(self, on_done: Callable[[str | None], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._sealed = False
+        self._done = threading.Event()
+        self._error: str | None = None
+        self._on_done = on_done
+        self.acked = 0
+
+    def _add(self) -> None:
+        with self._lock:
+            self._pending += 1
+
+    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        with self._lock:
+            self._pending -= 1
+            if err is None:
+                self.acked += 1
+            elif self._error is None:
+                self._error = err.str()
+            finish = self._sealed and self._pending == 0
+        if finish:
+            self._finish()
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = reason
+
+    def seal(self) -> None:
+        """No more records will be added; report as soon as the pending ones are acknowledged."""
+        with self._lock:
+            self._sealed = True
+            finish = self._pending == 0
+        if finish:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done.set()
+        if self._on_done is not None:
+            self._on_done(self._error)
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def wait(self, timeout: float) -> bool:
+        """True once every record was acknowledged or failed (check :attr:`error`)."""
+        return self._done.wait(timeout)
+
+
+class ConfirmedProducer:
+    """One idempotent producer plus a poll thread serving delivery callbacks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        message_timeout_s: float | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings
+        conf = producer_conf(settings, **overrides)
+        if message_timeout_s is not None:
+            # librdkafka then fails what it could not deliver in time, so a caller that answered
+            # "not stored" is never contradicted later by a late delivery of the same records.
+            conf["message.timeout.ms"] = max(1000, int(message_timeout_s * 1000))
+        conf["error_cb"] = self._on_error
+        self._producer = Producer(conf)
+        self.connected = True
+        self.fatal: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+        self._thread.start()
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = err.str()
+            log.error("Kafka producer stopped: %s", err.str())
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if self.connected:
+                log.warning("Kafka producer: %s", err.str())
+            self.connected = False
+        else:
+            # Connection attempts repeat every second while a broker is down: keep them quiet.
+            log.debug("Kafka producer: %s", err.str())
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    def produce(self, batch: Batch, topic: str, key: bytes, value: bytes) -> None:
+        """Queue one record for ``batch``; raises :class:`Backpressure` if the queue is full."""
+        if self.fatal is not None:
+            raise DeliveryFailed(
+                f"the Kafka producer stopped after a fatal error ({self.fatal}); restart it"
+            )
+        batch._add()
+        try:
+            self._producer.produce(topic, value=value, key=key, on_delivery=batch._delivered)
+        except BufferError:
+            batch._delivered(KafkaError(KafkaError._QUEUE_FULL), None)
+            raise Backpressure(
+                "the Kafka producer queue is full; retry once Kafka catches up"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - any produce failure fails the batch, not the process
+            batch._fail(str(exc))
+            batch._delivered(KafkaError(KafkaError._FAIL, str(exc)), None)
+            raise DeliveryFailed(f"could not queue a record for Kafka ({exc})") from None
+
+    def produce_reject(
+        self,
+        batch: Batch,
+        reason: str,
+        source: str,
+        cluster: str,
+        body: bytes,
+        received_at_us: int | None = None,
+    ) -> None:
+        self.produce(
+            batch,
+            self.settings.topics.rejects,
+            cluster.encode("utf-8"),
+            reject_record(reason, source, cluster, body, received_at_us),
+        )
+
+    def check_connected(self, timeout: float = 2.0) -> bool:
+        """Ask the cluster for the raw topic's metadata; updates and returns :attr:`connected`."""
+        try:
+            self._producer.list_topics(self.settings.topics.raw, timeout=timeout)
+            self.connected = self.fatal is None
+        except Exception:  # noqa: BLE001 - any failure means "not connected"
+            self.connected = False
+        return self.connected
+
+    def queued(self) -> int:
+        return len(self._producer)
+
+    def flush(self, timeout: float) -> int:
+        """Wait for every queued record; returns how many are still not acknowledged."""
+        return int(self._producer.flush(timeout))
+
+    def close(self, timeout: float = 30.0) -> int:
+        left = self.flush(timeout)
+        self._stop.set()
+        self._thread.join()
+        return left
+
+
+def asyncio_batch(loop: asyncio.AbstractEventLoop) -> tuple[Batch, asyncio.Future[str | None]]:
+    """A batch whose completion resolves an asyncio future (error text or None) on ``loop``."""
+    future: asyncio.Future[str | None] = loop.create_future()
+
+    def done(error: str | None) -> None:
+        def resolve() -> None:
+            if not future.done():
+                future.set_result(error)
+
+        loop.call_soon_threadsafe(resolve)
+
+    return Batch(done), future

@@ -1,0 +1,465 @@
+"""The Kubernetes audit webhook backend: ``POST /`` with audit EventLists -> the raw topic.
+
+It answers 200 only after Kafka acknowledged every event (and every reject entry) of the body;
+when Kafka is down, slow or the in-flight bound is reached it answers 503 with Retry-After so the
+API server sends the batch again. Nothing it acknowledged is lost. The cluster name comes from the
+caller's credentials (bearer token or client certificate) or ``--cluster``, never from the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import ssl
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from producers.k8s import MAX_EVENT_BYTES, BadRequestBody, parse_body
+from producers.kafka_writer import (
+    Backpressure,
+    ConfirmedProducer,
+    DeliveryFailed,
+    asyncio_batch,
+    now_us,
+)
+from schemas.codec import encode_audit_event
+from sealtrail.config import Settings
+from sealtrail.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_LISTEN = "SEALTRAIL_WEBHOOK_LISTEN"
+ENV_TOKENS = "SEALTRAIL_WEBHOOK_TOKENS"
+DEFAULT_LISTEN = "127.0.0.1:9880"
+MAX_BODY_BYTES = 10 * 1024 * 1024
+SOURCE = "webhook"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOptions:
+    """Everything ``sealtrail produce webhook`` can be told (see docs/PRODUCERS.md)."""
+
+    listen: str = DEFAULT_LISTEN
+    tokens: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    insecure_no_auth: bool = False
+    cluster: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_event_bytes: int = MAX_EVENT_BYTES
+    ack_timeout: float = 10.0
+    max_inflight: int = 50_000
+    retry_after: int = 5
+    drain_timeout: float = 30.0
+    # Seconds a client may take to send its headers (from connect) or its body; slow clients
+    # (slowloris) are cut off instead of holding a connection forever.
+    read_timeout: float = 30.0
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--listen {listen!r} is not HOST:PORT; use e.g. 127.0.0.1:9880")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load_tokens(path: Path, default_cluster: str | None) -> list[tuple[bytes, str]]:
+    """Read ``TOKEN CLUSTER`` lines (a lone ``TOKEN`` takes ``--cluster``); refuse loose modes."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the webhook token file {path} ({exc.strerror})") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"the webhook token file {path} is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
+        )
+    tokens: list[tuple[bytes, str]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) == 1 and default_cluster:
+            parts.append(default_cluster)
+        if len(parts) != 2:
+            # Never echo the line: it holds a token.
+            raise ConfigError(
+                f"{path}:{number} is not 'TOKEN CLUSTER' (a lone TOKEN needs --cluster); fix it"
+            )
+        tokens.append((parts[0].encode("utf-8"), parts[1]))
+    if not tokens:
+        raise ConfigError(
+            f"the webhook token file {path} holds no tokens; add 'TOKEN CLUSTER' lines"
+        )
+    return tokens
+
+
+def _reason_kind(reason: str) -> str:
+    """A small, fixed set of metric labels for reject reasons (reasons themselves vary)."""
+    if "byte limit" in reason:
+        return "too_large"
+    if "not valid JSON" in reason or "UTF-8" in reason or "nested" in reason:
+        return "malformed"
+    if "is missing" in reason:
+        return "missing_field"
+    if "must be" in reason or "not an" in reason or "not supported" in reason:
+        return "wrong_type"
+    return "other"
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "sealtrail_webhook_received_events",
+            "Events received (accepted or rejected).",
+            registry=r,
+        )
+        self.produced = Counter(
+            "sealtrail_webhook_produced_events", "Events acknowledged by Kafka.", registry=r
+        )
+        self.rejected = Counter(
+            "sealtrail_webhook_rejected_events",
+            "Events or bodies sent to the rejects topic.",
+            ["kind"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "sealtrail_webhook_auth_failures",
+            "Requests refused for missing or wrong credentials.",
+            registry=r,
+        )
+        self.unavailable = Counter(
+            "sealtrail_webhook_unavailable",
+            "Requests answered 503 (Kafka down/slow, backpressure).",
+            ["cause"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "sealtrail_webhook_request_seconds",
+            "Time to answer a POST, including Kafka acks.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "sealtrail_webhook_inflight_events",
+            "Events waiting for Kafka acknowledgement.",
+            registry=r,
+        )
+
+
+class WebhookServer:
+    """The webhook as an object: ``start()`` returns the bound port, ``stop()`` drains."""
+
+    def __init__(self, settings: Settings, options: WebhookOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.host, self.port = parse_listen(options.listen)
+        self._tokens: list[tuple[bytes, str]] = []
+        self._validate()
+        self.metrics = _Metrics()
+        self._inflight = 0
+        self._producer: ConfirmedProducer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stopping: asyncio.Event | None = None
+        self._health: tuple[float, bool] = (0.0, False)
+
+    # -- configuration ---------------------------------------------------------------------
+    def _validate(self) -> None:
+        o = self.options
+        if o.tokens is not None:
+            self._tokens = load_tokens(o.tokens, o.cluster)
+        if (o.tls_cert is None) != (o.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
+        if o.client_ca is not None and o.tls_cert is None:
+            raise ConfigError("--client-ca needs TLS; give --tls-cert and --tls-key too")
+        if o.tokens is None and o.client_ca is None and not o.insecure_no_auth:
+            raise ConfigError(
+                "the webhook needs authentication: give --tokens FILE (or SEALTRAIL_WEBHOOK_TOKENS)"
+                " or --client-ca, or run without it with --insecure-no-auth --cluster NAME"
+            )
+        if o.insecure_no_auth and not o.cluster:
+            raise ConfigError("--insecure-no-auth needs --cluster NAME to name the cluster")
+        if o.max_body_bytes <= 0 or o.max_event_bytes <= 0 or o.max_inflight <= 0:
+            raise ConfigError("--max-body-bytes, --max-event-bytes and --max-inflight must be > 0")
+        if o.ack_timeout <= 0:
+            raise ConfigError("--ack-timeout must be > 0 seconds")
+        if o.read_timeout <= 0:
+            raise ConfigError("--read-timeout must be > 0 seconds")
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        o = self.options
+        if o.tls_cert is None or o.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(str(o.tls_cert), str(o.tls_key))
+            if o.client_ca is not None:
+                ctx.load_verify_locations(cafile=str(o.client_ca))
+                # Optional when tokens are accepted too; the handler still demands one or the other.
+                ctx.verify_mode = ssl.CERT_OPTIONAL if self._tokens else ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load the webhook TLS files ({exc.__class__.__name__}: "
+                f"{getattr(exc, 'strerror', None) or exc}); check --tls-cert/--tls-key/--client-ca"
+            ) from None
+        return ctx
+
+    # -- authentication --------------------------------------------------------------------
+    def _cluster_of(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, presented = header.partition(" ")
+            if scheme.lower() != "bearer" or not self._tokens:
+                return None
+            # aiohttp keeps non-UTF-8 header bytes as surrogates; turn them back into bytes
+            # (a plain encode would raise and answer 500).
+            given = presented.strip().encode("utf-8", "surrogateescape")
+            found: str | None = None
+            # Compare against every token so the time taken does not tell which one matched.
+            for token, cluster in self._tokens:
+                if hmac.compare_digest(token, given) and found is None:
+                    found = cluster
+            return found
+        if self.options.client_ca is not None:
+            peer = request.transport.get_extra_info("peercert") if request.transport else None
+            if peer:
+                if self.options.cluster:
+                    return self.options.cluster
+                for rdn in peer.get("subject", ()):
+                    for key, value in rdn:
+                        if key == "commonName" and value:
+                            return str(value)
+            return None
+        if self.options.insecure_no_auth:
+            return self.options.cluster
+        return None
+
+    # -- handlers --------------------------------------------------------------------------
+    def _unavailable(self, cause: str, message: str) -> web.Response:
+        self.metrics.unavailable.labels(cause).inc()
+        return web.json_response(
+            {"error": message},
+            status=503,
+            headers={"Retry-After": str(self.options.retry_after)},
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The body, or None if it is over the limit (read at most limit+1 bytes)."""
+        limit = self.options.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.read(min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return None
+        return b"".join(chunks)
+
+    async def handle_post(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            return await self._post(request)
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+
+    async def _post(self, request: web.Request) -> web.Response:
+        cluster = self._cluster_of(request)
+        if cluster is None:
+            self.metrics.auth_failures.inc()
+            log.warning("refused a request from %s: missing or wrong credentials", request.remote)
+            return web.json_response(
+                {"error": "missing or wrong credentials"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="sealtrail"'},
+            )
+        ctype = request.content_type
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            return web.json_response(
+                {"error": f"content type {ctype} is not accepted; send application/json"},
+                status=415,
+            )
+        if self._stopping is not None and self._stopping.is_set():
+            return self._unavailable("stopping", "the webhook is shutting down; retry")
+        if self._inflight >= self.options.max_inflight:
+            return self._unavailable("backpressure", "too many events wait for Kafka; retry")
+        try:
+            body = await asyncio.wait_for(self._read_body(request), self.options.read_timeout)
+        except TimeoutError:
+            resp = web.json_response(
+                {"error": f"body not received within {self.options.read_timeout:g} s; retry"},
+                status=408,
+            )
+            resp.force_close()  # do not wait for the rest of a slow body
+            return resp
+        if body is None:
+            resp = web.json_response(
+                {"error": f"body is over the {self.options.max_body_bytes} byte limit"},
+                status=413,
+            )
+            resp.force_close()  # do not read the rest of an oversize body
+            return resp
+        producer = self._producer
+        assert producer is not None and self._loop is not None
+        received = now_us()
+        batch, done = asyncio_batch(self._loop)
+        raw_topic = self.settings.topics.raw
+        key = cluster.encode("utf-8")
+        reason = ""
+        try:
+            result = parse_body(
+                body, cluster, received, max_event_bytes=self.options.max_event_bytes
+            )
+        except BadRequestBody as bad:
+            result = None
+            reason = str(bad)
+        count = 0 if result is None else len(result.events) + len(result.rejects)
+        self._inflight += max(count, 1)
+        self.metrics.inflight.set(self._inflight)
+        try:
+            if result is None:
+                producer.produce_reject(batch, reason, SOURCE, cluster, body, received)
+            else:
+                for event in result.events:
+                    producer.produce(batch, raw_topic, key, encode_audit_event(event))
+                for rej in result.rejects:
+                    producer.produce_reject(batch, rej.reason, SOURCE, cluster, rej.raw, received)
+            batch.seal()
+            try:
+                error = await asyncio.wait_for(done, self.options.ack_timeout + 2.0)
+            except TimeoutError:
+                error = "no acknowledgement within the ack timeout"
+        except Backpressure:
+            batch.seal()
+            return self._unavailable("backpressure", "the Kafka producer queue is full; retry")
+        except DeliveryFailed as exc:
+            batch.seal()
+            error = str(exc)
+        finally:
+            self._inflight -= max(count, 1)
+            self.metrics.inflight.set(self._inflight)
+        if error is not None:
+            log.warning("Kafka did not acknowledge a batch of %d event(s): %s", count, error)
+            return self._unavailable("kafka", "Kafka did not acknowledge the events; retry")
+        if result is None:
+            self.metrics.rejected.labels("bad_body").inc()
+            return web.json_response({"error": reason}, status=400)
+        self.metrics.received.inc(count)
+        self.metrics.produced.inc(len(result.events))
+        for rej in result.rejects:
+            self.metrics.rejected.labels(_reason_kind(rej.reason)).inc()
+        return web.json_response({"accepted": len(result.events), "rejected": len(result.rejects)})
+
+    async def handle_healthz(self, _request: web.Request) -> web.Response:
+        checked_at, healthy = self._health
+        if time.monotonic() - checked_at > 2.0:
+            assert self._producer is not None and self._loop is not None
+            healthy = await self._loop.run_in_executor(None, self._producer.check_connected, 2.0)
+            self._health = (time.monotonic(), healthy)
+        if healthy:
+            return web.Response(text="ok\n")
+        return web.Response(text="kafka unreachable\n", status=503)
+
+    async def handle_metrics(self, _request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(self.metrics.registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        app = web.Application(client_max_size=self.options.max_body_bytes + 1)
+        app.router.add_post("/", self.handle_post)
+        app.router.add_get("/healthz", self.handle_healthz)
+        app.router.add_get("/metrics", self.handle_metrics)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=self.options.drain_timeout,
+            # Also bounds the time to send request headers (aiohttp's default is an hour).
+            keepalive_timeout=self.options.read_timeout,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl_context())
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        log.info(
+            "webhook listening on %s:%d, producing to %s",
+            self.host,
+            self.port,
+            self.settings.topics.raw,
+        )
+        self._started.set()
+        await self._stopping.wait()
+        # Stop listening, let running requests finish (they wait for their acks), then close.
+        await self._runner.cleanup()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported to start() in the caller's thread
+            self._start_error = exc
+            self._started.set()
+        finally:
+            loop.close()
+
+    def start(self, timeout: float = 30.0) -> int:
+        """Connect the producer, start serving in a background thread; return the bound port."""
+        self._producer = ConfirmedProducer(
+            self.settings, message_timeout_s=self.options.ack_timeout
+        )
+        self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout) or self._start_error is not None:
+            error = self._start_error
+            self._producer.close(1.0)
+            if isinstance(error, OSError):
+                raise ConfigError(
+                    f"cannot listen on {self.options.listen} ({error.strerror}); "
+                    "choose another --listen address"
+                ) from None
+            if isinstance(error, ConfigError):
+                raise error
+            raise ConfigError(f"the webhook did not start ({error})")
+        return self.port
+
+    def stop(self) -> int:
+        """Drain: stop accepting, finish running requests, flush Kafka. Returns unacked count."""
+        if self._loop is not None and self._stopping is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(self.options.drain_timeout + 5)
+        left = 0
+        if self._producer is not None:
+            left = self._producer.close(self.options.drain_timeout)
+            self._producer = None
+        return left
+
+    def url(self) -> str:
+        scheme = "https" if self.options.tls_cert else "http"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{scheme}://{host}:{self.port}/"

@@ -1,0 +1,368 @@
+"""Producers against the real broker: webhook, file shipper, SDK and load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producers.file_shipper import FileShipper
+from producers.k8s import parse_body, parse_line
+from producers.load import event_list, generate, send_kafka
+from producers.sdk import AsyncEmitter, Emitter
+from producers.webhook import WebhookOptions, WebhookServer
+from schemas.codec import decode_audit_event
+from sealtrail.config import Settings
+from sealtrail.errors import KafkaUnavailable
+from sealtrail.kafka_read import read_range, reader, watermarks
+from sealtrail.service import StopFlag
+from tests.conftest import K8S_SAMPLES
+
+TOKEN_A = "tok-A-3f9c1e0d5b7a4c2e9f8d"
+TOKEN_B = "tok-B-8a1b2c3d4e5f60718293"
+BAD_SAMPLE = "fal_01_003.json"
+
+
+def good_lines() -> list[bytes]:
+    lines: list[bytes] = []
+    for path in sorted(K8S_SAMPLES.glob("*.json")):
+        if path.name == BAD_SAMPLE:
+            continue
+        lines.extend(line for line in path.read_bytes().splitlines() if line.strip())
+    return lines
+
+
+def bad_line() -> bytes:
+    return (K8S_SAMPLES / BAD_SAMPLE).read_bytes().strip()
+
+
+def records(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a topic, partition by partition."""
+    consumer = reader(settings)
+    try:
+        out: list[tuple[bytes, bytes]] = []
+        for partition in range(3):
+            for message in read_range(consumer, topic, partition, idle_timeout=10):
+                out.append((message.key(), message.value()))
+        return out
+    finally:
+        consumer.close()
+
+
+def end_offsets(settings: Settings) -> list[int]:
+    consumer = reader(settings)
+    try:
+        return [
+            watermarks(consumer, topic, p)[1]
+            for topic in (settings.topics.raw, settings.topics.rejects)
+            for p in range(3)
+        ]
+    finally:
+        consumer.close()
+
+
+def raw_events(settings: Settings) -> list[dict[str, Any]]:
+    out = []
+    for key, value in records(settings, settings.topics.raw):
+        event = decode_audit_event(value)
+        assert key == event["cluster"].encode()
+        out.append(event)
+    return out
+
+
+def rejects(settings: Settings) -> list[dict[str, Any]]:
+    return [json.loads(value) for _key, value in records(settings, settings.topics.rejects)]
+
+
+def post(
+    url: str, body: bytes, token: str | None = None, ctype: str = "application/json"
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("Content-Type", ctype)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def token_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "tokens"
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def webhook(settings: Settings, tmp_path: Path) -> Iterator[WebhookServer]:
+    tokens = token_file(tmp_path, f"# test tokens\n{TOKEN_A} cluster-a\n{TOKEN_B} cluster-b\n")
+    server = WebhookServer(
+        settings,
+        WebhookOptions(listen="127.0.0.1:0", tokens=tokens, max_body_bytes=2 * 1024 * 1024),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0
+
+
+def test_webhook_round_trip_rejects_and_auth(
+    settings: Settings, webhook: WebhookServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = webhook.url()
+    lines = good_lines()
+    # The body claims another cluster in every way it could; the token decides.
+    body = event_list([*lines[:20], bad_line(), *lines[20:]]).replace(
+        b'"items":[', b'"cluster":"evil","items":[', 1
+    )
+    status, _, answer = post(url, body, TOKEN_A)
+    assert status == 200, answer
+    assert json.loads(answer) == {"accepted": len(lines), "rejected": 1}
+    status, _, answer = post(url, event_list(lines[:3]), TOKEN_B)
+    assert (status, json.loads(answer)) == (200, {"accepted": 3, "rejected": 0})
+
+    before = end_offsets(settings)
+    assert post(url, event_list(lines[:3]), "wrong-token")[0] == 401
+    assert post(url, event_list(lines[:3]))[0] == 401
+    assert post(url, event_list(lines[:3]), TOKEN_A.upper())[0] == 401
+    assert post(url, b"x" * (2 * 1024 * 1024 + 10), TOKEN_A)[0] == 413
+    assert post(url, event_list(lines[:3]), TOKEN_A, ctype="text/plain")[0] == 415
+    assert end_offsets(settings) == before  # nothing produced for refused requests
+
+    status, _, answer = post(url, b'{"kind": "EventList", oops', TOKEN_B)
+    assert status == 400 and b"not valid JSON" in answer
+
+    events = raw_events(settings)
+    a_events = [e for e in events if e["cluster"] == "cluster-a"]
+    b_events = [e for e in events if e["cluster"] == "cluster-b"]
+    assert {e["cluster"] for e in events} == {"cluster-a", "cluster-b"}
+    # One key per cluster: a cluster's events keep their order on one partition.
+    assert [e["original"] for e in a_events] == lines
+    assert [e["original"] for e in b_events] == lines[:3]
+    for event, line in zip(a_events, lines, strict=True):
+        # Items of an EventList take the list's apiVersion when they have none (pre-v1 events).
+        [expected] = parse_body(event_list([line]), "cluster-a", event["received_at"]).events
+        assert event == expected
+
+    found = rejects(settings)
+    assert len(found) == 2
+    item = next(r for r in found if r["cluster"] == "cluster-a")
+    assert item["source"] == "webhook" and "kind" in item["reason"]
+    assert base64.b64decode(item["body_b64"]) == bad_line()
+    whole = next(r for r in found if r["cluster"] == "cluster-b")
+    assert base64.b64decode(whole["body_b64"]) == b'{"kind": "EventList", oops'
+    assert "not valid JSON" in whole["reason"] and whole["received_at"] > 0
+
+    assert get(url + "healthz") == (200, b"ok\n")
+    status, metrics = get(url + "metrics")
+    text = metrics.decode()
+    assert status == 200
+    assert f"sealtrail_webhook_produced_events_total {float(len(lines) + 3)}" in text
+    assert "sealtrail_webhook_auth_failures_total 3.0" in text
+    assert 'sealtrail_webhook_rejected_events_total{kind="wrong_type"} 1.0' in text
+    assert "sealtrail_webhook_request_seconds_bucket" in text
+    for secret in (TOKEN_A, TOKEN_B, "wrong-token", TOKEN_A.upper()):
+        assert secret not in text
+        assert secret not in caplog.text
+    assert "missing or wrong credentials" in caplog.text
+
+
+def test_webhook_refuses_loose_token_file(settings: Settings, tmp_path: Path) -> None:
+    from sealtrail.errors import ConfigError
+
+    tokens = token_file(tmp_path, f"{TOKEN_A} cluster-a\n", mode=0o644)
+    with pytest.raises(ConfigError, match="chmod 600") as info:
+        WebhookServer(settings, WebhookOptions(listen="127.0.0.1:0", tokens=tokens))
+    assert TOKEN_A not in str(info.value)
+    with pytest.raises(ConfigError, match="needs authentication"):
+        WebhookServer(settings, WebhookOptions(listen="127.0.0.1:0"))
+
+
+def test_webhook_kafka_down_answers_503_then_stores_exactly_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A second broker of our own is stopped; the session broker keeps serving other tests."""
+    from sealtrail.stack import LocalKafka
+    from sealtrail.topics import init_topics
+    from tests.conftest import free_port_base
+
+    kafka = LocalKafka(tmp_path / "own-kafka")
+    port = free_port_base(1)
+    own = settings.with_(kafka=kafka.up(port=port).bootstrap)
+    server: WebhookServer | None = None
+    try:
+        init_topics(own, partitions=3, replication_factor=1)
+        server = WebhookServer(
+            own,
+            WebhookOptions(
+                listen="127.0.0.1:0", insecure_no_auth=True, cluster="solo", ack_timeout=2.0
+            ),
+        )
+        server.start()
+        lines = good_lines()[:30]
+        body = event_list(lines)
+        kafka.down()
+        started = time.monotonic()
+        status, headers, _ = post(server.url(), body)
+        assert status == 503 and int(headers["Retry-After"]) > 0
+        assert time.monotonic() - started < 8
+        assert get(server.url() + "healthz")[0] == 503
+
+        kafka.up(port=port)
+        deadline = time.monotonic() + 60
+        while True:  # like the API server: send the same batch again until it is taken
+            status, _, answer = post(server.url(), body)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status == 200, answer
+        events = raw_events(own)
+        assert [e["original"] for e in events] == lines  # exactly once, in order
+    finally:
+        if server is not None:
+            server.stop()
+        kafka.down()
+
+
+# ---------------------------------------------------------------------------------------------
+# file shipper
+
+
+def ship(settings: Settings, path: Path, **kwargs: Any) -> FileShipper:
+    shipper = FileShipper(settings, path, "files", **kwargs)
+    shipper.run()
+    return shipper
+
+
+def originals(settings: Settings) -> list[bytes]:
+    return [e["original"] for e in raw_events(settings)]
+
+
+def test_file_shipper_resumes_without_loss_or_duplicates(
+    settings: Settings, tmp_path: Path
+) -> None:
+    lines = good_lines()
+    log_file = tmp_path / "audit.log"
+    log_file.write_bytes(b"\n".join([*lines[:10], b"", bad_line(), *lines[10:20]]) + b"\n")
+    first = ship(settings, log_file)
+    assert (first.stats.events, first.stats.rejects) == (20, 1)
+    with log_file.open("ab") as out:
+        out.write(b"\n".join(lines[20:]) + b"\n")
+    second = ship(settings, log_file)
+    assert second.stats.events == len(lines) - 20
+    assert ship(settings, log_file).stats.events == 0  # nothing new: nothing sent
+    assert originals(settings) == lines
+    for event, line in zip(raw_events(settings), lines, strict=True):
+        assert event == parse_line(line, "files", event["received_at"])
+    [reject] = rejects(settings)
+    assert reject["source"] == "file" and reject["cluster"] == "files"
+    assert base64.b64decode(reject["body_b64"]) == bad_line()
+
+
+def _wait_for(settings: Settings, count: int, timeout: float = 20.0) -> list[bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = originals(settings)
+        except KafkaUnavailable:  # a just-created partition may still be electing its leader
+            got = []
+        if len(got) >= count or time.monotonic() > deadline:
+            return got
+        time.sleep(0.3)
+
+
+def test_file_shipper_follows_rename_and_copytruncate(settings: Settings, tmp_path: Path) -> None:
+    lines = good_lines()
+    log_file = tmp_path / "audit.log"
+    log_file.write_bytes(b"\n".join(lines[:5]) + b"\n")
+    stop = StopFlag()
+    shipper = FileShipper(settings, log_file, "files", follow=True, poll_interval=0.05, stop=stop)
+    thread = threading.Thread(target=shipper.run)
+    thread.start()
+    try:
+        assert _wait_for(settings, 5) == lines[:5]
+        # Rename rotation: the writer still appends to the old file, then the new one appears.
+        with log_file.open("ab") as out:
+            os.rename(log_file, tmp_path / "audit.log.1")
+            out.write(b"\n".join(lines[5:10]) + b"\n")
+        log_file.write_bytes(b"\n".join(lines[10:15]) + b"\n")
+        assert _wait_for(settings, 15) == lines[:15]
+        # Copytruncate: the content is copied away, the file truncated and written again.
+        with log_file.open("r+b") as out:
+            out.truncate(0)
+        log_file.write_bytes(b"\n".join(lines[15:17]) + b"\n")
+        assert _wait_for(settings, 17) == lines[:17]
+    finally:
+        stop.set()
+        thread.join(30)
+    # A restart in follow mode resumes where the last run stopped.
+    with log_file.open("ab") as out:
+        out.write(b"\n".join(lines[17:20]) + b"\n")
+    ship(settings, log_file)
+    got = originals(settings)
+    assert got == lines[:20], [lines.index(g) for g in got]
+
+
+# ---------------------------------------------------------------------------------------------
+# SDK and load generator
+
+
+def test_sdk_sync_and_async_emit_with_confirmation(settings: Settings) -> None:
+    with Emitter(settings, cluster="billing") as audit:
+        future = audit.emit(
+            actor="alice",
+            action="refund",
+            resource="order/42",
+            outcome="success",
+            attributes={"amount": "12.50"},
+            event_id="evt-1",
+            timestamp=1_700_000_000_000_000,
+        )
+        assert future.result(timeout=15) is None
+        audit.emit(actor="bob", action="login", resource="console", outcome="failure")
+
+    async def run() -> None:
+        async with AsyncEmitter(settings, cluster="billing") as audit:
+            await audit.emit(actor="carol", action="export", resource="report", outcome="success")
+
+    asyncio.run(run())
+    events = raw_events(settings)
+    assert [e["actor"] for e in events] == ["alice", "bob", "carol"]
+    first = events[0]
+    assert first["cluster"] == "billing" and first["source"] == "generic"
+    assert first["audit_id"] == "evt-1" and first["attributes"] == {"amount": "12.50"}
+    assert first["request_received_at"] == 1_700_000_000_000_000
+    assert json.loads(first["original"])["action"] == "refund"
+
+
+def test_load_generator_sends_reproducible_events(settings: Settings) -> None:
+    stats = send_kafka(settings, 300, 0, 3, seed=7, progress=lambda *_: None)
+    assert stats.sent == 300
+    events = raw_events(settings)
+    assert len(events) == 300
+    assert {e["cluster"] for e in events} == {"cluster-1", "cluster-2", "cluster-3"}
+    expected = {line for _cluster, line in generate(300, 3, seed=7)}
+    assert {e["original"] for e in events} == expected

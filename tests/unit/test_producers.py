@@ -1,0 +1,144 @@
+"""Producer pieces that need no network: token files, reject entries, positions, load events."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from producers.file_shipper import (
+    Position,
+    default_position_file,
+    first_line_hash,
+    load_position,
+    save_position,
+)
+from producers.k8s import parse_line
+from producers.kafka_writer import REJECT_BODY_LIMIT, reject_record
+from producers.load import event_list, generate
+from producers.webhook import _reason_kind, load_tokens, parse_listen
+from sealtrail.config import Settings
+from sealtrail.errors import ConfigError
+
+
+def test_token_file_maps_tokens_to_clusters(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("# comment\n\nsecret-a cluster-a\nsecret-b   cluster-b\nsolo\n")
+    path.chmod(0o600)
+    assert load_tokens(path, "default") == [
+        (b"secret-a", "cluster-a"),
+        (b"secret-b", "cluster-b"),
+        (b"solo", "default"),
+    ]
+    with pytest.raises(ConfigError, match="needs --cluster") as info:
+        load_tokens(path, None)
+    assert "solo" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_token_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("secret-a cluster-a\n")
+    path.chmod(mode)
+    with pytest.raises(ConfigError, match="chmod 600") as info:
+        load_tokens(path, None)
+    assert "secret-a" not in str(info.value)
+
+
+def test_empty_or_missing_token_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("# nothing\n")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="holds no tokens"):
+        load_tokens(path, None)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_tokens(tmp_path / "absent", None)
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:9880") == ("127.0.0.1", 9880)
+    assert parse_listen(":9880") == ("0.0.0.0", 9880)
+    assert parse_listen("[::1]:443") == ("::1", 443)
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        parse_listen("localhost")
+
+
+def test_reject_record_truncates_large_bodies_and_says_so() -> None:
+    small = json.loads(reject_record("bad", "file", "c1", b"abc", 5))
+    assert small == {
+        "reason": "bad",
+        "source": "file",
+        "cluster": "c1",
+        "received_at": 5,
+        "body_b64": base64.b64encode(b"abc").decode(),
+    }
+    body = b"x" * (REJECT_BODY_LIMIT + 10)
+    big = json.loads(reject_record("bad", "webhook", "c1", body, 5))
+    assert big["truncated"] is True and big["body_bytes"] == len(body)
+    assert "truncated" in big["reason"]
+    assert len(base64.b64decode(big["body_b64"])) == REJECT_BODY_LIMIT
+
+
+def test_reason_kinds_are_a_small_set() -> None:
+    assert _reason_kind("event is 200000 bytes, over the 102400 byte limit") == "too_large"
+    assert _reason_kind("line is not valid JSON (Expecting value)") == "malformed"
+    assert _reason_kind("auditID is missing") == "missing_field"
+    assert _reason_kind('kind must be "Event", not 0') == "wrong_type"
+
+
+def test_position_file_round_trip_and_errors(tmp_path: Path) -> None:
+    pos = tmp_path / "d" / "p.pos"
+    assert load_position(pos) is None
+    save_position(pos, Position(12, 345, "ab"))
+    assert load_position(pos) == Position(12, 345, "ab")
+    assert not (tmp_path / "d" / "p.pos.tmp").exists()
+    pos.write_text("{not json")
+    with pytest.raises(ConfigError, match="remove it"):
+        load_position(pos)
+
+
+def test_default_position_file_is_under_home(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    path = default_position_file(settings, Path("/var/log/kube/audit.log"))
+    assert path.parent == tmp_path / "home" / "shipper"
+    assert path.name.startswith("var_log_kube_audit.log-") and path.suffix == ".pos"
+
+
+def test_first_line_hash(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"partial")
+    with path.open("rb") as handle:
+        assert first_line_hash(handle) == ""
+    path.write_bytes(b"one\ntwo\n")
+    with path.open("rb") as handle:
+        handle.seek(5)
+        assert first_line_hash(handle) != "" and handle.tell() == 5
+
+
+def test_load_events_are_reproducible_and_valid() -> None:
+    first = list(generate(500, 4, seed=42))
+    assert first == list(generate(500, 4, seed=42))
+    assert first != list(generate(500, 4, seed=43))
+    verbs, users, codes, subresources, agents = set(), set(), set(), set(), set()
+    for cluster, line in first:
+        event = parse_line(line, cluster, 0)
+        verbs.add(event["verb"])
+        users.add(event["user_name"])
+        codes.add(event["response_code"])
+        subresources.add(event["object_subresource"])
+        agents.add(event["user_agent"].split("/")[0])
+        assert cluster in {"cluster-1", "cluster-2", "cluster-3", "cluster-4"}
+    assert {"get", "list", "watch", "create", "update", "patch", "delete"} <= verbs
+    assert {"system:kube-controller-manager", "alice@example.com"} <= users
+    assert any(u.startswith("system:serviceaccount:") for u in users)
+    assert {200, 201, 403, 404, 409} <= codes
+    assert {"exec", "attach"} <= subresources
+    assert {"kubectl", "k9s", "kube-controller-manager"} <= agents
+    assert len({json.loads(line)["auditID"] for _c, line in first}) == 500
+
+
+def test_event_list_wraps_raw_lines() -> None:
+    body = event_list([b'{"a":1}', b'{"b":2}'])
+    assert json.loads(body)["items"] == [{"a": 1}, {"b": 2}]
