@@ -37,6 +37,7 @@ from processors.integrity.keys import load_signer
 from processors.integrity.merkle import CompactRange
 from processors.integrity.note import Signer
 from processors.integrity.record import ChainedRecord, ChainHead, link
+from processors.verifier import offsite
 from schemas.codec import decode_chained, encode_chained
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError, KafkaUnavailable, SealtrailError
@@ -54,7 +55,6 @@ __all__ = [
     "ChainerOptions",
     "ChainerStats",
     "chain_id",
-    "export_path",
     "group_id",
     "transactional_id",
 ]
@@ -159,11 +159,6 @@ def group_id(settings: Settings) -> str:
 
 def transactional_id(settings: Settings, instance_id: str) -> str:
     return f"{settings.topic_prefix}{GROUP}-{instance_id}"
-
-
-def export_path(directory: Path, chain: str) -> Path:
-    """The offsite notes file of ``chain``: ``DIR/<chain with '/' replaced by '_'>.notes``."""
-    return directory / f"{chain.replace('/', '_')}.notes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -898,15 +893,17 @@ class Chainer:
         directory = self.options.export_checkpoints
         if directory is None:
             return
+        by_chain: dict[str, list[str]] = {}
+        for chain, note in notes:
+            by_chain.setdefault(chain, []).append(note)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            for chain, note in notes:
-                with export_path(directory, chain).open("a", encoding="utf-8") as fh:
-                    fh.write(note + "\n")
-        except OSError as exc:
+            for chain, chain_notes in by_chain.items():
+                offsite.write_notes(directory, chain, chain_notes)
+        except (OSError, ConfigError) as exc:
             # The checkpoints are committed in Kafka; a failed offsite copy must be noticed but
             # must not stop chaining.
-            log.error("could not append checkpoints to %s: %s", directory, exc.strerror)
+            log.error("could not append checkpoints to %s: %s", directory, exc)
 
 
 def options_from_env(**given: Any) -> ChainerOptions:

@@ -19,7 +19,9 @@ from urllib.parse import quote, unquote
 
 from sealtrail.errors import ConfigError
 
-__all__ = ["BEGIN", "END", "append_notes", "chain_file", "chains_in", "read_notes"]
+__all__ = [
+    "BEGIN", "END", "append_notes", "chain_file", "chains_in", "read_notes", "write_notes"
+]
 
 BEGIN = "-----BEGIN SEALTRAIL CHECKPOINT-----"
 END = "-----END SEALTRAIL CHECKPOINT-----"
@@ -43,38 +45,12 @@ def chains_in(directory: Path) -> list[str]:
 
 
 def has_any(directory: Path) -> bool:
-    return bool(chains_in(directory)) or any(Path(directory).glob("*.notes"))
-
-
-def _chainer_notes(directory: Path, chain: str) -> list[str]:
-    """Notes the chainer's ``--export-checkpoints`` wrote (``<chain, / -> _>.notes``): each
-    note followed by a blank line; a note is text lines, a blank line, em-dash signature lines."""
-    path = Path(directory) / f"{chain.replace('/', '_')}.notes"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read offsite checkpoints {path} ({type(exc).__name__}); check the file"
-        ) from None
-    paras = [p for p in text.split("\n\n") if p.strip()]
-    notes: list[str] = []
-    i = 0
-    while i + 1 < len(paras):
-        body, sigs = paras[i].strip("\n"), paras[i + 1].strip("\n")
-        if all(line.startswith("\u2014 ") for line in sigs.split("\n")):
-            notes.append(f"{body}\n\n{sigs}\n")
-            i += 2
-        else:
-            i += 1
-    return notes
+    return bool(chains_in(directory))
 
 
 def read_notes(directory: Path, chain: str) -> list[str]:
-    """Every note stored for ``chain`` (also those the chainer exported), deduplicated."""
-    notes = _read_delimited(directory, chain)
-    return list(dict.fromkeys(notes + _chainer_notes(directory, chain)))
+    """Every note stored for ``chain``, deduplicated, oldest first."""
+    return list(dict.fromkeys(_read_delimited(directory, chain)))
 
 
 def _read_delimited(directory: Path, chain: str) -> list[str]:
@@ -120,9 +96,15 @@ def append_notes(directory: Path, chain: str, notes: list[str]) -> int:
         if note not in have:
             have.add(note)
             new.append(note)
-    if not new:
-        return 0
-    blob = "".join(f"{BEGIN}\n{n if n.endswith(chr(10)) else n + chr(10)}{END}\n" for n in new)
+    write_notes(directory, chain, new)
+    return len(new)
+
+
+def write_notes(directory: Path, chain: str, notes: list[str]) -> None:
+    """Append ``notes`` as they are (the chainer's path: it never writes a note twice)."""
+    if not notes:
+        return
+    blob = "".join(f"{BEGIN}\n{n if n.endswith(chr(10)) else n + chr(10)}{END}\n" for n in notes)
     path = chain_file(directory, chain)
     try:
         with open(path, "a", encoding="utf-8") as fh:
@@ -131,4 +113,3 @@ def append_notes(directory: Path, chain: str, notes: list[str]) -> int:
             os.fsync(fh.fileno())
     except OSError as exc:
         raise ConfigError(f"cannot write {path} ({exc.strerror}); check --to") from None
-    return len(new)

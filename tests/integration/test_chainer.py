@@ -25,7 +25,6 @@ from processors.chainer import (
     ChainerOptions,
     chain_id,
     everything,
-    export_path,
     group_id,
 )
 from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, origin_for
@@ -33,6 +32,7 @@ from processors.integrity.errors import KeyFileError
 from processors.integrity.keys import load_verifiers, write_keypair
 from processors.integrity.merkle import CompactRange
 from processors.integrity.record import ChainedRecord, ChainHead, check_record, link
+from processors.verifier import offsite
 from schemas.codec import decode_chained, encode_chained
 from sealtrail.cli import app
 from sealtrail.config import Settings
@@ -306,10 +306,7 @@ def test_once_chains_everything_then_continues_without_fork(
         cps = check_checkpoints(settings, p, records, keyring)
         assert cps[-1].size == len(records)
         # the offsite copy holds the same notes, one per block
-        text = export_path(exports, chain_id(settings.topics.raw, p)).read_text()
-        parts = text.split("\n\n")
-        assert parts[-1] == "" and len(parts) % 2 == 1
-        notes = [f"{parts[i]}\n\n{parts[i + 1]}\n" for i in range(0, len(parts) - 1, 2)]
+        notes = offsite.read_notes(exports, chain_id(settings.topics.raw, p))
         assert [open_checkpoint(n, keyring) for n in notes] == cps
 
     # a third run with nothing new writes nothing

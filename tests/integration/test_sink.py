@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sink_support import ChainWriter, sample_events, sample_payloads
+from tests.integration.sink_support import ChainWriter, sample_events, sample_payloads
 from typer.testing import CliRunner
 
 from processors.integrity.checkpoint import Checkpoint

@@ -13,7 +13,6 @@ from processors.chainer import (
     Chainer,
     ChainerOptions,
     chain_id,
-    export_path,
     group_id,
     options_from_env,
     transactional_id,
@@ -43,7 +42,6 @@ def test_names() -> None:
     assert group_id(settings) == "p.sealtrail-chainer"
     assert group_id(Settings()) == "sealtrail-chainer"
     assert transactional_id(settings, "host-1") == "p.sealtrail-chainer-host-1"
-    assert export_path(Path("/x"), "audit.events/3") == Path("/x/audit.events_3.notes")
 
 
 def test_options_validation() -> None:
