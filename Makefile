@@ -24,14 +24,15 @@ demo: setup
 demo-quick: setup
 	$(BIN)/python -m sealtrail.demo --quick --stop $(DEMO_ARGS)
 
+# The long fault tests (marked slow) run in `make test-faults`; their short versions run here.
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-unit: setup
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" tests/unit $(PYTEST_ARGS)
 
 test-integration: setup
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" tests/integration $(PYTEST_ARGS)
 
 test-faults: setup
 	SEALTRAIL_FAULTS=long $(BIN)/python -m pytest -m slow tests/integration $(PYTEST_ARGS)

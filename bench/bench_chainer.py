@@ -33,9 +33,10 @@ from producers.k8s import RejectError, parse_line
 from schemas.codec import encode_audit_event
 from sealtrail.config import Settings
 from sealtrail.kafka import consumer_conf, producer_conf
+from sealtrail.samples import K8S_AUDIT_SAMPLES
 from sealtrail.service import StopFlag
 
-SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "k8s-audit"
+SAMPLES = K8S_AUDIT_SAMPLES
 BATCH_RECORDS = 5000
 BATCH_MS = 200
 

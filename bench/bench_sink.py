@@ -26,8 +26,9 @@ from producers.k8s import RejectError, parse_line
 from schemas.codec import encode_audit_event, encode_chained
 from sealtrail import clickhouse
 from sealtrail.kafka import producer_conf
+from sealtrail.samples import K8S_AUDIT_SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "k8s-audit"
+SAMPLES = K8S_AUDIT_SAMPLES
 
 
 def _payloads() -> list[bytes]:

@@ -22,7 +22,6 @@ import hashlib
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
@@ -46,8 +45,9 @@ from schemas.codec import encode_audit_event, encode_chained
 from sealtrail.config import Settings
 from sealtrail.kafka import producer_conf
 from sealtrail.kafka_read import read_range, reader
+from sealtrail.samples import K8S_AUDIT_SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "k8s-audit"
+SAMPLES = K8S_AUDIT_SAMPLES
 
 
 def _payloads() -> list[bytes]:

@@ -116,6 +116,12 @@ def _connect_dsn(dsn: str) -> Client:
         return _clients[dsn]
     path = chdb_path(dsn)
     if path is not None:
+        holder = holder_of(path)
+        if holder is not None:
+            raise ClickHouseError(
+                f"the embedded ClickHouse at {path} is in use by {holder}; stop it first, "
+                "or point SEALTRAIL_CLICKHOUSE at a ClickHouse server"
+            )
         if _clients and any(key.startswith("chdb:") for key in _clients):
             other = next(key for key in _clients if key.startswith("chdb:"))
             raise ClickHouseError(

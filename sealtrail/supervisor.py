@@ -79,8 +79,9 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         command = [sys.executable, "-m", "sealtrail", *child.args]
         log.info("starting %s", child.name)
-        child.process = subprocess.Popen(command, env=child_env(self.settings),
-                                         stdin=subprocess.DEVNULL)
+        child.process = subprocess.Popen(
+            command, env=child_env(self.settings), stdin=subprocess.DEVNULL
+        )
         child.started_at = time.monotonic()
 
     def _serve_health(self) -> None:
@@ -95,8 +96,7 @@ class Supervisor:
                     body = ("ok\n" if not down else f"down: {', '.join(down)}\n").encode()
                     self._send(200 if not down else 503, body, "text/plain")
                 elif self.path == "/metrics":
-                    self._send(200, supervisor.metrics().encode(),
-                               "text/plain; version=0.0.4")
+                    self._send(200, supervisor.metrics().encode(), "text/plain; version=0.0.4")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
@@ -125,8 +125,10 @@ class Supervisor:
             "# HELP sealtrail_run_child_restarts_total Restarts after a child died.",
             "# TYPE sealtrail_run_child_restarts_total counter",
         ]
-        lines += [f'sealtrail_run_child_restarts_total{{child="{c.name}"}} {c.restarts}'
-                  for c in self.children]
+        lines += [
+            f'sealtrail_run_child_restarts_total{{child="{c.name}"}} {c.restarts}'
+            for c in self.children
+        ]
         text = "\n".join(lines) + "\n"
         if self.webhook_metrics_url:
             try:
@@ -152,8 +154,13 @@ class Supervisor:
                         if ran >= STABLE_AFTER_S:
                             child.delays = backoff(0.5, 30.0)
                         delay = next(child.delays)
-                        log.warning("%s exited with code %s after %.1fs; restarting in %.1fs",
-                                    child.name, code, ran, delay)
+                        log.warning(
+                            "%s exited with code %s after %.1fs; restarting in %.1fs",
+                            child.name,
+                            code,
+                            ran,
+                            delay,
+                        )
                         child.process = None
                         child.next_start = now + delay
                         child.restarts += 1

@@ -59,7 +59,8 @@ def init_topics(
     names = settings.topics
     wanted = [names.raw, names.chain, names.checkpoints, names.rejects]
     try:
-        existing = client.list_topics(timeout=timeout).topics
+        # A short first request: an unreachable broker is reported in seconds, not in `timeout`.
+        existing = client.list_topics(timeout=min(timeout, 10.0)).topics
     except KafkaException as exc:
         raise KafkaUnavailable(
             f"Kafka at {settings.kafka} did not answer ({exc.args[0]}); "

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from sealtrail.config import Settings
+from sealtrail.samples import K8S_AUDIT_SAMPLES
 
-K8S_SAMPLES = Path(__file__).resolve().parent / "data" / "k8s-audit"
+K8S_SAMPLES = K8S_AUDIT_SAMPLES
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

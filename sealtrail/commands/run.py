@@ -42,7 +42,9 @@ def run(
     health_listen: Annotated[
         str, typer.Option(envvar="SEALTRAIL_HEALTH_LISTEN", help="Health/metrics HOST:PORT.")
     ] = "127.0.0.1:9881",
-    no_webhook: Annotated[bool, typer.Option("--no-webhook", help="Run chainer and sink only.")] = False,
+    no_webhook: Annotated[
+        bool, typer.Option("--no-webhook", help="Run chainer and sink only.")
+    ] = False,
 ) -> None:
     """Run webhook, chainer and sink together; restart any that dies; drain all on SIGTERM."""
     settings = settings_of(ctx)

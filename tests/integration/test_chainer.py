@@ -39,13 +39,14 @@ from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable
 from sealtrail.kafka import admin, consumer_conf, producer_conf
 from sealtrail.kafka_read import reader
+from sealtrail.samples import K8S_AUDIT_SAMPLES
 from sealtrail.service import StopFlag
 
 runner = CliRunner()
 
 PARTITIONS = 3
 REPO = Path(__file__).resolve().parents[2]
-K8S_SAMPLES = REPO / "tests" / "data" / "k8s-audit"
+K8S_SAMPLES = K8S_AUDIT_SAMPLES
 
 
 def produce_raw(settings: Settings, items: Iterable[tuple[int, bytes | None]]) -> None:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.integration.sink_support import ChainWriter, sample_events, sample_payloads
 from typer.testing import CliRunner
 
 from processors.integrity.checkpoint import Checkpoint
@@ -25,6 +24,7 @@ from sealtrail import clickhouse
 from sealtrail.cli import app
 from sealtrail.commands.sink import run_query
 from sealtrail.config import Settings
+from tests.integration.sink_support import ChainWriter, sample_events, sample_payloads
 
 ROOT = Path(__file__).resolve().parents[2]
 SEALTRAIL = str(Path(sys.executable).parent / "sealtrail")

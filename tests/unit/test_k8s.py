@@ -23,10 +23,9 @@ from producers.k8s import (
 )
 from schemas.codec import decode_audit_event, encode_audit_event
 from sealtrail.errors import DecodeError
+from sealtrail.samples import K8S_AUDIT_SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "k8s-audit"
-if not SAMPLES.is_dir():  # running from a checkout elsewhere
-    SAMPLES = Path("/work/shared/testdata/k8s-audit")
+SAMPLES = K8S_AUDIT_SAMPLES
 
 SAMPLE_FILES = sorted(SAMPLES.glob("*.json"))
 CLUSTER = "prod-eu-1"

@@ -1,0 +1,161 @@
+"""``make bench``: every stage beside its raw baseline, then the whole pipeline, in one run.
+
+One local broker serves every stage (started here unless SEALTRAIL_KAFKA names one). Prints one
+table (stage, rate, baseline rate, ratio, p50/p99, peak RSS) and writes bench/results/all.json.
+
+python -m bench [--tiny] [--only producers,chainer,sink,verify,e2e]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from bench.common import Result, bench_broker, machine, print_table, write_json
+
+SIZES = {
+    # stage: (normal, tiny)
+    "producers": (40_000, 2_000),
+    "chainer": (40_000, 2_000),
+    "sink": (60_000, 2_000),
+    "verify": (50_000, 2_000),
+    "proofs": (10_000_000, 10_000),
+    "e2e": (100_000, 2_000),
+}
+
+
+def _producers(n: int, kafka: str) -> list[Result]:
+    from bench import bench_producers
+
+    out = bench_producers.run(n, kafka)
+    return [Result(**{k: v for k, v in r.items() if k != "ratio"}) for r in out.values()]
+
+
+def _chainer(n: int, kafka: str) -> list[Result]:
+    from bench import bench_chainer
+
+    out = bench_chainer.run(n, kafka)
+    extra = {
+        "records": n,
+        "peak_rss_mb_N": out["peak_rss_mb_N"],
+        "peak_rss_mb_2N": out["peak_rss_mb_2N"],
+    }
+    return [
+        Result("plain relay (consume -> produce)", out["a_plain_relay"]),
+        Result("no-op transactional relay", out["b_txn_relay"]),
+        Result(
+            "chainer, no checkpoints",
+            out["c_chainer"],
+            baseline="no-op transactional relay",
+            baseline_rate=out["b_txn_relay"],
+            peak_rss_mb=out["peak_rss_mb_2N"],
+            extra=extra,
+        ),
+        Result(
+            "chainer, checkpoints every 1000 / 1 s",
+            out["d_chainer_checkpoints"],
+            baseline="chainer, no checkpoints",
+            baseline_rate=out["c_chainer"],
+        ),
+    ]
+
+
+def _sink(n: int, kafka: str) -> list[Result]:
+    from bench import bench_sink
+
+    out = bench_sink.run(n, bootstrap=kafka)
+    return [
+        Result(
+            "sink: chain topic -> ClickHouse (chdb)",
+            out["sink_rows_per_s"],
+            "rows/s",
+            "raw clickhouse-connect insert",
+            out["raw_insert_rows_per_s"],
+            extra=out,
+        ),
+        Result(
+            "sink insert path (decode + insert)",
+            out["sink_insert_path_rows_per_s"],
+            "rows/s",
+            "raw clickhouse-connect insert",
+            out["raw_insert_rows_per_s"],
+        ),
+    ]
+
+
+def _verify(n: int, proof_n: int) -> tuple[list[Result], dict[str, Any]]:
+    from bench import bench_verify
+
+    out = bench_verify.run(n, proof_n)
+    results = [Result(**{k: v for k, v in r.items() if k != "ratio"}) for r in out["results"]]
+    return results, out["proofs"]
+
+
+def _e2e(n: int, kafka: str) -> tuple[list[Result], dict[str, Any]]:
+    from bench import bench_e2e
+
+    out = bench_e2e.run(n, bootstrap=kafka)
+    peak = max((p["peak_rss_mb"] for p in out["processes"].values()), default=None)
+    return [
+        Result(
+            "end to end: webhook 200 -> row queryable",
+            out["events_per_second"],
+            p50_ms=out["queryable_p50_ms"],
+            p99_ms=out["queryable_p99_ms"],
+            peak_rss_mb=peak,
+            extra=out,
+        ),
+        Result(
+            "end to end: webhook 200 -> signed checkpoint",
+            out["events_per_second"],
+            p50_ms=out["checkpointed_p50_ms"],
+            p99_ms=out["checkpointed_p99_ms"],
+        ),
+    ], out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks it runs (CI)")
+    parser.add_argument("--only", default="producers,chainer,sink,verify,e2e")
+    args = parser.parse_args(argv)
+    wanted = {s.strip() for s in args.only.split(",") if s.strip()}
+    size = {stage: counts[1 if args.tiny else 0] for stage, counts in SIZES.items()}
+    results: list[Result] = []
+    extra: dict[str, Any] = {"tiny": args.tiny, "sizes": size}
+    started = time.monotonic()
+    with bench_broker() as kafka:
+        os.environ["SEALTRAIL_KAFKA"] = kafka  # every stage uses this one broker
+        steps = [
+            ("producers", lambda: results.extend(_producers(size["producers"], kafka))),
+            ("chainer", lambda: results.extend(_chainer(size["chainer"], kafka))),
+            ("sink", lambda: results.extend(_sink(size["sink"], kafka))),
+        ]
+        for name, step in steps:
+            if name in wanted:
+                print(f"\n### {name}", flush=True)
+                step()
+        if "verify" in wanted:
+            print("\n### verify", flush=True)
+            verify_results, proofs = _verify(size["verify"], size["proofs"])
+            results.extend(verify_results)
+            extra["proofs"] = proofs
+        if "e2e" in wanted:
+            print("\n### end to end", flush=True)
+            e2e_results, e2e = _e2e(size["e2e"], kafka)
+            results.extend(e2e_results)
+            extra["e2e"] = e2e
+    extra["seconds"] = round(time.monotonic() - started, 1)
+    print("\n## sealtrail benchmark", json.dumps(machine()))
+    print_table(results)
+    path = write_json("all-tiny" if args.tiny else "all", results, extra)
+    print(f"\nwritten to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""`make demo` in its quick mode and `make bench` in its tiny mode, so neither can rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import free_port_base
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_demo_shows_green_then_red(tmp_path: Path) -> None:
+    kafka_port = free_port_base(1)
+    webhook_port = free_port_base(2)
+    env = dict(os.environ, SEALTRAIL_HOME=str(tmp_path / "home"))
+    for name in ("SEALTRAIL_KAFKA", "SEALTRAIL_TOPIC_PREFIX", "SEALTRAIL_CLICKHOUSE"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sealtrail.demo",
+            "--quick",
+            "--stop",
+            "--port",
+            str(kafka_port),
+            "--webhook-port",
+            str(webhook_port),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "verifier: exit 0 (verified)" in output
+    assert "verifier: exit 1 (integrity violation found), as it should" in output
+    assert "FINDING hash_mismatch" in output
+    assert "minikube-user" in output  # the history of deployment/nginx-deployment
+    assert "stopped 1 broker(s)" in output
+
+
+def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
+    env = dict(os.environ, SEALTRAIL_KAFKA=kafka_bootstrap)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    report = json.loads((ROOT / "bench" / "results" / "all-tiny.json").read_text())
+    stages = {r["stage"] for r in report["results"]}
+    for expected in (
+        "no-op transactional relay",
+        "chainer, no checkpoints",
+        "sink: chain topic -> ClickHouse (chdb)",
+        "end to end: webhook 200 -> row queryable",
+    ):
+        assert expected in stages, stages
+    e2e = report["e2e"]
+    assert e2e["complete"], e2e
+    assert all(r["rate"] > 0 for r in report["results"])
