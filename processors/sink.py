@@ -74,7 +74,7 @@ class SinkOptions:
     batch_rows: int = 10000
     batch_ms: int = 500
     once: bool = False
-    group: str = DEFAULT_GROUP
+    group: str = ""  # default: <topic prefix>sealtrail-sink, like the chainer's group
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
@@ -284,6 +284,8 @@ class Sink:
         self.options = options or SinkOptions()
         self.stop = stop if stop is not None else StopFlag()  # an unset flag is falsy
         self.stats = SinkStats()
+        # The topic prefix separates deployments sharing a cluster, as for the chainer.
+        self.group = self.options.group or f"{settings.topic_prefix}{DEFAULT_GROUP}"
         self.db = clickhouse.validate_identifier(settings.clickhouse_database)
         self.chain_topic = settings.topics.chain
         self.checkpoint_topic = settings.topics.checkpoints
@@ -309,7 +311,7 @@ class Sink:
         _ = self.client  # open and migrate before touching Kafka: a held store fails fast
         conf = consumer_conf(
             self.settings,
-            self.options.group,
+            self.group,
             # Bounded memory: librdkafka's prefetch queue stays small while ClickHouse is slow.
             **{"queued.max.messages.kbytes": 32768, "max.poll.interval.ms": 900000},
         )
@@ -317,7 +319,7 @@ class Sink:
         # instead of waiting out the dead member's session (45 s), and a SIGTERM during that
         # wait does not hang in the rebalance. --once assigns partitions itself: no group.
         if not self.options.once:
-            conf["group.instance.id"] = f"{self.options.group}-{socket.gethostname()}"
+            conf["group.instance.id"] = f"{self.group}-{socket.gethostname()}"
         consumer = Consumer(conf)
         self._consumer = consumer
         try:

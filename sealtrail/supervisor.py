@@ -93,6 +93,8 @@ class Supervisor:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 if self.path == "/healthz":
                     down = [c.name for c in supervisor.children if not c.up]
+                    if not down and not supervisor.webhook_ready():
+                        down = ["webhook (not answering yet)"]
                     body = ("ok\n" if not down else f"down: {', '.join(down)}\n").encode()
                     self._send(200 if not down else 503, body, "text/plain")
                 elif self.path == "/metrics":
@@ -114,6 +116,17 @@ class Supervisor:
         self.health_port = self.http.server_address[1]
         threading.Thread(target=self.http.serve_forever, name="health", daemon=True).start()
         log.info("health and metrics on http://%s:%d/", self.health_listen[0], self.health_port)
+
+    def webhook_ready(self) -> bool:
+        """True unless the webhook runs here and its own /healthz does not answer 200."""
+        if not self.webhook_metrics_url:
+            return True
+        url = self.webhook_metrics_url.rsplit("/", 1)[0] + "/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     def metrics(self) -> str:
         lines = [

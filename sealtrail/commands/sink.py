@@ -187,7 +187,10 @@ def sink(
     batch_ms: Annotated[
         int, typer.Option(help="Longest a row waits before its insert (ms).")
     ] = 500,
-    group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "sealtrail-sink",
+    group: Annotated[
+        str,
+        typer.Option(help="Kafka consumer group.", show_default="<topic prefix>sealtrail-sink"),
+    ] = "",
 ) -> None:
     """Load the chain and checkpoint topics into ClickHouse, exactly once (until SIGTERM)."""
     settings = settings_of(ctx)
