@@ -42,7 +42,7 @@ from schemas.codec import decode_chained, encode_chained
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError, KafkaUnavailable, SealtrailError
 from sealtrail.kafka import consumer_conf, producer_conf
-from sealtrail.kafka_read import reader, watermarks
+from sealtrail.kafka_read import read_range, read_tail, reader, watermarks
 from sealtrail.service import StopFlag
 
 __all__ = [
@@ -79,69 +79,6 @@ COMMITTED_WAIT_S = 2 * TXN_TIMEOUT_MS / 1000
 PREFETCH_KBYTES = 32768
 
 T = TypeVar("T")
-
-
-READ_POLL_S = 0.05
-READ_STALL_S = 30.0
-
-
-def read_partition(
-    consumer: Consumer, topic: str, partition: int, start: int, stop: int
-) -> Iterator[Message]:
-    """Records of ``[start, stop)``, read_committed, for recovery.
-
-    Short polls with a position check: on transactional topics the last offsets are commit
-    markers that are never returned, and a long poll would wait on them.
-    """
-    if start >= stop:
-        return
-    consumer.assign([TopicPartition(topic, partition, start)])
-    stall = time.monotonic() + READ_STALL_S
-    try:
-        while True:
-            batch = consumer.consume(num_messages=5000, timeout=READ_POLL_S)
-            for message in batch:
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaUnavailable(f"reading {topic}/{partition} failed: {error.str()}")
-                offset = cast(int, message.offset())
-                if offset >= stop:
-                    return
-                yield message
-                if offset + 1 >= stop:
-                    return
-            if batch:
-                stall = time.monotonic() + READ_STALL_S
-                continue
-            position = consumer.position([TopicPartition(topic, partition)])[0].offset
-            if position >= stop:
-                return
-            if time.monotonic() > stall:
-                raise KafkaUnavailable(
-                    f"reading {topic}/{partition} stalled at offset {position} of {stop}; "
-                    "check that the brokers are up"
-                )
-    finally:
-        consumer.unassign()
-
-
-def tail(consumer: Consumer, topic: str, partition: int, count: int) -> list[Message]:
-    """The last ``count`` records of a partition (fewer if it holds fewer)."""
-    low, high = watermarks(consumer, topic, partition)
-    span = max(64, count * 2)
-    while True:
-        start = max(low, high - span)
-        found = list(read_partition(consumer, topic, partition, start, high))
-        if len(found) >= count or start == low:
-            return found[-count:] if count else []
-        span *= 4
-
-
-def everything(consumer: Consumer, topic: str, partition: int) -> Iterator[Message]:
-    low, high = watermarks(consumer, topic, partition)
-    return read_partition(consumer, topic, partition, low, high)
 
 
 class ChainDivergence(SealtrailError):
@@ -558,7 +495,7 @@ class Chainer:
         rdr = self._reader
         assert rdr is not None
         chain = chain_id(self._raw, partition)
-        last_records = list(self._records(tail(rdr, self._chain_topic, partition, 1), chain))
+        last_records = list(self._records(read_tail(rdr, self._chain_topic, partition, 1), chain))
         last = last_records[-1] if last_records else None
         if last is None and committed is None:
             head, next_offset = ChainHead(chain), 0
@@ -585,7 +522,7 @@ class Chainer:
         rdr = self._reader
         assert rdr is not None
         chain = head.chain
-        notes = tail(rdr, self._cp_topic, partition, 1)
+        notes = read_tail(rdr, self._cp_topic, partition, 1)
         tree = CompactRange()
         prev_hash = head.head_hash if head.next_seq == 0 else None
         if notes:
@@ -620,9 +557,9 @@ class Chainer:
             return tree
         messages: Iterable[Message]
         if tree.size:
-            messages = tail(rdr, self._chain_topic, partition, need)
+            messages = read_tail(rdr, self._chain_topic, partition, need)
         else:
-            messages = everything(rdr, self._chain_topic, partition)
+            messages = read_range(rdr, self._chain_topic, partition)
         # Streamed: with no checkpoint yet this is the whole chain, never held in memory.
         for record in self._records(messages, chain):
             if record.seq != tree.size or (prev_hash is not None and record.prev_hash != prev_hash):

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from processors.integrity import merkle
 from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint
 from processors.integrity.errors import (
     ChainBroken,
@@ -140,49 +141,15 @@ def range_root(leaves: bytes | bytearray | memoryview, lo: int, hi: int) -> byte
     return bytes(level)
 
 
-def _split(n: int) -> int:
-    return 1 << ((n - 1).bit_length() - 1)
-
-
 def fast_inclusion_proof(index: int, size: int, leaves: bytes | bytearray) -> list[bytes]:
     """RFC 6962 ``PATH(index, D[0:size])`` over a leaf-hash array (same result as
     :func:`processors.integrity.merkle.inclusion_proof`, several times faster)."""
-    if not 0 <= index < size:
-        raise ValueError(f"leaf index {index} is outside a tree of size {size}")
-    path: list[bytes] = []
-    lo, hi, m = 0, size, index
-    while hi - lo > 1:
-        k = _split(hi - lo)
-        if m < k:
-            path.append(range_root(leaves, lo + k, hi))
-            hi = lo + k
-        else:
-            path.append(range_root(leaves, lo, lo + k))
-            lo, m = lo + k, m - k
-    path.reverse()
-    return path
+    return merkle.inclusion_path(index, size, lambda lo, hi: range_root(leaves, lo, hi))
 
 
 def fast_consistency_proof(size1: int, size2: int, leaves: bytes | bytearray) -> list[bytes]:
     """RFC 6962 ``PROOF(size1, D[0:size2])`` over a leaf-hash array."""
-    if not 0 <= size1 <= size2:
-        raise ValueError(f"no consistency proof from size {size1} to size {size2}")
-    if size1 == 0 or size1 == size2:
-        return []
-    path: list[bytes] = []
-    lo, hi, m, complete = 0, size2, size1, True
-    while m != hi - lo:
-        k = _split(hi - lo)
-        if m <= k:
-            path.append(range_root(leaves, lo + k, hi))
-            hi = lo + k
-        else:
-            path.append(range_root(leaves, lo, lo + k))
-            lo, m, complete = lo + k, m - k, False
-    if not complete:
-        path.append(range_root(leaves, lo, hi))
-    path.reverse()
-    return path
+    return merkle.consistency_path(size1, size2, lambda lo, hi: range_root(leaves, lo, hi))
 
 
 def _hex_list(hashes: list[bytes]) -> list[str]:

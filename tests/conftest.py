@@ -6,6 +6,7 @@ Each test gets its own topic prefix and ClickHouse database, so tests never see 
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import socket
@@ -61,6 +62,9 @@ def kafka_bootstrap(stack_home: Path) -> Iterator[str]:
     try:
         yield state.bootstrap
     finally:
+        # Destroy client handles tests left behind while the broker still answers; otherwise
+        # they log "connection refused" from their own threads until the interpreter exits.
+        gc.collect()
         kafka.down()
 
 

@@ -154,8 +154,12 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def inclusion_proof(index: int, size: int, get_leaf_hash: GetLeafHash) -> list[bytes]:
-    """RFC 6962 ``PATH(index, D[0:size])``, leaf-side sibling first."""
+SubtreeRoot = Callable[[int, int], bytes]
+
+
+def inclusion_path(index: int, size: int, subtree: SubtreeRoot) -> list[bytes]:
+    """RFC 6962 ``PATH(index, D[0:size])`` with ``subtree(start, end)`` giving subtree hashes,
+    leaf-side sibling first. How subtrees are hashed (callable, array) is the caller's choice."""
     if not 0 <= index < size:
         raise ValueError(f"leaf index {index} is outside a tree of size {size}")
     path: list[bytes] = []
@@ -163,16 +167,16 @@ def inclusion_proof(index: int, size: int, get_leaf_hash: GetLeafHash) -> list[b
     while hi - lo > 1:
         k = _split(hi - lo)
         if m < k:
-            path.append(subtree_root(get_leaf_hash, lo + k, hi))
+            path.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            path.append(subtree_root(get_leaf_hash, lo, lo + k))
+            path.append(subtree(lo, lo + k))
             lo, m = lo + k, m - k
     path.reverse()
     return path
 
 
-def consistency_proof(size1: int, size2: int, get_leaf_hash: GetLeafHash) -> list[bytes]:
+def consistency_path(size1: int, size2: int, subtree: SubtreeRoot) -> list[bytes]:
     """RFC 6962 ``PROOF(size1, D[0:size2])`` (empty when size1 is 0 or equals size2)."""
     if not 0 <= size1 <= size2:
         raise ValueError(f"no consistency proof from size {size1} to size {size2}")
@@ -183,15 +187,25 @@ def consistency_proof(size1: int, size2: int, get_leaf_hash: GetLeafHash) -> lis
     while m != hi - lo:
         k = _split(hi - lo)
         if m <= k:
-            path.append(subtree_root(get_leaf_hash, lo + k, hi))
+            path.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            path.append(subtree_root(get_leaf_hash, lo, lo + k))
+            path.append(subtree(lo, lo + k))
             lo, m, complete = lo + k, m - k, False
     if not complete:
-        path.append(subtree_root(get_leaf_hash, lo, hi))
+        path.append(subtree(lo, hi))
     path.reverse()
     return path
+
+
+def inclusion_proof(index: int, size: int, get_leaf_hash: GetLeafHash) -> list[bytes]:
+    """RFC 6962 ``PATH(index, D[0:size])``, leaf-side sibling first."""
+    return inclusion_path(index, size, lambda lo, hi: subtree_root(get_leaf_hash, lo, hi))
+
+
+def consistency_proof(size1: int, size2: int, get_leaf_hash: GetLeafHash) -> list[bytes]:
+    """RFC 6962 ``PROOF(size1, D[0:size2])`` (empty when size1 is 0 or equals size2)."""
+    return consistency_path(size1, size2, lambda lo, hi: subtree_root(get_leaf_hash, lo, hi))
 
 
 def _check_hashes(what: str, hashes: Sequence[bytes]) -> None:

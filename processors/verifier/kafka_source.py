@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException
 
 from processors.integrity.checkpoint import KeyRing, origin_for
 from processors.integrity.errors import MalformedRecord
@@ -21,7 +21,7 @@ from schemas.codec import decode_chained
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError, TopicError
 from sealtrail.kafka import admin
-from sealtrail.kafka_read import reader, watermarks
+from sealtrail.kafka_read import read_range, reader, watermarks
 
 __all__ = [
     "ChainJob",
@@ -78,53 +78,13 @@ def decode_record(value: bytes | None) -> ChainedRecord:
         ) from None
 
 
-IDLE_POLL_S = 0.1
-STALL_S = 30.0
-
-
 def read_partition(
     consumer: Consumer, topic: str, partition: int, start: int | None = None
 ) -> Iterator[tuple[int, bytes | None, bytes | None]]:
     """(offset, key, value) of one partition from ``start`` (default earliest) to the last stable
-    offset at call time. Polls briefly: the end is usually a transaction marker, which takes an
-    offset but is never delivered, so the end is seen through the consumer position."""
-    low, high = watermarks(consumer, topic, partition)
-    first = low if start is None else max(start, low)
-    if first >= high:
-        return
-    consumer.assign(
-        [TopicPartition(topic, partition, first if start is not None else OFFSET_BEGINNING)]
-    )
-    idle = 0.0
-    try:
-        while True:
-            batch = consumer.consume(num_messages=10000, timeout=IDLE_POLL_S)
-            if not batch:
-                position = consumer.position([TopicPartition(topic, partition)])[0].offset
-                if position >= high:
-                    return
-                idle += IDLE_POLL_S
-                if idle >= STALL_S:
-                    raise KafkaUnavailable(
-                        f"reading {topic}/{partition} stalled at offset {position} of {high}; "
-                        "check that the brokers are up"
-                    )
-                continue
-            idle = 0.0
-            for msg in batch:
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaUnavailable(f"reading {topic}/{partition} failed: {error.str()}")
-                offset = msg.offset()
-                if offset is None or offset >= high:
-                    return
-                yield offset, msg.key(), msg.value()
-                if offset + 1 >= high:
-                    return
-    finally:
-        consumer.unassign()
+    offset at call time (see :func:`sealtrail.kafka_read.read_range`)."""
+    for message in read_range(consumer, topic, partition, start):
+        yield message.offset() or 0, message.key(), message.value()
 
 
 def iter_records(

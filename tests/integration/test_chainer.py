@@ -24,7 +24,6 @@ from processors.chainer import (
     Chainer,
     ChainerOptions,
     chain_id,
-    everything,
     group_id,
 )
 from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, origin_for
@@ -38,7 +37,7 @@ from sealtrail.cli import app
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable
 from sealtrail.kafka import admin, consumer_conf, producer_conf
-from sealtrail.kafka_read import reader
+from sealtrail.kafka_read import read_range, reader
 from sealtrail.samples import K8S_AUDIT_SAMPLES
 from sealtrail.service import StopFlag
 
@@ -75,7 +74,7 @@ def raw_values(settings: Settings, partition: int) -> list[tuple[int, bytes]]:
     try:
         return [
             (m.offset(), m.value() or b"")
-            for m in everything(consumer, settings.topics.raw, partition)
+            for m in read_range(consumer, settings.topics.raw, partition)
         ]
     finally:
         consumer.close()
@@ -85,7 +84,7 @@ def chain_records(settings: Settings, partition: int) -> list[ChainedRecord]:
     consumer = reader(settings)
     try:
         out = []
-        for m in everything(consumer, settings.topics.chain, partition):
+        for m in read_range(consumer, settings.topics.chain, partition):
             assert m.key() == chain_id(settings.topics.raw, partition).encode()
             d = decode_chained(m.value())
             out.append(
@@ -114,7 +113,7 @@ def checkpoints(settings: Settings, partition: int) -> list[StoredCheckpoint]:
     consumer = reader(settings)
     try:
         out = []
-        for m in everything(consumer, settings.topics.checkpoints, partition):
+        for m in read_range(consumer, settings.topics.checkpoints, partition):
             assert m.key() == chain_id(settings.topics.raw, partition).encode()
             headers = dict(m.headers() or [])
             out.append(StoredCheckpoint(m.value().decode(), headers["sealtrail-compact-range"]))
