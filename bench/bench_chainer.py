@@ -26,32 +26,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.common import PeakRss, bench_broker, fresh_settings, machine
+from bench.common import PeakRss, bench_broker, fresh_settings, machine, sample_payloads
 from processors.chainer import Chainer, ChainerOptions
 from processors.integrity.keys import write_keypair
-from producers.k8s import RejectError, parse_line
-from schemas.codec import encode_audit_event
 from sealtrail.config import Settings
 from sealtrail.kafka import consumer_conf, producer_conf
-from sealtrail.samples import K8S_AUDIT_SAMPLES
 from sealtrail.service import StopFlag
 
-SAMPLES = K8S_AUDIT_SAMPLES
 BATCH_RECORDS = 5000
 BATCH_MS = 200
-
-
-def realistic_payloads() -> list[bytes]:
-    """Avro-encoded AuditEvents parsed from the Kubernetes audit samples (about 1.5 KB each)."""
-    out = []
-    now = time.time_ns() // 1000
-    for path in sorted(SAMPLES.glob("*.json")):
-        for line in path.read_bytes().splitlines():
-            try:
-                out.append(encode_audit_event(parse_line(line, "bench", now)))
-            except RejectError:
-                continue  # blank or non-Event lines of the samples
-    return out
 
 
 def prefill(settings: Settings, records: int, payloads: list[bytes]) -> None:
@@ -167,7 +150,7 @@ def chainer_rss_mb(settings: Settings, signing_key: Path) -> float:
 
 
 def run(records: int = 20000, bootstrap: str | None = None) -> dict[str, Any]:
-    payloads = realistic_payloads()
+    payloads = sample_payloads()
     avg = sum(map(len, payloads)) / len(payloads)
     keys = Path(tempfile.mkdtemp(prefix="sealtrail-bench-keys-"))
     signing_key, _public = write_keypair("bench", keys)

@@ -19,32 +19,23 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from bench.common import Result, bench_broker, fresh_settings, print_table, write_json
+from bench.common import (
+    Result,
+    bench_broker,
+    fresh_settings,
+    print_table,
+    sample_payloads,
+    write_json,
+)
 from processors.integrity.record import ChainedRecord, ChainHead, link
 from processors.sink import Sink, SinkOptions, event_columns
-from producers.k8s import RejectError, parse_line
-from schemas.codec import encode_audit_event, encode_chained
+from schemas.codec import encode_chained
 from sealtrail import clickhouse
 from sealtrail.kafka import producer_conf
-from sealtrail.samples import K8S_AUDIT_SAMPLES
-
-SAMPLES = K8S_AUDIT_SAMPLES
-
-
-def _payloads() -> list[bytes]:
-    out: list[bytes] = []
-    for path in sorted(SAMPLES.glob("*.json")):
-        for line in path.read_bytes().splitlines():
-            if line.strip():
-                try:
-                    out.append(encode_audit_event(parse_line(line, "bench", 1)))
-                except RejectError:
-                    continue
-    return out
 
 
 def _fill(settings: Any, rows: int, partitions: int) -> list[ChainedRecord]:
-    payloads = _payloads()
+    payloads = sample_payloads()
     producer = Producer(producer_conf(settings, **{"transactional.id": f"bench-{uuid.uuid4()}"}))
     producer.init_transactions(30)
     heads = [ChainHead(f"{settings.topics.raw}/{p}") for p in range(partitions)]

@@ -26,7 +26,15 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from bench.common import Result, bench_broker, fresh_settings, max_rss_mb, print_table, write_json
+from bench.common import (
+    Result,
+    bench_broker,
+    fresh_settings,
+    max_rss_mb,
+    print_table,
+    sample_payloads,
+    write_json,
+)
 from processors.integrity.checkpoint import Checkpoint, KeyRing, origin_for, sign_checkpoint
 from processors.integrity.merkle import CompactRange
 from processors.integrity.note import Signer, generate_key
@@ -40,31 +48,15 @@ from processors.proofs import (
     verify_proof,
 )
 from processors.verifier.kafka_source import ChainJob, keyring_text, run_job
-from producers.k8s import RejectError, parse_line
-from schemas.codec import encode_audit_event, encode_chained
+from schemas.codec import encode_chained
 from sealtrail.config import Settings
 from sealtrail.kafka import producer_conf
 from sealtrail.kafka_read import read_range, reader
-from sealtrail.samples import K8S_AUDIT_SAMPLES
-
-SAMPLES = K8S_AUDIT_SAMPLES
-
-
-def _payloads() -> list[bytes]:
-    out: list[bytes] = []
-    for path in sorted(SAMPLES.glob("*.json")):
-        for line in path.read_bytes().splitlines():
-            if line.strip():
-                try:
-                    out.append(encode_audit_event(parse_line(line, "bench", 1)))
-                except RejectError:
-                    continue
-    return out
 
 
 def _fill(settings: Settings, n: int, signer: Signer) -> int:
     """Produce n chained records and their checkpoints; return the payload bytes."""
-    payloads = _payloads()
+    payloads = sample_payloads()
     chain = f"{settings.topics.raw}/0"
     origin = origin_for(settings.deployment, chain)
     producer = Producer(producer_conf(settings, **{"transactional.id": f"bench-{uuid.uuid4()}"}))

@@ -48,6 +48,21 @@ class Result:
         return data
 
 
+def sample_payloads() -> list[bytes]:
+    """Avro-encoded AuditEvents from the Kubernetes audit samples (about 1.5-2 KB each)."""
+    from producers.k8s import RejectError, parse_line
+    from schemas.codec import encode_audit_event
+    from sealtrail.samples import sample_lines
+
+    out = []
+    for line in sample_lines():
+        try:
+            out.append(encode_audit_event(parse_line(line, "bench", 1)))
+        except RejectError:
+            continue  # the deliberately malformed sample
+    return out
+
+
 def timed(function: Callable[[], int]) -> tuple[int, float]:
     """Run ``function`` (which returns how many items it processed); return (items, seconds)."""
     started = time.perf_counter()
