@@ -44,7 +44,9 @@ def keypair(tmp_path: Path) -> tuple[Path, str]:
 
 def _key_material(secret: str) -> list[str]:
     """The whole private key string and its base64 seed (the part that matters)."""
-    seed = secret.rsplit("+", 1)[1]
+    # PRIVATE+KEY+<name>+<hash>+<base64>: the base64 part may itself contain '+'.
+    seed = secret.split("+", 4)[4]
+    assert len(seed) >= 40, "a key's base64 part is 44 characters"
     return [secret, seed, seed[:16]]
 
 
