@@ -72,6 +72,9 @@ PROGRESS_EVERY_S = 10.0
 # Transactions failing in a row without one commit: a persistent problem (e.g. a raw record
 # too large for the chain topic), not a glitch; stop instead of retrying forever.
 MAX_FAILED_IN_A_ROW = 8
+# Consumer rebuilds in a row without a commit: past this, something else holds the instance id.
+MAX_CONSUMER_REBUILDS = 5
+CONSUMER_REBUILD_PAUSE_S = 1.0
 SETTLE_S = 3.0
 TXN_TIMEOUT_MS = 60000
 COMMITTED_WAIT_S = 2 * TXN_TIMEOUT_MS / 1000
@@ -144,6 +147,7 @@ class ChainerStats:
     checkpoints: int = 0
     aborts: int = 0
     producer_rebuilds: int = 0
+    consumer_rebuilds: int = 0
     recoveries: int = 0
     # monotonic times of the first chained batch's start and the last commit (throughput)
     first_batch_at: float | None = None
@@ -165,6 +169,14 @@ class _OffsetMismatch(ChainDivergence):
 
 class _AbortNeeded(Exception):  # noqa: N818 - internal control flow
     """The transaction must be aborted; the producer stays usable."""
+
+
+class _ConsumerLost(Exception):  # noqa: N818 - internal control flow
+    """The consumer hit a fatal error (e.g. its static member id was fenced): rebuild it."""
+
+
+class _Interrupted(Exception):  # noqa: N818 - internal control flow
+    """Stop was requested while the chainer waited on Kafka (e.g. during recovery)."""
 
 
 class _ProducerLost(Exception):  # noqa: N818 - internal control flow
@@ -207,6 +219,7 @@ class Chainer:
         self._assigned = False
         self._failure: BaseException | None = None
         self._failed_in_a_row = 0
+        self._consumer_failures = 0
         self._last_error = ""
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
@@ -233,8 +246,30 @@ class Chainer:
             else "off",
         )
         self._reader = reader(self.settings)
-        self._producer = self._new_producer()
-        self._consumer = Consumer(
+        try:
+            self._producer = self._new_producer()
+            self._consumer = self._new_consumer()
+            self._loop()
+        except _Interrupted:
+            log.info("stop requested while waiting for Kafka: nothing left to drain")
+        finally:
+            self._close()
+        log.info(
+            "chainer %s stopped: %d records in %d transactions, %d checkpoints, %d aborts, "
+            "%d producer rebuilds, %d consumer rebuilds",
+            opts.instance_id,
+            self.stats.records,
+            self.stats.transactions,
+            self.stats.checkpoints,
+            self.stats.aborts,
+            self.stats.producer_rebuilds,
+            self.stats.consumer_rebuilds,
+        )
+        return self.stats
+
+    def _new_consumer(self) -> Consumer:
+        opts = self.options
+        consumer = Consumer(
             consumer_conf(
                 self.settings,
                 group_id(self.settings),
@@ -246,27 +281,45 @@ class Chainer:
                 },
             )
         )
-        self._consumer.subscribe(
+        consumer.subscribe(
             [self._raw],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
-        try:
-            self._loop()
-        finally:
-            self._close()
-        log.info(
-            "chainer %s stopped: %d records in %d transactions, %d checkpoints, %d aborts, "
-            "%d producer rebuilds",
-            opts.instance_id,
-            self.stats.records,
-            self.stats.transactions,
-            self.stats.checkpoints,
-            self.stats.aborts,
-            self.stats.producer_rebuilds,
-        )
-        return self.stats
+        return consumer
+
+    def _rebuild_consumer(self, reason: str) -> None:
+        """Replace a consumer that failed for good; the new one recovers on assignment.
+
+        A static member is fenced when the group sees its id join twice, which a broker
+        restart can cause on its own (a rejoin abandoned by the client but processed by the
+        coordinator later). Nothing is produced between transactions, so dropping the
+        uncommitted records and recovering from Kafka is all it takes.
+        """
+        self.stats.consumer_rebuilds += 1
+        self._consumer_failures += 1
+        if self._consumer_failures > MAX_CONSUMER_REBUILDS:
+            raise KafkaUnavailable(
+                f"the chainer's consumer failed {self._consumer_failures} times in a row "
+                f"without a commit in between (last: {reason}); check that no other process "
+                f"uses the instance id {self.options.instance_id!r} in group "
+                f"{group_id(self.settings)}, then restart the chainer"
+            )
+        log.warning("consumer failed for good (%s): rebuilding it and recovering the chains",
+                    reason)  # fmt: skip
+        old, self._consumer = self._consumer, None
+        self._pending = []
+        self._chains.clear()
+        self._assigned = False
+        if old is not None:
+            try:
+                old.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.debug("closing the failed consumer: %s", exc)
+        if self.stop.wait(CONSUMER_REBUILD_PAUSE_S):
+            return
+        self._consumer = self._new_consumer()
 
     def _close(self) -> None:
         for client in (self._consumer, self._reader):
@@ -291,7 +344,13 @@ class Chainer:
         while True:
             self._raise_failure()
             stopping = self.stop.is_set()
-            batch = [] if stopping else self._collect()
+            try:
+                batch = [] if stopping else self._collect()
+            except _ConsumerLost as lost:
+                self._rebuild_consumer(str(lost))
+                if self._consumer is None:  # stop requested meanwhile
+                    return
+                continue
             self._raise_failure()
             stopping = stopping or self.stop.is_set()
             done = stopping or (self.options.once and self._caught_up())
@@ -337,19 +396,24 @@ class Chainer:
                 timeout = deadline - now
                 if timeout <= 0:
                     break
-            got = consumer.consume(
-                num_messages=opts.batch_records - len(self._pending), timeout=timeout
-            )
+            try:
+                got = consumer.consume(
+                    num_messages=opts.batch_records - len(self._pending), timeout=timeout
+                )
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is not None and (err.fatal() or err.code() == KafkaError._FATAL):
+                    raise _ConsumerLost(err.str()) from None
+                raise
             if self._failure is not None:
                 return []
             for message in got:
                 error = message.error()
                 if error is not None:
-                    if error.fatal():
-                        raise KafkaUnavailable(
-                            f"the chainer's consumer failed for good ({error.str()}); "
-                            "restart the chainer"
-                        )
+                    # A fatal consumer error arrives as an _FATAL event whose fatal() flag is
+                    # not always set: check both.
+                    if error.fatal() or error.code() == KafkaError._FATAL:
+                        raise _ConsumerLost(error.str())
                     log.warning("consumer: %s", error.str())
                     continue
                 if message.partition() not in self._chains:
@@ -454,14 +518,19 @@ class Chainer:
         assert self._consumer is not None
         deadline = time.monotonic() + COMMITTED_WAIT_S
         while True:
+            if self.stop.is_set():
+                raise _Interrupted
             try:
+                # Short calls, so a SIGTERM while the brokers are away is answered quickly.
                 return list(
                     self._consumer.committed(
-                        [TopicPartition(self._raw, p) for p in partitions], timeout=TXN_TIMEOUT_S
+                        [TopicPartition(self._raw, p) for p in partitions], timeout=5.0
                     )
                 )
             except KafkaException as exc:
-                if time.monotonic() > deadline or self.stop.is_set():
+                if self.stop.is_set():
+                    raise _Interrupted from None
+                if time.monotonic() > deadline:
                     raise KafkaUnavailable(
                         f"could not read the chainer's committed offsets: {_describe(exc)}; "
                         "check that the brokers are up"
@@ -715,6 +784,7 @@ class Chainer:
             self._rewind()
             return False
         self._failed_in_a_row = 0
+        self._consumer_failures = 0
         self.stats.transactions += 1
         self.stats.records += count
         if count:

@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 DEFAULT_GROUP = "sealtrail-sink"
+# Consumer rebuilds in a row without a commit: past this, something else holds the member id.
+MAX_CONSUMER_REBUILDS = 5
 _MAX_I64 = (1 << 63) - 1
 _COORDINATOR_ERRORS = {
     KafkaError.NOT_COORDINATOR,
@@ -91,11 +93,16 @@ class SinkStats:
     checkpoints: int = 0  # checkpoint rows written
     batches: int = 0
     retries: int = 0
+    consumer_rebuilds: int = 0
     insert_seconds: float = 0.0
     decode_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float | int]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+class _ConsumerLost(Exception):  # noqa: N818 - internal control flow
+    """The Kafka consumer hit a fatal error (e.g. its static member id was fenced)."""
 
 
 class _Stopped(Exception):
@@ -297,6 +304,7 @@ class Sink:
         self._cp_loaded = False
         self._contexts: dict[str, InsertContext] = {}
         self._assigned: set[tuple[str, int]] = set()
+        self._committed_since_rebuild = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -307,8 +315,7 @@ class Sink:
             migrate(self._client, self.db)
         return self._client
 
-    def run(self) -> SinkStats:
-        _ = self.client  # open and migrate before touching Kafka: a held store fails fast
+    def _new_consumer(self) -> Consumer:
         conf = consumer_conf(
             self.settings,
             self.group,
@@ -322,30 +329,77 @@ class Sink:
             conf["group.instance.id"] = f"{self.group}-{socket.gethostname()}"
         consumer = Consumer(conf)
         self._consumer = consumer
+        return consumer
+
+    def run(self) -> SinkStats:
+        _ = self.client  # open and migrate before touching Kafka: a held store fails fast
+        consumer = self._new_consumer()
         try:
             if self.options.once:
                 self._run_once(consumer)
             else:
-                self._run_service(consumer)
+                self._run_service()
         except _Stopped:
             log.info("stopped while ClickHouse was unavailable; uncommitted batches are re-read")
         finally:
-            consumer.close()
+            if self._consumer is not None:
+                self._consumer.close()
             self._consumer = None
         return self.stats
 
-    def _run_service(self, consumer: Consumer) -> None:
+    def _subscribe(self, consumer: Consumer) -> None:
         consumer.subscribe(
             [self.chain_topic, self.checkpoint_topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
+
+    def _run_service(self) -> None:
+        assert self._consumer is not None
+        self._subscribe(self._consumer)
+        failures = 0
         while not self.stop:
-            self._poll(consumer)
+            consumer = self._consumer
+            assert consumer is not None
+            try:
+                self._poll(consumer)
+            except _ConsumerLost as lost:
+                failures = (0 if self._committed_since_rebuild else failures) + 1
+                self._rebuild_consumer(str(lost), failures)
+                continue
             self._flush_due()
         self._flush_all()
         log.info("sink stopped (%s): %s", self.stop.reason, self.stats.as_dict())
+
+    def _rebuild_consumer(self, reason: str, failures: int) -> None:
+        """Replace a consumer that failed for good (e.g. a fenced static member id).
+
+        Buffered records were not committed: the new consumer reads them again and the
+        stored-seq check and insert tokens keep ClickHouse exact.
+        """
+        self.stats.consumer_rebuilds += 1
+        if failures > MAX_CONSUMER_REBUILDS:
+            raise KafkaUnavailable(
+                f"the sink's Kafka consumer failed {failures} times in a row (last: {reason}); "
+                f"check that no other sink uses group {self.group} from this host, then restart"
+            )
+        log.warning("Kafka consumer failed for good (%s): rebuilding it", reason)
+        old = self._consumer
+        self._buffers.clear()
+        self._assigned.clear()
+        self._stored.clear()
+        self._cp_loaded = False
+        self._committed_since_rebuild = False
+        if old is not None:
+            try:
+                old.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.debug("closing the failed consumer: %s", exc)
+        self._consumer = None
+        if self.stop.wait(1.0):
+            return
+        self._subscribe(self._new_consumer())
 
     def _run_once(self, consumer: Consumer) -> None:
         """Assign every partition at its committed offset, read to the end seen at start, exit."""
@@ -450,8 +504,10 @@ class Sink:
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                if error.fatal():
-                    raise KafkaUnavailable(f"the Kafka consumer failed: {error.str()}")
+                # A fatal consumer error arrives as an _FATAL event whose fatal() flag is not
+                # always set: check both.
+                if error.fatal() or error.code() == KafkaError._FATAL:
+                    raise _ConsumerLost(error.str())
                 log.warning("Kafka consumer error: %s", error.str())
                 continue
             key = (message.topic() or "", message.partition() or 0)
@@ -493,6 +549,7 @@ class Sink:
             self._consumer.commit(
                 offsets=[TopicPartition(topic, partition, last_offset + 1)], asynchronous=False
             )
+            self._committed_since_rebuild = True
         except KafkaException as exc:
             # The rows are in ClickHouse; the next owner skips them by seq, so nothing is lost.
             log.warning(

@@ -6,6 +6,7 @@ watermark taken when the read starts, so a growing topic still gives a finite re
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -34,18 +35,50 @@ def reader(settings: Settings, **overrides: object) -> Consumer:
 
 
 def watermarks(
-    consumer: Consumer, topic: str, partition: int, timeout: float = 10.0
+    consumer: Consumer, topic: str, partition: int, timeout: float = 10.0, patience: float = 30.0
 ) -> tuple[int, int]:
-    """(low, high) offsets; with read_committed the high mark is the last stable offset."""
-    try:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=timeout
-        )
-    except KafkaException as exc:
-        raise KafkaUnavailable(
-            f"could not read the offsets of {topic}/{partition}: {exc.args[0].str()}"
-        ) from None
-    return int(low), int(high)
+    """(low, high) offsets; with read_committed the high mark is the last stable offset.
+
+    Retriable errors (a leader moving after a broker restart) are retried for ``patience``
+    seconds before the read is reported as failed.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.1
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if _transient(error) and time.monotonic() + delay < deadline:
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            raise KafkaUnavailable(
+                f"could not read the offsets of {topic}/{partition}: {error.str()}"
+            ) from None
+
+
+_LEADER_MOVING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.REPLICA_NOT_AVAILABLE,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+
+
+def _transient(error: object) -> bool:
+    if not isinstance(error, KafkaError):
+        return False
+    return bool(error.retriable()) or error.code() in _LEADER_MOVING
 
 
 def read_range(

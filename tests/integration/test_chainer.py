@@ -620,3 +620,65 @@ def test_persistent_abort_rewinds_then_stops(settings: Settings) -> None:
     chainer = run_chainer(settings)
     assert chainer.stats.records == 2
     assert len(check_chain(settings, 0)) == 12
+
+
+def test_fenced_static_consumer_is_rebuilt_and_chaining_goes_on(
+    settings: Settings, keypair: tuple[Path, Path], keyring: KeyRing
+) -> None:
+    """A second member joining with the chainer's instance id fences it (as a broker restart
+    can on its own): the chainer rebuilds its consumer, recovers, and loses nothing."""
+    produce_raw(settings, mixed_payloads(0, 60))
+    stop = StopFlag()
+    chainer = Chainer(
+        settings,
+        ChainerOptions(
+            instance_id="t-fenced",
+            batch_records=50,
+            signing_key=keypair[0],
+            checkpoint_records=40,
+            session_timeout_ms=6000,
+        ),
+        stop,
+    )
+    thread = threading.Thread(target=chainer.run, name="t-fenced")
+    thread.start()
+    try:
+        wait_until(lambda: chainer.stats.records >= 60, 30, "the chainer to chain 60 records")
+        intruder = Consumer(
+            consumer_conf(
+                settings,
+                group_id(settings),
+                **{
+                    "group.instance.id": "t-fenced",
+                    "session.timeout.ms": 6000,
+                    "enable.auto.commit": False,
+                },
+            )
+        )
+        intruder.subscribe([settings.topics.raw])
+        try:
+            wait_until(
+                lambda: bool(intruder.poll(0.2) or True) and chainer.stats.consumer_rebuilds >= 1,
+                40,
+                "the chainer to see its consumer fenced and rebuild it",
+            )
+        finally:
+            intruder.close()
+        produce_raw(settings, mixed_payloads(60, 60))
+        wait_until(lambda: chainer.stats.records >= 120, 60, "chaining to go on after fencing")
+    finally:
+        started = time.monotonic()
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "the chainer did not stop after its consumer was rebuilt"
+    assert time.monotonic() - started < 20
+    assert chainer.stats.consumer_rebuilds >= 1
+    total = 0
+    for p in range(PARTITIONS):
+        records = check_chain(settings, p)  # contiguous, linked, no record twice
+        check_checkpoints(settings, p, records, keyring)
+        total += len(records)
+    assert total == 120
+    assert sorted(v for p in range(PARTITIONS) for _, v in raw_values(settings, p)) == sorted(
+        r.payload for p in range(PARTITIONS) for r in check_chain(settings, p)
+    )

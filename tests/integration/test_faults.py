@@ -145,9 +145,6 @@ def _broker_failover(kafka: LocalKafka, tmp_path: Path, rounds: int, rate: float
     assert_exactly_once(result, allow_raw_duplicates=True)
 
 
-# In `make test-faults` only for now: after a broker comes back the chainer can die on a fenced
-# static consumer and then not drain on SIGTERM (a known chainer bug); no data is lost.
-@pytest.mark.slow
 def test_partition_leader_broker_stopped_and_restarted(
     three_brokers: LocalKafka, tmp_path: Path
 ) -> None:
@@ -196,9 +193,6 @@ def _cluster_restart(kafka: LocalKafka, tmp_path: Path, restarts: int, rate: flo
     assert_exactly_once(result, allow_raw_duplicates=True)
 
 
-# In `make test-faults` only for now: after a broker comes back the chainer can die on a fenced
-# static consumer and then not drain on SIGTERM (a known chainer bug); no data is lost.
-@pytest.mark.slow
 def test_whole_cluster_restart_mid_stream(three_brokers: LocalKafka, tmp_path: Path) -> None:
     _cluster_restart(three_brokers, tmp_path, restarts=1, rate=60, down_s=3, seconds=20)
 

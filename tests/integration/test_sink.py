@@ -7,12 +7,15 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer
 from typer.testing import CliRunner
 
 from processors.integrity.checkpoint import Checkpoint
@@ -24,6 +27,8 @@ from sealtrail import clickhouse
 from sealtrail.cli import app
 from sealtrail.commands.sink import run_query
 from sealtrail.config import Settings
+from sealtrail.kafka import consumer_conf
+from sealtrail.service import StopFlag
 from tests.integration.sink_support import ChainWriter, sample_events, sample_payloads
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,3 +303,52 @@ def test_sink_survives_kill_9(settings: Settings, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sink_survives_many_kill_9(settings: Settings, tmp_path: Path) -> None:
     _kill_loop(settings, tmp_path, kills=20)
+
+
+def test_fenced_static_consumer_is_rebuilt_and_rows_stay_exact(settings: Settings) -> None:
+    """Another member joining with the sink's static instance id fences it (as a broker restart
+    can on its own): the sink rebuilds its consumer and stores every record exactly once."""
+    payloads = sample_payloads()
+    writer = ChainWriter(settings)
+    for p in range(3):
+        writer.append(p, payloads)
+    group = "sealtrail-sink-fenced"
+    stop = StopFlag()
+    sink = Sink(settings, SinkOptions(group=group, batch_rows=20, batch_ms=100), stop)
+    thread = threading.Thread(target=sink.run, name="sink-fenced")
+    thread.start()
+    deadline = time.monotonic() + 60
+    try:
+        while sink.stats.inserted < 3 * len(payloads):
+            assert time.monotonic() < deadline, "the sink did not store the first records"
+            time.sleep(0.1)
+        intruder = Consumer(
+            consumer_conf(
+                settings,
+                group,
+                **{
+                    "group.instance.id": f"{group}-{socket.gethostname()}",
+                    "enable.auto.commit": False,
+                },  # fmt: skip
+            )
+        )
+        intruder.subscribe([settings.topics.chain, settings.topics.checkpoints])
+        try:
+            while sink.stats.consumer_rebuilds < 1:
+                assert time.monotonic() < deadline + 30, "the sink was never fenced"
+                intruder.poll(0.2)
+        finally:
+            intruder.close()
+        for p in range(3):
+            writer.append(p, payloads)
+        while sink.stats.inserted < 6 * len(payloads):
+            assert time.monotonic() < deadline + 90, f"the sink stalled: {sink.stats}"
+            time.sleep(0.1)
+    finally:
+        started = time.monotonic()
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "the sink did not stop after its consumer was rebuilt"
+    assert time.monotonic() - started < 20
+    assert sink.stats.consumer_rebuilds >= 1
+    assert _check_chains(settings) == 6 * len(payloads)
