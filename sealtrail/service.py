@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import random
 import signal
@@ -32,6 +33,9 @@ class StopFlag:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        # `kill -USR1 <pid>` prints every thread's stack to stderr, even while the main thread
+        # waits inside librdkafka: the way to see where a stuck service is.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         return self
 
     def set(self, reason: str = "stop requested") -> None:

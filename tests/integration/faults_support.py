@@ -148,6 +148,9 @@ class Proc:
                 try:
                     process.wait(timeout)
                 except subprocess.TimeoutExpired:
+                    # Stuck: have it print its threads' stacks into its log, then kill it.
+                    process.send_signal(signal.SIGUSR1)
+                    time.sleep(1.0)
                     process.kill()
                     process.wait(10)
             if self._log is not None:
