@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,14 @@ CONSUMER_REBUILD_PAUSE_S = 1.0
 SETTLE_S = 3.0
 TXN_TIMEOUT_MS = 60000
 COMMITTED_WAIT_S = 2 * TXN_TIMEOUT_MS / 1000
+# librdkafka does not always honour the timeout of a transactional call: after the group
+# coordinator went away send_offsets_to_transaction can block for ever (confluentinc/librdkafka
+# #5456, #5511), and a main thread stuck in C cannot even answer SIGTERM. Each call runs in a
+# helper thread; one that outlives its timeout by this much counts as a lost producer.
+HUNG_MARGIN_S = 15.0
+# After SIGTERM, how long a transactional call in flight may still take before the chainer
+# exits without its outcome (recovery on the next start settles it, as after a crash).
+STOP_GRACE_S = 10.0
 # Bounds the consumer's prefetch (several batches' worth) so memory stays flat.
 PREFETCH_KBYTES = 32768
 
@@ -183,6 +192,10 @@ class _ProducerLost(Exception):  # noqa: N818 - internal control flow
     """The producer is fatal, fenced, or a commit/abort outcome is unknown: rebuild it."""
 
 
+class _ProducerHung(_ProducerLost):
+    """A transactional call outlived its own timeout: the producer is abandoned, not reused."""
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -220,6 +233,7 @@ class Chainer:
         self._failure: BaseException | None = None
         self._failed_in_a_row = 0
         self._consumer_failures = 0
+        self._producer_hung = False
         self._last_error = ""
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
@@ -328,7 +342,7 @@ class Chainer:
                     client.close()
                 except (KafkaException, RuntimeError) as exc:
                     log.debug("closing a consumer failed: %s", exc)
-        if self._producer is not None:
+        if self._producer is not None and not self._producer_hung:
             # Left open only if something unexpected was raised mid-batch: abort it now
             # rather than let it block readers until the transaction timeout.
             try:
@@ -694,7 +708,7 @@ class Chainer:
         deadline = time.monotonic() + RETRY_LIMIT_S
         while True:
             try:
-                return call()
+                return self._bounded(what, call)
             except KafkaException as exc:
                 err = _kafka_error(exc)
                 self._last_error = f"{what}: {_describe(exc)}"
@@ -710,6 +724,43 @@ class Chainer:
                     raise _AbortNeeded from None
                 log.warning("%s: %s; rebuilding the producer", what, err.str())
                 raise _ProducerLost from None
+
+    def _bounded(self, what: str, call: Callable[[], T]) -> T:
+        """Run one blocking transactional call with a hard deadline (see HUNG_MARGIN_S)."""
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def attempt() -> None:
+            try:
+                outcome.append((True, call()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        # A daemon thread: one stuck for good must not keep the process from exiting.
+        threading.Thread(target=attempt, name=f"chainer-{what}", daemon=True).start()
+        started = time.monotonic()
+        stop_seen: float | None = None
+        while not done.wait(0.2):
+            now = time.monotonic()
+            if stop_seen is None and self.stop.is_set():
+                stop_seen = now
+            if now - started > TXN_TIMEOUT_S + HUNG_MARGIN_S or (
+                stop_seen is not None and now - stop_seen > STOP_GRACE_S
+            ):
+                self._producer_hung = True
+                self._last_error = f"{what}: no answer after {now - started:.0f}s"
+                log.warning(
+                    "%s did not return after %.0fs: abandoning the producer", what, now - started
+                )
+                if stop_seen is not None:
+                    raise _Interrupted
+                raise _ProducerHung
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return cast(T, value)
 
     def _produce(self, topic: str, partition: int, key: bytes, value: bytes, **kw: Any) -> None:
         producer = self._producer
@@ -865,9 +916,11 @@ class Chainer:
         self.stats.producer_rebuilds += 1
         log.warning("rebuilding the transactional producer and recovering the chains")
         old, self._producer = self._producer, None
-        if old is not None:
+        if old is not None and not self._producer_hung:
             old.purge()
             old.flush(0)
+        # A hung producer is left to its helper thread, which holds the last reference.
+        self._producer_hung = False
         self._producer = self._new_producer()
 
     def _rewind(self) -> None:

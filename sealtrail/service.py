@@ -6,6 +6,7 @@ import faulthandler
 import logging
 import random
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -35,7 +36,12 @@ class StopFlag:
         signal.signal(signal.SIGINT, handler)
         # `kill -USR1 <pid>` prints every thread's stack to stderr, even while the main thread
         # waits inside librdkafka: the way to see where a stuck service is.
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        try:
+            if sys.__stderr__ is not None:
+                faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+        except (AttributeError, ValueError, OSError):
+            pass  # no real stderr (embedded, or a test runner's capture): no stack dumps
+
         return self
 
     def set(self, reason: str = "stop requested") -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from typer.testing import CliRunner
 
+import processors.chainer as chainer_module
 from processors.chainer import (
     Chainer,
     ChainerOptions,
@@ -22,6 +26,7 @@ from processors.integrity.keys import load_signer, write_keypair
 from sealtrail.cli import app
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError
+from sealtrail.service import StopFlag
 
 runner = CliRunner()
 
@@ -109,3 +114,56 @@ def test_keys_generate_default_dir_and_bad_name(tmp_path: Path) -> None:
     assert (home / "keys" / "other.key").exists()
     bad = runner.invoke(app, ["--home", str(home), "keys", "generate", "--name", "a+b"])
     assert bad.exit_code == 2
+
+
+# -------------------------------------------------------------- calls librdkafka never returns
+
+
+@pytest.fixture
+def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chainer_module, "TXN_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(chainer_module, "HUNG_MARGIN_S", 0.3)
+    monkeypatch.setattr(chainer_module, "STOP_GRACE_S", 0.3)
+
+
+def _chainer(stop: StopFlag | None = None) -> Chainer:
+    # No Kafka is contacted before run(): the transactional-call guard can be exercised alone.
+    return Chainer(Settings(), ChainerOptions(instance_id="t-unit"), stop)
+
+
+def test_a_transactional_call_that_never_returns_abandons_the_producer(
+    short_deadlines: None,
+) -> None:
+    chainer = _chainer()
+    forever = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(chainer_module._ProducerHung):
+        chainer._bounded("send_offsets_to_transaction", lambda: forever.wait())
+    assert 0.5 <= time.monotonic() - started < 3.0
+    assert chainer._producer_hung
+    assert "send_offsets_to_transaction: no answer after" in chainer._last_error
+    forever.set()
+
+
+def test_a_stuck_call_does_not_hold_up_sigterm(short_deadlines: None) -> None:
+    stop = StopFlag()
+    chainer = _chainer(stop)
+    forever = threading.Event()
+    threading.Timer(0.1, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(chainer_module._Interrupted):
+        chainer._bounded("commit_transaction", lambda: forever.wait(60))
+    assert time.monotonic() - started < 2.0
+    forever.set()
+
+
+def test_bounded_calls_pass_results_and_kafka_errors_through(short_deadlines: None) -> None:
+    chainer = _chainer()
+    assert chainer._bounded("begin_transaction", lambda: 42) == 42
+
+    def fails() -> None:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out"))
+
+    with pytest.raises(KafkaException):
+        chainer._bounded("commit_transaction", fails)
+    assert not chainer._producer_hung
