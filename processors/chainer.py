@@ -67,7 +67,10 @@ ENV_INSTANCE_ID = "SEALTRAIL_INSTANCE_ID"
 GROUP = "sealtrail-chainer"
 RANGE_HEADER = "sealtrail-compact-range"
 
-TXN_TIMEOUT_S = 30.0
+TXN_TIMEOUT_S = 30.0  # init_transactions: may wait for a previous instance's transaction
+# The other transactional calls take milliseconds when Kafka is well; a short timeout finds a
+# stuck one sooner (a retriable timeout is retried by _retry).
+TXN_CALL_TIMEOUT_S = 10.0
 RETRY_LIMIT_S = 10.0
 PROGRESS_EVERY_S = 10.0
 # Transactions failing in a row without one commit: a persistent problem (e.g. a raw record
@@ -83,7 +86,7 @@ COMMITTED_WAIT_S = 2 * TXN_TIMEOUT_MS / 1000
 # coordinator went away send_offsets_to_transaction can block for ever (confluentinc/librdkafka
 # #5456, #5511), and a main thread stuck in C cannot even answer SIGTERM. Each call runs in a
 # helper thread; one that outlives its timeout by this much counts as a lost producer.
-HUNG_MARGIN_S = 15.0
+HUNG_MARGIN_S = 5.0
 # After SIGTERM, how long a transactional call in flight may still take before the chainer
 # exits without its outcome (recovery on the next start settles it, as after a crash).
 STOP_GRACE_S = 10.0
@@ -691,7 +694,11 @@ class Chainer:
             )
         )
         try:
-            self._retry("init_transactions", lambda: producer.init_transactions(TXN_TIMEOUT_S))
+            self._retry(
+                "init_transactions",
+                lambda: producer.init_transactions(TXN_TIMEOUT_S),
+                TXN_TIMEOUT_S,
+            )
         except (_AbortNeeded, _ProducerLost):
             raise KafkaUnavailable(
                 f"could not start Kafka transactions for {txn_id} at {self.settings.kafka}; "
@@ -699,7 +706,7 @@ class Chainer:
             ) from None
         return producer
 
-    def _retry(self, what: str, call: Callable[[], T]) -> T:
+    def _retry(self, what: str, call: Callable[[], T], timeout: float = TXN_CALL_TIMEOUT_S) -> T:
         """Run ``call``; retry retriable errors for a while; map the rest to the error policy.
 
         Still failing after the retries (e.g. a commit that keeps timing out) is an unclear
@@ -708,7 +715,7 @@ class Chainer:
         deadline = time.monotonic() + RETRY_LIMIT_S
         while True:
             try:
-                return self._bounded(what, call)
+                return self._bounded(what, call, timeout)
             except KafkaException as exc:
                 err = _kafka_error(exc)
                 self._last_error = f"{what}: {_describe(exc)}"
@@ -725,7 +732,7 @@ class Chainer:
                 log.warning("%s: %s; rebuilding the producer", what, err.str())
                 raise _ProducerLost from None
 
-    def _bounded(self, what: str, call: Callable[[], T]) -> T:
+    def _bounded(self, what: str, call: Callable[[], T], timeout: float) -> T:
         """Run one blocking transactional call with a hard deadline (see HUNG_MARGIN_S)."""
         outcome: list[Any] = []
         done = threading.Event()
@@ -746,7 +753,7 @@ class Chainer:
             now = time.monotonic()
             if stop_seen is None and self.stop.is_set():
                 stop_seen = now
-            if now - started > TXN_TIMEOUT_S + HUNG_MARGIN_S or (
+            if now - started > timeout + HUNG_MARGIN_S or (
                 stop_seen is not None and now - stop_seen > STOP_GRACE_S
             ):
                 self._producer_hung = True
@@ -823,7 +830,9 @@ class Chainer:
             try:
                 assert self._producer is not None
                 producer = self._producer
-                self._retry("abort_transaction", lambda: producer.abort_transaction(TXN_TIMEOUT_S))
+                self._retry(
+                    "abort_transaction", lambda: producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+                )
             except (_AbortNeeded, _ProducerLost):
                 self._rebuild_producer()
             self._failed()
@@ -895,9 +904,11 @@ class Chainer:
             metadata = consumer.consumer_group_metadata()
             self._retry(
                 "send_offsets_to_transaction",
-                lambda: producer.send_offsets_to_transaction(positions, metadata, TXN_TIMEOUT_S),
+                lambda: producer.send_offsets_to_transaction(
+                    positions, metadata, TXN_CALL_TIMEOUT_S
+                ),
             )
-        self._retry("commit_transaction", lambda: producer.commit_transaction(TXN_TIMEOUT_S))
+        self._retry("commit_transaction", lambda: producer.commit_transaction(TXN_CALL_TIMEOUT_S))
         for partition, offset in offsets.items():
             chains[partition].next_offset = offset
         return notes, len(batch)

@@ -121,7 +121,6 @@ def test_keys_generate_default_dir_and_bad_name(tmp_path: Path) -> None:
 
 @pytest.fixture
 def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chainer_module, "TXN_TIMEOUT_S", 0.2)
     monkeypatch.setattr(chainer_module, "HUNG_MARGIN_S", 0.3)
     monkeypatch.setattr(chainer_module, "STOP_GRACE_S", 0.3)
 
@@ -138,7 +137,7 @@ def test_a_transactional_call_that_never_returns_abandons_the_producer(
     forever = threading.Event()
     started = time.monotonic()
     with pytest.raises(chainer_module._ProducerHung):
-        chainer._bounded("send_offsets_to_transaction", lambda: forever.wait())
+        chainer._bounded("send_offsets_to_transaction", lambda: forever.wait(), 0.2)
     assert 0.5 <= time.monotonic() - started < 3.0
     assert chainer._producer_hung
     assert "send_offsets_to_transaction: no answer after" in chainer._last_error
@@ -152,18 +151,18 @@ def test_a_stuck_call_does_not_hold_up_sigterm(short_deadlines: None) -> None:
     threading.Timer(0.1, stop.set).start()
     started = time.monotonic()
     with pytest.raises(chainer_module._Interrupted):
-        chainer._bounded("commit_transaction", lambda: forever.wait(60))
+        chainer._bounded("commit_transaction", lambda: forever.wait(60), 0.2)
     assert time.monotonic() - started < 2.0
     forever.set()
 
 
 def test_bounded_calls_pass_results_and_kafka_errors_through(short_deadlines: None) -> None:
     chainer = _chainer()
-    assert chainer._bounded("begin_transaction", lambda: 42) == 42
+    assert chainer._bounded("begin_transaction", lambda: 42, 0.2) == 42
 
     def fails() -> None:
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out"))
 
     with pytest.raises(KafkaException):
-        chainer._bounded("commit_transaction", fails)
+        chainer._bounded("commit_transaction", fails, 0.2)
     assert not chainer._producer_hung
