@@ -94,6 +94,20 @@ def read_range(
     ``end`` defaults to the high watermark at call time. Transaction markers and aborted records
     take offsets but are never yielded, so the read ends when the position reaches ``end``.
     """
+    for batch in read_batches(consumer, topic, partition, start, end, idle_timeout):
+        yield from batch
+
+
+def read_batches(
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    start: int | None = None,
+    end: int | None = None,
+    idle_timeout: float = 30.0,
+) -> Iterator[list[Message]]:
+    """:func:`read_range` in the batches the consumer returns (no per-record generator step,
+    for readers that go through millions of records). Batches are never empty."""
     low, high = watermarks(consumer, topic, partition)
     stop = high if end is None else min(end, high)
     first = low if start is None else max(start, low)
@@ -118,18 +132,28 @@ def read_range(
                     )
                 continue
             idle = 0.0
+            out: list[Message] = []
+            done = False
             for message in batch:
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         continue
+                    if out:
+                        yield out  # what came before the error, as read_range did
                     raise KafkaUnavailable(f"reading {topic}/{partition} failed: {error.str()}")
                 offset = message.offset()
                 if offset is None or offset >= stop:
-                    return
-                yield message
+                    done = True
+                    break
+                out.append(message)
                 if offset + 1 >= stop:
-                    return
+                    done = True
+                    break
+            if out:
+                yield out
+            if done:
+                return
     finally:
         consumer.unassign()
 

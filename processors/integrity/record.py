@@ -34,6 +34,7 @@ __all__ = [
     "check_record",
     "link",
     "record_hash",
+    "record_hasher",
 ]
 
 HASH_SIZE = 32
@@ -100,6 +101,19 @@ def record_hash(
         ) from None
     state.update(payload)
     return state.digest()
+
+
+def record_hasher(chain: str) -> tuple[hashlib._Hash, struct.Struct]:
+    """For hashing many records of one chain without per-record setup (the verifier's replay).
+
+    Returns ``(prefix, fields)``: ``prefix`` is the SHA-256 state after ``enc(VERSION_TAG) ||
+    enc(utf8(chain))``, never to be updated itself (``.copy()`` it); ``fields.pack(seq,
+    HASH_SIZE, prev_hash, source_offset, ingested_at_us, len(payload))`` gives the bytes that
+    follow, then the payload. ``"32s"`` pads or cuts prev_hash, so callers must have checked
+    its length, and struct.error means a field is out of range: callers then use
+    :func:`check_record`, which names the problem.
+    """
+    return _prefix(chain), _MIDDLE
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ a :class:`CompactRange` and checkpoints are checked as the replay passes their s
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,14 @@ from processors.integrity.errors import (
     Truncated,
 )
 from processors.integrity.merkle import CompactRange
-from processors.integrity.record import ZERO_HASH, ChainedRecord, ChainHead, check_record
+from processors.integrity.record import (
+    HASH_SIZE,
+    ZERO_HASH,
+    ChainedRecord,
+    ChainHead,
+    check_record,
+    record_hasher,
+)
 
 __all__ = [
     "DEFAULT_MAX_FINDINGS",
@@ -34,9 +42,12 @@ __all__ = [
     "ChainState",
     "ChRow",
     "NotAnchored",
+    "RecordFields",
+    "RecordItem",
     "SourceCheckpoint",
     "SourceRecord",
     "verify_chain",
+    "verify_chain_fields",
     "verify_rows",
 ]
 
@@ -47,6 +58,15 @@ class NotAnchored(IntegrityError):
     """A chain holds no checkpoint signed by a trusted key (only with --require-anchored)."""
 
     kind = "not_anchored"
+
+
+RecordFields = tuple[str, int, bytes, bytes, int, int, bytes]
+"""A record's fields in ChainedRecord order: (chain, seq, prev_hash, hash, source_offset,
+ingested_at_us, payload)."""
+
+RecordItem = tuple[int | None, "RecordFields | IntegrityError"]
+"""One record as read for :func:`verify_chain_fields`: its offset and its fields, or why it could
+not be read. Plain tuples: building objects per record was a large part of the replay's cost."""
 
 
 @dataclass(slots=True)  # not frozen: built once per record, and frozen init costs ~3x
@@ -237,6 +257,68 @@ def verify_chain(
     ``low_offset`` is the topic partition's earliest offset (records deleted from the start show
     as a positive value). ``probe_size`` asks for the Merkle root at that size
     (``result.probe_root``) so ClickHouse rows can be compared without re-reading the chain.
+
+    This is :func:`verify_chain_fields` for records given as :class:`SourceRecord` objects.
+    """
+    return verify_chain_fields(
+        chain,
+        _fields_of(chain, records),
+        checkpoints,
+        keyring,
+        origin=origin,
+        state=state,
+        low_offset=low_offset,
+        require_anchored=require_anchored,
+        probe_size=probe_size,
+        max_findings=max_findings,
+        on_record=on_record,
+        state_check=state_check,
+    )
+
+
+def _fields_of(chain: str, records: Iterable[SourceRecord]) -> Iterator[RecordItem]:
+    for item in records:
+        rec = item.record
+        if item.problem is not None or rec is None:
+            yield (
+                item.offset,
+                item.problem or MalformedRecord("record could not be read", chain=chain),
+            )
+        else:
+            yield (
+                item.offset,
+                (
+                    rec.chain,
+                    rec.seq,
+                    rec.prev_hash,
+                    rec.hash,
+                    rec.source_offset,
+                    rec.ingested_at_us,
+                    rec.payload,
+                ),
+            )
+
+
+def verify_chain_fields(
+    chain: str,
+    records: Iterable[RecordItem],
+    checkpoints: Iterable[SourceCheckpoint],
+    keyring: KeyRing,
+    *,
+    origin: str,
+    state: ChainState | None = None,
+    low_offset: int | None = None,
+    require_anchored: bool = False,
+    probe_size: int | None = None,
+    max_findings: int = DEFAULT_MAX_FINDINGS,
+    on_record: Callable[[int], None] | None = None,
+    state_check: ChainState | None = None,
+) -> ChainResult:
+    """:func:`verify_chain` over records given as :data:`RecordItem` tuples (the Kafka replay).
+
+    Every record gets every check of :func:`check_record`: a fast path compares seq, link,
+    chain id and recomputed hash inline, and any record it does not pass goes to
+    :func:`check_record` itself, which raises the finding (or accepts the record).
     """
     limit = max_findings
     result = ChainResult(chain=chain, probe_size=probe_size)
@@ -266,18 +348,22 @@ def verify_chain(
     if probe_size is not None and probe_size == cr.size:
         result.probe_root = cr.root()
 
-    def pass_size(trusted: bool = False) -> None:
-        if probe_size is not None and cr.size == probe_size:
+    def pass_size(head_hash: bytes, trusted: bool = False) -> int:
+        """Check what is due at the current size; return the next size something is due at."""
+        size = cr.size
+        if probe_size is not None and size == probe_size:
             result.probe_root = cr.root()
-        while pending and pending[0].cp.size == cr.size:
-            _check_at_size(result, pending.pop(0), cr.root(), head.head_hash, limit, trusted)
+        while pending and pending[0].cp.size == size:
+            _check_at_size(result, pending.pop(0), cr.root(), head_hash, limit, trusted)
+        due = [p for p in (pending[0].cp.size if pending else None, probe_size) if p is not None]
+        due = [p for p in due if p > size]
+        return min(due) if due else -1
 
     # At the start of an incremental run the tree is the remembered one: a checkpoint of that
     # size that disagrees contradicts what an earlier run proved.
-    pass_size(trusted=state is not None)
+    due = pass_size(head.head_hash, trusted=state is not None)
     broken = False
-    first = True
-    it: Iterator[SourceRecord] = iter(records)
+    it: Iterator[RecordItem] = iter(records)
     need_anchor = state is not None and state.size > 0
     # The topics keep every record forever (retention -1), so any low watermark above 0 means
     # DeleteRecords was used, even below a remembered head an incremental run does not re-read.
@@ -293,12 +379,17 @@ def verify_chain(
             ),
             limit,
         )
-    for item in it:
-        if need_anchor:
+    if need_anchor:
+        assert state is not None
+        anchor = next(it, None)
+        if anchor is not None:
             need_anchor = False
-            assert state is not None
-            rec = item.record
-            if rec is None or rec.seq != state.size - 1 or rec.hash != state.head_hash:
+            offset, fields = anchor
+            if (
+                not isinstance(fields, tuple)
+                or fields[1] != state.size - 1
+                or fields[3] != state.head_hash
+            ):
                 result.anchor_failed = True
                 result.add(
                     HistoryRewritten(
@@ -307,55 +398,91 @@ def verify_chain(
                         "rebuilt",
                         chain=chain,
                         seq=state.size - 1,
-                        offset=item.offset,
+                        offset=offset,
                         expected=state.head_hash,
-                        found=None if rec is None else (rec.seq, rec.hash.hex()),
+                        found=None
+                        if not isinstance(fields, tuple)
+                        else (fields[1], fields[3].hex()),
+                    ),
+                    limit,
+                )
+                broken = True
+                it = iter(())
+
+    next_seq = head.next_seq
+    head_hash = head.head_hash
+    verified = 0
+    # Per-chain constants of the record hash, hoisted out of the loop.
+    fast = len(head_hash) == HASH_SIZE
+    try:
+        prefix, fields_struct = record_hasher(chain)
+    except IntegrityError:
+        fast = False  # check_record reports the chain id on the first record
+        prefix, fields_struct = record_hasher("")
+    copy = prefix.copy
+    pack = fields_struct.pack
+    append = cr.append
+    for offset, fields in it:
+        if not isinstance(fields, tuple):
+            fields.chain = chain
+            if fields.offset is None:
+                fields.offset = offset
+            result.add(fields, limit)
+            broken = True
+            break
+        c, seq, prev_hash, hash_, source_offset, ingested_at, payload = fields
+        passed = False
+        if (
+            fast
+            and seq == next_seq
+            and prev_hash == head_hash
+            and c == chain
+            and len(hash_) == HASH_SIZE
+        ):
+            h = copy()
+            try:
+                h.update(pack(seq, HASH_SIZE, prev_hash, source_offset, ingested_at, len(payload)))
+            except struct.error:
+                pass  # out-of-range field: check_record names it
+            else:
+                h.update(payload)
+                passed = h.digest() == hash_
+        if not passed:
+            rec = ChainedRecord(*fields)
+            if verified == 0 and state is None and seq > 0:
+                result.add(
+                    RecordsDeleted(
+                        f"chain {chain} starts at seq {seq}, not 0: its first records were deleted",
+                        chain=chain,
+                        seq=seq,
+                        offset=offset,
+                        expected=0,
+                        found=seq,
                     ),
                     limit,
                 )
                 broken = True
                 break
-            continue
-        if item.problem is not None or item.record is None:
-            problem = item.problem or MalformedRecord("record could not be read", chain=chain)
-            problem.chain = chain
-            if problem.offset is None:
-                problem.offset = item.offset
-            result.add(problem, limit)
-            broken = True
-            break
-        rec = item.record
-        if first and state is None and rec.seq > 0:
-            result.add(
-                RecordsDeleted(
-                    f"chain {chain} starts at seq {rec.seq}, not 0: its first records were deleted",
-                    chain=chain,
-                    seq=rec.seq,
-                    offset=item.offset,
-                    expected=0,
-                    found=rec.seq,
-                ),
-                limit,
-            )
-            broken = True
-            break
-        first = False
-        try:
-            check_record(rec, head)
-        except IntegrityError as exc:
-            if exc.offset is None or exc.offset == rec.source_offset:
-                exc.offset = item.offset
-            result.add(exc, limit)
-            broken = True
-            break
-        head.advance(rec)
-        cr.append(rec.hash)
-        last_offset = item.offset
-        result.records_verified += 1
-        if on_record is not None and not result.records_verified & 1023:
+            try:
+                check_record(rec, ChainHead(chain, next_seq, head_hash))
+            except IntegrityError as exc:
+                if exc.offset is None or exc.offset == source_offset:
+                    exc.offset = offset
+                result.add(exc, limit)
+                broken = True
+                break
+        next_seq = seq + 1
+        head_hash = hash_
+        append(hash_)
+        last_offset = offset
+        verified += 1
+        if on_record is not None and not verified & 1023:
             on_record(1024)
-        if pending or probe_size is not None:
-            pass_size()
+        if next_seq == due:
+            due = pass_size(head_hash)
+    head.next_seq = next_seq
+    head.head_hash = head_hash
+    result.records_verified = verified
     if need_anchor and state is not None:
         result.anchor_failed = True
         result.add(

@@ -13,21 +13,24 @@ from processors.integrity.record import ChainedRecord
 from processors.verifier.core import (
     ChainResult,
     ChainState,
+    RecordFields,
+    RecordItem,
     SourceCheckpoint,
     SourceRecord,
-    verify_chain,
+    verify_chain_fields,
 )
-from schemas.codec import decode_chained
+from schemas.codec import decode_chained, decode_chained_fields
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError, TopicError
 from sealtrail.kafka import admin
-from sealtrail.kafka_read import read_range, reader, watermarks
+from sealtrail.kafka_read import read_batches, read_range, reader, watermarks
 
 __all__ = [
     "ChainJob",
     "chain_id",
     "chain_partitions",
     "decode_record",
+    "iter_record_fields",
     "iter_records",
     "read_checkpoint_notes",
     "run_job",
@@ -110,6 +113,39 @@ def iter_records(
     return low, high, gen()
 
 
+def iter_record_fields(
+    settings: Settings, partition: int, start: int | None = None
+) -> tuple[int, int, Iterator[RecordItem]]:
+    """:func:`iter_records` as ``(offset, fields or MalformedRecord)`` tuples (what
+    :func:`~processors.verifier.core.verify_chain_fields` takes): no objects per record."""
+    consumer = reader(settings)
+    topic = settings.topics.chain
+    low, high = watermarks(consumer, topic, partition)
+
+    def gen() -> Iterator[RecordItem]:
+        decode = decode_chained_fields
+        try:
+            for batch in read_batches(consumer, topic, partition, start):
+                for message in batch:
+                    value = message.value()
+                    item: RecordFields | MalformedRecord
+                    try:
+                        item = decode(value) if value is not None else _malformed(None, None)
+                    except SealtrailError as exc:
+                        item = _malformed(value, exc)
+                    yield message.offset() or 0, item
+        finally:
+            consumer.close()
+
+    return low, high, gen()
+
+
+def _malformed(value: bytes | None, exc: SealtrailError | None) -> MalformedRecord:
+    if value is None:
+        return MalformedRecord("chain topic record has no value; it was not written by sealtrail")
+    return MalformedRecord(f"chain topic record does not decode as a ChainedEvent: {exc}")
+
+
 def read_checkpoint_notes(settings: Settings, partition: int, chain: str) -> list[SourceCheckpoint]:
     """Every checkpoint note of ``chain`` in its partition (keyed by chain id)."""
     consumer = reader(settings)
@@ -165,8 +201,8 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
     cps += [SourceCheckpoint(n, None, "offsite") for n in job.offsite_notes]
     incremental = job.state is not None and job.state.size > 0
     start = job.state.offset if job.state is not None and incremental else None
-    low, _high, records = iter_records(settings, job.partition, start)
-    result = verify_chain(
+    low, _high, records = iter_record_fields(settings, job.partition, start)
+    result = verify_chain_fields(
         chain,
         records,
         cps,
@@ -184,8 +220,8 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
         return result
     # The remembered record is not at its offset (topic rebuilt, re-partitioned or cut): replay
     # everything and check the remembered head at its size, which names what happened.
-    low, _high, records = iter_records(settings, job.partition, None)
-    return verify_chain(
+    low, _high, records = iter_record_fields(settings, job.partition, None)
+    return verify_chain_fields(
         chain,
         records,
         cps,

@@ -20,6 +20,7 @@ from processors.verifier.core import (
     SourceCheckpoint,
     SourceRecord,
     verify_chain,
+    verify_chain_fields,
     verify_rows,
 )
 from processors.verifier.report import Report, write_metrics
@@ -121,6 +122,58 @@ def test_record_tampering_is_named(tamper: str, kind: str) -> None:
     finding = result.findings[0]
     assert finding.chain == CHAIN and finding.seq is not None and finding.offset is not None
     assert result.state is None
+
+
+@pytest.mark.parametrize(
+    ("tamper", "kind"),
+    [
+        ("other_chain", "malformed_record"),
+        ("short_hash", "malformed_record"),
+        ("seq_too_big", "seq_gap"),
+        ("ingested_out_of_range", "malformed_record"),
+        ("hash", "hash_mismatch"),
+    ],
+)
+def test_records_the_fast_path_rejects_get_the_reference_finding(tamper: str, kind: str) -> None:
+    # verify_chain_fields checks records inline and hands any it does not pass to check_record.
+    recs = build(6)
+    fields = [
+        (r.chain, r.seq, r.prev_hash, r.hash, r.source_offset, r.ingested_at_us, r.payload)
+        for r in recs
+    ]
+    c, seq, prev, h, off, ts, payload = fields[3]
+    fields[3] = {
+        "other_chain": ("audit.events/9", seq, prev, h, off, ts, payload),
+        "short_hash": (c, seq, prev, h[:31], off, ts, payload),
+        "seq_too_big": (c, 1 << 64, prev, h, off, ts, payload),
+        "ingested_out_of_range": (c, seq, prev, h, off, 1 << 63, payload),
+        "hash": (c, seq, prev, bytes(32), off, ts, payload),
+    }[tamper]
+    items = [(i, f) for i, f in enumerate(fields)]
+    result = verify_chain_fields(CHAIN, items, [], ring(), origin=ORIGIN)  # type: ignore[arg-type]
+    assert [f.kind for f in result.findings] == [kind]
+    assert result.findings[0].offset == 3 and result.records_verified == 3
+
+
+def test_fields_and_objects_give_the_same_result() -> None:
+    recs = build(2500)
+    notes = cps(checkpoint(recs, 1000), checkpoint(recs, 2000))
+    a = run(src(recs), notes, probe_size=1500)
+    items = [
+        (i, (r.chain, r.seq, r.prev_hash, r.hash, r.source_offset, r.ingested_at_us, r.payload))
+        for i, r in enumerate(recs)
+    ]
+    b = verify_chain_fields(CHAIN, items, notes, ring(), origin=ORIGIN, probe_size=1500)
+    assert a.ok and b.ok and a.checkpoints_verified == b.checkpoints_verified == 2
+    assert (a.root, a.probe_root, a.state) == (b.root, b.probe_root, b.state)
+    assert a.probe_root == checkpoint_root(recs, 1500)
+
+
+def checkpoint_root(records: list[ChainedRecord], size: int) -> bytes:
+    cr = CompactRange()
+    for r in records[:size]:
+        cr.append(r.hash)
+    return cr.root()
 
 
 def test_undecodable_record_is_reported_with_its_offset() -> None:
