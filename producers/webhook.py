@@ -153,6 +153,11 @@ class _Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.producer_rebuilds = Counter(
+            "sealtrail_webhook_producer_rebuilds",
+            "Kafka producers replaced after a fatal error.",
+            registry=r,
+        )
         self.inflight = Gauge(
             "sealtrail_webhook_inflight_events",
             "Events waiting for Kafka acknowledgement.",
@@ -320,8 +325,8 @@ class WebhookServer:
             )
             resp.force_close()  # do not read the rest of an oversize body
             return resp
-        producer = self._producer
-        assert producer is not None and self._loop is not None
+        producer = self._usable_producer()
+        assert self._loop is not None
         received = now_us()
         batch, done = asyncio_batch(self._loop)
         raw_topic = self.settings.topics.raw
@@ -370,6 +375,27 @@ class WebhookServer:
         for rej in result.rejects:
             self.metrics.rejected.labels(_reason_kind(rej.reason)).inc()
         return web.json_response({"accepted": len(result.events), "rejected": len(result.rejects)})
+
+    def _usable_producer(self) -> ConfirmedProducer:
+        """The producer, replaced first if it stopped after a fatal error.
+
+        A fatal error (e.g. the idempotent producer's sequence state lost after a broker crash)
+        ends that producer for good; requests it had in flight were answered 503 and are sent
+        again by their clients. Runs on the event loop thread, so one request replaces it.
+        """
+        producer = self._producer
+        assert producer is not None
+        if producer.fatal is None:
+            return producer
+        log.warning("replacing the Kafka producer after a fatal error: %s", producer.fatal)
+        self._producer = ConfirmedProducer(
+            self.settings, message_timeout_s=self.options.ack_timeout
+        )
+        self.metrics.producer_rebuilds.inc()
+        assert self._loop is not None
+        # Its queue holds only failed records now: close it off the event loop.
+        self._loop.run_in_executor(None, producer.close, 1.0)
+        return self._producer
 
     async def handle_healthz(self, _request: web.Request) -> web.Response:
         checked_at, healthy = self._health

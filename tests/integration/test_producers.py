@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 
 from producers.file_shipper import FileShipper
 from producers.k8s import parse_body, parse_line
@@ -188,6 +189,27 @@ def test_webhook_round_trip_rejects_and_auth(
         assert secret not in text
         assert secret not in caplog.text
     assert "missing or wrong credentials" in caplog.text
+
+
+def test_webhook_replaces_a_producer_that_failed_for_good(
+    settings: Settings, webhook: WebhookServer
+) -> None:
+    """A fatal librdkafka error ends a producer for good (e.g. the idempotent producer's
+    sequence state lost after a broker crash): the next request gets a new producer."""
+    url = webhook.url()
+    lines = good_lines()
+    assert post(url, event_list(lines[:2]), TOKEN_A)[0] == 200
+    first = webhook._producer
+    assert first is not None
+    # librdkafka reports a fatal error through error_cb: deliver one as it would.
+    first._on_error(KafkaError(KafkaError._FATAL, "injected fatal error", fatal=True))
+    status, _, answer = post(url, event_list(lines[2:5]), TOKEN_A)
+    assert (status, json.loads(answer)) == (200, {"accepted": 3, "rejected": 0})
+    assert webhook._producer is not first and webhook._producer is not None
+    assert webhook._producer.fatal is None
+    status, metrics = get(url + "metrics")
+    assert "sealtrail_webhook_producer_rebuilds_total 1.0" in metrics.decode()
+    assert [e["original"] for e in raw_events(settings)] == lines[:5]
 
 
 def test_webhook_refuses_loose_token_file(settings: Settings, tmp_path: Path) -> None:
