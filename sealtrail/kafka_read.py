@@ -71,6 +71,10 @@ _LEADER_MOVING = frozenset(
         KafkaError._TRANSPORT,
         KafkaError._TIMED_OUT,
         KafkaError._ALL_BROKERS_DOWN,
+        # Seen while a broker restarts: its handle is torn down and the partition's metadata is
+        # briefly missing from the client's view.
+        KafkaError._DESTROY_BROKER,
+        KafkaError._UNKNOWN_PARTITION,
     }
 )
 
