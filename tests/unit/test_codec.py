@@ -21,6 +21,7 @@ from schemas.codec import (
     decode,
     decode_audit_event,
     decode_chained,
+    decode_chained_fields,
     encode,
     encode_audit_event,
     encode_chained,
@@ -499,3 +500,20 @@ def test_every_optional_audit_field_has_a_default() -> None:
     required = {"cluster", "source", "received_at", "original"}
     for f in _schema_json("audit_event.avsc")["fields"]:
         assert ("default" in f) != (f["name"] in required), f["name"]
+
+
+def test_chained_fields_are_the_record_in_field_order() -> None:
+    datum = {
+        "chain": "audit.events/0",
+        "seq": 1,
+        "prev_hash": bytes(32),
+        "hash": bytes(range(32)),
+        "source_offset": 5,
+        "ingested_at": 1_700_000_000_000_000,
+        "payload": b"hello",
+    }
+    good = encode_chained(datum)
+    assert decode_chained_fields(good) == tuple(datum.values())
+    for bad in (good[:-1], good + b"\x00", good[: len(CHAINED_EVENT.header) + 3]):
+        with pytest.raises(DecodeError):
+            decode_chained_fields(bad)
