@@ -39,11 +39,11 @@ from processors.integrity.merkle import CompactRange
 from processors.integrity.note import Signer
 from processors.integrity.record import ChainedRecord, ChainHead, link
 from processors.verifier import offsite
-from schemas.codec import decode_chained, encode_chained
+from schemas.codec import decode_chained_fields, encode_chained
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError, KafkaUnavailable, SealtrailError
 from sealtrail.kafka import consumer_conf, producer_conf
-from sealtrail.kafka_read import read_range, read_tail, reader, watermarks
+from sealtrail.kafka_read import close_quietly, read_range, read_tail, reader, watermarks
 from sealtrail.service import StopFlag
 
 __all__ = [
@@ -329,22 +329,14 @@ class Chainer:
         self._pending = []
         self._chains.clear()
         self._assigned = False
-        if old is not None:
-            try:
-                old.close()
-            except (KafkaException, RuntimeError) as exc:
-                log.debug("closing the failed consumer: %s", exc)
+        close_quietly(old)
         if self.stop.wait(CONSUMER_REBUILD_PAUSE_S):
             return
         self._consumer = self._new_consumer()
 
     def _close(self) -> None:
-        for client in (self._consumer, self._reader):
-            if client is not None:
-                try:
-                    client.close()
-                except (KafkaException, RuntimeError) as exc:
-                    log.debug("closing a consumer failed: %s", exc)
+        close_quietly(self._consumer)
+        close_quietly(self._reader)
         if self._producer is not None and not self._producer_hung:
             # Left open only if something unexpected was raised mid-batch: abort it now
             # rather than let it block readers until the transaction timeout.
@@ -559,16 +551,7 @@ class Chainer:
 
     def _records(self, messages: Iterable[Message], chain: str) -> Iterator[ChainedRecord]:
         for message in messages:
-            d = decode_chained(message.value() or b"")
-            record = ChainedRecord(
-                d["chain"],
-                d["seq"],
-                d["prev_hash"],
-                d["hash"],
-                d["source_offset"],
-                d["ingested_at"],
-                d["payload"],
-            )
+            record = ChainedRecord(*decode_chained_fields(message.value() or b""))
             if record.chain != chain:
                 raise ChainDivergence(
                     f"chain topic partition of {chain} holds a record of {record.chain} at "

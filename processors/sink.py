@@ -47,6 +47,7 @@ from sealtrail import clickhouse
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError, DecodeError, KafkaUnavailable
 from sealtrail.kafka import consumer_conf
+from sealtrail.kafka_read import close_quietly
 from sealtrail.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
@@ -391,11 +392,7 @@ class Sink:
         self._stored.clear()
         self._cp_loaded = False
         self._committed_since_rebuild = False
-        if old is not None:
-            try:
-                old.close()
-            except (KafkaException, RuntimeError) as exc:
-                log.debug("closing the failed consumer: %s", exc)
+        close_quietly(old)
         self._consumer = None
         if self.stop.wait(1.0):
             return

@@ -6,6 +6,7 @@ watermark taken when the read starts, so a growing topic still gives a finite re
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable
 from sealtrail.kafka import consumer_conf
 
+log = logging.getLogger(__name__)
+
 # Short: the last offsets of a transactional partition are often commit markers, which are
 # never returned, so the read learns it reached the end only from an empty poll.
 POLL_TIMEOUT_S = 0.05
@@ -32,6 +35,16 @@ def reader(settings: Settings, **overrides: object) -> Consumer:
     """A consumer for assign()-style reads: its group id is throwaway and it never commits."""
     conf = consumer_conf(settings, f"sealtrail-reader-{uuid.uuid4()}", **overrides)
     return Consumer(conf)
+
+
+def close_quietly(consumer: Consumer | None) -> None:
+    """Close a consumer that may already have failed for good; a failing close is only logged."""
+    if consumer is None:
+        return
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.debug("closing a Kafka consumer failed: %s", exc)
 
 
 def watermarks(

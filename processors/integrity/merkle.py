@@ -65,15 +65,7 @@ class CompactRange:
 
     def append(self, leaf_data: bytes) -> None:
         """Append one leaf given its data (a record hash); hashes it with :func:`leaf_hash`."""
-        # append_leaf_hash inlined: this runs once per verified record.
-        hashes = self.hashes
-        hashes.append(_sha256(b"\x00" + leaf_data).digest())
-        n = self.size
-        while n & 1:
-            right = hashes.pop()
-            hashes[-1] = _sha256(b"\x01" + hashes[-1] + right).digest()
-            n >>= 1
-        self.size += 1
+        self.append_leaf_hash(_sha256(b"\x00" + leaf_data).digest())
 
     def append_leaf_hash(self, hash_: bytes) -> None:
         """Append one leaf given its already computed leaf hash."""

@@ -19,7 +19,7 @@ from processors.verifier.core import (
     SourceRecord,
     verify_chain_fields,
 )
-from schemas.codec import decode_chained, decode_chained_fields
+from schemas.codec import decode_chained_fields
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError, TopicError
 from sealtrail.kafka import admin
@@ -65,16 +65,7 @@ def decode_record(value: bytes | None) -> ChainedRecord:
     if value is None:
         raise MalformedRecord("chain topic record has no value; it was not written by sealtrail")
     try:
-        d = decode_chained(value)
-        return ChainedRecord(
-            d["chain"],
-            d["seq"],
-            d["prev_hash"],
-            d["hash"],
-            d["source_offset"],
-            d["ingested_at"],
-            d["payload"],
-        )
+        return ChainedRecord(*decode_chained_fields(value))
     except SealtrailError as exc:
         raise MalformedRecord(
             f"chain topic record does not decode as a ChainedEvent: {exc}"

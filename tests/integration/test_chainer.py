@@ -32,7 +32,7 @@ from processors.integrity.keys import load_verifiers, write_keypair
 from processors.integrity.merkle import CompactRange
 from processors.integrity.record import ChainedRecord, ChainHead, check_record, link
 from processors.verifier import offsite
-from schemas.codec import decode_chained, encode_chained
+from schemas.codec import decode_chained_fields, encode_chained
 from sealtrail.cli import app
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable
@@ -86,18 +86,7 @@ def chain_records(settings: Settings, partition: int) -> list[ChainedRecord]:
         out = []
         for m in read_range(consumer, settings.topics.chain, partition):
             assert m.key() == chain_id(settings.topics.raw, partition).encode()
-            d = decode_chained(m.value())
-            out.append(
-                ChainedRecord(
-                    d["chain"],
-                    d["seq"],
-                    d["prev_hash"],
-                    d["hash"],
-                    d["source_offset"],
-                    d["ingested_at"],
-                    d["payload"],
-                )
-            )
+            out.append(ChainedRecord(*decode_chained_fields(m.value() or b"")))
         return out
     finally:
         consumer.close()
