@@ -78,6 +78,9 @@ PROGRESS_EVERY_S = 10.0
 MAX_FAILED_IN_A_ROW = 8
 # Consumer rebuilds in a row without a commit: past this, something else holds the instance id.
 MAX_CONSUMER_REBUILDS = 5
+# Recovery reads Kafka through its own client; one whose view of the cluster went stale in a
+# broker restart is replaced, this many times, before recovery is reported as failed.
+RECOVERY_ATTEMPTS = 3
 CONSUMER_REBUILD_PAUSE_S = 1.0
 SETTLE_S = 3.0
 TXN_TIMEOUT_MS = 60000
@@ -458,7 +461,7 @@ class Chainer:
             return
         try:
             numbers = [tp.partition for tp in partitions]
-            offsets = self._recover(numbers)
+            offsets = self._recover_with_fresh_readers(numbers)
             if self.options.once:
                 for p in numbers:
                     if p not in self._targets:
@@ -479,6 +482,20 @@ class Chainer:
             log.info("partitions %s revoked", sorted(revoked))
 
     # ------------------------------------------------------------------ recovery
+
+    def _recover_with_fresh_readers(self, partitions: list[int]) -> dict[int, int]:
+        for attempt in range(1, RECOVERY_ATTEMPTS + 1):
+            try:
+                return self._recover(partitions)
+            except KafkaUnavailable as exc:
+                if self.stop.is_set():
+                    raise _Interrupted from None
+                if attempt == RECOVERY_ATTEMPTS:
+                    raise
+                log.warning("recovery could not read Kafka (%s): retrying with a new reader", exc)
+                close_quietly(self._reader)
+                self._reader = reader(self.settings)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _recover(self, partitions: Iterable[int]) -> dict[int, int]:
         """Rebuild the heads of ``partitions`` from Kafka; return the raw offsets to read from."""
@@ -564,7 +581,8 @@ class Chainer:
         rdr = self._reader
         assert rdr is not None
         chain = chain_id(self._raw, partition)
-        last_records = list(self._records(read_tail(rdr, self._chain_topic, partition, 1), chain))
+        tail = read_tail(rdr, self._chain_topic, partition, 1, stop=self.stop.is_set)
+        last_records = list(self._records(tail, chain))
         last = last_records[-1] if last_records else None
         if last is None and committed is None:
             head, next_offset = ChainHead(chain), 0
@@ -591,7 +609,7 @@ class Chainer:
         rdr = self._reader
         assert rdr is not None
         chain = head.chain
-        notes = read_tail(rdr, self._cp_topic, partition, 1)
+        notes = read_tail(rdr, self._cp_topic, partition, 1, stop=self.stop.is_set)
         tree = CompactRange()
         prev_hash = head.head_hash if head.next_seq == 0 else None
         if notes:
@@ -626,9 +644,9 @@ class Chainer:
             return tree
         messages: Iterable[Message]
         if tree.size:
-            messages = read_tail(rdr, self._chain_topic, partition, need)
+            messages = read_tail(rdr, self._chain_topic, partition, need, stop=self.stop.is_set)
         else:
-            messages = read_range(rdr, self._chain_topic, partition)
+            messages = read_range(rdr, self._chain_topic, partition, stop=self.stop.is_set)
         # Streamed: with no checkpoint yet this is the whole chain, never held in memory.
         for record in self._records(messages, chain):
             if record.seq != tree.size or (prev_hash is not None and record.prev_hash != prev_hash):

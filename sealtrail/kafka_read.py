@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -47,13 +47,21 @@ def close_quietly(consumer: Consumer | None) -> None:
         log.debug("closing a Kafka consumer failed: %s", exc)
 
 
+StopCheck = Callable[[], bool]
+
+
 def watermarks(
-    consumer: Consumer, topic: str, partition: int, timeout: float = 10.0, patience: float = 30.0
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    timeout: float = 10.0,
+    patience: float = 30.0,
+    stop: StopCheck | None = None,
 ) -> tuple[int, int]:
     """(low, high) offsets; with read_committed the high mark is the last stable offset.
 
     Retriable errors (a leader moving after a broker restart) are retried for ``patience``
-    seconds before the read is reported as failed.
+    seconds before the read is reported as failed; ``stop`` returning True ends the wait early.
     """
     deadline = time.monotonic() + patience
     delay = 0.1
@@ -65,13 +73,31 @@ def watermarks(
             return int(low), int(high)
         except KafkaException as exc:
             error = exc.args[0]
+            if stop is not None and stop():
+                raise KafkaUnavailable(
+                    f"stopped while waiting for the offsets of {topic}/{partition}"
+                ) from None
             if _transient(error) and time.monotonic() + delay < deadline:
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
+                # Short: a stop request is only seen between calls.
+                _refresh_metadata(consumer, topic, min(2.0, max(0.1, deadline - time.monotonic())))
                 continue
             raise KafkaUnavailable(
                 f"could not read the offsets of {topic}/{partition}: {error.str()}"
             ) from None
+
+
+def _refresh_metadata(consumer: Consumer, topic: str, timeout: float) -> None:
+    """Ask a broker for the topic's metadata now.
+
+    After a broker restart the client's cached view of a partition can stay wrong ("Unknown
+    partition") while the offsets query does not refresh it; an explicit metadata request does.
+    """
+    try:
+        consumer.list_topics(topic, timeout=timeout)
+    except KafkaException as exc:
+        log.debug("metadata refresh for %s failed: %s", topic, exc)
 
 
 _LEADER_MOVING = frozenset(
@@ -105,13 +131,14 @@ def read_range(
     start: int | None = None,
     end: int | None = None,
     idle_timeout: float = 30.0,
+    stop: StopCheck | None = None,
 ) -> Iterator[Message]:
     """Yield records of one partition from ``start`` (default: earliest) up to ``end``.
 
     ``end`` defaults to the high watermark at call time. Transaction markers and aborted records
     take offsets but are never yielded, so the read ends when the position reaches ``end``.
     """
-    for batch in read_batches(consumer, topic, partition, start, end, idle_timeout):
+    for batch in read_batches(consumer, topic, partition, start, end, idle_timeout, stop):
         yield from batch
 
 
@@ -122,13 +149,14 @@ def read_batches(
     start: int | None = None,
     end: int | None = None,
     idle_timeout: float = 30.0,
+    stop: StopCheck | None = None,
 ) -> Iterator[list[Message]]:
     """:func:`read_range` in the batches the consumer returns (no per-record generator step,
     for readers that go through millions of records). Batches are never empty."""
-    low, high = watermarks(consumer, topic, partition)
-    stop = high if end is None else min(end, high)
+    low, high = watermarks(consumer, topic, partition, stop=stop)
+    last = high if end is None else min(end, high)
     first = low if start is None else max(start, low)
-    if first >= stop:
+    if first >= last:
         return
     consumer.assign(
         [TopicPartition(topic, partition, first if start is not None else OFFSET_BEGINNING)]
@@ -139,12 +167,14 @@ def read_batches(
             batch = consumer.consume(num_messages=5000, timeout=POLL_TIMEOUT_S)
             if not batch:
                 position = consumer.position([TopicPartition(topic, partition)])[0].offset
-                if position >= stop:
+                if position >= last:
                     return
                 idle += POLL_TIMEOUT_S
+                if stop is not None and stop():
+                    raise KafkaUnavailable(f"stopped while reading {topic}/{partition}")
                 if idle >= idle_timeout:
                     raise KafkaUnavailable(
-                        f"reading {topic}/{partition} stalled at offset {position} of {stop}; "
+                        f"reading {topic}/{partition} stalled at offset {position} of {last}; "
                         "check that the brokers are up"
                     )
                 continue
@@ -160,11 +190,11 @@ def read_batches(
                         yield out  # what came before the error, as read_range did
                     raise KafkaUnavailable(f"reading {topic}/{partition} failed: {error.str()}")
                 offset = message.offset()
-                if offset is None or offset >= stop:
+                if offset is None or offset >= last:
                     done = True
                     break
                 out.append(message)
-                if offset + 1 >= stop:
+                if offset + 1 >= last:
                     done = True
                     break
             if out:
@@ -176,20 +206,25 @@ def read_batches(
 
 
 def read_tail(
-    consumer: Consumer, topic: str, partition: int, count: int = 1, window: int = 64
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    count: int = 1,
+    window: int = 64,
+    stop: StopCheck | None = None,
 ) -> list[Message]:
     """The last ``count`` records of a partition (fewer if it holds fewer).
 
     Seeks back a window from the end and doubles it until enough records are found:
     transaction markers take offsets, so end-1 is often not a record.
     """
-    low, high = watermarks(consumer, topic, partition)
+    low, high = watermarks(consumer, topic, partition, stop=stop)
     if high <= low:
         return []
     span = max(window, count * 2)
     while True:
         start = max(low, high - span)
-        found = list(read_range(consumer, topic, partition, start, high))
+        found = list(read_range(consumer, topic, partition, start, high, stop=stop))
         if len(found) >= count or start == low:
             return found[-count:] if count else []
         span *= 4

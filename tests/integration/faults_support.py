@@ -27,6 +27,7 @@ import psutil
 from producers.load import event_list, generate
 from schemas.codec import decode_audit_event, decode_chained
 from sealtrail.config import Settings
+from sealtrail.errors import KafkaUnavailable
 from sealtrail.kafka_read import read_range, reader
 from sealtrail.supervisor import child_env
 from sealtrail.topics import partition_count
@@ -325,8 +326,8 @@ def _committed_all(settings: Settings, group: str, topics: Sequence[str]) -> boo
                 if last and committed.get(tp.partition, -1) < int(last[0].offset() or 0) + 1:
                     return False
         return True
-    except KafkaException:
-        return False
+    except (KafkaException, KafkaUnavailable):
+        return False  # a broker still settling: ask again on the next round
     finally:
         probe.close()
         tail.close()

@@ -25,7 +25,7 @@ from processors.integrity.errors import KeyFileError
 from processors.integrity.keys import load_signer, write_keypair
 from sealtrail.cli import app
 from sealtrail.config import Settings
-from sealtrail.errors import ConfigError
+from sealtrail.errors import ConfigError, KafkaUnavailable
 from sealtrail.service import StopFlag
 
 runner = CliRunner()
@@ -166,3 +166,39 @@ def test_bounded_calls_pass_results_and_kafka_errors_through(short_deadlines: No
     with pytest.raises(KafkaException):
         chainer._bounded("commit_transaction", fails, 0.2)
     assert not chainer._producer_hung
+
+
+def test_recovery_retries_with_a_new_reader_when_kafka_reads_fail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chainer = _chainer()
+    readers: list[object] = []
+    monkeypatch.setattr(chainer_module, "reader", lambda settings: readers.append(1) or readers)
+    monkeypatch.setattr(chainer_module, "close_quietly", lambda consumer: None)
+    calls: list[list[int]] = []
+
+    def recover(partitions: list[int]) -> dict[int, int]:
+        calls.append(partitions)
+        if len(calls) < 3:
+            raise KafkaUnavailable("could not read the offsets of c/0: Local: Unknown partition")
+        return {0: 7}
+
+    monkeypatch.setattr(chainer, "_recover", recover)
+    assert chainer._recover_with_fresh_readers([0]) == {0: 7}
+    assert len(calls) == 3 and len(readers) == 2  # a fresh reader before each retry
+
+
+def test_recovery_gives_up_after_its_attempts_and_on_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = StopFlag()
+    chainer = _chainer(stop)
+    monkeypatch.setattr(chainer_module, "reader", lambda settings: None)
+
+    def recover(partitions: list[int]) -> dict[int, int]:
+        raise KafkaUnavailable("could not read the offsets of c/0: Local: Unknown partition")
+
+    monkeypatch.setattr(chainer, "_recover", recover)
+    with pytest.raises(KafkaUnavailable, match="Unknown partition"):
+        chainer._recover_with_fresh_readers([0])
+    stop.set()
+    with pytest.raises(chainer_module._Interrupted):
+        chainer._recover_with_fresh_readers([0])
