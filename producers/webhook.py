@@ -158,11 +158,47 @@ class _Metrics:
             "Kafka producers replaced after a fatal error.",
             registry=r,
         )
+        self.tls_handshake_failures = Counter(
+            "sealtrail_webhook_tls_handshake_failures",
+            "TLS handshakes that failed: a client certificate missing or not trusted, or "
+            "not TLS at all.",
+            ["kind"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "sealtrail_webhook_inflight_events",
             "Events waiting for Kafka acknowledgement.",
             registry=r,
         )
+
+
+def _handshake_failure_kind(exc: ssl.SSLError) -> str:
+    reason = (exc.reason or "").upper()
+    if "CERTIFICATE" in reason or "UNKNOWN_CA" in reason:
+        return "certificate"
+    if "HTTP_REQUEST" in reason:
+        return "plain_http"
+    return "protocol"
+
+
+def _handshake_counting(counter: Counter) -> type[ssl.SSLObject]:
+    """An SSLObject class that counts failed handshakes.
+
+    asyncio treats a failed server-side handshake as an OSError and drops it silently, so the
+    count is taken where the handshake runs, by the connection's SSL object.
+    """
+
+    class CountingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # not a failure: the handshake needs more bytes
+            except ssl.SSLError as exc:
+                counter.labels(_handshake_failure_kind(exc)).inc()
+                raise
+
+    return CountingSSLObject
 
 
 class WebhookServer:
@@ -219,6 +255,7 @@ class WebhookServer:
                 ctx.load_verify_locations(cafile=str(o.client_ca))
                 # Optional when tokens are accepted too; the handler still demands one or the other.
                 ctx.verify_mode = ssl.CERT_OPTIONAL if self._tokens else ssl.CERT_REQUIRED
+            ctx.sslobject_class = _handshake_counting(self.metrics.tls_handshake_failures)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
                 f"cannot load the webhook TLS files ({exc.__class__.__name__}: "

@@ -785,6 +785,11 @@ def test_tls_client_certificates(
 
         # A trusted client cert: the cluster is its CN.
         good = pki.context(pki.client("cluster-x", trusted=True))
+        # The failed handshakes are counted: the untrusted certificate (and the missing one
+        # when certificates are required) and the plain HTTP request.
+        name = "sealtrail_webhook_tls_handshake_failures_total"
+        assert metric(server, name + '{kind="certificate"}', good) == (1 if with_tokens else 2)
+        assert metric(server, name + '{kind="plain_http"}', good) == 1
         assert tls_post(url, body, good) == 200
         if with_tokens:
             assert tls_post(url, body, pki.context(None), token=TOKEN_A) == 200
