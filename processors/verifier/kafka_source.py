@@ -225,3 +225,51 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
         on_record=on_record,
         state_check=job.state,
     )
+
+
+# How far back from a committed offset to look for the record below it: transaction markers take
+# offsets too, but every transaction holds at least one record.
+_CLAIM_WINDOW = 1024
+
+
+def sink_stored_through(
+    settings: Settings, group: str, partition: int, timeout: float = 10.0
+) -> int | None:
+    """The highest seq of chain partition ``partition`` that the sink's consumer group committed
+    past, i.e. that the sink says ClickHouse holds; None when the group committed nothing there.
+
+    The sink commits an offset only after ClickHouse acknowledged the rows below it, so rows
+    missing below this seq were deleted, not merely not loaded yet.
+    """
+    from confluent_kafka import TopicPartition
+
+    from sealtrail.kafka import consumer_conf
+
+    topic = settings.topics.chain
+    # A plain consumer with the sink's group id: asking for committed offsets does not join the
+    # group, so the running sink is not disturbed.
+    probe = Consumer(consumer_conf(settings, group))
+    try:
+        committed = probe.committed([TopicPartition(topic, partition)], timeout=timeout)[0].offset
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"could not read the committed offsets of the sink group {group}: "
+            f"{exc.args[0].str()}"
+        ) from None
+    finally:
+        probe.close()
+    if committed is None or committed <= 0:
+        return None
+    rdr = reader(settings)
+    try:
+        below = list(
+            read_range(rdr, topic, partition, max(0, committed - _CLAIM_WINDOW), committed)
+        )
+    finally:
+        rdr.close()
+    for message in reversed(below):
+        try:
+            return decode_record(message.value()).seq
+        except SealtrailError:
+            continue  # not a chained record; the replay reports it
+    return None

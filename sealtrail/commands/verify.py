@@ -145,6 +145,12 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
     return client
 
 
+def _default_sink_group(settings: Settings) -> str:
+    from processors.sink import DEFAULT_GROUP
+
+    return f"{settings.topic_prefix}{DEFAULT_GROUP}"
+
+
 def run_verify(
     settings: Settings,
     ring: KeyRing,
@@ -158,6 +164,7 @@ def run_verify(
     timeout: float = 10.0,
     progress: bool = True,
     max_findings: int = 1000,
+    sink_group: str | None = None,
 ) -> Report:
     """Verify every chain (and its ClickHouse rows); the CLI and tests call this."""
     from processors.verifier.kafka_source import (
@@ -237,6 +244,7 @@ def run_verify(
     if client is not None:
         from processors.verifier.clickhouse_source import expected_columns, iter_rows
         from processors.verifier.core import verify_rows
+        from processors.verifier.kafka_source import sink_stored_through
 
         for res in results:
             size = ch_sizes.get(res.chain)
@@ -272,9 +280,28 @@ def run_verify(
                     )
                 )
             elif size < res.size:
-                report.warnings.append(
-                    f"ClickHouse is {res.size - size} record(s) behind chain {res.chain}"
-                )
+                claimed = sink_stored_through(
+                    settings, sink_group or _default_sink_group(settings),
+                    _partition_of(settings, res.chain), timeout,
+                )  # fmt: skip
+                if claimed is not None and claimed >= size:
+                    from processors.integrity.errors import ClickHouseMismatch
+
+                    ch_res.add(
+                        ClickHouseMismatch(
+                            f"ClickHouse holds rows of chain {res.chain} only up to seq "
+                            f"{size - 1}, but the sink committed its Kafka offsets past seq "
+                            f"{claimed} (stored rows only are committed); rows were deleted",
+                            chain=res.chain,
+                            seq=size,
+                            expected=claimed + 1,
+                            found=size,
+                        )
+                    )
+                else:
+                    report.warnings.append(
+                        f"ClickHouse is {res.size - size} record(s) behind chain {res.chain}"
+                    )
             report.clickhouse.append(ch_res)
 
     report.finished = time.time()
@@ -349,6 +376,14 @@ def verify(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for Kafka to answer.")] = 10.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+    sink_group: Annotated[
+        str | None,
+        typer.Option(
+            help="The sink's consumer group: rows missing below its committed offsets were "
+            "deleted from ClickHouse, not merely not loaded yet.",
+            show_default="<topic prefix>sealtrail-sink",
+        ),
+    ] = None,
 ) -> None:
     """Verify chains, checkpoints and ClickHouse rows (exit 0 ok, 1 finding, 2 cannot verify)."""
     settings = settings_of(ctx)
@@ -370,6 +405,7 @@ def verify(
         jobs=jobs,
         timeout=timeout,
         progress=not quiet,
+        sink_group=sink_group,
     )
     if json_out is not None:
         report.write_json(json_out)

@@ -342,6 +342,18 @@ def test_clickhouse_tampering(sunk: Case, sql: str, seq: int) -> None:
     assert seq in {f["seq"] for f in doc["findings"] if f["kind"] == "clickhouse_mismatch"}
 
 
+def test_deleted_newest_rows_are_told_from_a_sink_that_lags(sunk: Case) -> None:
+    _ch(sunk, f"ALTER TABLE {{db}}.events DELETE WHERE seq >= {N - 2}")
+    # The sink committed its offsets past the last record, so the missing rows were deleted.
+    doc = expect(sunk, "clickhouse_mismatch")
+    found = [f for f in doc["findings"] if f["kind"] == "clickhouse_mismatch"]
+    assert [f["seq"] for f in found] == [N - 2] and "rows were deleted" in found[0]["message"]
+    # A group that committed nothing (another sink, or none yet) only means ClickHouse lags.
+    lagging = sunk.verify("--sink-group", "not-the-sink")
+    assert lagging.exit_code == 0, lagging.output
+    assert "ClickHouse is 2 record(s) behind chain" in lagging.output
+
+
 # ------------------------------------------------------------------------------ errors, proofs
 
 
