@@ -21,8 +21,11 @@ columns) so the store holds every seq of every chain; the bytes and the reason a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from clickhouse_connect.driver.insert import InsertContext
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from processors import sink_avro
 from processors.clickhouse_schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,
@@ -42,6 +46,7 @@ from processors.clickhouse_schema import (
 from processors.integrity.checkpoint import Checkpoint
 from processors.integrity.errors import MalformedCheckpoint
 from processors.integrity.record import HASH_SIZE, ChainedRecord
+from processors.sink_avro import parse_chained
 from schemas.codec import decode_audit_event, decode_chained
 from sealtrail import clickhouse
 from sealtrail.config import Settings
@@ -78,6 +83,8 @@ class SinkOptions:
     batch_ms: int = 500
     once: bool = False
     group: str = ""  # default: <topic prefix>sealtrail-sink, like the chainer's group
+    # Embedded ClickHouse only: the engine decodes the payloads (processors/sink_avro.py).
+    avro_fast_path: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
@@ -97,6 +104,8 @@ class SinkStats:
     consumer_rebuilds: int = 0
     insert_seconds: float = 0.0
     decode_seconds: float = 0.0
+    fast_batches: int = 0  # chain batches ClickHouse decoded (sink_avro)
+    fast_fallbacks: int = 0  # of those, batches the fast insert failed on: redone in Python
 
     def as_dict(self) -> dict[str, float | int]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
@@ -306,6 +315,13 @@ class Sink:
         self._contexts: dict[str, InsertContext] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._committed_since_rebuild = False
+        # Not for servers: that insert path (Avro sent over HTTP) is untested.
+        self._fast = (
+            self.options.avro_fast_path
+            and sink_avro.AVAILABLE
+            and clickhouse.chdb_path(settings.clickhouse_dsn) is not None
+        )
+        self._avro_file: tuple[int, str] | None = None  # the fast path's file, reused
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -343,6 +359,7 @@ class Sink:
         except _Stopped:
             log.info("stopped while ClickHouse was unavailable; uncommitted batches are re-read")
         finally:
+            self._close_avro_file()
             if self._consumer is not None:
                 self._consumer.close()
             self._consumer = None
@@ -561,11 +578,20 @@ class Sink:
 
     def _write_chain_batch(self, partition: int, messages: list[Message]) -> None:
         started = time.perf_counter()
-        by_chain: dict[str, list[ChainedRecord]] = {}
+        # Per chain: (seq, record, value, payload start). ClickHouse decodes the rows that
+        # sink_avro.parse_chained accepts (record None until needed); the others have their
+        # record and -1.
+        by_chain: dict[str, list[tuple[int, ChainedRecord | None, bytes, int]]] = {}
         bad: list[list[Any]] = []
         now_us = time.time_ns() // 1000
+        fast = self._fast
         for message in messages:
             value = message.value() or b""
+            parsed = parse_chained(value) if fast else None
+            if parsed is not None:
+                chain, seq, start = parsed
+                by_chain.setdefault(chain, []).append((seq, None, value, start))
+                continue
             try:
                 record = _record_of(decode_chained(value))
             except DecodeError as exc:
@@ -584,17 +610,18 @@ class Sink:
                     ]
                 )
                 continue
-            by_chain.setdefault(record.chain, []).append(record)
-        for chain, records in by_chain.items():
+            by_chain.setdefault(record.chain, []).append((record.seq, record, value, -1))
+        for chain, items in by_chain.items():
             stored = self._stored_of(chain)
-            fresh: list[ChainedRecord] = []
+            fresh: list[tuple[int, ChainedRecord | None, bytes, int]] = []
             seen: set[int] = set()
-            for record in records:
-                if stored.has(record.seq) or record.seq in seen:
+            for item in items:
+                seq = item[0]
+                if stored.has(seq) or seq in seen:
                     self.stats.skipped += 1
                     continue
-                seen.add(record.seq)
-                fresh.append(record)
+                seen.add(seq)
+                fresh.append(item)
             by_chain[chain] = fresh
         if bad:
             first, last = bad[0][5], bad[-1][5]
@@ -606,26 +633,91 @@ class Sink:
             )
             self.stats.rejects += len(bad)
         decode_s = time.perf_counter() - started
-        for chain, records in by_chain.items():
-            if not records:
+        for chain, items in by_chain.items():
+            if not items:
                 continue
-            t0 = time.perf_counter()
-            columns, failed = event_columns(records)
-            decode_s += time.perf_counter() - t0
-            first, last = records[0].seq, records[-1].seq
+            first, last = items[0][0], items[-1][0]
             token = f"{chain}:{first}-{last}"
-            if failed:
-                rows = [
-                    [chain, r.seq, r.hash, self.chain_topic, partition, 0, error, r.payload, now_us]
-                    for r, error in failed
+            # One insert per token either way: a batch with any row ClickHouse cannot load goes
+            # the Python way whole, and so does one the fast insert failed on.
+            if any(record is not None for _, record, _, _ in items) or not self._insert_fast(
+                [(value, start) for _, _, value, start in items], token
+            ):
+                t0 = time.perf_counter()
+                records = [
+                    record if record is not None else _record_of(decode_chained(value))
+                    for _, record, value, _ in items
                 ]
-                # Rejects first: once the events rows exist the records are skipped on re-read.
-                self._insert("rejects", REJECT_COLUMNS, _pivot(rows), f"rejects:{token}")
-                self.stats.rejects += len(rows)
-            self._insert("events", EVENT_COLUMNS, columns, token)
-            self._stored_of(chain).add(r.seq for r in records)
-            self.stats.inserted += len(records)
+                columns, failed = event_columns(records)
+                decode_s += time.perf_counter() - t0
+                if failed:
+                    rows = [
+                        [chain, r.seq, r.hash, self.chain_topic, partition, 0, error, r.payload]
+                        + [now_us]
+                        for r, error in failed
+                    ]
+                    # Rejects first: once the events rows exist the records are skipped on
+                    # re-read.
+                    self._insert("rejects", REJECT_COLUMNS, _pivot(rows), f"rejects:{token}")
+                    self.stats.rejects += len(rows)
+                self._insert("events", EVENT_COLUMNS, columns, token)
+            self._stored_of(chain).add(item[0] for item in items)
+            self.stats.inserted += len(items)
         self.stats.decode_seconds += decode_s
+
+    def _insert_fast(self, rows: list[tuple[bytes, int]], token: str) -> bool:
+        """Insert a chain batch through :mod:`processors.sink_avro`; False if that failed and
+        the batch must go the Python way, whose retry loop also outlasts a transient failure.
+
+        A failed attempt wrote nothing or, if ClickHouse failed between the parts of a batch
+        spanning months, parts that the Python insert with the same token then skips.
+        """
+        started = time.perf_counter()
+        marker = sink_avro.new_marker()
+        try:
+            if self._avro_file is None:
+                fd, path = tempfile.mkstemp(prefix="sealtrail-sink-", suffix=".avro")
+                self._avro_file = (fd, path)
+            fd, path = self._avro_file
+            sink_avro.write_container(fd, rows, marker)
+            self.client.command(sink_avro.insert_sql(self.db, path, marker, token))
+        except (DriverError, OSError) as exc:
+            self.stats.fast_fallbacks += 1
+            if getattr(exc, "code", None) in sink_avro.BAD_DATA_CODES:
+                log.info(
+                    "batch %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
+                    "decoding it in Python",
+                    token,
+                    _first_line(exc)[:120],
+                )
+                return False
+            # Maybe transient (disk full, ...): count it and back off once like _insert, then
+            # the Python path's own retry loop takes over.
+            self.stats.retries += 1
+            delay = next(backoff())
+            log.warning(
+                "the fast insert of %d row(s) into %s.events failed (%s); retrying in %.1fs",
+                len(rows),
+                self.db,
+                _first_line(exc),
+                delay,
+            )
+            self._close_avro_file()  # a new file next time, in case this one is the trouble
+            if self.stop.wait(delay):
+                raise _Stopped from None
+            return False
+        self.stats.insert_seconds += time.perf_counter() - started
+        self.stats.fast_batches += 1
+        return True
+
+    def _close_avro_file(self) -> None:
+        if self._avro_file is not None:
+            fd, path = self._avro_file
+            self._avro_file = None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _write_checkpoints(self, partition: int, messages: list[Message]) -> None:
         stored = self._checkpoint_offsets().get(partition, -1)
