@@ -76,10 +76,13 @@ _AFTER_CHAIN = re.compile(
 
 
 def _long(raw: bytes) -> int:
-    n = shift = 0
-    for byte in raw:
-        n |= (byte & 0x7F) << shift
-        shift += 7
+    if len(raw) == 2:  # most payload lengths
+        n = (raw[0] & 0x7F) | (raw[1] << 7)
+    else:
+        n = shift = 0
+        for byte in raw:
+            n |= (byte & 0x7F) << shift
+            shift += 7
     return (n >> 1) ^ -(n & 1)
 
 

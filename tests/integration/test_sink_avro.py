@@ -20,12 +20,12 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from processors import sink_avro
 from processors.clickhouse_schema import EVENT_COLUMNS, migrate
 from processors.integrity.record import ChainedRecord, ChainHead, link
-from processors.sink import _record_of, event_columns
+from processors.sink import Sink, SinkOptions, _record_of, event_columns
 from producers.k8s import generic_event
 from schemas.codec import decode_chained, encode_audit_event, encode_chained
 from sealtrail import clickhouse
 from sealtrail.config import Settings
-from tests.integration.sink_support import sample_events
+from tests.integration.sink_support import ChainWriter, sample_events
 
 I64_MAX = (1 << 63) - 1
 
@@ -248,3 +248,85 @@ def test_same_token_twice_is_stored_once_across_paths(
     _slow_insert(client, fast, values, "c:other")
     _fast_insert(client, fast, values, "c:other", tmp_path)
     assert client.query(f"SELECT count() FROM {fast}.events").result_rows == [(2 * n,)]
+
+
+# ---------------------------------------------------------------------------------------------
+# through the Sink, from Kafka
+
+
+def _sink(settings: Settings, fast: bool, group: str) -> dict[str, float | int]:
+    options = SinkOptions(once=True, group=group, batch_rows=40, avro_fast_path=fast)
+    return Sink(settings, options).run().as_dict()
+
+
+def test_sink_fast_and_python_paths_store_the_same(settings: Settings) -> None:
+    """Good batches, batches with crafted rows (refused: the Python path finds them), rows of
+    another AuditEvent version, garbage: the fast sink stores what the Python sink stores."""
+    crafted = _crafted()
+    good = [encode_audit_event(e) for e in sample_events()]
+    older = b"\xc3\x01" + b"\x00" * 8 + good[0][10:]
+    writer = ChainWriter(settings)
+    writer.append(0, good)  # fast batches only
+    # Batches of 40: each crafted row in a batch of its own.
+    writer.append(1, good[:30] + [crafted["trailing"]] + good[30:] + [crafted["dup-key"]])
+    writer.append(2, good[:20] + [older, b"junk"] + good[20:] + [crafted["truncated"]])
+    client = clickhouse.connect(settings)
+    slow = settings.with_(clickhouse_database=settings.clickhouse_database + "_py")
+    python = _sink(slow, fast=False, group="py")
+    stats = _sink(settings, fast=True, group="fast")
+    assert len(good) > 45  # so that the batches are as described
+    assert stats["fast_batches"] == 2 and stats["fast_fallbacks"] == 3, stats
+    assert python["fast_batches"] == 0
+    for key in ("inserted", "rejects", "skipped"):
+        assert stats[key] == python[key], key
+    rows = len(good) * 3 + 5
+    _assert_same(client, settings.clickhouse_database, slow.clickhouse_database, rows)
+    reject_sql = "SELECT chain, seq, error, hex(payload) FROM {}.rejects ORDER BY chain, seq"
+    assert client.query(reject_sql.format(settings.clickhouse_database)).result_rows == (
+        client.query(reject_sql.format(slow.clickhouse_database)).result_rows
+    )
+    trailing = client.query(
+        f"SELECT decode_ok FROM {settings.clickhouse_database}.events "
+        f"WHERE chain = '{settings.topics.raw}/1' AND seq = 30"
+    ).result_rows
+    assert trailing == [(0,)]
+    # Everything is stored: a new group adds nothing.
+    again = _sink(settings, fast=True, group="fast-again")
+    assert again["inserted"] == 0 and again["skipped"] == rows
+
+
+def test_sink_fast_insert_failures_are_retried_by_the_python_path(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that is not about the data (disk full, ClickHouse trouble) is a counted retry
+    with backoff, then the Python path stores the batch: nothing lost, nothing marked bad."""
+    good = [encode_audit_event(e) for e in sample_events()] * 2  # three batches of 40 or less
+    ChainWriter(settings).append(0, good)
+    failures = {"write": 1, "sql": 1}
+    write, sql = sink_avro.write_container, sink_avro.insert_sql
+
+    def failing_write(fd: int, rows: Any, marker: bytes) -> int:
+        if failures["write"]:
+            failures["write"] -= 1
+            raise OSError(28, "No space left on device")
+        return write(fd, rows, marker)
+
+    def failing_sql(db: str, path: str, marker: bytes, token: str) -> str:
+        if failures["sql"]:
+            failures["sql"] -= 1
+            return sql("no_such_database", path, marker, token)
+        return sql(db, path, marker, token)
+
+    monkeypatch.setattr(sink_avro, "write_container", failing_write)
+    monkeypatch.setattr(sink_avro, "insert_sql", failing_sql)
+    stats = _sink(settings, fast=True, group="flaky")
+    assert stats["retries"] >= 2 and stats["fast_fallbacks"] == 2, stats
+    assert stats["fast_batches"] >= 1 and stats["inserted"] == len(good)
+    db = settings.clickhouse_database
+    assert client_rows(
+        settings, f"SELECT count(), uniqExact(seq), min(decode_ok) FROM {db}.events"
+    ) == [(len(good), len(good), 1)]
+
+
+def client_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in clickhouse.connect(settings).query(sql).result_rows]
