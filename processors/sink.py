@@ -17,6 +17,10 @@ A payload that does not decode still gets its ``events`` row (``decode_ok = 0``,
 columns) so the store holds every seq of every chain; the bytes and the reason also go to
 ``rejects``. A chain-topic value that is not a ChainedEvent at all has no seq: it goes to
 ``rejects`` only, and the verifier reports the gap.
+
+With the embedded ClickHouse, a chain batch whose records all carry the current schema versions
+is decoded by ClickHouse itself (:mod:`processors.sink_avro`); it yields the same rows, and any
+batch it refuses or fails on goes through :func:`event_columns` as above, with the same token.
 """
 
 from __future__ import annotations
@@ -640,9 +644,10 @@ class Sink:
             token = f"{chain}:{first}-{last}"
             # One insert per token either way: a batch with any row ClickHouse cannot load goes
             # the Python way whole, and so does one the fast insert failed on.
-            if any(record is not None for _, record, _, _ in items) or not self._insert_fast(
-                [(value, start) for _, _, value, start in items], token
-            ):
+            if (
+                any(record is not None for _, record, _, _ in items)
+                or sum(len(value) for _, _, value, _ in items) > sink_avro.MAX_BATCH_BYTES
+            ) or not self._insert_fast([(value, start) for _, _, value, start in items], token):
                 t0 = time.perf_counter()
                 records = [
                     record if record is not None else _record_of(decode_chained(value))

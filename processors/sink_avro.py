@@ -38,6 +38,7 @@ __all__ = [
     "AUDIT_HEADER",
     "AVAILABLE",
     "BAD_DATA_CODES",
+    "MAX_BATCH_BYTES",
     "REFUSED",
     "insert_sql",
     "new_marker",
@@ -291,12 +292,16 @@ def _quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def insert_sql(db: str, path: str, marker: bytes, token: str) -> str:
-    """The insert of a container file into ``events``, refused whole if a row differs.
+# Largest batch (bytes of its rows' values, about half the file) for this path. The check
+# runs before the rows reach the table, and ClickHouse squashes the rows of an insert into one
+# block up to min_insert_block_size_bytes (256 MiB): below that, a refused insert writes nothing,
+# and the block (hence its parts' dedup ids) is the one the Python path's insert makes.
+MAX_BATCH_BYTES = 48 << 20
 
-    The check runs before the rows reach the table and the batch is one insert block (far below
-    ``min_insert_block_size_*``), so a refused insert writes nothing.
-    """
+
+def insert_sql(db: str, path: str, marker: bytes, token: str) -> str:
+    """The insert of a container file into ``events``, refused whole if a row differs (see
+    :data:`MAX_BATCH_BYTES` for why nothing is written then)."""
     columns = ", ".join(EVENT_COLUMNS)
     different = _DIFFERENT.format(marker=marker.hex().upper())
     return (

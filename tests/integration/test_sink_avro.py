@@ -330,3 +330,13 @@ def test_sink_fast_insert_failures_are_retried_by_the_python_path(
 
 def client_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in clickhouse.connect(settings).query(sql).result_rows]
+
+
+def test_sink_batches_over_the_size_cap_go_the_python_way(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = [encode_audit_event(e) for e in sample_events()]
+    ChainWriter(settings).append(0, good)
+    monkeypatch.setattr(sink_avro, "MAX_BATCH_BYTES", 20 * len(good[0]))
+    stats = _sink(settings, fast=True, group="big")
+    assert stats["fast_batches"] == 0 and stats["inserted"] == len(good), stats
