@@ -8,6 +8,9 @@ that fastavro reads differently from ClickHouse must make the fast insert refuse
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
+from confluent_kafka import Consumer
 
 from processors import sink_avro
 from processors.clickhouse_schema import EVENT_COLUMNS, migrate
@@ -25,6 +29,8 @@ from producers.k8s import generic_event
 from schemas.codec import decode_chained, encode_audit_event, encode_chained
 from sealtrail import clickhouse
 from sealtrail.config import Settings
+from sealtrail.kafka import consumer_conf
+from sealtrail.service import StopFlag
 from tests.integration.sink_support import ChainWriter, sample_events
 
 I64_MAX = (1 << 63) - 1
@@ -340,3 +346,68 @@ def test_sink_batches_over_the_size_cap_go_the_python_way(
     monkeypatch.setattr(sink_avro, "MAX_BATCH_BYTES", 5 * min(map(len, good)))  # < 11 rows
     stats = _sink(settings, fast=True, group="big")
     assert stats["fast_batches"] == 0 and stats["inserted"] == len(good), stats
+
+
+def test_rebalance_with_an_insert_in_flight_stays_exact(settings: Settings) -> None:
+    """Another member joins the group while the service sink has inserts in flight: the sink
+    finishes and commits the one in flight in its revoke callback; every record once."""
+    good = [encode_audit_event(e) for e in sample_events()]
+    writer = ChainWriter(settings)
+    total = 0
+    for p in range(3):
+        total += writer.append(p, good * 4)
+    stop = StopFlag()
+    sink = Sink(settings, SinkOptions(group="rebalanced", batch_rows=20, batch_ms=50), stop)
+    revokes_in_flight = 0
+    finish = sink._finish_inflight
+
+    def counting_finish(commit: bool = True) -> None:
+        nonlocal revokes_in_flight
+        if sink._inflight is not None and any(f.f_code.co_name == "_on_revoke" for f in _frames()):
+            revokes_in_flight += 1
+        finish(commit)
+
+    sink._finish_inflight = counting_finish  # type: ignore[method-assign]
+    insert = sink._fast_insert
+
+    def slow_insert(rows: list[tuple[bytes, int]], token: str) -> float:
+        time.sleep(0.3)  # keep an insert in flight most of the time
+        return insert(rows, token)
+
+    sink._fast_insert = slow_insert  # type: ignore[method-assign]
+    thread = threading.Thread(target=sink.run, name="sink-rebalanced")
+    thread.start()
+    deadline = time.monotonic() + 120
+    other = Consumer(consumer_conf(settings, "rebalanced", **{"enable.auto.commit": False}))
+    try:
+        while sink.stats.fast_batches < 2:
+            assert time.monotonic() < deadline, f"no fast batches: {sink.stats}"
+            time.sleep(0.01)
+        other.subscribe([settings.topics.chain, settings.topics.checkpoints])
+        for _ in range(30):  # join, take partitions, read nothing of note
+            other.poll(0.2)
+    finally:
+        other.close()  # and leave: the sink gets every partition back
+    for p in range(3):
+        total += writer.append(p, good)
+    try:
+        while sink.stats.inserted + sink.stats.skipped < total:
+            assert time.monotonic() < deadline, f"the sink stalled: {sink.stats}"
+            time.sleep(0.1)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    db = settings.clickhouse_database
+    assert client_rows(
+        settings, f"SELECT count(), uniqExact(chain, seq), min(decode_ok) FROM {db}.events"
+    ) == [(total, total, 1)]
+    assert revokes_in_flight >= 1, sink.stats
+
+
+def _frames() -> Iterator[Any]:
+    frame = sys._getframe(1)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back  # type: ignore[assignment]
