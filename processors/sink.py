@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -72,6 +73,7 @@ __all__ = [
 ]
 
 DEFAULT_GROUP = "sealtrail-sink"
+AVRO_FILE_NAME = ".sealtrail-sink.avro"  # the fast path's container file, in the chdb store
 # Consumer rebuilds in a row without a commit: past this, something else holds the member id.
 MAX_CONSUMER_REBUILDS = 5
 _MAX_I64 = (1 << 63) - 1
@@ -739,8 +741,11 @@ class Sink:
         """On the worker: write the container file and insert it; returns the seconds taken."""
         started = time.perf_counter()
         if self._avro_file is None:
-            fd, path = tempfile.mkstemp(prefix="sealtrail-sink-", suffix=".avro")
-            self._avro_file = (fd, path)
+            # Inside the embedded store, which one process owns: a fixed name that a sink
+            # killed mid-batch leaves behind once, for the next run to reuse.
+            store = clickhouse.chdb_path(self.settings.clickhouse_dsn)
+            path = str((store or Path(tempfile.gettempdir())) / AVRO_FILE_NAME)
+            self._avro_file = (os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path)
         fd, path = self._avro_file
         marker = sink_avro.new_marker()
         sink_avro.write_container(fd, rows, marker)
