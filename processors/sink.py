@@ -17,15 +17,24 @@ A payload that does not decode still gets its ``events`` row (``decode_ok = 0``,
 columns) so the store holds every seq of every chain; the bytes and the reason also go to
 ``rejects``. A chain-topic value that is not a ChainedEvent at all has no seq: it goes to
 ``rejects`` only, and the verifier reports the gap.
+
+With the embedded ClickHouse, a chain batch whose records all carry the current schema versions
+is decoded by ClickHouse itself (:mod:`processors.sink_avro`); it yields the same rows, and any
+batch it refuses or fails on goes through :func:`event_columns` as above, with the same token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -33,6 +42,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from clickhouse_connect.driver.insert import InsertContext
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from processors import sink_avro
 from processors.clickhouse_schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,
@@ -42,6 +52,7 @@ from processors.clickhouse_schema import (
 from processors.integrity.checkpoint import Checkpoint
 from processors.integrity.errors import MalformedCheckpoint
 from processors.integrity.record import HASH_SIZE, ChainedRecord
+from processors.sink_avro import parse_chained
 from schemas.codec import decode_audit_event, decode_chained
 from sealtrail import clickhouse
 from sealtrail.config import Settings
@@ -62,6 +73,7 @@ __all__ = [
 ]
 
 DEFAULT_GROUP = "sealtrail-sink"
+AVRO_FILE_NAME = ".sealtrail-sink.avro"  # the fast path's container file, in the chdb store
 # Consumer rebuilds in a row without a commit: past this, something else holds the member id.
 MAX_CONSUMER_REBUILDS = 5
 _MAX_I64 = (1 << 63) - 1
@@ -78,6 +90,8 @@ class SinkOptions:
     batch_ms: int = 500
     once: bool = False
     group: str = ""  # default: <topic prefix>sealtrail-sink, like the chainer's group
+    # Embedded ClickHouse only: the engine decodes the payloads (processors/sink_avro.py).
+    avro_fast_path: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
@@ -97,6 +111,8 @@ class SinkStats:
     consumer_rebuilds: int = 0
     insert_seconds: float = 0.0
     decode_seconds: float = 0.0
+    fast_batches: int = 0  # chain batches ClickHouse decoded (sink_avro)
+    fast_fallbacks: int = 0  # of those, batches the fast insert failed on: redone in Python
 
     def as_dict(self) -> dict[str, float | int]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
@@ -277,6 +293,19 @@ class _Stored:
 
 
 @dataclass(slots=True)
+class _Inflight:
+    """A fast insert running on the sink's worker thread."""
+
+    future: Future[float]
+    chain: str
+    partition: int
+    items: list[tuple[int, ChainedRecord | None, bytes, int]]
+    token: str
+    now_us: int
+    commit: tuple[str, int, int | None] | None = None  # the batch's offset, once it is read
+
+
+@dataclass(slots=True)
 class _Buffer:
     messages: list[Message] = field(default_factory=list)
     since: float = 0.0
@@ -306,6 +335,18 @@ class Sink:
         self._contexts: dict[str, InsertContext] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._committed_since_rebuild = False
+        # Not for servers: that insert path (Avro sent over HTTP) is untested.
+        self._fast = (
+            self.options.avro_fast_path
+            and sink_avro.AVAILABLE
+            and clickhouse.chdb_path(settings.clickhouse_dsn) is not None
+        )
+        self._avro_file: tuple[int, str] | None = None  # the fast path's file, reused
+        # The fast insert runs on a worker thread (chdb releases the GIL) while this thread
+        # reads and parses the next batch; at most one is in flight, and it is finished
+        # (offset committed) before anything else touches ClickHouse or the offsets.
+        self._worker: ThreadPoolExecutor | None = None
+        self._inflight: _Inflight | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -343,6 +384,11 @@ class Sink:
         except _Stopped:
             log.info("stopped while ClickHouse was unavailable; uncommitted batches are re-read")
         finally:
+            self._abandon_inflight()
+            if self._worker is not None:
+                self._worker.shutdown()
+                self._worker = None
+            self._close_avro_file()
             if self._consumer is not None:
                 self._consumer.close()
             self._consumer = None
@@ -370,6 +416,7 @@ class Sink:
                 self._rebuild_consumer(str(lost), failures)
                 continue
             self._flush_due()
+            self._reap_inflight()
         self._flush_all()
         log.info("sink stopped (%s): %s", self.stop.reason, self.stats.as_dict())
 
@@ -386,6 +433,7 @@ class Sink:
                 f"check that no other sink uses group {self.group} from this host, then restart"
             )
         log.warning("Kafka consumer failed for good (%s): rebuilding it", reason)
+        self._finish_inflight(commit=False)  # that consumer cannot commit any more
         old = self._consumer
         self._buffers.clear()
         self._assigned.clear()
@@ -404,6 +452,7 @@ class Sink:
         while not self.stop:
             self._poll(consumer)
             self._flush_due()
+            self._reap_inflight()
             if self._caught_up(consumer, targets):
                 break
         self._flush_all()
@@ -479,10 +528,13 @@ class Sink:
         self._cp_loaded = False
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._finish_inflight()
         self._reset_state(partitions)
         log.info("assigned %d partition(s)", len(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The insert in flight is ours to finish and commit before the partitions go.
+        self._finish_inflight()
         # Buffered, uncommitted records are simply re-read by the next owner.
         for tp in partitions:
             self._buffers.pop((tp.topic, tp.partition), None)
@@ -527,6 +579,7 @@ class Sink:
         for key, buffer in list(self._buffers.items()):
             if buffer.messages:
                 self._flush(key)
+        self._finish_inflight()
 
     def _flush(self, key: tuple[str, int]) -> None:
         buffer = self._buffers[key]
@@ -537,7 +590,10 @@ class Sink:
         else:
             self._write_checkpoints(partition, messages)
         self.stats.batches += 1
-        self._commit(topic, partition, messages[-1].offset())
+        if self._inflight is not None:  # committed once that insert returned
+            self._inflight.commit = (topic, partition, messages[-1].offset())
+        else:
+            self._commit(topic, partition, messages[-1].offset())
 
     def _commit(self, topic: str, partition: int, last_offset: int | None) -> None:
         if self._consumer is None or last_offset is None:
@@ -561,11 +617,20 @@ class Sink:
 
     def _write_chain_batch(self, partition: int, messages: list[Message]) -> None:
         started = time.perf_counter()
-        by_chain: dict[str, list[ChainedRecord]] = {}
+        # Per chain: (seq, record, value, payload start). ClickHouse decodes the rows that
+        # sink_avro.parse_chained accepts (record None until needed); the others have their
+        # record and -1.
+        by_chain: dict[str, list[tuple[int, ChainedRecord | None, bytes, int]]] = {}
         bad: list[list[Any]] = []
         now_us = time.time_ns() // 1000
+        fast = self._fast
         for message in messages:
             value = message.value() or b""
+            parsed = parse_chained(value) if fast else None
+            if parsed is not None:
+                chain, seq, start = parsed
+                by_chain.setdefault(chain, []).append((seq, None, value, start))
+                continue
             try:
                 record = _record_of(decode_chained(value))
             except DecodeError as exc:
@@ -584,17 +649,19 @@ class Sink:
                     ]
                 )
                 continue
-            by_chain.setdefault(record.chain, []).append(record)
-        for chain, records in by_chain.items():
+            by_chain.setdefault(record.chain, []).append((record.seq, record, value, -1))
+        self._finish_inflight()  # the previous batch's insert ran while this one was read
+        for chain, items in by_chain.items():
             stored = self._stored_of(chain)
-            fresh: list[ChainedRecord] = []
+            fresh: list[tuple[int, ChainedRecord | None, bytes, int]] = []
             seen: set[int] = set()
-            for record in records:
-                if stored.has(record.seq) or record.seq in seen:
+            for item in items:
+                seq = item[0]
+                if stored.has(seq) or seq in seen:
                     self.stats.skipped += 1
                     continue
-                seen.add(record.seq)
-                fresh.append(record)
+                seen.add(seq)
+                fresh.append(item)
             by_chain[chain] = fresh
         if bad:
             first, last = bad[0][5], bad[-1][5]
@@ -606,28 +673,152 @@ class Sink:
             )
             self.stats.rejects += len(bad)
         decode_s = time.perf_counter() - started
-        for chain, records in by_chain.items():
-            if not records:
+        for chain, items in by_chain.items():
+            if not items:
                 continue
-            t0 = time.perf_counter()
-            columns, failed = event_columns(records)
-            decode_s += time.perf_counter() - t0
-            first, last = records[0].seq, records[-1].seq
+            first, last = items[0][0], items[-1][0]
             token = f"{chain}:{first}-{last}"
-            if failed:
-                rows = [
-                    [chain, r.seq, r.hash, self.chain_topic, partition, 0, error, r.payload, now_us]
-                    for r, error in failed
-                ]
-                # Rejects first: once the events rows exist the records are skipped on re-read.
-                self._insert("rejects", REJECT_COLUMNS, _pivot(rows), f"rejects:{token}")
-                self.stats.rejects += len(rows)
-            self._insert("events", EVENT_COLUMNS, columns, token)
-            self._stored_of(chain).add(r.seq for r in records)
-            self.stats.inserted += len(records)
+            self._finish_inflight()  # one insert at a time, in order
+            # One insert per token either way: a batch with any row ClickHouse cannot load goes
+            # the Python way whole, and so does one the fast insert fails on.
+            if (
+                all(record is None for _, record, _, _ in items)
+                and sum(len(value) for _, _, value, _ in items) <= sink_avro.MAX_BATCH_BYTES
+            ):
+                self._start_fast(chain, partition, items, token, now_us)
+            else:
+                decode_s += self._insert_python(chain, partition, items, token, now_us)
+            # For a fast insert in flight this holds once _finish_inflight returns; until then
+            # nothing is committed and nothing else is inserted.
+            self._stored_of(chain).add(item[0] for item in items)
         self.stats.decode_seconds += decode_s
 
+    def _insert_python(
+        self,
+        chain: str,
+        partition: int,
+        items: list[tuple[int, ChainedRecord | None, bytes, int]],
+        token: str,
+        now_us: int,
+    ) -> float:
+        """Decode a chain batch with fastavro and insert it; returns the decoding seconds."""
+        t0 = time.perf_counter()
+        records = [
+            record if record is not None else _record_of(decode_chained(value))
+            for _, record, value, _ in items
+        ]
+        columns, failed = event_columns(records)
+        decode_s = time.perf_counter() - t0
+        if failed:
+            rows = [
+                [chain, r.seq, r.hash, self.chain_topic, partition, 0, error, r.payload, now_us]
+                for r, error in failed
+            ]
+            # Rejects first: once the events rows exist the records are skipped on re-read.
+            self._insert("rejects", REJECT_COLUMNS, _pivot(rows), f"rejects:{token}")
+            self.stats.rejects += len(rows)
+        self._insert("events", EVENT_COLUMNS, columns, token)
+        self.stats.inserted += len(records)
+        return decode_s
+
+    def _start_fast(
+        self,
+        chain: str,
+        partition: int,
+        items: list[tuple[int, ChainedRecord | None, bytes, int]],
+        token: str,
+        now_us: int,
+    ) -> None:
+        """Start the insert of a chain batch through :mod:`processors.sink_avro` on the worker;
+        :meth:`_finish_inflight` completes it."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-insert")
+        rows = [(value, start) for _, _, value, start in items]
+        future = self._worker.submit(self._fast_insert, rows, token)
+        self._inflight = _Inflight(future, chain, partition, items, token, now_us)
+
+    def _fast_insert(self, rows: list[tuple[bytes, int]], token: str) -> float:
+        """On the worker: write the container file and insert it; returns the seconds taken."""
+        started = time.perf_counter()
+        if self._avro_file is None:
+            # Inside the embedded store, which one process owns: a fixed name that a sink
+            # killed mid-batch leaves behind once, for the next run to reuse.
+            store = clickhouse.chdb_path(self.settings.clickhouse_dsn)
+            path = str((store or Path(tempfile.gettempdir())) / AVRO_FILE_NAME)
+            self._avro_file = (os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path)
+        fd, path = self._avro_file
+        marker = sink_avro.new_marker()
+        sink_avro.write_container(fd, rows, marker)
+        self.client.command(sink_avro.insert_sql(self.db, path, marker, token))
+        return time.perf_counter() - started
+
+    def _reap_inflight(self) -> None:
+        """Finish the insert in flight if it is done (an idle sink still commits)."""
+        if self._inflight is not None and self._inflight.future.done():
+            self._finish_inflight()
+
+    def _finish_inflight(self, commit: bool = True) -> None:
+        """Wait for the fast insert in flight, if any, and commit its batch. If it failed the
+        batch goes the Python way, whose retry loop also outlasts a transient failure: the
+        attempt wrote nothing or, if ClickHouse failed between the parts of a batch spanning
+        months, parts that the Python insert with the same token then skips."""
+        job = self._inflight
+        if job is None:
+            return
+        self._inflight = None
+        try:
+            self.stats.insert_seconds += job.future.result()
+        except (DriverError, OSError) as exc:
+            self.stats.fast_fallbacks += 1
+            if getattr(exc, "code", None) in sink_avro.BAD_DATA_CODES:
+                log.info(
+                    "batch %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
+                    "decoding it in Python",
+                    job.token,
+                    _first_line(exc)[:120],
+                )
+            else:
+                # Maybe transient (disk full, ...): count it and back off once like _insert.
+                self.stats.retries += 1
+                delay = next(backoff())
+                log.warning(
+                    "the fast insert of %d row(s) into %s.events failed (%s); retrying in %.1fs",
+                    len(job.items),
+                    self.db,
+                    _first_line(exc),
+                    delay,
+                )
+                self._close_avro_file()  # a new file next time, in case this one is the trouble
+                if self.stop.wait(delay):
+                    raise _Stopped from None
+            self.stats.decode_seconds += self._insert_python(
+                job.chain, job.partition, job.items, job.token, job.now_us
+            )
+        else:
+            self.stats.fast_batches += 1
+            self.stats.inserted += len(job.items)
+        if commit and job.commit is not None:
+            self._commit(*job.commit)
+
+    def _abandon_inflight(self) -> None:
+        """On the way out after an error: let the insert in flight end, commit nothing (its
+        records are re-read and skipped, or inserted, by the next run)."""
+        job, self._inflight = self._inflight, None
+        if job is not None:
+            with contextlib.suppress(Exception):
+                job.future.result()
+
+    def _close_avro_file(self) -> None:
+        if self._avro_file is not None:
+            fd, path = self._avro_file
+            self._avro_file = None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
     def _write_checkpoints(self, partition: int, messages: list[Message]) -> None:
+        self._finish_inflight()
         stored = self._checkpoint_offsets().get(partition, -1)
         rows: list[list[Any]] = []
         now_us = time.time_ns() // 1000

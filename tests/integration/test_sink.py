@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from processors.integrity.checkpoint import Checkpoint
 from processors.integrity.merkle import EMPTY_ROOT
 from processors.integrity.record import ZERO_HASH, record_hash
-from processors.sink import Sink, SinkOptions
+from processors.sink import AVRO_FILE_NAME, Sink, SinkOptions
 from schemas.codec import encode_audit_event
 from sealtrail import clickhouse
 from sealtrail.cli import app
@@ -275,6 +275,8 @@ def _kill_loop(settings: Settings, tmp_path: Path, kills: int) -> None:
         [SEALTRAIL, "sink", "--once"], env=env, capture_output=True, text=True, timeout=180
     )
     assert final.returncode == 0, final.stderr
+    # A killed sink leaves its fast-path file in the store; a clean exit removes it.
+    assert not (store / AVRO_FILE_NAME).exists()
     counts = subprocess.run(
         [
             SEALTRAIL,

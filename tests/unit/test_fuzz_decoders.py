@@ -230,3 +230,68 @@ def test_record_of_refuses_unstorable_fields(field: str, value: Any, match: str)
     datum[field] = value
     with pytest.raises(DecodeError, match=match):
         _record_of(decode_chained(encode_chained(datum)))
+
+
+# --------------------------------------------------------------------------------------------
+# the sink's fast path: what parse_chained accepts, the full decoder reads the same way
+
+
+def _agrees_with_decode_chained(value: bytes) -> None:
+    from processors.sink_avro import AUDIT_HEADER, parse_chained
+
+    parsed = parse_chained(value)
+    if parsed is None:
+        return
+    chain, seq, start = parsed
+    record = _record_of(decode_chained(value))  # must not raise
+    assert (record.chain, record.seq, record.payload) == (chain, seq, value[start:])
+    assert record.payload[:10] == AUDIT_HEADER
+
+
+def test_parse_chained_reads_what_decode_chained_reads() -> None:
+    from processors.sink_avro import parse_chained
+
+    for seq in (0, 1, 63, 64, 8191, 8192, 1 << 40, (1 << 62) - 1):
+        for offset in (0, 5, 1 << 33):
+            for ingested in (-(1 << 61), -1, 0, 1_700_000_000_000_000):
+                value = encode_chained(
+                    {
+                        "chain": "c/é",
+                        "seq": seq,
+                        "prev_hash": b"\x40" * HASH_SIZE,
+                        "hash": b"\x80" * HASH_SIZE,
+                        "source_offset": offset,
+                        "ingested_at": ingested,
+                        "payload": AUDIT,
+                    }
+                )
+                assert parse_chained(value) is not None
+                _agrees_with_decode_chained(value)
+    assert parse_chained(CHAINED + b"\x00") is None  # trailing bytes
+    assert parse_chained(CHAINED[:-1]) is None
+    other = decode_chained(CHAINED) | {"payload": b"\xc3\x01" + b"\x00" * 8 + AUDIT[10:]}
+    assert parse_chained(encode_chained(other)) is None  # another AuditEvent fingerprint
+    negative = decode_chained(CHAINED) | {"seq": -1}
+    assert parse_chained(encode_chained(negative)) is None
+
+
+@pytest.mark.parametrize("which", ["flip", "truncate", "insert"])
+def test_parse_chained_on_mutations_agrees_with_decode_chained(which: str) -> None:
+    rng = random.Random(5)
+    for _ in range(4000):
+        value = bytearray(CHAINED)
+        pos = rng.randrange(len(value))
+        if which == "flip":
+            value[pos] ^= 1 << rng.randrange(8)
+        elif which == "truncate":
+            del value[pos:]
+        else:
+            value[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
+        _agrees_with_decode_chained(bytes(value))
+
+
+@FUZZ
+@given(tail=st.binary(max_size=400))
+def test_parse_chained_on_random_datums_agrees_with_decode_chained(tail: bytes) -> None:
+    _agrees_with_decode_chained(CHAINED_EVENT.header + tail)
+    _agrees_with_decode_chained(CHAINED[:120] + tail)
