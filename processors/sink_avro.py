@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from processors.clickhouse_schema import EVENT_COLUMNS
-from schemas.codec import AUDIT_EVENT, CHAINED_EVENT, HEADER_SIZE
+from schemas.codec import AUDIT_EVENT, CHAINED_EVENT, HEADER_SIZE, avro_long
 
 __all__ = [
     "AUDIT_HEADER",
@@ -152,19 +152,8 @@ def _combined_schema() -> dict[str, Any]:
     return {"type": "record", "name": "SinkRow", "namespace": "dev.sealtrail", "fields": fields}
 
 
-def _varint(n: int) -> bytes:
-    """Avro long (zigzag, 7 bits a byte) of a count or size, never negative here."""
-    n <<= 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _avro_bytes(data: bytes) -> bytes:
-    return _varint(len(data)) + data
+    return avro_long(len(data)) + data
 
 
 _SCHEMA_JSON = json.dumps(_combined_schema(), separators=(",", ":")).encode()
@@ -172,7 +161,7 @@ _SCHEMA_JSON = json.dumps(_combined_schema(), separators=(",", ":")).encode()
 _FILE_START = b"".join(
     [
         b"Obj\x01",
-        _varint(2),
+        avro_long(2),
         _avro_bytes(b"avro.schema"),
         _avro_bytes(_SCHEMA_JSON),
         _avro_bytes(b"avro.codec"),
@@ -180,8 +169,8 @@ _FILE_START = b"".join(
         b"\x00",
     ]
 )
-_ONE_ROW = _varint(1)
-_SIZES = [_ONE_ROW + _varint(n) for n in range(1 << 14)]  # row count and size of most blocks
+_ONE_ROW = avro_long(1)
+_SIZES = [_ONE_ROW + avro_long(n) for n in range(1 << 14)]  # row count and size of most blocks
 
 
 def new_marker() -> bytes:
@@ -206,7 +195,7 @@ def write_container(fd: int, rows: Sequence[tuple[bytes, int]], marker: bytes) -
     for i, (value, start) in enumerate(rows, 1):
         view = memoryview(value)
         size = 2 * len(value) - start - 2 * HEADER_SIZE + _MARKER_SIZE
-        head = sizes[size] if size < len(sizes) else _ONE_ROW + _varint(size)
+        head = sizes[size] if size < len(sizes) else _ONE_ROW + avro_long(size)
         parts += (head, view[HEADER_SIZE:], view[start + HEADER_SIZE :], tail)
         want += len(head) + size + _MARKER_SIZE
         if i % _ROWS_PER_WRITE == 0 or i == len(rows):

@@ -46,6 +46,7 @@ __all__ = [
     "HEADER_SIZE",
     "EncodeError",
     "SchemaHandle",
+    "avro_long",
     "decode",
     "decode_audit_event",
     "decode_chained",
@@ -384,6 +385,11 @@ def _varlong(value: Any, name: str) -> bytes:
         )
     if not _LONG_MIN <= value <= _LONG_MAX:
         raise EncodeError(f"Field {name} of ChainedEvent is outside the Avro long range.")
+    return avro_long(value)
+
+
+def avro_long(value: int) -> bytes:
+    """The Avro binary encoding of a long (zigzag, then 7 bits a byte); no range check."""
     n = (value << 1) ^ (value >> 63)
     if n < 0x80:
         return _SMALL[n]
