@@ -484,7 +484,8 @@ class Chainer:
     # ------------------------------------------------------------------ recovery
 
     def _recover_with_fresh_readers(self, partitions: list[int]) -> dict[int, int]:
-        for attempt in range(1, RECOVERY_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 return self._recover(partitions)
             except KafkaUnavailable as exc:
@@ -495,7 +496,7 @@ class Chainer:
                 log.warning("recovery could not read Kafka (%s): retrying with a new reader", exc)
                 close_quietly(self._reader)
                 self._reader = reader(self.settings)
-        raise AssertionError("unreachable")  # pragma: no cover
+                attempt += 1
 
     def _recover(self, partitions: Iterable[int]) -> dict[int, int]:
         """Rebuild the heads of ``partitions`` from Kafka; return the raw offsets to read from."""

@@ -292,16 +292,24 @@ class _Stored:
             self.contiguous += 1
 
 
-@dataclass(slots=True)
-class _Inflight:
-    """A fast insert running on the sink's worker thread."""
+@dataclass(frozen=True, slots=True)
+class _ChainBatch:
+    """One insert into ``events``: a chain's fresh records from one partition batch, as
+    (seq, record or None for the fast path, chain-topic value, payload start)."""
 
-    future: Future[float]
     chain: str
     partition: int
     items: list[tuple[int, ChainedRecord | None, bytes, int]]
     token: str
     now_us: int
+
+
+@dataclass(slots=True)
+class _Inflight:
+    """A fast insert running on the sink's worker thread."""
+
+    future: Future[float]
+    batch: _ChainBatch
     commit: tuple[str, int, int | None] | None = None  # the batch's offset, once it is read
 
 
@@ -677,7 +685,7 @@ class Sink:
             if not items:
                 continue
             first, last = items[0][0], items[-1][0]
-            token = f"{chain}:{first}-{last}"
+            batch = _ChainBatch(chain, partition, items, f"{chain}:{first}-{last}", now_us)
             self._finish_inflight()  # one insert at a time, in order
             # One insert per token either way: a batch with any row ClickHouse cannot load goes
             # the Python way whole, and so does one the fast insert fails on.
@@ -685,57 +693,44 @@ class Sink:
                 all(record is None for _, record, _, _ in items)
                 and sum(len(value) for _, _, value, _ in items) <= sink_avro.MAX_BATCH_BYTES
             ):
-                self._start_fast(chain, partition, items, token, now_us)
+                self._start_fast(batch)
             else:
-                decode_s += self._insert_python(chain, partition, items, token, now_us)
+                decode_s += self._insert_python(batch)
             # For a fast insert in flight this holds once _finish_inflight returns; until then
             # nothing is committed and nothing else is inserted.
             self._stored_of(chain).add(item[0] for item in items)
         self.stats.decode_seconds += decode_s
 
-    def _insert_python(
-        self,
-        chain: str,
-        partition: int,
-        items: list[tuple[int, ChainedRecord | None, bytes, int]],
-        token: str,
-        now_us: int,
-    ) -> float:
+    def _insert_python(self, batch: _ChainBatch) -> float:
         """Decode a chain batch with fastavro and insert it; returns the decoding seconds."""
         t0 = time.perf_counter()
         records = [
             record if record is not None else _record_of(decode_chained(value))
-            for _, record, value, _ in items
+            for _, record, value, _ in batch.items
         ]
         columns, failed = event_columns(records)
         decode_s = time.perf_counter() - t0
         if failed:
             rows = [
-                [chain, r.seq, r.hash, self.chain_topic, partition, 0, error, r.payload, now_us]
+                [batch.chain, r.seq, r.hash, self.chain_topic, batch.partition, 0, error]
+                + [r.payload, batch.now_us]
                 for r, error in failed
             ]
             # Rejects first: once the events rows exist the records are skipped on re-read.
-            self._insert("rejects", REJECT_COLUMNS, _pivot(rows), f"rejects:{token}")
+            self._insert("rejects", REJECT_COLUMNS, _pivot(rows), f"rejects:{batch.token}")
             self.stats.rejects += len(rows)
-        self._insert("events", EVENT_COLUMNS, columns, token)
+        self._insert("events", EVENT_COLUMNS, columns, batch.token)
         self.stats.inserted += len(records)
         return decode_s
 
-    def _start_fast(
-        self,
-        chain: str,
-        partition: int,
-        items: list[tuple[int, ChainedRecord | None, bytes, int]],
-        token: str,
-        now_us: int,
-    ) -> None:
+    def _start_fast(self, batch: _ChainBatch) -> None:
         """Start the insert of a chain batch through :mod:`processors.sink_avro` on the worker;
         :meth:`_finish_inflight` completes it."""
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-insert")
-        rows = [(value, start) for _, _, value, start in items]
-        future = self._worker.submit(self._fast_insert, rows, token)
-        self._inflight = _Inflight(future, chain, partition, items, token, now_us)
+        rows = [(value, start) for _, _, value, start in batch.items]
+        future = self._worker.submit(self._fast_insert, rows, batch.token)
+        self._inflight = _Inflight(future, batch)
 
     def _fast_insert(self, rows: list[tuple[bytes, int]], token: str) -> float:
         """On the worker: write the container file and insert it; returns the seconds taken."""
@@ -774,7 +769,7 @@ class Sink:
                 log.info(
                     "batch %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
                     "decoding it in Python",
-                    job.token,
+                    job.batch.token,
                     _first_line(exc)[:120],
                 )
             else:
@@ -783,7 +778,7 @@ class Sink:
                 delay = next(backoff())
                 log.warning(
                     "the fast insert of %d row(s) into %s.events failed (%s); retrying in %.1fs",
-                    len(job.items),
+                    len(job.batch.items),
                     self.db,
                     _first_line(exc),
                     delay,
@@ -791,12 +786,10 @@ class Sink:
                 self._close_avro_file()  # a new file next time, in case this one is the trouble
                 if self.stop.wait(delay):
                     raise _Stopped from None
-            self.stats.decode_seconds += self._insert_python(
-                job.chain, job.partition, job.items, job.token, job.now_us
-            )
+            self.stats.decode_seconds += self._insert_python(job.batch)
         else:
             self.stats.fast_batches += 1
-            self.stats.inserted += len(job.items)
+            self.stats.inserted += len(job.batch.items)
         if commit and job.commit is not None:
             self._commit(*job.commit)
 
