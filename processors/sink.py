@@ -383,6 +383,7 @@ class Sink:
 
     def run(self) -> SinkStats:
         _ = self.client  # open and migrate before touching Kafka: a held store fails fast
+        self._clear_stale_avro_file()
         consumer = self._new_consumer()
         try:
             if self.options.once:
@@ -800,6 +801,21 @@ class Sink:
         if job is not None:
             with contextlib.suppress(Exception):
                 job.future.result()
+
+    def _clear_stale_avro_file(self) -> None:
+        """Remove the fast-path file a killed sink left in the store.
+
+        Called once this process owns the store (the client is open), so no other sink can be
+        writing the file. Without this a run that inserts nothing would leave it behind."""
+        store = clickhouse.chdb_path(self.settings.clickhouse_dsn)
+        if store is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (store / AVRO_FILE_NAME).unlink()
+            log.info(
+                "removed the fast-path file %s left by a sink that did not exit cleanly",
+                store / AVRO_FILE_NAME,
+            )
 
     def _close_avro_file(self) -> None:
         if self._avro_file is not None:

@@ -302,6 +302,23 @@ def test_sink_survives_kill_9(settings: Settings, tmp_path: Path) -> None:
     _kill_loop(settings, tmp_path, kills=5)
 
 
+def test_starting_sink_removes_a_stale_fast_path_file(settings: Settings, tmp_path: Path) -> None:
+    """A sink killed mid-batch leaves its container file in the store; the next sink that owns
+    the store removes it even when it has nothing to insert (the kill test's last run)."""
+    store = tmp_path / "stale-store"
+    store.mkdir()
+    (store / AVRO_FILE_NAME).write_bytes(b"Obj\x01 left by a killed sink")
+    done = subprocess.run(
+        [SEALTRAIL, "sink", "--once"],
+        env=_env(settings, store),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (store / AVRO_FILE_NAME).exists()
+
+
 @pytest.mark.slow
 def test_sink_survives_many_kill_9(settings: Settings, tmp_path: Path) -> None:
     _kill_loop(settings, tmp_path, kills=20)
