@@ -17,6 +17,7 @@ bytes, so nothing is silently dropped.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import re
 import time
@@ -30,18 +31,33 @@ _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
 
 __all__ = [
     "MAX_EVENT_BYTES",
+    "REJECT_KEEP_BYTES",
+    "REJECT_SOURCE",
     "BadRequestBody",
     "ParseResult",
     "Reject",
     "RejectError",
     "generic_event",
+    "eventlist_api_version",
+    "is_event_list",
     "parse_body",
+    "parse_item",
     "parse_line",
+    "reject_event",
     "parse_timestamp",
 ]
 
-MAX_EVENT_BYTES = 100 * 1024
-"""Default largest accepted event (the JSON object's bytes)."""
+MAX_EVENT_BYTES = 32 * 1024 * 1024
+"""Default largest event chained as an event (the JSON object's bytes). kube-apiserver sends
+events whole unless --audit-webhook-truncate-enabled is set; RequestResponse events of large
+objects run to megabytes. A larger event is chained as a reject holding its first
+:data:`REJECT_KEEP_BYTES` and the SHA-256 of all of it (docs/SCHEMAS.md)."""
+
+REJECT_KEEP_BYTES = 1024 * 1024
+"""How much of an item over the event limit a reject keeps (the SHA-256 covers all of it)."""
+
+REJECT_SOURCE = "reject"
+"""The ``source`` of a chained reject: input that could not be accepted as an event."""
 
 AUDIT_GROUP = "audit.k8s.io/"
 AUDIT_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1", "audit.k8s.io/v1alpha1"})
@@ -65,10 +81,79 @@ class RejectError(DecodeError):
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """One event that was not accepted: why, and its exact bytes (for the rejects topic)."""
+    """Input that was not accepted as an event: why, and its exact bytes.
+
+    ``raw`` is all of it, or only its first bytes when ``size`` says it was longer; ``sha256``
+    then covers all ``size`` bytes (None: the hash of ``raw``)."""
 
     reason: str
     raw: bytes
+    size: int | None = None
+    sha256: bytes | None = None
+
+    @property
+    def total_size(self) -> int:
+        return len(self.raw) if self.size is None else self.size
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.raw).digest() if self.sha256 is None else self.sha256
+
+
+def over_limit_reason(size: int, limit: int) -> str:
+    return f"event is {size} bytes, over the {limit} byte limit"
+
+
+def reject_event(
+    reject: Reject, cluster: str, producer: str, received_at_us: int
+) -> dict[str, Any]:
+    """The AuditEvent datum that chains a reject (``source`` = ``"reject"``, docs/SCHEMAS.md).
+
+    ``original`` holds the rejected bytes (their first :data:`REJECT_KEEP_BYTES` when they were
+    longer), ``attributes`` the reason, the full size and the SHA-256 of all of them, so the
+    chain proves what was refused even when it does not hold every byte. ``audit_id`` is
+    ``reject:<sha256>``: a client that resends the same bytes makes the same reject."""
+    digest = reject.digest.hex()
+    return {
+        "cluster": cluster,
+        "source": REJECT_SOURCE,
+        "received_at": received_at_us,
+        "original": reject.raw,
+        "api_version": "",
+        "audit_id": f"reject:{digest}",
+        "stage": "",
+        "level": "",
+        "verb": "",
+        "request_uri": "",
+        "user_name": "",
+        "user_uid": "",
+        "user_groups": [],
+        "user_extra": {},
+        "impersonated_user": None,
+        "source_ips": [],
+        "user_agent": "",
+        "object_resource": "",
+        "object_namespace": "",
+        "object_name": "",
+        "object_subresource": "",
+        "object_api_group": "",
+        "object_api_version": "",
+        "object_uid": "",
+        "response_code": None,
+        "request_received_at": None,
+        "stage_at": None,
+        "annotations": {},
+        "actor": producer,
+        "action": "reject",
+        "resource": "",
+        "outcome": "rejected",
+        "attributes": {
+            "reason": reject.reason,
+            "bytes": str(reject.total_size),
+            "sha256": digest,
+            "truncated": "true" if reject.total_size > len(reject.raw) else "false",
+        },
+    }
 
 
 @dataclass(slots=True)
@@ -426,16 +511,8 @@ def parse_body(
         return body[s:e] if ascii_only else text[s:e].encode("utf-8")
 
     result = ParseResult()
-    kind = obj.get("kind")
-    if kind == "EventList":
-        list_api = obj.get("apiVersion")
-        if list_api is None:
-            list_api = ""
-        elif type(list_api) is not str or list_api not in AUDIT_VERSIONS:
-            _bad_body(
-                f"EventList apiVersion {_clip(list_api)} is not supported; send "
-                "audit.k8s.io/v1 or v1beta1."
-            )
+    if is_event_list(obj):
+        list_api = eventlist_api_version(obj)
         if "items" not in obj:
             _bad_body("EventList has no items array; send the webhook backend's EventList.")
         items = obj["items"]
@@ -448,10 +525,64 @@ def parse_body(
                 result, item, raw_of(span), cluster, received_at_us, list_api, True, max_event_bytes
             )
         return result
-    if type(kind) is str and kind != "Event":
-        _bad_body(f"Request body kind {_clip(kind)} is not Event or EventList.")
     _accept(result, obj, raw_of((i, end)), cluster, received_at_us, "", False, max_event_bytes)
     return result
+
+
+def is_event_list(envelope: Mapping[str, Any]) -> bool:
+    """True for an EventList; False for a single Event; BadRequestBody for any other kind."""
+    kind = envelope.get("kind")
+    if kind == "EventList":
+        return True
+    if type(kind) is str and kind != "Event":
+        _bad_body(f"Request body kind {_clip(kind)} is not Event or EventList.")
+    return False
+
+
+def eventlist_api_version(envelope: Mapping[str, Any]) -> str:
+    """The EventList's apiVersion ("" if absent); BadRequestBody for an unsupported one."""
+    list_api = envelope.get("apiVersion")
+    if list_api is None:
+        return ""
+    if type(list_api) is not str or list_api not in AUDIT_VERSIONS:
+        _bad_body(
+            f"EventList apiVersion {_clip(list_api)} is not supported; send "
+            "audit.k8s.io/v1 or v1beta1."
+        )
+    return list_api
+
+
+def parse_item(
+    raw: bytes,
+    cluster: str,
+    received_at_us: int,
+    list_api: str,
+    *,
+    in_list: bool = True,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> dict[str, Any] | Reject:
+    """One EventList item (or a whole single Event) from its exact bytes: a datum or a Reject.
+
+    The same checks as :func:`parse_body` makes on the items of a body parsed whole."""
+    if len(raw) > max_event_bytes:
+        return Reject(over_limit_reason(len(raw), max_event_bytes), raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return Reject("event is not valid UTF-8", raw)
+    try:
+        item, end = _raw_decode(text, 0)
+    except RecursionError:
+        return Reject("event JSON is nested too deeply", raw)
+    except ValueError as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return Reject(f"event is not valid JSON ({reason})", raw)
+    if end != len(text):
+        return Reject("event has data after its JSON value", raw)
+    try:
+        return _to_datum(item, raw, cluster, received_at_us, list_api, in_list)
+    except _Bad as bad:
+        return Reject(str(bad), raw)
 
 
 def _accept(
@@ -465,9 +596,7 @@ def _accept(
     max_event_bytes: int,
 ) -> None:
     if len(raw) > max_event_bytes:
-        result.rejects.append(
-            Reject(f"event is {len(raw)} bytes, over the {max_event_bytes} byte limit", raw)
-        )
+        result.rejects.append(Reject(over_limit_reason(len(raw), max_event_bytes), raw))
         return
     try:
         result.events.append(_to_datum(item, raw, cluster, received_at_us, list_api, in_list))
@@ -491,7 +620,7 @@ def parse_line(
     if not raw:
         raise RejectError("line is empty", raw)
     if len(raw) > max_event_bytes:
-        raise RejectError(f"event is {len(raw)} bytes, over the {max_event_bytes} byte limit", raw)
+        raise RejectError(over_limit_reason(len(raw), max_event_bytes), raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
