@@ -32,8 +32,23 @@ def webhook(
             help="File of 'TOKEN CLUSTER' lines (mode 600): bearer tokens and their clusters.",
         ),
     ] = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="SEALTRAIL_WEBHOOK_TLS_CERT", help="TLS certificate (PEM)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="SEALTRAIL_WEBHOOK_TLS_KEY", help="TLS private key (PEM)."),
+    ] = None,
+    allow_plain_http_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--allow-plain-http-tokens",
+            envvar="SEALTRAIL_WEBHOOK_ALLOW_PLAIN_HTTP_TOKENS",
+            help="Accept --tokens without TLS (only behind a TLS-terminating proxy: "
+            "kube-apiserver sends tokens only over https).",
+        ),
+    ] = False,
     client_ca: Annotated[
         Path | None,
         typer.Option(help="CA bundle for client certificates (cluster = cert CN or --cluster)."),
@@ -45,8 +60,17 @@ def webhook(
         str | None,
         typer.Option(help="Cluster name for --insecure-no-auth, client certs or lone tokens."),
     ] = None,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 10 * 1024 * 1024,
-    max_event_bytes: Annotated[int, typer.Option(help="Largest single event.")] = 100 * 1024,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(help="Largest request body (0: no limit; large bodies are streamed)."),
+    ] = 0,
+    max_event_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest event chained as an event; a larger one is chained as a reject "
+            "holding its first MiB and its SHA-256 (at most 48 MiB)."
+        ),
+    ] = 32 * 1024 * 1024,
     ack_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for Kafka before answering 503.")
     ] = 10.0,
@@ -67,6 +91,7 @@ def webhook(
             tls_key=tls_key,
             client_ca=client_ca,
             insecure_no_auth=insecure_no_auth,
+            allow_plain_http_tokens=allow_plain_http_tokens,
             cluster=cluster,
             max_body_bytes=max_body_bytes,
             max_event_bytes=max_event_bytes,

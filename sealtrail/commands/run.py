@@ -29,6 +29,22 @@ def run(
         Path | None,
         typer.Option(envvar="SEALTRAIL_WEBHOOK_TOKENS", help="Webhook token file (TOKEN CLUSTER)."),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="SEALTRAIL_WEBHOOK_TLS_CERT", help="Webhook TLS certificate (PEM)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="SEALTRAIL_WEBHOOK_TLS_KEY", help="Webhook TLS private key (PEM)."),
+    ] = None,
+    allow_plain_http_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--allow-plain-http-tokens",
+            envvar="SEALTRAIL_WEBHOOK_ALLOW_PLAIN_HTTP_TOKENS",
+            help="Accept --tokens without TLS (only behind a TLS-terminating proxy).",
+        ),
+    ] = False,
     insecure_no_auth: Annotated[
         bool, typer.Option("--insecure-no-auth", help="Accept webhook posts without a token.")
     ] = False,
@@ -53,12 +69,22 @@ def run(
             "the webhook needs --tokens FILE (or SEALTRAIL_WEBHOOK_TOKENS); "
             "use --insecure-no-auth --cluster NAME only for local experiments"
         )
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
+    if tokens is not None and tls_cert is None and not allow_plain_http_tokens and not no_webhook:
+        from producers.webhook import TLS_FOR_TOKENS
+
+        raise ConfigError(TLS_FOR_TOKENS)
     webhook_host, webhook_port = _host_port(listen, "--listen")
     children: list[tuple[str, list[str]]] = []
     if not no_webhook:
         webhook = ["produce", "webhook", "--listen", listen]
         if tokens is not None:
             webhook += ["--tokens", str(tokens)]
+        if tls_cert is not None and tls_key is not None:
+            webhook += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
+        if allow_plain_http_tokens:
+            webhook += ["--allow-plain-http-tokens"]
         if insecure_no_auth:
             webhook += ["--insecure-no-auth"]
         if cluster:
@@ -69,12 +95,16 @@ def run(
         chain += ["--signing-key", str(signing_key)]
     children.append(("chainer", chain))
     children.append(("sink", ["sink"]))
+    scheme = "http" if tls_cert is None else "https"
     supervisor = Supervisor(
         settings,
         children,
         _host_port(health_listen, "--health-listen"),
         StopFlag().install(),
-        webhook_metrics_url=None if no_webhook else f"http://{webhook_host}:{webhook_port}/metrics",
+        webhook_metrics_url=None
+        if no_webhook
+        else f"{scheme}://{webhook_host}:{webhook_port}/metrics",
+        webhook_ca=tls_cert,
     )
     raise typer.Exit(supervisor.run())
 
