@@ -234,6 +234,7 @@ def run(
             f"127.0.0.1:{port}",
             "--tokens",
             str(token_file),
+            "--allow-plain-http-tokens",  # loopback load; TLS is not what this bench measures
             "--signing-key",
             str(private),
             "--health-listen",

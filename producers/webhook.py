@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -424,6 +425,11 @@ class WebhookServer:
         if self._inflight >= self.options.max_inflight:
             return self._unavailable("backpressure", "too many events wait for Kafka; retry")
         length = request.content_length
+        limit = self.options.max_body_bytes
+        if limit and length is not None and length > limit:
+            resp = self._refused(413, f"body is over the {limit} byte limit", request, 0, 0)
+            resp.force_close()  # do not read the rest of an oversize body
+            return resp
         if length is None or length > WHOLE_BODY_BYTES:
             return await self._post_streamed(request, cluster)
         try:
@@ -532,14 +538,22 @@ class WebhookServer:
                         raise
                     await asyncio.sleep(0.05)
 
+        read = 0
+
+        async def next_chunk() -> bytes:
+            nonlocal read
+            chunk = await asyncio.wait_for(
+                request.content.read(CHUNK_BYTES), self.options.read_timeout
+            )
+            read += len(chunk)
+            if limit and read > limit:
+                raise _BodyTooLarge
+            return chunk
+
         try:
             try:
                 while True:
-                    chunk = await asyncio.wait_for(
-                        request.content.read(CHUNK_BYTES), self.options.read_timeout
-                    )
-                    if limit and parser.size + len(chunk) > limit:
-                        raise _BodyTooLarge
+                    chunk = await next_chunk()
                     outcomes = parser.feed(chunk) if chunk else parser.close()
                     self._inflight += len(outcomes)
                     counted += len(outcomes)
@@ -557,9 +571,7 @@ class WebhookServer:
                         break
             except BadRequestBody as exc:
                 bad = f"{exc} ({accepted + rejected} item(s) before it were taken)"
-                while chunk := await asyncio.wait_for(
-                    request.content.read(CHUNK_BYTES), self.options.read_timeout
-                ):
+                while chunk := await next_chunk():
                     parser.drain(chunk)
                 self.metrics.rejected.labels("bad_body").inc()
                 await put(_reject_value(parser.body_reject(bad), cluster, received))
@@ -575,14 +587,29 @@ class WebhookServer:
                 f"body not received within {self.options.read_timeout:g} s of silence; retry",
                 request,
                 parser.items,
-                parser.size,
+                read,
             )
+            resp.force_close()
+            return resp
+        except (ConnectionError, HttpProcessingError) as exc:
+            # The client went away mid-body: what was produced stays (a resent batch is
+            # deduplicated by audit ID downstream); nobody is left to answer.
+            batch.seal()
+            log.warning(
+                "a streamed body from %s broke off after %d byte(s), %d item(s): %s",
+                request.remote,
+                read,
+                parser.items,
+                exc,
+            )
+            self.metrics.refused.labels("broken").inc()
+            resp = web.Response(status=400)
             resp.force_close()
             return resp
         except _BodyTooLarge:
             batch.seal()
             resp = self._refused(
-                413, f"body is over the {limit} byte limit", request, parser.items, parser.size
+                413, f"body is over the {limit} byte limit", request, parser.items, read
             )
             resp.force_close()
             return resp
