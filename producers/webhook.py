@@ -58,6 +58,7 @@ WHOLE_BODY_BYTES = 8 * 1024 * 1024
 """Bodies up to this size (by Content-Length) are read whole and parsed in one call; larger or
 chunked ones are parsed and produced item by item as they arrive (producers.body_stream)."""
 CHUNK_BYTES = 1024 * 1024
+PRODUCER_QUEUE_KBYTES = 256 * 1024
 SOURCE = "webhook"
 TLS_FOR_TOKENS = (
     "bearer tokens need TLS: kube-apiserver (client-go) sends a kubeconfig's token only over "
@@ -638,6 +639,15 @@ class WebhookServer:
             )
         return web.json_response({"accepted": accepted, "rejected": rejected})
 
+    def _new_producer(self) -> ConfirmedProducer:
+        # A bounded queue (memory) that still holds the largest record: a streamed body waits
+        # for room instead of growing the process (see _post_streamed).
+        return ConfirmedProducer(
+            self.settings,
+            message_timeout_s=self.options.ack_timeout,
+            **{"queue.buffering.max.kbytes": PRODUCER_QUEUE_KBYTES},
+        )
+
     def _usable_producer(self) -> ConfirmedProducer:
         """The producer, replaced first if it stopped after a fatal error.
 
@@ -650,9 +660,7 @@ class WebhookServer:
         if producer.fatal is None:
             return producer
         log.warning("replacing the Kafka producer after a fatal error: %s", producer.fatal)
-        self._producer = ConfirmedProducer(
-            self.settings, message_timeout_s=self.options.ack_timeout
-        )
+        self._producer = self._new_producer()
         self.metrics.producer_rebuilds.inc()
         assert self._loop is not None
         # Its queue holds only failed records now: close it off the event loop.
@@ -718,9 +726,7 @@ class WebhookServer:
 
     def start(self, timeout: float = 30.0) -> int:
         """Connect the producer, start serving in a background thread; return the bound port."""
-        self._producer = ConfirmedProducer(
-            self.settings, message_timeout_s=self.options.ack_timeout
-        )
+        self._producer = self._new_producer()
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout) or self._start_error is not None:
