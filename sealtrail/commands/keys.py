@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 
 keys_app = typer.Typer(help="Checkpoint signing keys.", no_args_is_help=True)
 

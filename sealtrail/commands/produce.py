@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 from sealtrail.errors import ConfigError, KafkaUnavailable
 from sealtrail.service import StopFlag
 

@@ -20,7 +20,7 @@ from processors.verifier import offsite
 from processors.verifier.core import ChainResult, ChainState
 from processors.verifier.report import Report, previous_success, write_metrics
 from processors.verifier.state import load_state, save_state
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 from sealtrail.config import Settings
 from sealtrail.errors import ClickHouseError, ConfigError, KeyFileError, SealtrailError
 
