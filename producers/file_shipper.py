@@ -205,7 +205,7 @@ class FileShipper:
                 )
             except RejectError as rej:
                 self.producer.produce_reject(
-                    batch, Reject(rej.reason, rej.raw), SOURCE, self.cluster
+                    batch, Reject(rej.reason, rej.raw, kind=rej.kind), SOURCE, self.cluster
                 )
                 self.stats.rejects += 1
                 continue

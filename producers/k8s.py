@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, NoReturn
 
 from sealtrail.errors import DecodeError
@@ -37,6 +38,7 @@ __all__ = [
     "ParseResult",
     "Reject",
     "RejectError",
+    "RejectKind",
     "generic_event",
     "eventlist_api_version",
     "is_event_list",
@@ -66,6 +68,18 @@ _INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
 
 
+class RejectKind(StrEnum):
+    """Why input was refused, as a small fixed set (metric labels, filters); the reason text
+    says the details."""
+
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"  # not UTF-8, not JSON, nested too deeply, data after the value
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"  # a field, kind or apiVersion of the wrong type or value
+    BAD_BODY = "bad_body"  # a whole request body
+    OTHER = "other"
+
+
 class BadRequestBody(DecodeError):
     """A whole request body is not Kubernetes audit JSON (nothing in it can be used)."""
 
@@ -73,10 +87,11 @@ class BadRequestBody(DecodeError):
 class RejectError(DecodeError):
     """One event could not be accepted; ``reason`` says why and ``raw`` holds its bytes."""
 
-    def __init__(self, reason: str, raw: bytes) -> None:
+    def __init__(self, reason: str, raw: bytes, kind: RejectKind = RejectKind.OTHER) -> None:
         super().__init__(reason)
         self.reason = reason
         self.raw = raw
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +105,7 @@ class Reject:
     raw: bytes
     size: int | None = None
     sha256: bytes | None = None
+    kind: RejectKind = RejectKind.OTHER
 
     @property
     def total_size(self) -> int:
@@ -148,6 +164,7 @@ def reject_event(
         "resource": "",
         "outcome": "rejected",
         "attributes": {
+            "kind": str(reject.kind),
             "reason": reject.reason,
             "bytes": str(reject.total_size),
             "sha256": digest,
@@ -164,8 +181,10 @@ class ParseResult:
     rejects: list[Reject] = field(default_factory=list)
 
 
-class _Bad(Exception):  # noqa: N818 - internal signal carrying a reject reason
-    pass
+class _Bad(Exception):  # noqa: N818 - internal signal carrying a reject reason and kind
+    def __init__(self, reason: str, kind: RejectKind) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,16 +246,16 @@ def _str(obj: Mapping[str, Any], key: str, where: str = "") -> str:
     if value is None:
         return ""
     if type(value) is not str:
-        raise _Bad(f"{where}{key} must be a string, not {_jtype(value)}")
+        raise _Bad(f"{where}{key} must be a string, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     return value
 
 
 def _required(obj: Mapping[str, Any], key: str) -> str:
     value = obj.get(key)
     if value is None or value == "":
-        raise _Bad(f"{key} is missing")
+        raise _Bad(f"{key} is missing", RejectKind.MISSING_FIELD)
     if type(value) is not str:
-        raise _Bad(f"{key} must be a string, not {_jtype(value)}")
+        raise _Bad(f"{key} must be a string, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     return value
 
 
@@ -245,7 +264,7 @@ def _obj(obj: Mapping[str, Any], key: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if type(value) is not dict:
-        raise _Bad(f"{key} must be an object, not {_jtype(value)}")
+        raise _Bad(f"{key} must be an object, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     return value
 
 
@@ -253,10 +272,15 @@ def _str_list(value: Any, name: str) -> list[str]:
     if value is None:
         return []
     if type(value) is not list:
-        raise _Bad(f"{name} must be an array of strings, not {_jtype(value)}")
+        raise _Bad(
+            f"{name} must be an array of strings, not {_jtype(value)}", RejectKind.WRONG_TYPE
+        )
     for item in value:
         if type(item) is not str:
-            raise _Bad(f"{name} must be an array of strings, but holds {_jtype(item)}")
+            raise _Bad(
+                f"{name} must be an array of strings, but holds {_jtype(item)}",
+                RejectKind.WRONG_TYPE,
+            )
     return value
 
 
@@ -264,10 +288,14 @@ def _str_map(value: Any, name: str) -> dict[str, str]:
     if value is None:
         return {}
     if type(value) is not dict:
-        raise _Bad(f"{name} must be an object of strings, not {_jtype(value)}")
+        raise _Bad(
+            f"{name} must be an object of strings, not {_jtype(value)}", RejectKind.WRONG_TYPE
+        )
     for item in value.values():
         if type(item) is not str:
-            raise _Bad(f"{name} values must be strings, but one is {_jtype(item)}")
+            raise _Bad(
+                f"{name} values must be strings, but one is {_jtype(item)}", RejectKind.WRONG_TYPE
+            )
     return value
 
 
@@ -276,11 +304,13 @@ def _time(obj: Mapping[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if type(value) is not str:
-        raise _Bad(f"{key} must be an RFC 3339 string, not {_jtype(value)}")
+        raise _Bad(f"{key} must be an RFC 3339 string, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     try:
         return parse_timestamp(value)
     except ValueError:
-        raise _Bad(f"{key} {_clip(value)} is not an RFC 3339 timestamp") from None
+        raise _Bad(
+            f"{key} {_clip(value)} is not an RFC 3339 timestamp", RejectKind.WRONG_TYPE
+        ) from None
 
 
 def _clip(value: Any, limit: int = 40) -> str:
@@ -298,21 +328,23 @@ def _to_datum(
 ) -> dict[str, Any]:
     """Validate one audit Event object and map it to an AuditEvent datum."""
     if type(item) is not dict:
-        raise _Bad(f"event must be a JSON object, not {_jtype(item)}")
+        raise _Bad(f"event must be a JSON object, not {_jtype(item)}", RejectKind.WRONG_TYPE)
     kind = item.get("kind")
     if kind is None:
         if not in_list:
-            raise _Bad('kind is missing (expected "Event")')
+            raise _Bad('kind is missing (expected "Event")', RejectKind.MISSING_FIELD)
     elif kind != "Event":
-        raise _Bad(f'kind must be "Event", not {_clip(kind)}')
+        raise _Bad(f'kind must be "Event", not {_clip(kind)}', RejectKind.WRONG_TYPE)
 
     api_version = item.get("apiVersion")
     if api_version is None:
         api_version = list_api_version
     elif type(api_version) is not str:
-        raise _Bad(f"apiVersion must be a string, not {_jtype(api_version)}")
+        raise _Bad(f"apiVersion must be a string, not {_jtype(api_version)}", RejectKind.WRONG_TYPE)
     elif not api_version.startswith(AUDIT_GROUP):
-        raise _Bad(f"apiVersion {_clip(api_version)} is not an audit.k8s.io version")
+        raise _Bad(
+            f"apiVersion {_clip(api_version)} is not an audit.k8s.io version", RejectKind.WRONG_TYPE
+        )
 
     audit_id = _required(item, "auditID")
     stage = _required(item, "stage")
@@ -328,16 +360,21 @@ def _to_datum(
         value = status.get("code")
         if value is not None:
             if type(value) is not int:
-                raise _Bad(f"responseStatus.code must be an integer, not {_jtype(value)}")
+                raise _Bad(
+                    f"responseStatus.code must be an integer, not {_jtype(value)}",
+                    RejectKind.WRONG_TYPE,
+                )
             if not _INT32_MIN <= value <= _INT32_MAX:
-                raise _Bad("responseStatus.code is out of range")
+                raise _Bad("responseStatus.code is out of range", RejectKind.OTHER)
             code = value
 
     extra_raw = user.get("extra")
     extra: dict[str, list[str]] = {}
     if extra_raw is not None:
         if type(extra_raw) is not dict:
-            raise _Bad(f"user.extra must be an object, not {_jtype(extra_raw)}")
+            raise _Bad(
+                f"user.extra must be an object, not {_jtype(extra_raw)}", RejectKind.WRONG_TYPE
+            )
         for key, values in extra_raw.items():
             extra[key] = _str_list(values, "user.extra values")
 
@@ -565,24 +602,24 @@ def parse_item(
 
     The same checks as :func:`parse_body` makes on the items of a body parsed whole."""
     if len(raw) > max_event_bytes:
-        return Reject(over_limit_reason(len(raw), max_event_bytes), raw)
+        return Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return Reject("event is not valid UTF-8", raw)
+        return Reject("event is not valid UTF-8", raw, kind=RejectKind.MALFORMED)
     try:
         item, end = _raw_decode(text, 0)
     except RecursionError:
-        return Reject("event JSON is nested too deeply", raw)
+        return Reject("event JSON is nested too deeply", raw, kind=RejectKind.MALFORMED)
     except ValueError as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        return Reject(f"event is not valid JSON ({reason})", raw)
+        return Reject(f"event is not valid JSON ({reason})", raw, kind=RejectKind.MALFORMED)
     if end != len(text):
-        return Reject("event has data after its JSON value", raw)
+        return Reject("event has data after its JSON value", raw, kind=RejectKind.MALFORMED)
     try:
         return _to_datum(item, raw, cluster, received_at_us, list_api, in_list)
     except _Bad as bad:
-        return Reject(str(bad), raw)
+        return Reject(str(bad), raw, kind=bad.kind)
 
 
 def _accept(
@@ -596,12 +633,14 @@ def _accept(
     max_event_bytes: int,
 ) -> None:
     if len(raw) > max_event_bytes:
-        result.rejects.append(Reject(over_limit_reason(len(raw), max_event_bytes), raw))
+        result.rejects.append(
+            Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
+        )
         return
     try:
         result.events.append(_to_datum(item, raw, cluster, received_at_us, list_api, in_list))
     except _Bad as bad:
-        result.rejects.append(Reject(str(bad), raw))
+        result.rejects.append(Reject(str(bad), raw, kind=bad.kind))
 
 
 def parse_line(
@@ -618,28 +657,30 @@ def parse_line(
     """
     raw = bytes(line).strip(b" \t\r\n")
     if not raw:
-        raise RejectError("line is empty", raw)
+        raise RejectError("line is empty", raw, RejectKind.MALFORMED)
     if len(raw) > max_event_bytes:
-        raise RejectError(over_limit_reason(len(raw), max_event_bytes), raw)
+        raise RejectError(over_limit_reason(len(raw), max_event_bytes), raw, RejectKind.TOO_LARGE)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise RejectError("line is not valid UTF-8", raw) from None
+        raise RejectError("line is not valid UTF-8", raw, RejectKind.MALFORMED) from None
     try:
         item, end = _raw_decode(text, 0)
     except RecursionError:
-        raise RejectError("line JSON is nested too deeply", raw) from None
+        raise RejectError("line JSON is nested too deeply", raw, RejectKind.MALFORMED) from None
     except ValueError as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise RejectError(f"line is not valid JSON ({reason})", raw) from None
+        raise RejectError(f"line is not valid JSON ({reason})", raw, RejectKind.MALFORMED) from None
     if end != len(text):
-        raise RejectError("line has data after the JSON object", raw)
+        raise RejectError("line has data after the JSON object", raw, RejectKind.MALFORMED)
     if type(item) is dict and item.get("kind") == "EventList":
-        raise RejectError("line is an EventList; log files hold one Event per line", raw)
+        raise RejectError(
+            "line is an EventList; log files hold one Event per line", raw, RejectKind.WRONG_TYPE
+        )
     try:
         return _to_datum(item, raw, cluster, received_at_us, "", False)
     except _Bad as bad:
-        raise RejectError(str(bad), raw) from None
+        raise RejectError(str(bad), raw, bad.kind) from None
 
 
 # --------------------------------------------------------------------------------------------

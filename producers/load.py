@@ -225,7 +225,9 @@ def send_kafka(
             try:
                 datum = parse_line(line, cluster, received)
             except RejectError as rej:  # cannot happen for generated events; kept honest anyway
-                producer.produce_reject(batch, Reject(rej.reason, rej.raw), SOURCE, cluster)
+                producer.produce_reject(
+                    batch, Reject(rej.reason, rej.raw, kind=rej.kind), SOURCE, cluster
+                )
                 stats.rejected += 1
                 continue
             value = encode_audit_event(datum)

@@ -31,6 +31,7 @@ from producers.k8s import (
     REJECT_KEEP_BYTES,
     BadRequestBody,
     Reject,
+    RejectKind,
     parse_body,
     reject_event,
 )
@@ -132,19 +133,6 @@ def load_tokens(path: Path, default_cluster: str | None) -> list[tuple[bytes, st
     return tokens
 
 
-def _reason_kind(reason: str) -> str:
-    """A small, fixed set of metric labels for reject reasons (reasons themselves vary)."""
-    if "byte limit" in reason:
-        return "too_large"
-    if "not valid JSON" in reason or "UTF-8" in reason or "nested" in reason:
-        return "malformed"
-    if "is missing" in reason:
-        return "missing_field"
-    if "must be" in reason or "not an" in reason or "not supported" in reason:
-        return "wrong_type"
-    return "other"
-
-
 class _BodyTooLarge(Exception):  # noqa: N818 - internal signal: over --max-body-bytes
     pass
 
@@ -160,8 +148,9 @@ def _reject_value(reject: Reject, cluster: str, received: int) -> bytes:
 def _body_reject(reason: str, body: bytes, max_event_bytes: int) -> Reject:
     """A whole body that could not be parsed, as a reject (a prefix and hash if it is large)."""
     if len(body) <= max_event_bytes:
-        return Reject(reason, body)
-    return Reject(reason, body[:REJECT_KEEP_BYTES], len(body), hashlib.sha256(body).digest())
+        return Reject(reason, body, kind=RejectKind.BAD_BODY)
+    digest = hashlib.sha256(body).digest()
+    return Reject(reason, body[:REJECT_KEEP_BYTES], len(body), digest, RejectKind.BAD_BODY)
 
 
 class _Metrics:
@@ -500,12 +489,12 @@ class WebhookServer:
             return self._unavailable("kafka", "Kafka did not acknowledge the events; retry")
         if result is None:
             assert bad is not None
-            self.metrics.rejected.labels("bad_body").inc()
+            self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
             return web.json_response({"error": bad.reason}, status=400)
         self.metrics.received.inc(count)
         self.metrics.produced.inc(len(result.events))
         for rej in result.rejects:
-            self.metrics.rejected.labels(_reason_kind(rej.reason)).inc()
+            self.metrics.rejected.labels(rej.kind).inc()
         return web.json_response({"accepted": len(result.events), "rejected": len(result.rejects)})
 
     async def _post_streamed(self, request: web.Request, cluster: str) -> web.Response:
@@ -562,7 +551,7 @@ class WebhookServer:
                     for outcome in outcomes:
                         if isinstance(outcome, Reject):
                             rejected += 1
-                            self.metrics.rejected.labels(_reason_kind(outcome.reason)).inc()
+                            self.metrics.rejected.labels(outcome.kind).inc()
                             value = _reject_value(outcome, cluster, received)
                         else:
                             accepted += 1
@@ -574,7 +563,7 @@ class WebhookServer:
                 bad = f"{exc} ({accepted + rejected} item(s) before it were taken)"
                 while chunk := await next_chunk():
                     parser.drain(chunk)
-                self.metrics.rejected.labels("bad_body").inc()
+                self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
                 await put(_reject_value(parser.body_reject(bad), cluster, received))
             batch.seal()
             try:

@@ -15,9 +15,17 @@ from producers.file_shipper import (
     load_position,
     save_position,
 )
-from producers.k8s import REJECT_KEEP_BYTES, Reject, parse_line, reject_event
+from producers.k8s import (
+    REJECT_KEEP_BYTES,
+    Reject,
+    RejectError,
+    RejectKind,
+    parse_body,
+    parse_line,
+    reject_event,
+)
 from producers.load import event_list, generate
-from producers.webhook import _reason_kind, load_tokens, parse_listen
+from producers.webhook import load_tokens, parse_listen
 from schemas.codec import decode_audit_event, encode_audit_event
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError
@@ -72,6 +80,7 @@ def test_reject_event_chains_what_was_refused_and_proves_it_by_hash() -> None:
     digest = hashlib.sha256(b"abc").hexdigest()
     assert small["audit_id"] == f"reject:{digest}"
     assert small["attributes"] == {
+        "kind": "other",
         "reason": "bad",
         "bytes": "3",
         "sha256": digest,
@@ -88,11 +97,24 @@ def test_reject_event_chains_what_was_refused_and_proves_it_by_hash() -> None:
     assert decode_audit_event(encode_audit_event(big, validate=True)) == big
 
 
-def test_reason_kinds_are_a_small_set() -> None:
-    assert _reason_kind("event is 200000 bytes, over the 102400 byte limit") == "too_large"
-    assert _reason_kind("line is not valid JSON (Expecting value)") == "malformed"
-    assert _reason_kind("auditID is missing") == "missing_field"
-    assert _reason_kind('kind must be "Event", not 0') == "wrong_type"
+def test_rejects_carry_their_kind_from_where_they_were_refused() -> None:
+    def kinds(items: list[bytes], limit: int = 200) -> list[RejectKind]:
+        body = b'{"kind":"EventList","items":[' + b",".join(items) + b"]}"
+        return [r.kind for r in parse_body(body, "c1", 0, max_event_bytes=limit).rejects]
+
+    good = b'{"auditID":"a","stage":"Panic","verb":"get"}'
+    assert kinds([good[:-1] + b',"x":"' + b"y" * 300 + b'"}']) == [RejectKind.TOO_LARGE]
+    assert kinds([b'{"stage":"Panic","verb":"get"}']) == [RejectKind.MISSING_FIELD]
+    assert kinds([b'{"kind":0,"auditID":"a","stage":"Panic","verb":"get"}']) == [
+        RejectKind.WRONG_TYPE
+    ]
+    assert kinds([b"17"]) == [RejectKind.WRONG_TYPE]
+    with pytest.raises(RejectError) as info:
+        parse_line(b"{not json", "c1", 0)
+    assert info.value.kind == RejectKind.MALFORMED
+    assert set(RejectKind) == {
+        "too_large", "malformed", "missing_field", "wrong_type", "bad_body", "other"
+    }  # fmt: skip
 
 
 def test_position_file_round_trip_and_errors(tmp_path: Path) -> None:
