@@ -55,10 +55,12 @@ _PRIVATE_PREFIX = "PRIVATE+KEY+"
 
 
 def is_valid_name(name: str) -> bool:
-    """A key name is non-empty UTF-8 without Unicode spaces and without ``+``."""
+    """A key name is non-empty UTF-8 without Unicode spaces and without ``+`` (Go's rule), and
+    without control characters below U+0020, which no note may contain (so such a name could
+    never sign one). ``/`` is allowed: origin-style names like ``example.com/audit`` are usual."""
     if not name or "+" in name:
         return False
-    if any(ch.isspace() for ch in name):
+    if any(ch.isspace() or ch < " " for ch in name):
         return False
     try:
         name.encode("utf-8")

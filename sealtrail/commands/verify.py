@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+_VERIFIER_KEY = re.compile(r"[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+=*")
+
+
 def load_keyring(value: str | None) -> KeyRing:
     """A key ring from a file path (key ring or .pub) or a verifier key string."""
     if not value:
@@ -40,7 +44,8 @@ def load_keyring(value: str | None) -> KeyRing:
             f"{ENV_VERIFIER_KEYS}"
         )
     path = Path(value)
-    if path.exists() or "+" not in value or "/" in value.split("+", 1)[0]:
+    # A key name may contain '/' (example.com/audit), so only the key's shape tells it from a path.
+    if path.exists() or not _VERIFIER_KEY.fullmatch(value.strip()):
         return KeyRing.load(path)
     ring = KeyRing()
     ring.add(Verifier.from_verifier_key(value))
