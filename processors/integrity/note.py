@@ -119,7 +119,9 @@ class Verifier:
 
     def __init__(self, name: str, public_key: bytes) -> None:
         if not is_valid_name(name):
-            raise KeyFileError("key name must be non-empty and contain no spaces or '+'")
+            raise KeyFileError(
+                "key name must be non-empty with no whitespace, control characters or '+'"
+            )
         if len(public_key) != 32:
             raise KeyFileError("an Ed25519 public key is 32 bytes")
         self.name = name

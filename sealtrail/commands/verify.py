@@ -552,12 +552,27 @@ def export(
     from processors.verifier.kafka_source import chain_id, chain_partitions, read_checkpoint_notes
 
     settings = settings_of(ctx)
-    added = 0
+    added = not_text = 0
     for p in chain_partitions(settings, timeout=timeout):
         chain = chain_id(settings, p)
-        notes = [c.note for c in read_checkpoint_notes(settings, p, chain)]
+        notes = []
+        for item in read_checkpoint_notes(settings, p, chain):
+            if not item.note.isascii() and not _is_utf8(item.note):
+                not_text += 1  # a note it cannot be; `sealtrail verify` reports it
+                continue
+            notes.append(item.note)
         added += offsite.append_notes(to, chain, notes)
     typer.echo(f"exported {added} new checkpoint(s) to {to}")
+    if not_text:
+        _say(f"skipped {not_text} record(s) that are not UTF-8; run 'sealtrail verify'")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def register(app: typer.Typer) -> None:

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from typer.testing import CliRunner
 
 from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, sign_checkpoint
 from processors.integrity.errors import CheckpointMismatch, MalformedCheckpoint
 from processors.integrity.merkle import EMPTY_ROOT
 from processors.integrity.note import Signer
 from processors.integrity.record import ZERO_HASH
+from processors.verifier import offsite
 from processors.verifier.kafka_source import chain_id, read_checkpoint_notes
+from sealtrail.cli import app
 from sealtrail.config import Settings
 from sealtrail.kafka import producer_conf
 
 pytestmark = pytest.mark.integration
 
 
-def test_notes_are_read_whatever_their_key_and_never_repaired(settings: Settings) -> None:
+def test_notes_are_read_whatever_their_key_and_never_repaired(
+    settings: Settings, tmp_path: Path
+) -> None:
     signer = Signer("sealtrail.test", bytes(range(32)))
     ring = KeyRing()
     ring.add(signer.verifier)
@@ -55,3 +61,11 @@ def test_notes_are_read_whatever_their_key_and_never_repaired(settings: Settings
     # Bytes that are not UTF-8 are rejected, not repaired into U+FFFD and accepted.
     with pytest.raises(MalformedCheckpoint, match="not valid UTF-8"):
         open_checkpoint(notes[3].note, ring, origin=origin)
+    # `checkpoints export` copies the notes as they are, and skips (and says) what is not text.
+    s = settings
+    args = ["--kafka", s.kafka, "--topic-prefix", s.topic_prefix, "--home", str(s.home)]
+    result = CliRunner().invoke(app, [*args, "checkpoints", "export", "--to", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "exported 2 new checkpoint(s)" in result.output
+    assert "skipped 1 record(s) that are not UTF-8" in result.output
+    assert offsite.read_notes(tmp_path, chain) == [mine, other]
