@@ -26,9 +26,11 @@ demo-quick: setup
 
 # The long fault tests (marked slow) run in `make test-faults`; their short versions run here.
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-unit: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" tests/unit $(PYTEST_ARGS)
 
 test-integration: setup
@@ -46,6 +48,7 @@ bench-tiny: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 stop:
 	-$(BIN)/sealtrail stack down

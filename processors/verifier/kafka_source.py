@@ -138,21 +138,18 @@ def _malformed(value: bytes | None, exc: SealtrailError | None) -> MalformedReco
 
 
 def read_checkpoint_notes(settings: Settings, partition: int, chain: str) -> list[SourceCheckpoint]:
-    """Every checkpoint note of ``chain`` in its partition (keyed by chain id)."""
+    """Every checkpoint note in the partition of ``chain``. The Kafka key (the chain id) is not
+    signed, so it selects nothing: a note of another chain fails the origin check instead."""
     consumer = reader(settings)
     out: list[SourceCheckpoint] = []
-    key = chain.encode("utf-8")
     try:
-        for offset, msg_key, value in read_partition(
-            consumer, settings.topics.checkpoints, partition
-        ):
-            if msg_key != key:
-                continue
+        for offset, _key, value in read_partition(consumer, settings.topics.checkpoints, partition):
             raw = value or b""
             try:
                 note = raw.decode("utf-8")
             except UnicodeDecodeError:
-                note = raw.decode("utf-8", "replace")  # open_checkpoint reports it
+                # Kept invalid (not replaced by U+FFFD): open_checkpoint rejects it as not UTF-8.
+                note = raw.decode("utf-8", "surrogateescape")
             out.append(SourceCheckpoint(note, offset, "topic"))
     finally:
         consumer.close()

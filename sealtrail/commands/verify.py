@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+_VERIFIER_KEY = re.compile(r"[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+=*")
+
+
 def load_keyring(value: str | None) -> KeyRing:
     """A key ring from a file path (key ring or .pub) or a verifier key string."""
     if not value:
@@ -40,7 +44,8 @@ def load_keyring(value: str | None) -> KeyRing:
             f"{ENV_VERIFIER_KEYS}"
         )
     path = Path(value)
-    if path.exists() or "+" not in value or "/" in value.split("+", 1)[0]:
+    # A key name may contain '/' (example.com/audit), so only the key's shape tells it from a path.
+    if path.exists() or not _VERIFIER_KEY.fullmatch(value.strip()):
         return KeyRing.load(path)
     ring = KeyRing()
     ring.add(Verifier.from_verifier_key(value))
@@ -547,12 +552,27 @@ def export(
     from processors.verifier.kafka_source import chain_id, chain_partitions, read_checkpoint_notes
 
     settings = settings_of(ctx)
-    added = 0
+    added = not_text = 0
     for p in chain_partitions(settings, timeout=timeout):
         chain = chain_id(settings, p)
-        notes = [c.note for c in read_checkpoint_notes(settings, p, chain)]
+        notes = []
+        for item in read_checkpoint_notes(settings, p, chain):
+            if not item.note.isascii() and not _is_utf8(item.note):
+                not_text += 1  # a note it cannot be; `sealtrail verify` reports it
+                continue
+            notes.append(item.note)
         added += offsite.append_notes(to, chain, notes)
     typer.echo(f"exported {added} new checkpoint(s) to {to}")
+    if not_text:
+        _say(f"skipped {not_text} record(s) that are not UTF-8; run 'sealtrail verify'")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def register(app: typer.Typer) -> None:
