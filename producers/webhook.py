@@ -43,7 +43,7 @@ from producers.kafka_writer import (
     now_us,
 )
 from schemas.codec import encode_audit_event
-from sealtrail.config import Settings
+from sealtrail.config import Settings, parse_listen
 from sealtrail.errors import ConfigError
 from sealtrail.kafka import MAX_EVENT_LIMIT
 
@@ -91,13 +91,6 @@ class WebhookOptions:
     # Seconds a client may take to send its headers (from connect) or its body; slow clients
     # (slowloris) are cut off instead of holding a connection forever.
     read_timeout: float = 30.0
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"--listen {listen!r} is not HOST:PORT; use e.g. 127.0.0.1:9880")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def load_tokens(path: Path, default_cluster: str | None) -> list[tuple[bytes, str]]:

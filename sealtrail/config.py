@@ -110,3 +110,12 @@ def read_properties(path: Path) -> dict[str, str]:
             raise ConfigError(f"{path}:{number} is not a 'key=value' line; fix or remove it")
         props[line[:sep].strip()] = line[sep + 1 :].strip()
     return props
+
+
+def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
+    """A ``HOST:PORT`` to listen on -> (host, port). ``[::1]:443`` is IPv6; an empty host
+    (``:9880``) means every interface, as in Go and most servers."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{option} {value!r} is not HOST:PORT; use e.g. 127.0.0.1:9880")
+    return host.strip("[]") or "0.0.0.0", int(port)

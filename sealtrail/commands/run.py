@@ -8,16 +8,10 @@ from typing import Annotated
 import typer
 
 from sealtrail.commands.context import settings_of
+from sealtrail.config import parse_listen
 from sealtrail.errors import ConfigError
 from sealtrail.service import StopFlag
 from sealtrail.supervisor import Supervisor
-
-
-def _host_port(value: str, option: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"{option} must be HOST:PORT, got {value!r}")
-    return host or "127.0.0.1", int(port)
 
 
 def run(
@@ -75,7 +69,7 @@ def run(
         from producers.webhook import TLS_FOR_TOKENS
 
         raise ConfigError(TLS_FOR_TOKENS)
-    webhook_host, webhook_port = _host_port(listen, "--listen")
+    webhook_host, webhook_port = parse_listen(listen, "--listen")
     children: list[tuple[str, list[str]]] = []
     if not no_webhook:
         webhook = ["produce", "webhook", "--listen", listen]
@@ -96,10 +90,12 @@ def run(
     children.append(("chainer", chain))
     children.append(("sink", ["sink"]))
     scheme = "http" if tls_cert is None else "https"
+    if webhook_host in ("0.0.0.0", "::"):
+        webhook_host = "127.0.0.1"  # listening everywhere: ask it over loopback
     supervisor = Supervisor(
         settings,
         children,
-        _host_port(health_listen, "--health-listen"),
+        parse_listen(health_listen, "--health-listen"),
         StopFlag().install(),
         webhook_metrics_url=None
         if no_webhook

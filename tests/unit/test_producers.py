@@ -25,7 +25,7 @@ from producers.k8s import (
     reject_event,
 )
 from producers.load import event_list, generate
-from producers.webhook import load_tokens, parse_listen
+from producers.webhook import load_tokens
 from schemas.codec import decode_audit_event, encode_audit_event
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError
@@ -63,14 +63,6 @@ def test_empty_or_missing_token_file(tmp_path: Path) -> None:
         load_tokens(path, None)
     with pytest.raises(ConfigError, match="cannot read"):
         load_tokens(tmp_path / "absent", None)
-
-
-def test_parse_listen() -> None:
-    assert parse_listen("127.0.0.1:9880") == ("127.0.0.1", 9880)
-    assert parse_listen(":9880") == ("0.0.0.0", 9880)
-    assert parse_listen("[::1]:443") == ("::1", 443)
-    with pytest.raises(ConfigError, match="HOST:PORT"):
-        parse_listen("localhost")
 
 
 def test_reject_event_chains_what_was_refused_and_proves_it_by_hash() -> None:
