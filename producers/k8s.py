@@ -31,6 +31,7 @@ from sealtrail.errors import DecodeError
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
 
 __all__ = [
+    "audit_event",
     "MAX_EVENT_BYTES",
     "REJECT_KEEP_BYTES",
     "REJECT_SOURCE",
@@ -120,23 +121,20 @@ def over_limit_reason(size: int, limit: int) -> str:
     return f"event is {size} bytes, over the {limit} byte limit"
 
 
-def reject_event(
-    reject: Reject, cluster: str, producer: str, received_at_us: int
+def audit_event(
+    cluster: str, source: str, received_at_us: int, original: bytes, **fields: Any
 ) -> dict[str, Any]:
-    """The AuditEvent datum that chains a reject (``source`` = ``"reject"``, docs/SCHEMAS.md).
+    """An AuditEvent datum: ``fields`` over the schema's defaults (schemas/audit_event.avsc).
 
-    ``original`` holds the rejected bytes (their first :data:`REJECT_KEEP_BYTES` when they were
-    longer), ``attributes`` the reason, the full size and the SHA-256 of all of them, so the
-    chain proves what was refused even when it does not hold every byte. ``audit_id`` is
-    ``reject:<sha256>``: a client that resends the same bytes makes the same reject."""
-    digest = reject.digest.hex()
-    return {
+    The one place the datum's 33 keys are spelled out; a key the schema lacks raises
+    ``TypeError`` (a typo would otherwise be dropped by the encoder)."""
+    datum: dict[str, Any] = {
         "cluster": cluster,
-        "source": REJECT_SOURCE,
+        "source": source,
         "received_at": received_at_us,
-        "original": reject.raw,
+        "original": original,
         "api_version": "",
-        "audit_id": f"reject:{digest}",
+        "audit_id": "",
         "stage": "",
         "level": "",
         "verb": "",
@@ -159,18 +157,46 @@ def reject_event(
         "request_received_at": None,
         "stage_at": None,
         "annotations": {},
-        "actor": producer,
-        "action": "reject",
+        "actor": "",
+        "action": "",
         "resource": "",
-        "outcome": "rejected",
-        "attributes": {
+        "outcome": "",
+        "attributes": {},
+    }
+    unknown = fields.keys() - datum.keys()
+    if unknown:
+        raise TypeError(f"AuditEvent has no field(s) {', '.join(sorted(unknown))}")
+    datum.update(fields)
+    return datum
+
+
+def reject_event(
+    reject: Reject, cluster: str, producer: str, received_at_us: int
+) -> dict[str, Any]:
+    """The AuditEvent datum that chains a reject (``source`` = ``"reject"``, docs/SCHEMAS.md).
+
+    ``original`` holds the rejected bytes (their first :data:`REJECT_KEEP_BYTES` when they were
+    longer), ``attributes`` the reason, the full size and the SHA-256 of all of them, so the
+    chain proves what was refused even when it does not hold every byte. ``audit_id`` is
+    ``reject:<sha256>``: a client that resends the same bytes makes the same reject."""
+    digest = reject.digest.hex()
+    return audit_event(
+        cluster,
+        REJECT_SOURCE,
+        received_at_us,
+        reject.raw,
+        audit_id=f"reject:{digest}",
+        actor=producer,
+        action="reject",
+        outcome="rejected",
+        attributes={
             "kind": str(reject.kind),
             "reason": reject.reason,
             "bytes": str(reject.total_size),
             "sha256": digest,
             "truncated": "true" if reject.total_size > len(reject.raw) else "false",
         },
-    }
+    )
 
 
 @dataclass(slots=True)
@@ -382,43 +408,38 @@ def _to_datum(
     if received is None:
         received = _time(item, "timestamp")  # v1alpha1 events carry only "timestamp"
 
-    return {
-        "cluster": cluster,
-        "source": "k8s",
-        "received_at": received_at_us,
-        "original": raw,
-        "api_version": api_version,
-        "audit_id": audit_id,
-        "stage": stage,
-        "level": _str(item, "level"),
-        "verb": verb,
-        "request_uri": _str(item, "requestURI"),
-        "user_name": _str(user, "username", "user."),
-        "user_uid": _str(user, "uid", "user."),
-        "user_groups": _str_list(user.get("groups"), "user.groups"),
-        "user_extra": extra,
-        "impersonated_user": (
+    return audit_event(
+        cluster,
+        "k8s",
+        received_at_us,
+        raw,
+        api_version=api_version,
+        audit_id=audit_id,
+        stage=stage,
+        level=_str(item, "level"),
+        verb=verb,
+        request_uri=_str(item, "requestURI"),
+        user_name=_str(user, "username", "user."),
+        user_uid=_str(user, "uid", "user."),
+        user_groups=_str_list(user.get("groups"), "user.groups"),
+        user_extra=extra,
+        impersonated_user=(
             None if impersonated is None else _str(impersonated, "username", "impersonatedUser.")
         ),
-        "source_ips": _str_list(item.get("sourceIPs"), "sourceIPs"),
-        "user_agent": _str(item, "userAgent"),
-        "object_resource": _str(ref, "resource", "objectRef."),
-        "object_namespace": _str(ref, "namespace", "objectRef."),
-        "object_name": _str(ref, "name", "objectRef."),
-        "object_subresource": _str(ref, "subresource", "objectRef."),
-        "object_api_group": _str(ref, "apiGroup", "objectRef."),
-        "object_api_version": _str(ref, "apiVersion", "objectRef."),
-        "object_uid": _str(ref, "uid", "objectRef."),
-        "response_code": code,
-        "request_received_at": received,
-        "stage_at": _time(item, "stageTimestamp"),
-        "annotations": _str_map(item.get("annotations"), "annotations"),
-        "actor": "",
-        "action": "",
-        "resource": "",
-        "outcome": "",
-        "attributes": {},
-    }
+        source_ips=_str_list(item.get("sourceIPs"), "sourceIPs"),
+        user_agent=_str(item, "userAgent"),
+        object_resource=_str(ref, "resource", "objectRef."),
+        object_namespace=_str(ref, "namespace", "objectRef."),
+        object_name=_str(ref, "name", "objectRef."),
+        object_subresource=_str(ref, "subresource", "objectRef."),
+        object_api_group=_str(ref, "apiGroup", "objectRef."),
+        object_api_version=_str(ref, "apiVersion", "objectRef."),
+        object_uid=_str(ref, "uid", "objectRef."),
+        response_code=code,
+        request_received_at=received,
+        stage_at=_time(item, "stageTimestamp"),
+        annotations=_str_map(item.get("annotations"), "annotations"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,38 +764,17 @@ def generic_event(
         separators=(",", ":"),
         ensure_ascii=False,
     ).encode("utf-8")
-    return {
-        "cluster": cluster,
-        "source": "generic",
-        "received_at": received_at_us,
-        "original": original,
-        "api_version": "",
-        "audit_id": event_id,
-        "stage": "",
-        "level": "",
-        "verb": "",
-        "request_uri": "",
-        "user_name": "",
-        "user_uid": "",
-        "user_groups": [],
-        "user_extra": {},
-        "impersonated_user": None,
-        "source_ips": [],
-        "user_agent": "",
-        "object_resource": "",
-        "object_namespace": "",
-        "object_name": "",
-        "object_subresource": "",
-        "object_api_group": "",
-        "object_api_version": "",
-        "object_uid": "",
-        "response_code": None,
-        "request_received_at": timestamp_us,
-        "stage_at": timestamp_us,
-        "annotations": {},
-        "actor": actor,
-        "action": action,
-        "resource": resource,
-        "outcome": outcome,
-        "attributes": attrs,
-    }
+    return audit_event(
+        cluster,
+        "generic",
+        received_at_us,
+        original,
+        audit_id=event_id,
+        request_received_at=timestamp_us,
+        stage_at=timestamp_us,
+        actor=actor,
+        action=action,
+        resource=resource,
+        outcome=outcome,
+        attributes=attrs,
+    )
