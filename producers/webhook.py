@@ -18,7 +18,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -37,6 +36,7 @@ from producers.k8s import (
 )
 from producers.kafka_writer import (
     Backpressure,
+    Batch,
     ConfirmedProducer,
     DeliveryFailed,
     asyncio_batch,
@@ -128,10 +128,6 @@ def load_tokens(path: Path, default_cluster: str | None) -> list[tuple[bytes, st
 
 class _BodyTooLarge(Exception):  # noqa: N818 - internal signal: over --max-body-bytes
     pass
-
-
-def _event_value(datum: dict[str, Any], _cluster: str, _received: int) -> bytes:
-    return encode_audit_event(datum)
 
 
 def _reject_value(reject: Reject, cluster: str, received: int) -> bytes:
@@ -380,6 +376,14 @@ class WebhookServer:
         )
         return web.json_response({"error": message}, status=status)
 
+    async def _acked(self, batch: Batch, done: asyncio.Future[str | None]) -> str | None:
+        """Seal the request's batch and wait for Kafka: None once every record is stored."""
+        batch.seal()
+        try:
+            return await asyncio.wait_for(done, self.options.ack_timeout + 2.0)
+        except TimeoutError:
+            return "no acknowledgement within the ack timeout"
+
     async def handle_post(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
@@ -463,11 +467,7 @@ class WebhookServer:
                     producer.produce(batch, raw_topic, key, encode_audit_event(event))
                 for rej in result.rejects:
                     producer.produce_reject(batch, rej, SOURCE, cluster, received)
-            batch.seal()
-            try:
-                error = await asyncio.wait_for(done, self.options.ack_timeout + 2.0)
-            except TimeoutError:
-                error = "no acknowledgement within the ack timeout"
+            error = await self._acked(batch, done)
         except Backpressure:
             batch.seal()
             return self._unavailable("backpressure", "the Kafka producer queue is full; retry")
@@ -548,7 +548,7 @@ class WebhookServer:
                             value = _reject_value(outcome, cluster, received)
                         else:
                             accepted += 1
-                            value = _event_value(outcome, cluster, received)
+                            value = encode_audit_event(outcome)
                         await put(value)
                     if not chunk:
                         break
@@ -558,11 +558,7 @@ class WebhookServer:
                     parser.drain(chunk)
                 self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
                 await put(_reject_value(parser.body_reject(bad), cluster, received))
-            batch.seal()
-            try:
-                error = await asyncio.wait_for(done, self.options.ack_timeout + 2.0)
-            except TimeoutError:
-                error = "no acknowledgement within the ack timeout"
+            error = await self._acked(batch, done)
         except TimeoutError:
             batch.seal()
             resp = self._refused(

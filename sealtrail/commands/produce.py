@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from sealtrail.commands import webhook_options
 from sealtrail.commands.context import settings_of
 from sealtrail.errors import ConfigError, KafkaUnavailable
 from sealtrail.service import StopFlag
@@ -22,44 +23,17 @@ log = logging.getLogger("sealtrail.produce")
 @produce_app.command("webhook")
 def webhook(
     ctx: typer.Context,
-    listen: Annotated[
-        str, typer.Option(envvar="SEALTRAIL_WEBHOOK_LISTEN", help="HOST:PORT to listen on.")
-    ] = "127.0.0.1:9880",
-    tokens: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="SEALTRAIL_WEBHOOK_TOKENS",
-            help="File of 'TOKEN CLUSTER' lines (mode 600): bearer tokens and their clusters.",
-        ),
-    ] = None,
-    tls_cert: Annotated[
-        Path | None,
-        typer.Option(envvar="SEALTRAIL_WEBHOOK_TLS_CERT", help="TLS certificate (PEM)."),
-    ] = None,
-    tls_key: Annotated[
-        Path | None,
-        typer.Option(envvar="SEALTRAIL_WEBHOOK_TLS_KEY", help="TLS private key (PEM)."),
-    ] = None,
-    allow_plain_http_tokens: Annotated[
-        bool,
-        typer.Option(
-            "--allow-plain-http-tokens",
-            envvar="SEALTRAIL_WEBHOOK_ALLOW_PLAIN_HTTP_TOKENS",
-            help="Accept --tokens without TLS (only behind a TLS-terminating proxy: "
-            "kube-apiserver sends tokens only over https).",
-        ),
-    ] = False,
+    listen: webhook_options.Listen = "127.0.0.1:9880",
+    tokens: webhook_options.Tokens = None,
+    tls_cert: webhook_options.TlsCert = None,
+    tls_key: webhook_options.TlsKey = None,
+    allow_plain_http_tokens: webhook_options.AllowPlainHttpTokens = False,
     client_ca: Annotated[
         Path | None,
         typer.Option(help="CA bundle for client certificates (cluster = cert CN or --cluster)."),
     ] = None,
-    insecure_no_auth: Annotated[
-        bool, typer.Option("--insecure-no-auth", help="Accept unauthenticated requests.")
-    ] = False,
-    cluster: Annotated[
-        str | None,
-        typer.Option(help="Cluster name for --insecure-no-auth, client certs or lone tokens."),
-    ] = None,
+    insecure_no_auth: webhook_options.InsecureNoAuth = False,
+    cluster: webhook_options.Cluster = None,
     max_body_bytes: Annotated[
         int,
         typer.Option(help="Largest request body (0: no limit; large bodies are streamed)."),

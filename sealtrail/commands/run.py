@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from sealtrail.commands import webhook_options
 from sealtrail.commands.context import settings_of
 from sealtrail.config import parse_listen
 from sealtrail.errors import ConfigError
@@ -16,35 +17,13 @@ from sealtrail.supervisor import Supervisor
 
 def run(
     ctx: typer.Context,
-    listen: Annotated[
-        str, typer.Option(envvar="SEALTRAIL_WEBHOOK_LISTEN", help="Webhook HOST:PORT.")
-    ] = "127.0.0.1:9880",
-    tokens: Annotated[
-        Path | None,
-        typer.Option(envvar="SEALTRAIL_WEBHOOK_TOKENS", help="Webhook token file (TOKEN CLUSTER)."),
-    ] = None,
-    tls_cert: Annotated[
-        Path | None,
-        typer.Option(envvar="SEALTRAIL_WEBHOOK_TLS_CERT", help="Webhook TLS certificate (PEM)."),
-    ] = None,
-    tls_key: Annotated[
-        Path | None,
-        typer.Option(envvar="SEALTRAIL_WEBHOOK_TLS_KEY", help="Webhook TLS private key (PEM)."),
-    ] = None,
-    allow_plain_http_tokens: Annotated[
-        bool,
-        typer.Option(
-            "--allow-plain-http-tokens",
-            envvar="SEALTRAIL_WEBHOOK_ALLOW_PLAIN_HTTP_TOKENS",
-            help="Accept --tokens without TLS (only behind a TLS-terminating proxy).",
-        ),
-    ] = False,
-    insecure_no_auth: Annotated[
-        bool, typer.Option("--insecure-no-auth", help="Accept webhook posts without a token.")
-    ] = False,
-    cluster: Annotated[
-        str | None, typer.Option(help="Cluster name when the webhook has no token file.")
-    ] = None,
+    listen: webhook_options.Listen = "127.0.0.1:9880",
+    tokens: webhook_options.Tokens = None,
+    tls_cert: webhook_options.TlsCert = None,
+    tls_key: webhook_options.TlsKey = None,
+    allow_plain_http_tokens: webhook_options.AllowPlainHttpTokens = False,
+    insecure_no_auth: webhook_options.InsecureNoAuth = False,
+    cluster: webhook_options.Cluster = None,
     signing_key: Annotated[
         Path | None,
         typer.Option(envvar="SEALTRAIL_SIGNING_KEY", help="Checkpoint signing key (0600)."),

@@ -48,6 +48,7 @@ from tests.integration.test_producers import (
     get,
     good_lines,
     post,
+    started_webhook,
     token_file,
 )
 
@@ -98,19 +99,13 @@ def good_items() -> list[bytes]:
 
 @pytest.fixture
 def hook(settings: Settings, tmp_path: Path) -> Iterator[WebhookServer]:
-    tokens = token_file(tmp_path, f"{TOKEN_A} cluster-a\n{TOKEN_B} cluster-b\n")
-    server = WebhookServer(
+    server = started_webhook(
         settings,
-        WebhookOptions(
-            listen="127.0.0.1:0",
-            tokens=tokens,
-            allow_plain_http_tokens=True,
-            read_timeout=1.5,
-            # A small per-event limit so the attacks below can pass it cheaply (default 32 MiB).
-            max_event_bytes=100 * 1024,
-        ),
+        tmp_path,
+        read_timeout=1.5,
+        # A small per-event limit so the attacks below can pass it cheaply (default 32 MiB).
+        max_event_bytes=100 * 1024,
     )
-    server.start()
     try:
         yield server
     finally:
@@ -497,17 +492,7 @@ def test_body_over_a_configured_limit_is_refused_without_reading_it(
 ) -> None:
     """By default no body is too large (they are streamed); an operator's --max-body-bytes is
     enforced with 413, and each refusal is logged and counted."""
-    tokens = token_file(tmp_path, f"{TOKEN_A} cluster-a\n")
-    hook = WebhookServer(
-        settings,
-        WebhookOptions(
-            listen="127.0.0.1:0",
-            tokens=tokens,
-            allow_plain_http_tokens=True,
-            max_body_bytes=10 * 1024 * 1024,
-        ),
-    )
-    hook.start()
+    hook = started_webhook(settings, tmp_path, max_body_bytes=10 * 1024 * 1024)
     try:
         _refuse_oversize_bodies(settings, hook, good_items)
         assert metric(hook, 'sealtrail_webhook_refused_requests_total{code="413"}') == 2

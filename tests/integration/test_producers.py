@@ -140,19 +140,23 @@ def token_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-@pytest.fixture
-def webhook(settings: Settings, tmp_path: Path) -> Iterator[WebhookServer]:
+def started_webhook(settings: Settings, tmp_path: Path, **options: Any) -> WebhookServer:
+    """A webhook on a free loopback port taking TOKEN_A (cluster-a) and TOKEN_B (cluster-b) over
+    plain http (tests post from this machine; real API servers need TLS)."""
     tokens = token_file(tmp_path, f"# test tokens\n{TOKEN_A} cluster-a\n{TOKEN_B} cluster-b\n")
     server = WebhookServer(
         settings,
         WebhookOptions(
-            listen="127.0.0.1:0",
-            tokens=tokens,
-            allow_plain_http_tokens=True,
-            max_body_bytes=2 * 1024 * 1024,
+            listen="127.0.0.1:0", tokens=tokens, allow_plain_http_tokens=True, **options
         ),
     )
     server.start()
+    return server
+
+
+@pytest.fixture
+def webhook(settings: Settings, tmp_path: Path) -> Iterator[WebhookServer]:
+    server = started_webhook(settings, tmp_path, max_body_bytes=2 * 1024 * 1024)
     try:
         yield server
     finally:
@@ -459,17 +463,7 @@ def test_large_events_and_bodies_are_streamed_and_every_item_chained(
     over the limit is chained as a reject that proves its bytes, and a body broken half-way
     keeps the items before the break."""
     lines = good_lines()
-    tokens = token_file(tmp_path, f"{TOKEN_A} cluster-a\n")
-    server = WebhookServer(
-        settings,
-        WebhookOptions(
-            listen="127.0.0.1:0",
-            tokens=tokens,
-            allow_plain_http_tokens=True,
-            max_event_bytes=2 * 1024 * 1024,
-        ),
-    )
-    server.start()
+    server = started_webhook(settings, tmp_path, max_event_bytes=2 * 1024 * 1024)
     try:
         large = [_grown(lines[0], n, str(n)) for n in (150_000, 400_000, 900_000)]
         ordinary = [lines[i % len(lines)] for i in range(60)]
