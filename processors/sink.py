@@ -49,6 +49,7 @@ from processors.clickhouse_schema import (
     REJECT_COLUMNS,
     migrate,
 )
+from processors.integrity.chains import chain_of_origin
 from processors.integrity.checkpoint import Checkpoint
 from processors.integrity.errors import MalformedCheckpoint
 from processors.integrity.record import HASH_SIZE, ChainedRecord
@@ -64,7 +65,6 @@ from sealtrail.service import StopFlag, backoff
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_GROUP",
     "Sink",
     "SinkOptions",
     "SinkStats",
@@ -72,7 +72,6 @@ __all__ = [
     "parse_checkpoint",
 ]
 
-DEFAULT_GROUP = "sealtrail-sink"
 AVRO_FILE_NAME = ".sealtrail-sink.avro"  # the fast path's container file, in the chdb store
 # Consumer rebuilds in a row without a commit: past this, something else holds the member id.
 MAX_CONSUMER_REBUILDS = 5
@@ -330,7 +329,7 @@ class Sink:
         self.stop = stop if stop is not None else StopFlag()  # an unset flag is falsy
         self.stats = SinkStats()
         # The topic prefix separates deployments sharing a cluster, as for the chainer.
-        self.group = self.options.group or f"{settings.topic_prefix}{DEFAULT_GROUP}"
+        self.group = self.options.group or settings.groups.sink
         self.db = clickhouse.validate_identifier(settings.clickhouse_database)
         self.chain_topic = settings.topics.chain
         self.checkpoint_topic = settings.topics.checkpoints
@@ -847,7 +846,7 @@ class Sink:
                 root, head = checkpoint.root_hash, checkpoint.head_hash
             except MalformedCheckpoint as exc:
                 error = str(exc)
-            chain = key or _chain_of_origin(origin, self.settings.deployment)
+            chain = key or chain_of_origin(origin, self.settings.deployment) or origin
             rows.append(
                 [
                     chain,
@@ -973,6 +972,3 @@ def _pivot(rows: list[list[Any]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def _chain_of_origin(origin: str, deployment: str) -> str:
-    prefix = f"{deployment}/"
-    return origin[len(prefix) :] if origin.startswith(prefix) else origin

@@ -45,6 +45,19 @@ class Topics:
 
 
 @dataclass(frozen=True, slots=True)
+class Groups:
+    """The consumer groups of one deployment (the topic prefix separates deployments sharing a
+    cluster, as for topics). The verifier reads the sink's committed offsets by this name."""
+
+    chainer: str
+    sink: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Groups:
+        return cls(chainer=f"{prefix}sealtrail-chainer", sink=f"{prefix}sealtrail-sink")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every deployment-wide setting. Build with :meth:`from_env`, override with :meth:`with_`."""
 
@@ -78,6 +91,10 @@ class Settings:
     @property
     def topics(self) -> Topics:
         return Topics.with_prefix(self.topic_prefix)
+
+    @property
+    def groups(self) -> Groups:
+        return Groups.with_prefix(self.topic_prefix)
 
     @property
     def clickhouse_dsn(self) -> str:

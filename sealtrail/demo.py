@@ -192,7 +192,7 @@ class Demo:
                 "enable.auto.commit": False,
             }
         )
-        groups = {"sealtrail-chainer": topics.raw, "sealtrail-sink": topics.chain}
+        groups = {settings.groups.chainer: topics.raw, settings.groups.sink: topics.chain}
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:

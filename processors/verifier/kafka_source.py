@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException
 
+from processors.integrity import chains
 from processors.integrity.checkpoint import KeyRing, origin_for
 from processors.integrity.errors import MalformedRecord
 from processors.integrity.record import ChainedRecord
@@ -38,7 +39,7 @@ __all__ = [
 
 
 def chain_id(settings: Settings, partition: int) -> str:
-    return f"{settings.topics.raw}/{partition}"
+    return chains.chain_id(settings.topics.raw, partition)
 
 
 def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:

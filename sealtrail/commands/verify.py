@@ -151,9 +151,7 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
 
 
 def _default_sink_group(settings: Settings) -> str:
-    from processors.sink import DEFAULT_GROUP
-
-    return f"{settings.topic_prefix}{DEFAULT_GROUP}"
+    return settings.groups.sink
 
 
 def run_verify(
@@ -441,14 +439,15 @@ def _checkpoints(settings: Settings, chain: str, ring: KeyRing) -> list[tuple[st
 
 
 def _partition_of(settings: Settings, chain: str) -> int:
-    prefix = settings.topics.raw + "/"
-    tail = chain[len(prefix) :] if chain.startswith(prefix) else ""
-    if not tail.isdigit():
+    from processors.integrity.chains import partition_of
+
+    partition = partition_of(chain, settings.topics.raw)
+    if partition is None:
         raise ConfigError(
-            f"chain {chain!r} is not '{prefix}<partition>'; check --chain and "
+            f"chain {chain!r} is not '{settings.topics.raw}/<partition>'; check --chain and "
             "SEALTRAIL_TOPIC_PREFIX"
         )
-    return int(tail)
+    return partition
 
 
 def _leaves(settings: Settings, chain: str, size: int, keep: tuple[int, ...] = ()) -> Any:

@@ -343,7 +343,7 @@ def _run_pipeline(pipe: Pipeline, health_port: int) -> Proc:
         pipe.settings, pipe.logs, keep_alive=False,
     )  # fmt: skip
     pipe.procs["run"] = proc.start()
-    pipe.sink_group = f"{pipe.settings.topic_prefix}sealtrail-sink"  # ``sealtrail run``'s sink
+    pipe.sink_group = pipe.settings.groups.sink  # ``sealtrail run``'s sink
     assert wait_for(lambda: http_status(pipe.url + "healthz") == 200, 60), proc.log_text()
     return proc
 
