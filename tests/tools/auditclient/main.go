@@ -108,6 +108,19 @@ func (s *errorSink) record(msg string) {
 	s.errors = append(s.errors, pe)
 }
 
+// refused counts the events the buffered backend itself dropped (its buffer was full or shut).
+func (s *errorSink) refused() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range s.errors {
+		if strings.HasPrefix(e.Message, pluginbuffered.PluginName+": ") {
+			n += e.Events
+		}
+	}
+	return n
+}
+
 // observer sits between the buffered backend and the webhook backend: it only counts the batches
 // the buffered backend forms (and reports them on stderr) and passes them on unchanged.
 type observer struct {
@@ -116,8 +129,12 @@ type observer struct {
 	batches   []int
 	failed    int
 	delivered int
-	allIn     chan struct{}
-	want      int
+}
+
+func (o *observer) passedOn() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.delivered
 }
 
 func (o *observer) Run(stopCh <-chan struct{}) error { return o.delegate.Run(stopCh) }
@@ -129,13 +146,6 @@ func (o *observer) ProcessEvents(ev ...*auditinternal.Event) bool {
 	o.batches = append(o.batches, len(ev))
 	n := len(o.batches)
 	o.delivered += len(ev)
-	if o.delivered >= o.want {
-		select {
-		case <-o.allIn:
-		default:
-			close(o.allIn)
-		}
-	}
 	o.mu.Unlock()
 	line, _ := json.Marshal(map[string]int{"batch": n, "events": len(ev)})
 	fmt.Fprintln(os.Stderr, string(line))
@@ -256,7 +266,7 @@ func send(args []string) error {
 	if err != nil {
 		return fmt.Errorf("initializing audit webhook: %w", err)
 	}
-	obs := &observer{delegate: delegate, allIn: make(chan struct{}), want: len(events)}
+	obs := &observer{delegate: delegate}
 	backend := pluginbuffered.NewBackend(obs, defaultBatchConfig())
 	stopCh := make(chan struct{})
 	if err := backend.Run(stopCh); err != nil {
@@ -266,9 +276,10 @@ func send(args []string) error {
 		backend.ProcessEvents(ev)
 	}
 	// Stopping at once would race the batching loop (it ends a batch when stopCh closes); wait
-	// until the buffered backend has formed every batch as it would on a running API server.
-	if len(events) > 0 {
-		<-obs.allIn
+	// until the buffered backend has formed every batch as it would on a running API server
+	// (events its full buffer refused are reported as errors and never reach a batch).
+	for obs.passedOn()+sink.refused() < len(events) {
+		time.Sleep(10 * time.Millisecond)
 	}
 	close(stopCh)
 	backend.Shutdown()
