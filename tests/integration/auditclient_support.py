@@ -56,6 +56,7 @@ def run_client(
     work: Path,
     on_batch: Callable[[int], None] | None = None,
     timeout: float = 300.0,
+    extra: tuple[str, ...] = (),
 ) -> ClientRun:
     """Hand ``events`` to the audit client; ``on_batch(n)`` runs when batch n starts sending."""
     events_file = work / "events.jsonl"
@@ -70,6 +71,7 @@ def run_client(
         str(events_file),
         "--sent",
         str(sent_file),
+        *extra,
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []

@@ -33,6 +33,7 @@ from tests.integration.auditclient_support import (
     ordinary_events,
     pipeline,
     run_client,
+    write_kubeconfig,
 )
 from tests.tools.auditclient_build import auditclient_binary
 
@@ -58,6 +59,27 @@ def auditclient() -> Path:
 @pytest.fixture
 def line(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
     yield from pipeline(settings, tmp_path / "pipeline")
+
+
+def test_the_client_reports_every_batch_it_drops(auditclient: Path, tmp_path: Path) -> None:
+    # What makes "no errors" in the tests below mean something: with nothing listening, the
+    # client's summary names the dropped batch and every auditID in it. (A short initial backoff
+    # here only: the default 10 s would make this test wait 90 s for the same answer.)
+    from tests.conftest import free_port_base
+    from tests.integration.test_attack_webhook import Pki
+
+    pki = Pki(tmp_path)
+    kubeconfig = write_kubeconfig(
+        tmp_path / "kubeconfig", f"https://localhost:{free_port_base(1)}/", pki.ca_file, "t"
+    )
+    events = ordinary_events(BATCH, "dropped")
+    run = run_client(auditclient, kubeconfig, events, tmp_path, extra=("--initial-backoff", "50ms"))
+    assert run.summary["handed_over"] == BATCH
+    assert run.summary["batches"] == [BATCH]
+    assert run.summary["batches_failed"] == 1
+    [dropped] = run.summary["errors"]
+    assert dropped["events"] == BATCH and "connection refused" in dropped["message"]
+    assert sorted(dropped["audit_ids"]) == sorted(key_of(e)[0] for e in events)
 
 
 def assert_all_kept(line: Pipeline, run: ClientRun, handed_over: int) -> None:
