@@ -2,20 +2,16 @@
 
 ``run_client`` drives tests/tools/auditclient (k8s.io/apiserver's webhook + buffered audit
 backends, see its main.go; built and cached by tests/tools/auditclient_build.py). ``Pipeline``
-runs the real processes: ``sealtrail produce webhook`` with TLS and a token file, and
-``sealtrail run --no-webhook`` (chainer and sink, supervised). The webhook runs as its own
-process because ``sealtrail run`` has no TLS options yet and a test must be able to SIGKILL and
-restart it.
+runs ``sealtrail run`` (webhook over TLS with a token file, chainer, sink: real supervised
+processes) in a store of its own.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from processors.integrity.keys import write_keypair
 from schemas.codec import decode_audit_event
@@ -187,7 +185,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 class Pipeline:
-    """The real processes: the TLS webhook, and chainer + sink under ``sealtrail run``."""
+    """``sealtrail run``: webhook (TLS, token file), chainer and sink as real processes."""
 
     def __init__(self, settings: Settings, root: Path) -> None:
         self.root = root
@@ -205,7 +203,6 @@ class Pipeline:
         self.port, self.health_port = base, base + 1
         self.url = f"https://localhost:{self.port}/"
         self.kubeconfig = write_kubeconfig(root / "kubeconfig", self.url, self.pki.ca_file, TOKEN)
-        self.webhook: subprocess.Popen[bytes] | None = None
         self.run: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []
 
@@ -221,27 +218,20 @@ class Pipeline:
                 stderr=subprocess.STDOUT,
             )
 
-    def _webhook_healthy(self) -> bool:
-        ctx = ssl.create_default_context(cafile=str(self.pki.ca_file))
+    def _run_get(self, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.health_port}{path}"
         try:
-            with urllib.request.urlopen(f"{self.url}healthz", timeout=2, context=ctx) as r:
-                return bool(r.status == 200)
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
         except (OSError, urllib.error.URLError):
-            return False
+            return 0, ""
 
-    def _run_healthy(self) -> bool:
-        url = f"http://127.0.0.1:{self.health_port}/healthz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def start_webhook(self) -> None:
-        self.webhook = self._sealtrail(
-            "webhook",
-            "produce",
-            "webhook",
+    def start(self) -> None:
+        self.run = self._sealtrail(
+            "run",
+            "run",
             "--listen",
             f"127.0.0.1:{self.port}",
             "--tokens",
@@ -250,39 +240,34 @@ class Pipeline:
             str(self.pki.server_cert),
             "--tls-key",
             str(self.pki.server_key),
-        )
-        _wait(self._webhook_healthy, 60, "the webhook did not answer /healthz over TLS")
-
-    def kill_webhook(self) -> None:
-        assert self.webhook is not None
-        os.kill(self.webhook.pid, signal.SIGKILL)
-        self.webhook.wait(30)
-
-    def start(self) -> None:
-        self.run = self._sealtrail(
-            "run",
-            "run",
-            "--no-webhook",
             "--signing-key",
             str(self.signing_key),
             "--health-listen",
             f"127.0.0.1:{self.health_port}",
         )
-        self.start_webhook()
-        _wait(self._run_healthy, 60, "sealtrail run (chainer, sink) did not become healthy")
+        # /healthz is 200 once every child runs and the webhook answers its own /healthz.
+        _wait(lambda: self._run_get("/healthz")[0] == 200, 90, "sealtrail run never became healthy")
+
+    def webhook(self) -> psutil.Process:
+        """The webhook child of ``sealtrail run``."""
+        assert self.run is not None
+        children = psutil.Process(self.run.pid).children()
+        return next(c for c in children if "produce webhook" in " ".join(c.cmdline()))
+
+    def metrics(self) -> str:
+        status, text = self._run_get("/metrics")
+        assert status == 200
+        return text
 
     def stop(self) -> None:
-        """SIGTERM every process (each drains) and wait for it."""
-        for process in (self.webhook, self.run):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (self.webhook, self.run):
-            if process is not None:
-                try:
-                    process.wait(120)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        """SIGTERM ``sealtrail run`` (it drains every child) and wait for it."""
+        if self.run is not None and self.run.poll() is None:
+            self.run.send_signal(signal.SIGTERM)
+            try:
+                self.run.wait(150)
+            except subprocess.TimeoutExpired:
+                self.run.kill()
+                self.run.wait()
 
     def finish(self) -> None:
         """Stop, then chain and load whatever was still on its way when the drains ended."""
