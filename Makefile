@@ -26,6 +26,7 @@ demo-quick: setup
 
 # The long fault tests (marked slow) run in `make test-faults`; their short versions run here.
 test: setup
+	@command -v go >/dev/null || { echo "Go >= 1.26 is needed to build the real Kubernetes audit client the tests drive (tests/tools/auditclient); install it"; exit 2; }
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
