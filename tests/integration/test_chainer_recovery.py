@@ -38,6 +38,7 @@ from tests.integration.chainer_support import (
     produce_raw,
     run_chainer,
     sealtrail_bin,
+    wait_until,
 )
 
 runner = CliRunner()
@@ -132,22 +133,42 @@ def _kill_loop(settings: Settings, keypair: tuple[Path, Path], tmp_path: Path, k
     feeder = threading.Thread(target=feed)
     feeder.start()
     log_path = tmp_path / "chainer.log"
+    log_path.touch()
+
+    def chained() -> int:
+        return sum(len(chain_records(settings, p)) for p in range(3))
+
+    def start() -> subprocess.Popen[bytes]:
+        """A chainer process, returned once it runs: on a loaded machine its imports alone can
+        outlast a kill window, and a SIGTERM before its handler is installed is fatal."""
+        mark = log_path.stat().st_size
+        with log_path.open("ab") as log_file:
+            proc = subprocess.Popen(args, env=env, stdout=log_file, stderr=log_file)
+        wait_until(
+            lambda: b" starting: " in log_path.read_bytes()[mark:] or proc.poll() is not None,
+            120,
+            "the chainer to start",
+        )
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        return proc
+
     chained_between_kills = []
     try:
-        for _ in range(kills):
-            with log_path.open("ab") as log_file:
-                proc = subprocess.Popen(args, env=env, stdout=log_file, stderr=log_file)
+        for round_ in range(kills):
+            proc = start()
+            if round_ == kills - 1:
+                # Some killed run must have committed, whatever the load: wait for it here.
+                wait_until(lambda: chained() > 0, 120, "a killed chainer to commit")
             # kill anywhere from start-up (recovery) to steady streaming
             time.sleep(rng.uniform(0.8, 3.0))
             kill9(proc.pid)
             proc.wait(10)
-            chained_between_kills.append(sum(len(chain_records(settings, p)) for p in range(3)))
+            chained_between_kills.append(chained())
     finally:
         stop_feed.set()
         feeder.join(60)
     # SIGTERM: commit what it has, write final checkpoints, exit 0
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(args, env=env, stdout=log_file, stderr=log_file)
+    proc = start()
     time.sleep(3)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, log_path.read_text()[-3000:]
