@@ -19,7 +19,7 @@ transactional and chain ids), :mod:`.interrupt` and :mod:`.kafka_errors` (small 
 
 from processors.chainer.checkpoints import RANGE_HEADER
 from processors.chainer.loop import Chainer
-from processors.chainer.names import GROUP, chain_id, group_id, transactional_id
+from processors.chainer.names import chain_id, group_id, transactional_id
 from processors.chainer.options import (
     ENV_INSTANCE_ID,
     ENV_SIGNING_KEY,
@@ -32,7 +32,6 @@ from processors.chainer.recovery import ChainDivergence
 __all__ = [
     "ENV_INSTANCE_ID",
     "ENV_SIGNING_KEY",
-    "GROUP",
     "RANGE_HEADER",
     "ChainDivergence",
     "Chainer",
