@@ -32,7 +32,7 @@ from processors.chainer.transactions import TransactionGuard
 from processors.integrity.keys import load_signer
 from processors.integrity.note import Signer
 from processors.integrity.record import link
-from schemas.codec import encode_chained
+from schemas.chained import record_value
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError
 from sealtrail.kafka import consumer_conf
@@ -406,17 +406,7 @@ class Chainer:
             chain = chains[partition]
             offset = cast(int, message.offset())
             record = link(chain.head, offset, _now_us(), message.value() or b"")
-            value = encode_chained(
-                {
-                    "chain": record.chain,
-                    "seq": record.seq,
-                    "prev_hash": record.prev_hash,
-                    "hash": record.hash,
-                    "source_offset": offset,
-                    "ingested_at": record.ingested_at_us,
-                    "payload": record.payload,
-                }
-            )
+            value = record_value(record)
             self._txn.produce(chain_topic, partition, record.chain.encode("utf-8"), value)
             chained.offsets[partition] = offset + 1
             if signed:

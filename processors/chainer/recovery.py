@@ -26,7 +26,7 @@ from processors.integrity.errors import MalformedCheckpoint
 from processors.integrity.merkle import CompactRange
 from processors.integrity.note import parse_note
 from processors.integrity.record import ChainedRecord, ChainHead
-from schemas.codec import decode_chained_fields
+from schemas.chained import value_record
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError
 from sealtrail.kafka_read import close_quietly, read_range, read_tail, reader
@@ -163,7 +163,7 @@ class Recovery:
 
     def _records(self, messages: Iterable[Message], chain: str) -> Iterator[ChainedRecord]:
         for message in messages:
-            record = ChainedRecord(*decode_chained_fields(message.value() or b""))
+            record = value_record(message.value() or b"")
             if record.chain != chain:
                 raise ChainDivergence(
                     f"chain topic partition of {chain} holds a record of {record.chain} at "

@@ -16,7 +16,7 @@ from processors.chainer import Chainer, ChainerOptions, chain_id
 from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, origin_for
 from processors.integrity.merkle import CompactRange
 from processors.integrity.record import ChainedRecord, ChainHead, check_record
-from schemas.codec import decode_chained_fields
+from schemas.chained import value_record
 from sealtrail.config import Settings
 from sealtrail.kafka import producer_conf
 from sealtrail.kafka_read import read_range, reader
@@ -66,7 +66,7 @@ def chain_records(settings: Settings, partition: int) -> list[ChainedRecord]:
         out = []
         for m in read_range(consumer, settings.topics.chain, partition):
             assert m.key() == chain_id(settings.topics.raw, partition).encode()
-            out.append(ChainedRecord(*decode_chained_fields(m.value() or b"")))
+            out.append(value_record(m.value() or b""))
         return out
     finally:
         consumer.close()

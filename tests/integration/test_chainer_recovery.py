@@ -22,7 +22,7 @@ from processors.chainer import (
 )
 from processors.integrity.keys import load_verifiers
 from processors.integrity.record import ChainHead, link
-from schemas.codec import encode_chained
+from schemas.chained import record_value
 from sealtrail.cli import app
 from sealtrail.config import Settings
 from sealtrail.kafka import consumer_conf, producer_conf
@@ -60,17 +60,7 @@ def test_forged_chain_record_stops_with_divergence(
     producer.begin_transaction()
     producer.produce(
         settings.topics.chain,
-        encode_chained(
-            {
-                "chain": chain,
-                "seq": forged.seq,
-                "prev_hash": forged.prev_hash,
-                "hash": forged.hash,
-                "source_offset": forged.source_offset,
-                "ingested_at": forged.ingested_at_us,
-                "payload": forged.payload,
-            }
-        ),
+        record_value(forged),
         chain.encode(),
         partition=1,
     )
