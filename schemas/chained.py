@@ -10,7 +10,7 @@ store's.
 from __future__ import annotations
 
 from processors.integrity.record import ChainedRecord
-from schemas.codec import decode_chained, encode_chained
+from schemas.codec import decode_chained_fields, encode_chained
 
 __all__ = ["record_value", "value_record"]
 
@@ -32,14 +32,7 @@ def record_value(record: ChainedRecord) -> bytes:
 
 def value_record(value: bytes) -> ChainedRecord:
     """The record a chain-topic value holds (``DecodeError`` / ``UnknownFingerprint`` if the
-    value is not a ChainedEvent)."""
-    d = decode_chained(value)
-    return ChainedRecord(
-        d["chain"],
-        d["seq"],
-        d["prev_hash"],
-        d["hash"],
-        d["source_offset"],
-        d["ingested_at"],
-        d["payload"],
-    )
+    value is not a ChainedEvent). The verifier's replay reads the same fields as a plain tuple
+    (:func:`schemas.codec.decode_chained_fields`, no object per record); this is that tuple as a
+    record."""
+    return ChainedRecord(*decode_chained_fields(value))

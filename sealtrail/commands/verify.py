@@ -246,8 +246,8 @@ def run_verify(
 
     if client is not None:
         from processors.verifier.clickhouse_source import expected_columns, iter_rows
-        from processors.verifier.core import verify_rows
         from processors.verifier.kafka_source import sink_stored_through
+        from processors.verifier.rows import verify_rows
 
         for res in results:
             size = ch_sizes.get(res.chain)
@@ -451,17 +451,17 @@ def _partition_of(settings: Settings, chain: str) -> int:
 
 
 def _leaves(settings: Settings, chain: str, size: int, keep: tuple[int, ...] = ()) -> Any:
+    from processors.integrity.record import ChainedRecord
     from processors.proofs import LeafHashes
     from processors.verifier.kafka_source import iter_records
 
     _low, _high, items = iter_records(settings, _partition_of(settings, chain))
 
     def recs() -> Any:
-        for item in items:
-            if item.record is None:
-                assert item.problem is not None
-                raise item.problem
-            yield item.record
+        for _offset, fields in items:
+            if not isinstance(fields, tuple):
+                raise fields  # a record that is not one: the proof cannot be built
+            yield ChainedRecord(*fields)
 
     return LeafHashes.from_records(chain, recs(), size, keep)
 

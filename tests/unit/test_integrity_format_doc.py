@@ -28,8 +28,9 @@ from processors.integrity.record import (
     record_hash,
 )
 from processors.verifier import offsite
-from processors.verifier.core import SourceCheckpoint, verify_chain_fields
+from processors.verifier.core import SourceCheckpoint
 from processors.verifier.kafka_source import chain_id as verifier_chain_id
+from processors.verifier.replay import verify_chain_fields
 from schemas.codec import CHAINED_EVENT, decode_chained_fields, encode_chained
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError
