@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Two test processes, each with its own broker and store; a file's tests stay on one process
+# (module fixtures). Most of the suite waits on brokers and child processes, not on the CPU.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: setup demo demo-quick test test-unit test-integration test-faults bench bench-tiny lint stop clean
 
@@ -28,7 +31,7 @@ demo-quick: setup
 test: setup
 	@command -v go >/dev/null || { echo "Go >= 1.26 is needed to build the real Kubernetes audit client the tests drive (tests/tools/auditclient); install it"; exit 2; }
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-unit: setup
 	$(BIN)/lint-imports
