@@ -54,11 +54,12 @@ from processors.integrity.errors import MalformedCheckpoint
 from processors.integrity.record import HASH_SIZE, ChainedRecord
 from processors.sink_avro import parse_chained
 from schemas.codec import decode_audit_event, decode_chained
-from sealtrail import clickhouse
+from sealtrail import clickhouse, livewire
 from sealtrail.config import Settings
-from sealtrail.errors import ConfigError, DecodeError, KafkaUnavailable
+from sealtrail.errors import ConfigError, DecodeError, KafkaUnavailable, SealtrailError
 from sealtrail.kafka import consumer_conf
 from sealtrail.kafka_read import close_quietly
+from sealtrail.liveserver import LiveReadServer
 from sealtrail.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class SinkOptions:
     group: str = ""  # default: <topic prefix>sealtrail-sink, like the chainer's group
     # Embedded ClickHouse only: the engine decodes the payloads (processors/sink_avro.py).
     avro_fast_path: bool = True
+    # Embedded ClickHouse only: serve read-only queries on a socket (sealtrail/liveserver.py).
+    serve_reads: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
@@ -384,6 +387,7 @@ class Sink:
     def run(self) -> SinkStats:
         _ = self.client  # open and migrate before touching Kafka: a held store fails fast
         self._clear_stale_avro_file()
+        live = self._start_live_reads()
         consumer = self._new_consumer()
         try:
             if self.options.once:
@@ -401,7 +405,22 @@ class Sink:
             if self._consumer is not None:
                 self._consumer.close()
             self._consumer = None
+            if live is not None:
+                live.stop()
         return self.stats
+
+    def _start_live_reads(self) -> LiveReadServer | None:
+        """The owner of an embedded store serves read-only queries while it runs."""
+        store = clickhouse.chdb_path(self.settings.clickhouse_dsn)
+        if store is None or not self.options.serve_reads:
+            return None
+        try:
+            path = livewire.socket_path(self.settings, store)
+            return LiveReadServer(self.settings.clickhouse_dsn, path).start()
+        except (SealtrailError, OSError) as exc:
+            # Storing matters more than live reads: go on without them.
+            log.warning("not serving live reads (%s); readers must wait for the sink to stop", exc)
+            return None
 
     def _subscribe(self, consumer: Consumer) -> None:
         consumer.subscribe(

@@ -15,15 +15,13 @@ from typing import Annotated, Any
 
 import typer
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from rich.console import Console
 from rich.table import Table
 
-from processors.clickhouse_schema import migrate
 from processors.sink import Sink, SinkOptions
-from sealtrail import clickhouse
 from sealtrail.config import Settings
-from sealtrail.errors import ClickHouseError, ConfigError
+from sealtrail.errors import ConfigError
+from sealtrail.reader import ReadClient, as_reader, open_reader
 from sealtrail.service import StopFlag
 
 log = logging.getLogger(__name__)
@@ -109,26 +107,12 @@ def settings_of(ctx: typer.Context) -> Settings:
     return of_context(ctx)
 
 
-def _open(settings: Settings) -> Client:
-    client = clickhouse.connect(settings)
-    migrate(client, settings.clickhouse_database)
-    return client
-
-
 def run_query(
-    client: Client, database: str, sql: str, parameters: dict[str, Any] | None = None
+    client: Client | ReadClient, database: str, sql: str, parameters: dict[str, Any] | None = None
 ) -> tuple[list[str], list[Sequence[Any]]]:
-    """Run ``sql`` with ``database`` as the default database; one clear line on error."""
-    previous = client.database
-    client.database = clickhouse.validate_identifier(database)
-    try:
-        result = client.query(sql, parameters=parameters)
-    except DriverError as exc:
-        lines = str(exc).strip().splitlines()
-        first = next((line for line in lines if line.strip()), type(exc).__name__)[:400]
-        raise ClickHouseError(f"the query failed: {first.strip()}; check the SQL") from None
-    finally:
-        client.database = previous
+    """Run read-only ``sql`` with ``database`` as the default database; one clear line on
+    error, and a write statement refused (:mod:`sealtrail.readonly_sql`)."""
+    result = as_reader(client, database).query(sql, parameters=parameters)
     return list(result.column_names), list(result.result_rows)
 
 
@@ -213,7 +197,11 @@ def query(
 ) -> None:
     """Run SQL on the audit store (see docs/QUERIES.md)."""
     settings = settings_of(ctx)
-    names, rows = run_query(_open(settings), settings.clickhouse_database, sql)
+    reader = open_reader(settings)
+    try:
+        names, rows = run_query(reader, settings.clickhouse_database, sql)
+    finally:
+        reader.close()
     render(names, rows, fmt)
 
 
@@ -255,7 +243,11 @@ def history(
         "cluster": cluster,
         "limit": limit,
     }
-    names, rows = run_query(_open(settings), settings.clickhouse_database, HISTORY_SQL, params)
+    reader = open_reader(settings)
+    try:
+        names, rows = run_query(reader, settings.clickhouse_database, HISTORY_SQL, params)
+    finally:
+        reader.close()
     where = f"{resource}/{name}" + (f" in {namespace}" if namespace else "")
     where += f" on {cluster}" if cluster else ""
     if not rows and fmt is OutputFormat.table:

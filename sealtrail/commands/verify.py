@@ -128,7 +128,12 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
             )
         return None
     try:
-        client = ch.connect(settings, create_database=False)
+        # Read-only: the sink's live-read socket while it runs, else the store opened directly.
+        from sealtrail.reader import open_reader
+
+        # Typed Any: the verifier's readers are annotated with clickhouse-connect's Client, whose
+        # query() a ReadClient answers the same way.
+        client: Any = open_reader(settings)
         exists = events_table_exists(client, settings.clickhouse_database)
     except SealtrailError as exc:
         if mode == "required":
