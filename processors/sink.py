@@ -53,6 +53,7 @@ from processors.integrity.checkpoint import Checkpoint
 from processors.integrity.errors import MalformedCheckpoint
 from processors.integrity.record import HASH_SIZE, ChainedRecord
 from processors.sink_avro import parse_chained
+from processors.sink_subtrees import SubtreeWriter
 from schemas.codec import decode_audit_event, decode_chained
 from sealtrail import clickhouse, livewire
 from sealtrail.config import Settings
@@ -358,6 +359,7 @@ class Sink:
         # (offset committed) before anything else touches ClickHouse or the offsets.
         self._worker: ThreadPoolExecutor | None = None
         self._inflight: _Inflight | None = None
+        self._subtrees = SubtreeWriter(self.db)  # Merkle nodes for O(log n) proofs
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -553,6 +555,7 @@ class Sink:
         self._assigned = {(tp.topic, tp.partition) for tp in partitions}
         self._buffers = {key: buf for key, buf in self._buffers.items() if key in self._assigned}
         self._stored.clear()
+        self._subtrees.reset()
         self._cp_loaded = False
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -719,6 +722,8 @@ class Sink:
             # For a fast insert in flight this holds once _finish_inflight returns; until then
             # nothing is committed and nothing else is inserted.
             self._stored_of(chain).add(item[0] for item in items)
+            if self._inflight is None:
+                self._write_subtrees(chain)
         self.stats.decode_seconds += decode_s
 
     def _insert_python(self, batch: _ChainBatch) -> float:
@@ -810,8 +815,21 @@ class Sink:
         else:
             self.stats.fast_batches += 1
             self.stats.inserted += len(job.batch.items)
+        self._write_subtrees(job.batch.chain)
         if commit and job.commit is not None:
             self._commit(*job.commit)
+
+    def _write_subtrees(self, chain: str) -> None:
+        """The Merkle nodes the stored rows of ``chain`` complete (processors/sink_subtrees.py);
+        nothing may be in flight."""
+        self._retrying(
+            f"writing the Merkle subtrees of chain {chain}",
+            self._subtrees.advance,
+            self.client,
+            chain,
+            self._stored_of(chain).contiguous,
+            self._insert,
+        )
 
     def _abandon_inflight(self) -> None:
         """On the way out after an error: let the insert in flight end, commit nothing (its
