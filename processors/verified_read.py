@@ -282,3 +282,92 @@ def _verdict(
     if seq == cp.size - 1 and leaf != cp.head_hash:
         return Verdict(False, f"differs from the head of signed checkpoint {cp.size}", cp.size)
     return Verdict(True, "", cp.size)
+
+
+# -- proof files from the store (``sealtrail prove``) --------------------------------------------
+
+
+def signed_checkpoints(
+    client: Any, database: str, deployment: str, chain: str, ring: KeyRing
+) -> list[tuple[str, Checkpoint]]:
+    """The checkpoints of ``chain`` in ClickHouse that open under ``ring`` and whose records are
+    all stored, newest first (a proof needs a good one; ``verify`` reports the bad ones)."""
+    stored = client.query(
+        f"SELECT max(seq) + 1, count() FROM {database}.events WHERE chain = {{chain:String}}",
+        parameters={"chain": chain},
+    ).result_rows[0]
+    have = int(stored[0]) if int(stored[1]) else 0
+    notes = client.query(
+        f"SELECT DISTINCT size, note FROM {database}.checkpoints WHERE chain = {{chain:String}} "
+        "AND size <= {have:UInt64} ORDER BY size DESC",
+        parameters={"chain": chain, "have": have},
+    ).result_rows
+    out: list[tuple[str, Checkpoint]] = []
+    seen: set[int] = set()
+    for _size, note in notes:
+        try:
+            cp = open_checkpoint(str(note), ring, origin=origin_for(deployment, chain))
+        except IntegrityError:
+            continue
+        if cp.size not in seen:
+            seen.add(cp.size)
+            out.append((str(note), cp))
+    return out
+
+
+def stored_inclusion(
+    client: Any, database: str, chain: str, seq: int, note: str, cp: Checkpoint
+) -> dict[str, Any]:
+    """The inclusion proof file of ``seq`` in ``cp``, from the stored subtrees; checked against
+    the signed root before it is returned (IntegrityError / LookupError if it does not hold)."""
+    from processors.proofs import INCLUSION, VERSION
+
+    rows = client.query(
+        f"SELECT any(hash) FROM {database}.events WHERE chain = {{chain:String}} "
+        "AND seq = {seq:UInt64}",
+        parameters={"chain": chain, "seq": seq},
+    ).result_rows
+    leaf = bytes(rows[0][0]) if rows and rows[0][0] else b""
+    tree = StoredTree(client, database, chain)
+    tree.load(subtrees.inclusion_ranges(seq, cp.size))
+    proof = tree.inclusion_proof(seq, cp.size)
+    verify_inclusion(leaf, seq, cp.size, proof, cp.root_hash)
+    return {
+        "type": INCLUSION,
+        "version": VERSION,
+        "chain": chain,
+        "seq": seq,
+        "record_hash": leaf.hex(),
+        "tree_size": cp.size,
+        "proof": [h.hex() for h in proof],
+        "checkpoint": note,
+    }
+
+
+def stored_consistency(
+    client: Any,
+    database: str,
+    chain: str,
+    old: tuple[str, Checkpoint],
+    new: tuple[str, Checkpoint],
+) -> dict[str, Any]:
+    """The consistency proof file from ``old`` to ``new`` from the stored subtrees, checked
+    against both signed roots first."""
+    from processors.integrity.merkle import verify_consistency
+    from processors.proofs import CONSISTENCY, VERSION
+
+    size1, size2 = old[1].size, new[1].size
+    tree = StoredTree(client, database, chain)
+    tree.load(subtrees.consistency_ranges(size1, size2))
+    proof = tree.consistency_proof(size1, size2)
+    verify_consistency(size1, size2, proof, old[1].root_hash, new[1].root_hash)
+    return {
+        "type": CONSISTENCY,
+        "version": VERSION,
+        "chain": chain,
+        "from_size": size1,
+        "to_size": size2,
+        "proof": [h.hex() for h in proof],
+        "checkpoint_from": old[0],
+        "checkpoint_to": new[0],
+    }

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from processors.integrity.checkpoint import Checkpoint, origin_for, sign_checkpoint
+from processors.integrity.checkpoint import Checkpoint, KeyRing, origin_for, sign_checkpoint
 from processors.integrity.record import ChainedRecord, ChainHead, link
 from processors.sink import Sink, SinkOptions
 from sealtrail import clickhouse
@@ -22,6 +22,25 @@ def build(settings: Settings, n: int) -> list[ChainedRecord]:
     head = ChainHead(f"{settings.topics.raw}/0")
     samples = sample_payloads()
     return [link(head, i, 1_700_000_000_000_000 + i, samples[i % len(samples)]) for i in range(n)]
+
+
+def ring_of(key_file: Path) -> KeyRing:
+    return KeyRing.load(key_file)
+
+
+def prove_from_kafka(
+    settings: Settings, chain: str, ring: KeyRing, args: list[str]
+) -> dict[str, Any]:
+    """The proof the pre-subtree code path makes, reading every record from Kafka."""
+    from processors.proofs import make_consistency, make_inclusion
+    from sealtrail.commands.verify import _checkpoints, _leaves
+
+    cps = {cp.size: (note, cp) for note, cp in _checkpoints(settings, chain, ring)}
+    if args[0] == "--seq":
+        note, cp = cps[SIGNED]
+        return make_inclusion(chain, 300, note, cp, _leaves(settings, chain, SIGNED, (300,)))
+    leaves = _leaves(settings, chain, SIGNED)
+    return make_consistency(chain, cps[100], cps[SIGNED], leaves)
 
 
 def _json(result: Any) -> list[dict[str, Any]]:
@@ -54,6 +73,17 @@ def test_verified_rows_tampering_pending_and_forged_checkpoint(
     assert all(r["chain"] == f"{settings.topics.raw}/0" for r in rows)
     table = cli(settings, "query", "--verify", *key, sql)
     assert table.exit_code == 0 and "pending" in table.stdout and table.stdout.count(" yes ") == 3
+    # prove builds the same proofs from the stored subtrees as from the whole chain in Kafka.
+    chain = recs[0].chain
+    for args in (["--seq", "300"], ["--consistency", "--from", "100", "--to", str(SIGNED)]):
+        made = cli(settings, "prove", *key, "--chain", chain, *args, "--out", str(tmp_path / "p"))
+        assert made.exit_code == 0, made.output
+        assert "reading the chain from Kafka" not in made.output
+        proven = cli(settings, "verify-proof", str(tmp_path / "p"), *key)
+        assert proven.exit_code == 0 and "PROVED" in proven.output
+        doc = json.loads((tmp_path / "p").read_text())
+        kafka = prove_from_kafka(settings, chain, ring_of(key_file), args)
+        assert doc == kafka
     # Without chain and seq there is nothing to verify: one sentence, exit 2.
     bare = cli(settings, "query", "--verify", *key, "SELECT verb FROM events LIMIT 1")
     assert bare.exit_code == 2 and "add 'chain, seq'" in bare.output
