@@ -172,6 +172,7 @@ class LiveReadServer:
             require_read_only(sql)
             database = clickhouse.validate_identifier(str(request.get("database") or "default"))
             session = self._session()
+            healthy = False
             try:
                 session.database = database
                 result = session.query(
@@ -180,8 +181,10 @@ class LiveReadServer:
                     column_formats=request.get("column_formats") or None,
                     query_formats=request.get("query_formats") or None,
                 )
+                rows = result.result_rows  # read here: a stopped query fails while it streams
+                healthy = True
             finally:
-                self._sessions.put(session)
+                self._release(session, healthy)
         except WriteRefused as exc:
             return _error("refused", str(exc))
         except DriverError as exc:
@@ -191,28 +194,44 @@ class LiveReadServer:
             return _error("clickhouse", str(exc))
         except (TypeError, ValueError) as exc:  # parameters clickhouse-connect cannot bind
             return _error("bad", f"the query parameters are not usable ({exc})")
+        except Exception as exc:  # noqa: BLE001 - a reader's query must never stop the sink
+            log.warning("live-read query failed: %s", type(exc).__name__)
+            return _error("clickhouse", f"the query failed ({type(exc).__name__}); check the SQL")
         self.queries += 1
         types = [t.name for t in result.column_types]
         return {
             "ok": True,
             "columns": list(result.column_names),
             "types": types,
-            "rows": livewire.encode_rows(result.result_rows, types),
+            "rows": livewire.encode_rows(rows, types),
         }
 
-    def _session(self) -> Client:
-        """A free read session, opening one while under the budget, else waiting for one."""
-        with contextlib.suppress(queue.Empty):
-            return self._sessions.get_nowait()
+    def _release(self, session: Client, healthy: bool) -> None:
+        """Back to the pool; a session whose query failed may hold a broken stream: a new one
+        replaces it."""
+        if healthy:
+            self._sessions.put(session)
+            return
+        with contextlib.suppress(Exception):
+            session.close()
         with self._budget_lock:
-            if self._session_budget > 0:
-                self._session_budget -= 1
-                try:
-                    return clickhouse.read_session(self.dsn)
-                except SealtrailError:
-                    self._session_budget += 1
-                    raise
-        return self._sessions.get()
+            self._session_budget += 1
+
+    def _session(self) -> Client:
+        """A free read session: a pooled one, a new one while under the budget, else wait."""
+        while True:
+            with contextlib.suppress(queue.Empty):
+                return self._sessions.get_nowait()
+            with self._budget_lock:
+                if self._session_budget > 0:
+                    self._session_budget -= 1
+                    try:
+                        return clickhouse.read_session(self.dsn)
+                    except SealtrailError:
+                        self._session_budget += 1
+                        raise
+            with contextlib.suppress(queue.Empty):
+                return self._sessions.get(timeout=0.2)
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+from clickhouse_connect.driver.exceptions import StreamFailureError
 
 from sealtrail import clickhouse, livewire
 from sealtrail.config import Settings
@@ -92,6 +93,13 @@ class ReadClient(Protocol):
 
 def driver_error(exc: DriverError) -> ClickHouseError | WriteRefused:
     """One sentence for a ClickHouse error met by a read query."""
+    if isinstance(exc, StreamFailureError):
+        # ClickHouse stopped the query while its result streamed (a read limit, usually).
+        return ClickHouseError(
+            "the query was stopped while its result was read (the read limits are "
+            f"{clickhouse.READ_TIMEOUT_S} s, {clickhouse.READ_MAX_ROWS} rows, "
+            f"{clickhouse.READ_MAX_BYTES >> 20} MiB); narrow it with WHERE or LIMIT"
+        )
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     first = (lines[0] if lines else type(exc).__name__)[:400]
     code = getattr(exc, "code", None)
@@ -151,14 +159,13 @@ class DirectReader:
                 column_formats=dict(column_formats) if column_formats else None,
                 query_formats=dict(query_formats) if query_formats else None,
             )
+            rows = [tuple(row) for row in result.result_rows]  # may fail while it streams
         except DriverError as exc:
             raise driver_error(exc) from None
         finally:
             self.client.database = previous
         return ReadResult(
-            tuple(result.column_names),
-            tuple(t.name for t in result.column_types),
-            [tuple(row) for row in result.result_rows],
+            tuple(result.column_names), tuple(t.name for t in result.column_types), rows
         )
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from sealtrail import livewire
 from sealtrail.config import Settings
-from sealtrail.errors import WriteRefused
+from sealtrail.errors import ClickHouseError, WriteRefused
 from sealtrail.reader import SocketReader, open_reader
 from sealtrail.supervisor import child_env
 from tests.integration.sink_support import ChainWriter, sample_payloads
@@ -45,11 +45,12 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _start_sink(settings: Settings) -> subprocess.Popen[bytes]:
+    settings.home.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "sealtrail", "sink", "--batch-ms", "50"],
         env=child_env(settings),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(settings.home / "sink.log").open("ab"),
     )
 
 
@@ -106,6 +107,10 @@ def test_queries_while_the_sink_ingests(live: tuple[Settings, Path]) -> None:
         # Writes are refused in one sentence, by the client and, sent raw, by the server.
         with pytest.raises(WriteRefused, match="ALTER statements are refused"):
             reader.query(ALTER)
+        # The result-size limit stops a query in one sentence; the connection stays usable.
+        with pytest.raises(ClickHouseError, match="read limit"):
+            reader.query("SELECT number FROM numbers(3000000)")
+        assert reader.query("SELECT 1").result_rows == [(1,)]
     finally:
         reader.close()
     db = settings.clickhouse_database
