@@ -220,9 +220,19 @@ class NodeBuilder:
         self.size += 1
         if len(self._block) < 1 << self.min_height:
             return []
-        node = Node(self.min_height, (self.size - 1) >> self.min_height)
         value = perfect_root(self._block)
         self._block = []
+        self.size -= 1 << self.min_height
+        return self.append_block(value)
+
+    def append_block(self, block_root: bytes) -> list[tuple[Node, bytes]]:
+        """Add a whole block at once given its root (the subtree of its ``2**min_height``
+        leaves, e.g. hashed by the store); the stored nodes it completes, lowest first."""
+        if self._block:
+            raise ValueError("a block can only be appended at a block boundary")
+        node = Node(self.min_height, self.size >> self.min_height)
+        value = block_root
+        self.size += 1 << self.min_height
         emitted = [(node, value)]
         stack = self._stack
         while stack and stack[-1][0].height == node.height:
