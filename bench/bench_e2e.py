@@ -101,7 +101,7 @@ class Watcher(threading.Thread):
         }
         self.chain = Consumer({**base, "group.id": f"bench-{uuid.uuid4()}"})
         self.checkpoints = Consumer({**base, "group.id": f"bench-{uuid.uuid4()}"})
-        self.sink_group = Consumer({**base, "group.id": f"{settings.topic_prefix}sealtrail-sink"})
+        self.sink_group = Consumer({**base, "group.id": settings.groups.sink})
         self.chain.assign([TopicPartition(settings.topics.chain, p, 0) for p in range(partitions)])
         self.checkpoints.assign(
             [TopicPartition(settings.topics.checkpoints, p, 0) for p in range(partitions)]
@@ -234,6 +234,7 @@ def run(
             f"127.0.0.1:{port}",
             "--tokens",
             str(token_file),
+            "--allow-plain-http-tokens",  # loopback load; TLS is not what this bench measures
             "--signing-key",
             str(private),
             "--health-listen",

@@ -43,7 +43,7 @@ def _owner(home: Path, n: int, ready: Path) -> None:
     from processors.integrity.keys import write_keypair
     from processors.integrity.note import Signer
     from processors.proofs import LeafHashes, fast_inclusion_proof
-    from processors.sink_subtrees import SubtreeWriter, fetch_nodes
+    from processors.sink.subtrees import SubtreeWriter, fetch_nodes
     from sealtrail import clickhouse, livewire
     from sealtrail.config import Settings
     from sealtrail.liveserver import LiveReadServer

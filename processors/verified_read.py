@@ -33,7 +33,7 @@ from processors.integrity.errors import IntegrityError
 from processors.integrity.merkle import verify_inclusion
 from processors.integrity.record import ChainedRecord, record_hash
 from processors.integrity.subtrees import Node
-from processors.sink_subtrees import fetch_nodes
+from processors.sink.subtrees import fetch_nodes
 from sealtrail.errors import ClickHouseError
 
 __all__ = [

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from producers.k8s import MAX_EVENT_BYTES, RejectError, parse_line
+from producers.k8s import MAX_EVENT_BYTES, Reject, RejectError, parse_line
 from producers.kafka_writer import Batch, ConfirmedProducer, now_us
 from schemas.codec import encode_audit_event
 from sealtrail.config import Settings
@@ -204,7 +204,9 @@ class FileShipper:
                     line, self.cluster, received, max_event_bytes=self.max_event_bytes
                 )
             except RejectError as rej:
-                self.producer.produce_reject(batch, rej.reason, SOURCE, self.cluster, rej.raw)
+                self.producer.produce_reject(
+                    batch, Reject(rej.reason, rej.raw, kind=rej.kind), SOURCE, self.cluster
+                )
                 self.stats.rejects += 1
                 continue
             self.producer.produce(batch, raw_topic, self.key, encode_audit_event(datum))

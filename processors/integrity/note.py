@@ -55,10 +55,12 @@ _PRIVATE_PREFIX = "PRIVATE+KEY+"
 
 
 def is_valid_name(name: str) -> bool:
-    """A key name is non-empty UTF-8 without Unicode spaces and without ``+``."""
+    """A key name is non-empty UTF-8 without Unicode spaces and without ``+`` (Go's rule), and
+    without control characters below U+0020, which no note may contain (so such a name could
+    never sign one). ``/`` is allowed: origin-style names like ``example.com/audit`` are usual."""
     if not name or "+" in name:
         return False
-    if any(ch.isspace() for ch in name):
+    if any(ch.isspace() or ch < " " for ch in name):
         return False
     try:
         name.encode("utf-8")
@@ -117,7 +119,9 @@ class Verifier:
 
     def __init__(self, name: str, public_key: bytes) -> None:
         if not is_valid_name(name):
-            raise KeyFileError("key name must be non-empty and contain no spaces or '+'")
+            raise KeyFileError(
+                "key name must be non-empty with no whitespace, control characters or '+'"
+            )
         if len(public_key) != 32:
             raise KeyFileError("an Ed25519 public key is 32 bytes")
         self.name = name

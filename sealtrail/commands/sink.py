@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from processors.sink import Sink, SinkOptions
+from sealtrail.commands.context import settings_of
 from sealtrail.commands.verify import KeyOpt, load_keyring
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError
@@ -99,13 +100,6 @@ def resource_of(kind: str) -> str:
     if word.endswith(("x", "ch", "sh")):
         return word + "es"
     return word + "s"
-
-
-def settings_of(ctx: typer.Context) -> Settings:
-    # Imported here: sealtrail.cli imports this module while it registers commands.
-    from sealtrail.cli import settings_of as of_context
-
-    return of_context(ctx)
 
 
 def run_query(

@@ -241,7 +241,7 @@ class Pipeline:
         proc = Proc(
             "webhook",
             ["produce", "webhook", "--listen", f"127.0.0.1:{self.port}",
-             "--tokens", str(self.token_file), *extra],
+             "--tokens", str(self.token_file), "--allow-plain-http-tokens", *extra],
             self.settings, self.logs, keep_alive,
         )  # fmt: skip
         self.procs["webhook"] = proc.start()
@@ -586,9 +586,7 @@ def audit(
     result.lost_acked = len(acked_ids - chained_ids)
 
     # One query (each ``sealtrail query`` is a process start): the rows and the view's count.
-    rows = query_rows(
-        settings, "SELECT chain, seq, (SELECT count() FROM events_dedup) FROM events"
-    )
+    rows = query_rows(settings, "SELECT chain, seq, (SELECT count() FROM events_dedup) FROM events")
     result.clickhouse_rows = len(rows)
     stored = {(str(r[0]), int(r[1])) for r in rows}
     result.clickhouse_duplicates = len(rows) - len(stored)

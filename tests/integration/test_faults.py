@@ -338,11 +338,12 @@ def _run_pipeline(pipe: Pipeline, health_port: int) -> Proc:
     proc = Proc(
         "run",
         ["run", "--listen", f"127.0.0.1:{pipe.port}", "--tokens", str(pipe.token_file),
+         "--allow-plain-http-tokens",
          "--signing-key", str(pipe.key), "--health-listen", f"127.0.0.1:{health_port}"],
         pipe.settings, pipe.logs, keep_alive=False,
     )  # fmt: skip
     pipe.procs["run"] = proc.start()
-    pipe.sink_group = f"{pipe.settings.topic_prefix}sealtrail-sink"  # ``sealtrail run``'s sink
+    pipe.sink_group = pipe.settings.groups.sink  # ``sealtrail run``'s sink
     assert wait_for(lambda: http_status(pipe.url + "healthz") == 200, 60), proc.log_text()
     return proc
 
@@ -350,9 +351,7 @@ def _run_pipeline(pipe: Pipeline, health_port: int) -> Proc:
 # In `make test-faults` only: `make test` keeps the disk-full case, and test_run.py and
 # test_cli_errors.py cover the supervisor restart and the held-store message on their own.
 @pytest.mark.slow
-def test_clickhouse_store_held_by_another_process(
-    base_settings: Settings, tmp_path: Path
-) -> None:
+def test_clickhouse_store_held_by_another_process(base_settings: Settings, tmp_path: Path) -> None:
     started = time.monotonic()
     settings = base_settings.with_(clickhouse=f"chdb://{tmp_path / 'ch'}")
     init_topics(settings, partitions=3, replication_factor=1)
