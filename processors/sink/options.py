@@ -38,6 +38,7 @@ class SinkStats:
     decode_seconds: float = 0.0
     fast_batches: int = 0  # chain batches ClickHouse decoded (sink_avro)
     fast_fallbacks: int = 0  # of those, batches the fast insert failed on: redone in Python
+    subtree_seconds: float = 0.0  # writing the stored Merkle subtrees (sink/subtrees.py)
 
     def as_dict(self) -> dict[str, float | int]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]

@@ -65,6 +65,8 @@ from sealtrail.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
 
+SUBTREES_EVERY_S = 5.0
+
 # Consumer rebuilds in a row without a commit: past this, something else holds the member id.
 MAX_CONSUMER_REBUILDS = 5
 _COORDINATOR_ERRORS = {
@@ -124,6 +126,7 @@ class Sink:
         self._committed_since_rebuild = False
         self.subtrees = SubtreeWriter(self.db)  # Merkle nodes for O(log n) proofs
         self._subtrees_due: set[str] = set()  # chains with rows stored since their last nodes
+        self._subtrees_at = 0.0  # when they were last written (monotonic)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -182,11 +185,17 @@ class Sink:
             log.warning("not serving live reads (%s); readers must wait for the sink to stop", exc)
             return None
 
-    def _write_subtrees(self) -> None:
+    def _write_subtrees(self, force: bool = False) -> None:
         """The Merkle nodes the newly stored rows complete (processors/sink/subtrees.py), once
-        no insert is in flight."""
-        if self.fast.busy:
+        no insert is in flight, at most every SUBTREES_EVERY_S unless forced: each round costs
+        a query and an insert per chain, whatever it covers (proofs hash the few blocks whose
+        nodes are not written yet themselves)."""
+        if self.fast.busy or not self._subtrees_due:
             return
+        if not force and time.monotonic() - self._subtrees_at < SUBTREES_EVERY_S:
+            return
+        self._subtrees_at = time.monotonic()
+        started = time.perf_counter()
         for chain in sorted(self._subtrees_due):
             contiguous = self.stored.seqs(chain).contiguous
             self.writer.retrying(
@@ -196,6 +205,7 @@ class Sink:
                 ),
             )
         self._subtrees_due.clear()
+        self.stats.subtree_seconds += time.perf_counter() - started
 
     def _subscribe(self, consumer: Consumer) -> None:
         consumer.subscribe(
@@ -384,7 +394,7 @@ class Sink:
             if buffer.messages:
                 self._flush(key)
         self.fast.finish()
-        self._write_subtrees()
+        self._write_subtrees(force=True)
 
     def _flush(self, key: tuple[str, int]) -> None:
         buffer = self._buffers[key]
