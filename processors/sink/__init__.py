@@ -10,7 +10,7 @@ already holds), :mod:`.fast_path` (ClickHouse decoding the Avro on a worker thre
 from processors.sink.columns import event_columns, event_row
 from processors.sink.fast_path import AVRO_FILE_NAME
 from processors.sink.options import SinkOptions, SinkStats
-from processors.sink.service import Sink, parse_checkpoint
+from processors.sink.service import Sink
 
 __all__ = [
     "AVRO_FILE_NAME",
@@ -19,5 +19,4 @@ __all__ = [
     "SinkStats",
     "event_columns",
     "event_row",
-    "parse_checkpoint",
 ]

@@ -38,7 +38,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from processors import sink_avro
 from processors.clickhouse_schema import CHECKPOINT_COLUMNS
 from processors.integrity.chains import chain_of_origin
-from processors.integrity.checkpoint import Checkpoint
+from processors.integrity.checkpoint import parse_checkpoint_note
 from processors.integrity.errors import MalformedCheckpoint
 from processors.sink.fast_path import FastPath, Offset, fast_path_store
 from processors.sink.options import SinkOptions, SinkStats
@@ -78,21 +78,6 @@ _COORDINATOR_ERRORS = {
 
 class ConsumerLost(Exception):  # noqa: N818 - a signal: the consumer must be rebuilt
     """The Kafka consumer hit a fatal error (e.g. its static member id was fenced)."""
-
-
-def parse_checkpoint(note: str) -> tuple[Checkpoint, list[str]]:
-    """The checkpoint body of a signed note and the names of the keys that signed it
-    (signatures are not checked here: the verifier does that with its key ring)."""
-    cut = note.rfind("\n\n")
-    if cut < 0:
-        raise MalformedCheckpoint("checkpoint note has no signature block")
-    checkpoint = Checkpoint.parse(note[: cut + 1])
-    names = [
-        line[2:].split(" ", 1)[0]
-        for line in note[cut + 2 :].split("\n")
-        if line.startswith("\u2014 ")
-    ]
-    return checkpoint, names
 
 
 @dataclass(slots=True)
@@ -521,7 +506,9 @@ class Sink:
             names: list[str] = []
             origin, size, root, head, ts, error = "", 0, b"", b"", 0, ""
             try:
-                checkpoint, names = parse_checkpoint(note)
+                # Signatures are not checked here: the verifier does that with its key ring.
+                parsed = parse_checkpoint_note(note)
+                checkpoint, names = parsed.checkpoint, parsed.signer_names
                 origin, size, ts = checkpoint.origin, checkpoint.size, checkpoint.timestamp_us
                 root, head = checkpoint.root_hash, checkpoint.head_hash
             except MalformedCheckpoint as exc:

@@ -320,6 +320,29 @@ def originals(settings: Settings) -> list[bytes]:
     return [e["original"] for e in raw_events(settings)]
 
 
+def test_file_shipper_ships_lines_longer_than_its_read_chunk(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The log backend writes events whole: a 3 MiB line is one event, not chunks of it, and a
+    line over --max-event-bytes is chained as a reject (first MiB, size, SHA-256) without being
+    held whole; the lines around both are shipped, once each."""
+    lines = good_lines()
+    big = _grown(lines[0], 3 * 1024 * 1024, "big-line")
+    over = _grown(lines[1], 5 * 1024 * 1024, "over-line")
+    log_file = tmp_path / "audit.log"
+    log_file.write_bytes(b"\n".join([lines[2], big, over, lines[3]]) + b"\n")
+    shipper = ship(settings, log_file, max_event_bytes=4 * 1024 * 1024)
+    assert (shipper.stats.events, shipper.stats.rejects) == (3, 1)
+    assert originals(settings) == [lines[2], big, lines[3]]
+    [reject] = rejects(settings)
+    assert reject["source"] == "file" and "over the 4194304 byte limit" in reject["reason"]
+    assert reject["body_bytes"] == len(over)
+    assert reject["sha256"] == hashlib.sha256(over).hexdigest()
+    assert reject["body"] == over[: 1024 * 1024]
+    # a second run ships nothing again: the position is past both long lines
+    assert ship(settings, log_file).stats.events == 0
+
+
 def test_file_shipper_resumes_without_loss_or_duplicates(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -39,3 +39,29 @@ def test_bad_names_get_one_sentence(tmp_path: Path) -> None:
         assert "is not a valid signed-note key name" in result.output
         assert "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_keys_generate(tmp_path: Path) -> None:
+    out = tmp_path / "k"
+    args = ["keys", "generate", "--name", "prod.example", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    private, public = out / "prod.example.key", out / "prod.example.pub"
+    assert str(private) in result.output and str(public) in result.output
+    assert public.read_text().strip() in result.output
+    assert "PRIVATE+KEY" not in result.output
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert load_signer(private).verifier.verifier_key() == public.read_text().strip()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2
+    assert "refusing to overwrite" in again.output
+    assert "Traceback" not in again.output
+
+
+def test_keys_generate_default_dir_and_bad_name(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    result = runner.invoke(app, ["--home", str(home), "keys", "generate", "--name", "other"])
+    assert result.exit_code == 0, result.output
+    assert (home / "keys" / "other.key").exists()
+    bad = runner.invoke(app, ["--home", str(home), "keys", "generate", "--name", "a+b"])
+    assert bad.exit_code == 2
