@@ -15,6 +15,8 @@ class SinkOptions:
     group: str = ""  # default: Settings.groups.sink (<topic prefix>sealtrail-sink)
     # Embedded ClickHouse only: the engine decodes the payloads (processors/sink_avro.py).
     avro_fast_path: bool = True
+    # Embedded ClickHouse only: serve read-only queries on a socket (sealtrail/liveserver.py).
+    serve_reads: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
@@ -36,6 +38,7 @@ class SinkStats:
     decode_seconds: float = 0.0
     fast_batches: int = 0  # chain batches ClickHouse decoded (sink_avro)
     fast_fallbacks: int = 0  # of those, batches the fast insert failed on: redone in Python
+    subtree_seconds: float = 0.0  # writing the stored Merkle subtrees (sink/subtrees.py)
 
     def as_dict(self) -> dict[str, float | int]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ batch it refuses or fails on goes through :func:`event_columns` as above, with t
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -50,16 +51,21 @@ from processors.sink.rows import (
     storable,
 )
 from processors.sink.stored import StoredState
+from processors.sink.subtrees import SubtreeWriter
 from processors.sink.writer import Stopped, Writer
 from processors.sink_avro import parse_chained
 from schemas.chained import value_record
+from sealtrail import clickhouse, livewire
 from sealtrail.config import Settings
-from sealtrail.errors import DecodeError, KafkaUnavailable
+from sealtrail.errors import DecodeError, KafkaUnavailable, SealtrailError
 from sealtrail.kafka import consumer_conf
 from sealtrail.kafka_read import close_quietly
+from sealtrail.liveserver import LiveReadServer
 from sealtrail.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
+
+SUBTREES_EVERY_S = 5.0
 
 # Consumer rebuilds in a row without a commit: past this, something else holds the member id.
 MAX_CONSUMER_REBUILDS = 5
@@ -103,6 +109,9 @@ class Sink:
         self._buffers: dict[tuple[str, int], _Buffer] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._committed_since_rebuild = False
+        self.subtrees = SubtreeWriter(self.db)  # Merkle nodes for O(log n) proofs
+        self._subtrees_due: set[str] = set()  # chains with rows stored since their last nodes
+        self._subtrees_at = 0.0  # when they were last written (monotonic)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -130,6 +139,7 @@ class Sink:
     def run(self) -> SinkStats:
         _ = self.writer.client  # open and migrate before touching Kafka: a held store fails fast
         self.fast.clear_stale()
+        live = self._start_live_reads()
         consumer = self._new_consumer()
         try:
             if self.options.once:
@@ -143,7 +153,44 @@ class Sink:
             if self._consumer is not None:
                 self._consumer.close()
             self._consumer = None
+            if live is not None:
+                live.stop()
         return self.stats
+
+    def _start_live_reads(self) -> LiveReadServer | None:
+        """The owner of an embedded store serves read-only queries while it runs."""
+        store = clickhouse.chdb_path(self.settings.clickhouse_dsn)
+        if store is None or not self.options.serve_reads:
+            return None
+        try:
+            path = livewire.socket_path(self.settings, store)
+            return LiveReadServer(self.settings.clickhouse_dsn, path).start()
+        except (SealtrailError, OSError) as exc:
+            # Storing matters more than live reads: go on without them.
+            log.warning("not serving live reads (%s); readers must wait for the sink to stop", exc)
+            return None
+
+    def _write_subtrees(self, force: bool = False) -> None:
+        """The Merkle nodes the newly stored rows complete (processors/sink/subtrees.py), once
+        no insert is in flight, at most every SUBTREES_EVERY_S unless forced: each round costs
+        a query and an insert per chain, whatever it covers (proofs hash the few blocks whose
+        nodes are not written yet themselves)."""
+        if self.fast.busy or not self._subtrees_due:
+            return
+        if not force and time.monotonic() - self._subtrees_at < SUBTREES_EVERY_S:
+            return
+        self._subtrees_at = time.monotonic()
+        started = time.perf_counter()
+        for chain in sorted(self._subtrees_due):
+            contiguous = self.stored.seqs(chain).contiguous
+            self.writer.retrying(
+                f"writing the Merkle subtrees of chain {chain}",
+                functools.partial(
+                    self.subtrees.advance, self.client, chain, contiguous, self.writer.insert
+                ),
+            )
+        self._subtrees_due.clear()
+        self.stats.subtree_seconds += time.perf_counter() - started
 
     def _subscribe(self, consumer: Consumer) -> None:
         consumer.subscribe(
@@ -168,6 +215,7 @@ class Sink:
                 continue
             self._flush_due()
             self.fast.reap()
+            self._write_subtrees()
         self._flush_all()
         log.info("sink stopped (%s): %s", self.stop.reason, self.stats.as_dict())
 
@@ -203,6 +251,7 @@ class Sink:
             self._poll(consumer)
             self._flush_due()
             self.fast.reap()
+            self._write_subtrees()
             if self._caught_up(consumer, targets):
                 break
         self._flush_all()
@@ -275,6 +324,7 @@ class Sink:
         self._assigned = {(tp.topic, tp.partition) for tp in partitions}
         self._buffers = {key: buf for key, buf in self._buffers.items() if key in self._assigned}
         self.stored.reset()
+        self.subtrees.reset()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.fast.finish()
@@ -329,6 +379,7 @@ class Sink:
             if buffer.messages:
                 self._flush(key)
         self.fast.finish()
+        self._write_subtrees(force=True)
 
     def _flush(self, key: tuple[str, int]) -> None:
         buffer = self._buffers[key]
@@ -433,6 +484,7 @@ class Sink:
             # For a fast insert in flight this holds once fast.finish returns; until then
             # nothing is committed and nothing else is inserted.
             self.stored.seqs(chain).add(item.seq for item in items)
+            self._subtrees_due.add(chain)
         self.stats.decode_seconds += decode_s
 
     def _insert_python(self, batch: ChainBatch) -> float:

@@ -133,7 +133,12 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
             )
         return None
     try:
-        client = ch.connect(settings, create_database=False)
+        # Read-only: the sink's live-read socket while it runs, else the store opened directly.
+        from sealtrail.reader import open_reader
+
+        # Typed Any: the verifier's readers are annotated with clickhouse-connect's Client, whose
+        # query() a ReadClient answers the same way.
+        client: Any = open_reader(settings)
         exists = events_table_exists(client, settings.clickhouse_database)
     except SealtrailError as exc:
         if mode == "required":
@@ -483,6 +488,10 @@ def prove(
 
     settings = settings_of(ctx)
     ring = load_keyring(key)
+    stored = _prove_from_store(settings, chain, ring, seq, (from_size, to_size), consistency)
+    if stored is not None:
+        _write_proof(stored, out)
+        return
     cps = _checkpoints(settings, chain, ring)
     if consistency:
         if from_size is None or to_size is None or from_size > to_size:
@@ -508,6 +517,10 @@ def prove(
         note, cp = later[-1]
         leaves = _leaves(settings, chain, cp.size, (seq,))
         doc = make_inclusion(chain, seq, note, cp, leaves)
+    _write_proof(doc, out)
+
+
+def _write_proof(doc: dict[str, Any], out: Path | None) -> None:
     text = json.dumps(doc, indent=1) + "\n"
     if out is None:
         typer.echo(text, nl=False)
@@ -516,6 +529,50 @@ def prove(
 
         write_atomic(out, text)
         _say(f"proof written to {out}")
+
+
+def _prove_from_store(
+    settings: Settings,
+    chain: str,
+    ring: KeyRing,
+    seq: int | None,
+    sizes: tuple[int | None, int | None],
+    consistency: bool,
+) -> dict[str, Any] | None:
+    """The proof built from ClickHouse's stored subtrees in O(log n) reads (through the sink's
+    live-read socket while it runs), checked against the signed roots; None when the store
+    cannot give it (then the chain is read from Kafka, as before)."""
+    from processors.verified_read import signed_checkpoints, stored_consistency, stored_inclusion
+    from sealtrail.reader import open_reader
+
+    incomplete = None in sizes if consistency else seq is None or seq < 0
+    if incomplete:
+        return None  # the Kafka path explains what is missing
+    try:
+        reader = open_reader(settings, wait_s=5.0)
+    except SealtrailError:
+        return None
+    db = settings.clickhouse_database
+    try:
+        cps = signed_checkpoints(reader, db, settings.deployment, chain, ring)
+        if consistency:
+            by_size = {cp.size: (note, cp) for note, cp in cps}
+            if sizes[0] not in by_size or sizes[1] not in by_size:
+                return None
+            return stored_consistency(reader, db, chain, by_size[sizes[0]], by_size[sizes[1]])
+        assert seq is not None
+        covering = [(note, cp) for note, cp in cps if cp.size > seq]
+        if not covering:
+            return None
+        note, cp = covering[0]
+        return stored_inclusion(reader, db, chain, seq, note, cp)
+    except (IntegrityError, LookupError) as exc:
+        _say(f"the proof from ClickHouse does not check ({exc}); reading the chain from Kafka")
+        return None
+    except SealtrailError:
+        return None
+    finally:
+        reader.close()
 
 
 def verify_proof_cmd(
