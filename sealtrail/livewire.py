@@ -16,8 +16,10 @@ import decimal
 import hashlib
 import ipaddress
 import json
+import os
 import socket
 import struct
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,16 +46,27 @@ _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with its NUL
 
 
 def socket_path(settings: Settings, store: Path) -> Path:
-    """``$SEALTRAIL_HOME/run/read-<digest of the store path>.sock``: one socket per store, found
-    by every process with the same settings."""
+    """Where the owner of ``store`` serves reads: ``$SEALTRAIL_HOME/run/read-<digest>.sock``, one
+    socket per store, found by every process with the same settings. A Unix socket path holds at
+    most 107 bytes; when that one is longer, the socket lives in ``<temp dir>/sealtrail-<uid>/``
+    instead (the server refuses that directory unless it is this user's, and makes it 0700)."""
     digest = hashlib.sha256(str(store.resolve()).encode()).hexdigest()[:12]
-    path = (settings.home / "run" / f"read-{digest}.sock").absolute()
-    if len(str(path).encode()) > _SUN_PATH_MAX:
-        raise ConfigError(
-            f"the live-read socket path {path} is longer than a Unix socket path can be "
-            f"({_SUN_PATH_MAX} bytes); set SEALTRAIL_HOME to a shorter directory"
-        )
-    return path
+    name = f"read-{digest}.sock"
+    path = (settings.home / "run" / name).absolute()
+    if _fits(path):
+        return path
+    private = Path(tempfile.gettempdir()) / f"sealtrail-{os.getuid()}" / name
+    if _fits(private):
+        return private
+    raise ConfigError(
+        f"the live-read socket path {path} is longer than a Unix socket path can be "
+        f"({_SUN_PATH_MAX} bytes); set SEALTRAIL_HOME to a shorter directory"
+    )
+
+
+def _fits(path: Path) -> bool:
+    # The server binds a temporary name first (".<name>.<pid>", up to 9 bytes longer).
+    return len(str(path).encode()) + 9 <= _SUN_PATH_MAX
 
 
 # -- values ------------------------------------------------------------------------------------
