@@ -42,7 +42,7 @@ from processors.verifier import offsite
 from schemas.codec import decode_chained_fields, encode_chained
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError, KafkaUnavailable, SealtrailError
-from sealtrail.kafka import consumer_conf, producer_conf
+from sealtrail.kafka import consumer_conf, is_refusal, producer_conf, refused
 from sealtrail.kafka_read import close_quietly, read_range, read_tail, reader, watermarks
 from sealtrail.service import StopFlag
 
@@ -200,6 +200,14 @@ class _ProducerLost(Exception):  # noqa: N818 - internal control flow
 
 class _ProducerHung(_ProducerLost):
     """A transactional call outlived its own timeout: the producer is abandoned, not reused."""
+
+
+# What a refused transactional call was trying to do, in words.
+_REFUSED_ACTION = {
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "use its transactional id",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "write the chain or checkpoint topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "commit offsets in its consumer group",
+}
 
 
 def _now_us() -> int:
@@ -426,6 +434,8 @@ class Chainer:
                     # not always set: check both.
                     if error.fatal() or error.code() == KafkaError._FATAL:
                         raise _ConsumerLost(error.str())
+                    if is_refusal(error):
+                        raise refused(self.settings, error, f"consume {self._raw} in its group")
                     log.warning("consumer: %s", error.str())
                     continue
                 if message.partition() not in self._chains:
@@ -721,6 +731,11 @@ class Chainer:
             except KafkaException as exc:
                 err = _kafka_error(exc)
                 self._last_error = f"{what}: {_describe(exc)}"
+                if is_refusal(err):
+                    # A missing ACL does not heal by rebuilding the producer: say so, once.
+                    assert err is not None
+                    action = _REFUSED_ACTION.get(err.code(), what)
+                    raise refused(self.settings, err, action) from None
                 if err is None or err.fatal():
                     log.warning("%s failed for good: %s", what, _describe(exc))
                     raise _ProducerLost from None

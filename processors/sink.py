@@ -57,7 +57,7 @@ from schemas.codec import decode_audit_event, decode_chained
 from sealtrail import clickhouse
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError, DecodeError, KafkaUnavailable
-from sealtrail.kafka import consumer_conf
+from sealtrail.kafka import consumer_conf, is_refusal, refused
 from sealtrail.kafka_read import close_quietly
 from sealtrail.service import StopFlag, backoff
 
@@ -566,6 +566,8 @@ class Sink:
                 # always set: check both.
                 if error.fatal() or error.code() == KafkaError._FATAL:
                     raise _ConsumerLost(error.str())
+                if is_refusal(error):
+                    raise refused(self.settings, error, "consume the chain topics in its group")
                 log.warning("Kafka consumer error: %s", error.str())
                 continue
             key = (message.topic() or "", message.partition() or 0)

@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, Producer
 
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError
-from sealtrail.kafka import producer_conf
+from sealtrail.kafka import is_refusal, producer_conf, refused
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,17 @@ class Batch:
     record was already acknowledged): ``error`` is None when Kafka stored every record.
     """
 
-    __slots__ = ("_done", "_error", "_lock", "_on_done", "_pending", "_sealed", "acked")
+    __slots__ = (
+        "_done",
+        "_error",
+        "_lock",
+        "_on_done",
+        "_pending",
+        "_sealed",
+        "acked",
+        "refusal",
+        "refused_topic",
+    )
 
     def __init__(self, on_done: Callable[[str | None], None] | None = None) -> None:
         self._lock = threading.Lock()
@@ -76,6 +86,9 @@ class Batch:
         self._error: str | None = None
         self._on_done = on_done
         self.acked = 0
+        # The broker refused the principal (an ACL is missing): the first such error and topic.
+        self.refusal: KafkaError | None = None
+        self.refused_topic = ""
 
     def _add(self) -> None:
         with self._lock:
@@ -88,6 +101,9 @@ class Batch:
                 self.acked += 1
             elif self._error is None:
                 self._error = err.str()
+            if err is not None and self.refusal is None and is_refusal(err):
+                self.refusal = err
+                self.refused_topic = (_msg.topic() if _msg is not None else None) or ""
             finish = self._sealed and self._pending == 0
         if finish:
             self._finish()
@@ -142,6 +158,12 @@ class ConfirmedProducer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._thread.start()
+
+    def raise_if_refused(self, batch: Batch) -> None:
+        """Raise the one-sentence error if the broker refused ``batch``'s writes."""
+        if batch.refusal is not None:
+            topic = batch.refused_topic or self.settings.topics.raw
+            raise refused(self.settings, batch.refusal, f"write topic {topic}")
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():

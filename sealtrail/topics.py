@@ -10,7 +10,7 @@ from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
 
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, TopicError
-from sealtrail.kafka import admin
+from sealtrail.kafka import admin, check_login, is_refusal, refused
 
 MAX_MESSAGE_BYTES = 12 * 1024 * 1024
 
@@ -55,6 +55,7 @@ def init_topics(
         raise TopicError("--partitions must be at least 1")
     if replication_factor < 1:
         raise TopicError("--replication-factor must be at least 1")
+    check_login(settings, min(timeout, 10.0))
     client = admin(settings)
     names = settings.topics
     wanted = [names.raw, names.chain, names.checkpoints, names.rejects]
@@ -92,6 +93,8 @@ def init_topics(
                 error = exc.args[0]
                 if error.name() == "TOPIC_ALREADY_EXISTS":
                     continue
+                if is_refusal(error):
+                    raise refused(settings, error, f"create topic {name}") from None
                 raise TopicError(f"could not create topic {name}: {error.str()}") from None
         # The controller acknowledges creation before every broker's metadata shows the topics.
         deadline = time.monotonic() + timeout
@@ -113,6 +116,7 @@ def init_topics(
 
 def check_topics(settings: Settings, timeout: float = 30.0) -> None:
     """Raise :class:`TopicError` if a topic is missing, unsafe or out of step with the raw one."""
+    check_login(settings, min(timeout, 10.0))
     client = admin(settings)
     names = settings.topics
     wanted = [names.raw, names.chain, names.checkpoints, names.rejects]
@@ -123,6 +127,10 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
             f"Kafka at {settings.kafka} did not answer ({exc.args[0]}); "
             "start it with 'sealtrail stack up' or set SEALTRAIL_KAFKA"
         ) from None
+    for name in wanted:
+        error = metadata[name].error if name in metadata else None
+        if is_refusal(error):
+            raise refused(settings, error, f"describe topic {name}")
     absent = [n for n in wanted if n not in metadata]
     if absent:
         raise TopicError(f"topic(s) {', '.join(absent)} do not exist; run 'sealtrail topics init'")
@@ -155,6 +163,8 @@ def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> in
             f"Kafka at {settings.kafka} did not answer ({exc.args[0]})"
         ) from None
     info = metadata.topics.get(topic)
+    if info is not None and is_refusal(info.error):
+        raise refused(settings, info.error, f"describe topic {topic}")
     if info is None or info.error is not None:
         raise TopicError(f"topic {topic} does not exist; run 'sealtrail topics init'")
     return len(info.partitions)

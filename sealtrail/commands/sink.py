@@ -24,6 +24,7 @@ from processors.sink import Sink, SinkOptions
 from sealtrail import clickhouse
 from sealtrail.config import Settings
 from sealtrail.errors import ClickHouseError, ConfigError
+from sealtrail.kafka import check_login
 from sealtrail.service import StopFlag
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ def sink(
     settings = settings_of(ctx)
     options = SinkOptions(batch_rows=batch_rows, batch_ms=batch_ms, once=once, group=group)
     stop = StopFlag().install()
+    check_login(settings)  # a refused login is one sentence, not a silent retry loop
     stats = Sink(settings, options, stop).run()
     typer.echo(
         f"stored {stats.inserted} event row(s), {stats.checkpoints} checkpoint(s), "
