@@ -43,12 +43,14 @@ def reader(settings: Settings, **overrides: object) -> Consumer:
 
     The group id starts with the topic prefix and ``sealtrail-reader-`` (one prefixed ACL
     allows them all, see sealtrail/acls.py)."""
-    conf = consumer_conf(
-        settings, f"{settings.topic_prefix}{READER_GROUP_PREFIX}{uuid.uuid4()}", **overrides
-    )
+    conf = consumer_conf(settings, reader_group(settings), **overrides)
     consumer = Reader(conf)
     consumer.settings = settings
     return consumer
+
+
+def reader_group(settings: Settings) -> str:
+    return f"{settings.topic_prefix}{READER_GROUP_PREFIX}{uuid.uuid4()}"
 
 
 def consumer_settings(consumer: Consumer) -> Settings | None:
