@@ -213,7 +213,8 @@ class FileShipper:
         return batch
 
     def _confirm(self, batch: Batch) -> None:
-        if not batch.wait(ACK_TIMEOUT_S):
+        if not self.producer.wait(batch, ACK_TIMEOUT_S):
+            self.producer.raise_if_refused(batch)
             raise KafkaUnavailable(
                 f"Kafka at {self.settings.kafka} did not acknowledge within {ACK_TIMEOUT_S:.0f}s; "
                 "check that it is up"

@@ -155,6 +155,8 @@ class ConfirmedProducer:
         self._producer = Producer(conf)
         self.connected = True
         self.fatal: str | None = None
+        # A fatal refusal, e.g. no producer id for a principal that may write no topic at all.
+        self.refusal: KafkaError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._thread.start()
@@ -164,9 +166,22 @@ class ConfirmedProducer:
         if batch.refusal is not None:
             topic = batch.refused_topic or self.settings.topics.raw
             raise refused(self.settings, batch.refusal, f"write topic {topic}")
+        if self.refusal is not None:
+            raise refused(self.settings, self.refusal, "produce to any topic")
+
+    def wait(self, batch: Batch, timeout: float) -> bool:
+        """Wait for ``batch`` like :meth:`Batch.wait`, but give up at once if the producer
+        failed for good (its queued records would only fail at their message timeout)."""
+        deadline = time.monotonic() + timeout
+        while not batch.wait(0.1):
+            if self.fatal is not None or time.monotonic() >= deadline:
+                return False
+        return True
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
+            if is_refusal(err):
+                self.refusal = err
             self.fatal = err.str()
             log.error("Kafka producer stopped: %s", err.str())
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:

@@ -243,7 +243,7 @@ def send_kafka(
                 progress(stats, count)
                 last_report = time.monotonic()
         batch.seal()
-        finished = batch.wait(120.0)
+        finished = producer.wait(batch, 120.0)
         producer.raise_if_refused(batch)
         if not finished or batch.error is not None:
             raise KafkaUnavailable(

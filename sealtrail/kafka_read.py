@@ -101,7 +101,13 @@ def watermarks(
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
                 # Short: a stop request is only seen between calls.
-                _refresh_metadata(consumer, topic, min(2.0, max(0.1, deadline - time.monotonic())))
+                shown = _refresh_metadata(
+                    consumer, topic, min(2.0, max(0.1, deadline - time.monotonic()))
+                )
+                if is_refusal(shown):
+                    # An unauthorized topic shows no partitions: "unknown partition" forever.
+                    who = consumer_settings(consumer)
+                    raise refused(who, shown, f"read topic {topic}") from None
                 continue
             if is_refusal(error):
                 raise refused(consumer_settings(consumer), error, f"read topic {topic}") from None
@@ -110,16 +116,18 @@ def watermarks(
             ) from None
 
 
-def _refresh_metadata(consumer: Consumer, topic: str, timeout: float) -> None:
-    """Ask a broker for the topic's metadata now.
+def _refresh_metadata(consumer: Consumer, topic: str, timeout: float) -> KafkaError | None:
+    """Ask a broker for the topic's metadata now; return the topic's error, if any.
 
     After a broker restart the client's cached view of a partition can stay wrong ("Unknown
     partition") while the offsets query does not refresh it; an explicit metadata request does.
     """
     try:
-        consumer.list_topics(topic, timeout=timeout)
+        shown = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
     except KafkaException as exc:
         log.debug("metadata refresh for %s failed: %s", topic, exc)
+        return None
+    return shown.error if shown is not None else None
 
 
 _LEADER_MOVING = frozenset(

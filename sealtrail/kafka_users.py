@@ -46,7 +46,7 @@ def client_properties(user: str, password: str, ca_file: Path | None) -> str:
         f"sasl.password={password}",
     ]
     if ca_file is not None:
-        lines.append(f"ssl.ca.location={ca_file.resolve()}")
+        lines.append(f"ssl.ca.location={ca_file if ca_file.is_absolute() else ca_file.resolve()}")
     return "\n".join(lines) + "\n"
 
 
@@ -58,8 +58,9 @@ def role_clients(
 ) -> list[RoleClient]:
     """Write (or keep) each role's properties file; new users get a random password."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o700)
+        if not directory.is_dir():
+            directory.mkdir(parents=True)
+            directory.chmod(0o700)
     except OSError as exc:
         raise ConfigError(f"cannot create {directory} ({exc.strerror})") from None
     out = []
@@ -72,7 +73,10 @@ def role_clients(
             if old.get("sasl.username") == user:
                 password = old.get("sasl.password", "")
         password = password or secrets.token_urlsafe(24)
-        write_secret(path, client_properties(user, password, ca_file).encode("utf-8"))
+        text = client_properties(user, password, ca_file)
+        # Unchanged files are left alone: they may sit on a read-only secret mount.
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            write_secret(path, text.encode("utf-8"))
         out.append(RoleClient(role, user, password, path))
     return out
 

@@ -69,6 +69,13 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -77,8 +84,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def ensure_tls(directory: Path) -> TlsFiles:
-    """Create the CA and the broker certificate once; later calls reuse them."""
+def ensure_tls(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> TlsFiles:
+    """Create the CA and a broker certificate for ``hosts`` once; later calls reuse them."""
     files = TlsFiles.under(directory)
     if all(
         p.exists() for p in (files.ca_cert, files.ca_key, files.broker_keystore, files.broker_key)
@@ -133,12 +140,7 @@ def ensure_tls(directory: Path) -> TlsFiles:
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
+            x509.SubjectAlternativeName([_san(host) for host in hosts]),
             critical=False,
         )
         # Server auth for its listeners, client auth for broker-to-broker and -to-controller.

@@ -10,6 +10,7 @@ import typer
 from sealtrail import acls, kafka_users
 from sealtrail.cli import settings_of
 from sealtrail.kafka import admin, check_login
+from sealtrail.pki import ensure_tls
 
 acls_app = typer.Typer(
     help="Kafka users (SCRAM) and ACLs of the sealtrail roles, from sealtrail/acls.py.",
@@ -47,15 +48,36 @@ def users(
         Path | None, typer.Option(help="CA certificate the clients trust (ssl.ca.location).")
     ] = None,
     user_prefix: UserPrefix = acls.DEFAULT_USER_PREFIX,
+    files_only: Annotated[
+        bool,
+        typer.Option(
+            "--files-only", help="Only write the client files (new random passwords); no Kafka."
+        ),
+    ] = False,
 ) -> None:
-    """Create or refresh the SCRAM-SHA-512 user of each component role (run as admin) and
-    write its client file (0600); an existing file keeps its password."""
+    """Create or refresh the SCRAM-SHA-512 user of each role (run as a super user) and write
+    its client file (0600); an existing file keeps its password, so files written first with
+    --files-only (e.g. as deployment secrets) become the users' credentials."""
     settings = settings_of(ctx)
-    check_login(settings)
-    clients = kafka_users.role_clients(out, ca, acls.COMPONENT_ROLES, user_prefix)
-    kafka_users.upsert_users(admin(settings), clients)
+    clients = kafka_users.role_clients(out, ca, tuple(acls.Role), user_prefix)
+    if not files_only:
+        check_login(settings)
+        kafka_users.upsert_users(admin(settings), clients)
     for client in clients:
         typer.echo(f"{client.role.value}: user {client.user}, {client.path}")
+
+
+@acls_app.command("certs")
+def certs(
+    out: Annotated[Path, typer.Option(help="Folder for ca.pem, ca.key and the broker's files.")],
+    host: Annotated[
+        list[str], typer.Option(help="Host name or IP the brokers are reached by (repeat).")
+    ],
+) -> None:
+    """Make a private CA and one broker certificate (PEM keystore, keys 0600), as
+    'stack up --secure' does, e.g. for compose.yaml; production may use its own CA."""
+    files = ensure_tls(out, tuple(host))
+    typer.echo(f"CA: {files.ca_cert}; broker keystore: {files.broker_keystore}")
 
 
 def register(app: typer.Typer) -> None:

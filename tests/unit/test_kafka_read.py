@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -25,8 +26,9 @@ class FlakyConsumer:
             raise KafkaException(KafkaError(self.errors.pop(0)))
         return 3, 42
 
-    def list_topics(self, topic: str, timeout: float) -> None:
+    def list_topics(self, topic: str, timeout: float) -> SimpleNamespace:
         self.metadata_requests.append(topic)
+        return SimpleNamespace(topics={})  # the topic shows no error (and no partitions)
 
 
 def test_a_stale_partition_view_is_refreshed_and_retried() -> None:
