@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError
@@ -194,7 +194,18 @@ class ConfirmedProducer:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                # poll() raises a fatal error (e.g. no producer id for this principal) instead
+                # of passing it to error_cb: record it, keep serving delivery reports.
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError):
+                    if not error.fatal():
+                        log.warning("Kafka producer: %s", error.str())
+                    elif self.fatal is None:
+                        self._on_error(error)
+                self._stop.wait(0.1)
 
     def produce(self, batch: Batch, topic: str, key: bytes, value: bytes) -> None:
         """Queue one record for ``batch``; raises :class:`Backpressure` if the queue is full."""
