@@ -170,6 +170,8 @@ def check_login(settings: Settings, timeout: float = 10.0) -> None:
         for error in seen:
             if error.code() in AUTHENTICATION_CODES:
                 raise authentication_failed(settings, error.str()) from None
+        if hangups.refused >= 2:
+            return  # nobody listens there: the caller reports an unreachable cluster its way
         if hangups.count >= 2:
             # A plaintext or TLS-only client at a SASL_SSL listener: the broker hangs up at once.
             raise authentication_failed(
@@ -183,8 +185,11 @@ class _HangupCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.refused = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if "closed by peer" in text and ("APIVERSION_QUERY" in text or "state UP" in text):
             self.count += 1
+        elif "Connection refused" in text:
+            self.refused += 1
