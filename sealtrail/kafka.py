@@ -121,6 +121,8 @@ def refused(settings: Settings | None, error: KafkaError, action: str) -> KafkaU
     if error.code() in AUTHENTICATION_CODES and settings is not None:
         return authentication_failed(settings, error.str())
     where = f" at {settings.kafka}" if settings is not None else ""
+    if error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED and "group" not in action:
+        action += " with its consumer group id"
     return KafkaNotAuthorized(
         f"Kafka{where} refused to let {_who(settings)} {action} "
         f"({error.str()}); use the Kafka client file of the role that does this "

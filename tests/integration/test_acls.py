@@ -347,3 +347,38 @@ def test_each_role_is_refused_what_it_must_not_do(
     # Nothing any refused request tried reached a topic.
     for topic in (topics.raw, topics.chain, topics.checkpoints, topics.rejects):
         assert total_end(admin, topic) == 0, topic
+
+
+def test_the_verifier_needs_its_reader_group_row(
+    secure: Settings, secure_stack: SecureStack, tmp_path: Path
+) -> None:
+    """Not too wide either: without the prefixed reader-group row the verifier cannot read."""
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+    )
+
+    # Something to read: one event, chained (as the producer and chainer roles).
+    with Emitter(as_role(secure, secure_stack, Role.PRODUCER), cluster="c") as audit:
+        audit.emit(actor="alice", action="login", resource="console", outcome="success")
+    chained = cli(as_role(secure, secure_stack, Role.CHAINER), "chain", "--once")
+    assert chained.returncode == 0, chained.stderr
+    admin = AdminClient(admin_conf(as_role(secure, secure_stack, Role.ADMIN)))
+    row = AclBindingFilter(
+        ResourceType.GROUP,
+        f"{secure.topic_prefix}sealtrail-reader-",
+        ResourcePatternType.PREFIXED,
+        "User:sealtrail-verifier",
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    deleted = [len(f.result()) for f in admin.delete_acls([row], request_timeout=30).values()]
+    assert deleted == [1]
+    _private, public = write_keypair("acl-test", tmp_path / "keys")
+    verifier = as_role(secure, secure_stack, Role.VERIFIER)
+    line = one_line_error(cli(verifier, "verify", "--key", str(public), "--no-clickhouse"))
+    assert "refused to let user sealtrail-verifier" in line
+    assert "consumer group" in line or "Group authorization failed" in line
