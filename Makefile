@@ -26,9 +26,12 @@ demo-quick: setup
 
 # The long fault tests (marked slow) run in `make test-faults`; their short versions run here.
 test: setup
+	@command -v go >/dev/null || { echo "Go >= 1.26 is needed to build the real Kubernetes audit client the tests drive (tests/tools/auditclient); install it"; exit 2; }
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-unit: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" tests/unit $(PYTEST_ARGS)
 
 test-integration: setup
@@ -46,6 +49,7 @@ bench-tiny: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 stop:
 	-$(BIN)/sealtrail stack down

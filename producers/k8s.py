@@ -17,11 +17,13 @@ bytes, so nothing is silently dropped.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, NoReturn
 
 from sealtrail.errors import DecodeError
@@ -29,25 +31,54 @@ from sealtrail.errors import DecodeError
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
 
 __all__ = [
+    "audit_event",
     "MAX_EVENT_BYTES",
+    "REJECT_KEEP_BYTES",
+    "REJECT_SOURCE",
     "BadRequestBody",
     "ParseResult",
     "Reject",
     "RejectError",
+    "RejectKind",
     "generic_event",
+    "eventlist_api_version",
+    "is_event_list",
     "parse_body",
+    "parse_item",
     "parse_line",
+    "reject_event",
     "parse_timestamp",
 ]
 
-MAX_EVENT_BYTES = 100 * 1024
-"""Default largest accepted event (the JSON object's bytes)."""
+MAX_EVENT_BYTES = 32 * 1024 * 1024
+"""Default largest event chained as an event (the JSON object's bytes). kube-apiserver sends
+events whole unless --audit-webhook-truncate-enabled is set; RequestResponse events of large
+objects run to megabytes. A larger event is chained as a reject holding its first
+:data:`REJECT_KEEP_BYTES` and the SHA-256 of all of it (docs/SCHEMAS.md)."""
+
+REJECT_KEEP_BYTES = 1024 * 1024
+"""How much of an item over the event limit a reject keeps (the SHA-256 covers all of it)."""
+
+REJECT_SOURCE = "reject"
+"""The ``source`` of a chained reject: input that could not be accepted as an event."""
 
 AUDIT_GROUP = "audit.k8s.io/"
 AUDIT_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1", "audit.k8s.io/v1alpha1"})
 
 _INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
+
+
+class RejectKind(StrEnum):
+    """Why input was refused, as a small fixed set (metric labels, filters); the reason text
+    says the details."""
+
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"  # not UTF-8, not JSON, nested too deeply, data after the value
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"  # a field, kind or apiVersion of the wrong type or value
+    BAD_BODY = "bad_body"  # a whole request body
+    OTHER = "other"
 
 
 class BadRequestBody(DecodeError):
@@ -57,18 +88,115 @@ class BadRequestBody(DecodeError):
 class RejectError(DecodeError):
     """One event could not be accepted; ``reason`` says why and ``raw`` holds its bytes."""
 
-    def __init__(self, reason: str, raw: bytes) -> None:
+    def __init__(self, reason: str, raw: bytes, kind: RejectKind = RejectKind.OTHER) -> None:
         super().__init__(reason)
         self.reason = reason
         self.raw = raw
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """One event that was not accepted: why, and its exact bytes (for the rejects topic)."""
+    """Input that was not accepted as an event: why, and its exact bytes.
+
+    ``raw`` is all of it, or only its first bytes when ``size`` says it was longer; ``sha256``
+    then covers all ``size`` bytes (None: the hash of ``raw``)."""
 
     reason: str
     raw: bytes
+    size: int | None = None
+    sha256: bytes | None = None
+    kind: RejectKind = RejectKind.OTHER
+
+    @property
+    def total_size(self) -> int:
+        return len(self.raw) if self.size is None else self.size
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.raw).digest() if self.sha256 is None else self.sha256
+
+
+def over_limit_reason(size: int, limit: int) -> str:
+    return f"event is {size} bytes, over the {limit} byte limit"
+
+
+def audit_event(
+    cluster: str, source: str, received_at_us: int, original: bytes, **fields: Any
+) -> dict[str, Any]:
+    """An AuditEvent datum: ``fields`` over the schema's defaults (schemas/audit_event.avsc).
+
+    The one place the datum's 33 keys are spelled out; a key the schema lacks raises
+    ``TypeError`` (a typo would otherwise be dropped by the encoder)."""
+    datum: dict[str, Any] = {
+        "cluster": cluster,
+        "source": source,
+        "received_at": received_at_us,
+        "original": original,
+        "api_version": "",
+        "audit_id": "",
+        "stage": "",
+        "level": "",
+        "verb": "",
+        "request_uri": "",
+        "user_name": "",
+        "user_uid": "",
+        "user_groups": [],
+        "user_extra": {},
+        "impersonated_user": None,
+        "source_ips": [],
+        "user_agent": "",
+        "object_resource": "",
+        "object_namespace": "",
+        "object_name": "",
+        "object_subresource": "",
+        "object_api_group": "",
+        "object_api_version": "",
+        "object_uid": "",
+        "response_code": None,
+        "request_received_at": None,
+        "stage_at": None,
+        "annotations": {},
+        "actor": "",
+        "action": "",
+        "resource": "",
+        "outcome": "",
+        "attributes": {},
+    }
+    unknown = fields.keys() - datum.keys()
+    if unknown:
+        raise TypeError(f"AuditEvent has no field(s) {', '.join(sorted(unknown))}")
+    datum.update(fields)
+    return datum
+
+
+def reject_event(
+    reject: Reject, cluster: str, producer: str, received_at_us: int
+) -> dict[str, Any]:
+    """The AuditEvent datum that chains a reject (``source`` = ``"reject"``, docs/SCHEMAS.md).
+
+    ``original`` holds the rejected bytes (their first :data:`REJECT_KEEP_BYTES` when they were
+    longer), ``attributes`` the reason, the full size and the SHA-256 of all of them, so the
+    chain proves what was refused even when it does not hold every byte. ``audit_id`` is
+    ``reject:<sha256>``: a client that resends the same bytes makes the same reject."""
+    digest = reject.digest.hex()
+    return audit_event(
+        cluster,
+        REJECT_SOURCE,
+        received_at_us,
+        reject.raw,
+        audit_id=f"reject:{digest}",
+        actor=producer,
+        action="reject",
+        outcome="rejected",
+        attributes={
+            "kind": str(reject.kind),
+            "reason": reject.reason,
+            "bytes": str(reject.total_size),
+            "sha256": digest,
+            "truncated": "true" if reject.total_size > len(reject.raw) else "false",
+        },
+    )
 
 
 @dataclass(slots=True)
@@ -79,8 +207,10 @@ class ParseResult:
     rejects: list[Reject] = field(default_factory=list)
 
 
-class _Bad(Exception):  # noqa: N818 - internal signal carrying a reject reason
-    pass
+class _Bad(Exception):  # noqa: N818 - internal signal carrying a reject reason and kind
+    def __init__(self, reason: str, kind: RejectKind) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,16 +272,16 @@ def _str(obj: Mapping[str, Any], key: str, where: str = "") -> str:
     if value is None:
         return ""
     if type(value) is not str:
-        raise _Bad(f"{where}{key} must be a string, not {_jtype(value)}")
+        raise _Bad(f"{where}{key} must be a string, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     return value
 
 
 def _required(obj: Mapping[str, Any], key: str) -> str:
     value = obj.get(key)
     if value is None or value == "":
-        raise _Bad(f"{key} is missing")
+        raise _Bad(f"{key} is missing", RejectKind.MISSING_FIELD)
     if type(value) is not str:
-        raise _Bad(f"{key} must be a string, not {_jtype(value)}")
+        raise _Bad(f"{key} must be a string, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     return value
 
 
@@ -160,7 +290,7 @@ def _obj(obj: Mapping[str, Any], key: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if type(value) is not dict:
-        raise _Bad(f"{key} must be an object, not {_jtype(value)}")
+        raise _Bad(f"{key} must be an object, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     return value
 
 
@@ -168,10 +298,15 @@ def _str_list(value: Any, name: str) -> list[str]:
     if value is None:
         return []
     if type(value) is not list:
-        raise _Bad(f"{name} must be an array of strings, not {_jtype(value)}")
+        raise _Bad(
+            f"{name} must be an array of strings, not {_jtype(value)}", RejectKind.WRONG_TYPE
+        )
     for item in value:
         if type(item) is not str:
-            raise _Bad(f"{name} must be an array of strings, but holds {_jtype(item)}")
+            raise _Bad(
+                f"{name} must be an array of strings, but holds {_jtype(item)}",
+                RejectKind.WRONG_TYPE,
+            )
     return value
 
 
@@ -179,10 +314,14 @@ def _str_map(value: Any, name: str) -> dict[str, str]:
     if value is None:
         return {}
     if type(value) is not dict:
-        raise _Bad(f"{name} must be an object of strings, not {_jtype(value)}")
+        raise _Bad(
+            f"{name} must be an object of strings, not {_jtype(value)}", RejectKind.WRONG_TYPE
+        )
     for item in value.values():
         if type(item) is not str:
-            raise _Bad(f"{name} values must be strings, but one is {_jtype(item)}")
+            raise _Bad(
+                f"{name} values must be strings, but one is {_jtype(item)}", RejectKind.WRONG_TYPE
+            )
     return value
 
 
@@ -191,11 +330,13 @@ def _time(obj: Mapping[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if type(value) is not str:
-        raise _Bad(f"{key} must be an RFC 3339 string, not {_jtype(value)}")
+        raise _Bad(f"{key} must be an RFC 3339 string, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     try:
         return parse_timestamp(value)
     except ValueError:
-        raise _Bad(f"{key} {_clip(value)} is not an RFC 3339 timestamp") from None
+        raise _Bad(
+            f"{key} {_clip(value)} is not an RFC 3339 timestamp", RejectKind.WRONG_TYPE
+        ) from None
 
 
 def _clip(value: Any, limit: int = 40) -> str:
@@ -213,21 +354,23 @@ def _to_datum(
 ) -> dict[str, Any]:
     """Validate one audit Event object and map it to an AuditEvent datum."""
     if type(item) is not dict:
-        raise _Bad(f"event must be a JSON object, not {_jtype(item)}")
+        raise _Bad(f"event must be a JSON object, not {_jtype(item)}", RejectKind.WRONG_TYPE)
     kind = item.get("kind")
     if kind is None:
         if not in_list:
-            raise _Bad('kind is missing (expected "Event")')
+            raise _Bad('kind is missing (expected "Event")', RejectKind.MISSING_FIELD)
     elif kind != "Event":
-        raise _Bad(f'kind must be "Event", not {_clip(kind)}')
+        raise _Bad(f'kind must be "Event", not {_clip(kind)}', RejectKind.WRONG_TYPE)
 
     api_version = item.get("apiVersion")
     if api_version is None:
         api_version = list_api_version
     elif type(api_version) is not str:
-        raise _Bad(f"apiVersion must be a string, not {_jtype(api_version)}")
+        raise _Bad(f"apiVersion must be a string, not {_jtype(api_version)}", RejectKind.WRONG_TYPE)
     elif not api_version.startswith(AUDIT_GROUP):
-        raise _Bad(f"apiVersion {_clip(api_version)} is not an audit.k8s.io version")
+        raise _Bad(
+            f"apiVersion {_clip(api_version)} is not an audit.k8s.io version", RejectKind.WRONG_TYPE
+        )
 
     audit_id = _required(item, "auditID")
     stage = _required(item, "stage")
@@ -243,16 +386,21 @@ def _to_datum(
         value = status.get("code")
         if value is not None:
             if type(value) is not int:
-                raise _Bad(f"responseStatus.code must be an integer, not {_jtype(value)}")
+                raise _Bad(
+                    f"responseStatus.code must be an integer, not {_jtype(value)}",
+                    RejectKind.WRONG_TYPE,
+                )
             if not _INT32_MIN <= value <= _INT32_MAX:
-                raise _Bad("responseStatus.code is out of range")
+                raise _Bad("responseStatus.code is out of range", RejectKind.OTHER)
             code = value
 
     extra_raw = user.get("extra")
     extra: dict[str, list[str]] = {}
     if extra_raw is not None:
         if type(extra_raw) is not dict:
-            raise _Bad(f"user.extra must be an object, not {_jtype(extra_raw)}")
+            raise _Bad(
+                f"user.extra must be an object, not {_jtype(extra_raw)}", RejectKind.WRONG_TYPE
+            )
         for key, values in extra_raw.items():
             extra[key] = _str_list(values, "user.extra values")
 
@@ -260,43 +408,38 @@ def _to_datum(
     if received is None:
         received = _time(item, "timestamp")  # v1alpha1 events carry only "timestamp"
 
-    return {
-        "cluster": cluster,
-        "source": "k8s",
-        "received_at": received_at_us,
-        "original": raw,
-        "api_version": api_version,
-        "audit_id": audit_id,
-        "stage": stage,
-        "level": _str(item, "level"),
-        "verb": verb,
-        "request_uri": _str(item, "requestURI"),
-        "user_name": _str(user, "username", "user."),
-        "user_uid": _str(user, "uid", "user."),
-        "user_groups": _str_list(user.get("groups"), "user.groups"),
-        "user_extra": extra,
-        "impersonated_user": (
+    return audit_event(
+        cluster,
+        "k8s",
+        received_at_us,
+        raw,
+        api_version=api_version,
+        audit_id=audit_id,
+        stage=stage,
+        level=_str(item, "level"),
+        verb=verb,
+        request_uri=_str(item, "requestURI"),
+        user_name=_str(user, "username", "user."),
+        user_uid=_str(user, "uid", "user."),
+        user_groups=_str_list(user.get("groups"), "user.groups"),
+        user_extra=extra,
+        impersonated_user=(
             None if impersonated is None else _str(impersonated, "username", "impersonatedUser.")
         ),
-        "source_ips": _str_list(item.get("sourceIPs"), "sourceIPs"),
-        "user_agent": _str(item, "userAgent"),
-        "object_resource": _str(ref, "resource", "objectRef."),
-        "object_namespace": _str(ref, "namespace", "objectRef."),
-        "object_name": _str(ref, "name", "objectRef."),
-        "object_subresource": _str(ref, "subresource", "objectRef."),
-        "object_api_group": _str(ref, "apiGroup", "objectRef."),
-        "object_api_version": _str(ref, "apiVersion", "objectRef."),
-        "object_uid": _str(ref, "uid", "objectRef."),
-        "response_code": code,
-        "request_received_at": received,
-        "stage_at": _time(item, "stageTimestamp"),
-        "annotations": _str_map(item.get("annotations"), "annotations"),
-        "actor": "",
-        "action": "",
-        "resource": "",
-        "outcome": "",
-        "attributes": {},
-    }
+        source_ips=_str_list(item.get("sourceIPs"), "sourceIPs"),
+        user_agent=_str(item, "userAgent"),
+        object_resource=_str(ref, "resource", "objectRef."),
+        object_namespace=_str(ref, "namespace", "objectRef."),
+        object_name=_str(ref, "name", "objectRef."),
+        object_subresource=_str(ref, "subresource", "objectRef."),
+        object_api_group=_str(ref, "apiGroup", "objectRef."),
+        object_api_version=_str(ref, "apiVersion", "objectRef."),
+        object_uid=_str(ref, "uid", "objectRef."),
+        response_code=code,
+        request_received_at=received,
+        stage_at=_time(item, "stageTimestamp"),
+        annotations=_str_map(item.get("annotations"), "annotations"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,16 +569,8 @@ def parse_body(
         return body[s:e] if ascii_only else text[s:e].encode("utf-8")
 
     result = ParseResult()
-    kind = obj.get("kind")
-    if kind == "EventList":
-        list_api = obj.get("apiVersion")
-        if list_api is None:
-            list_api = ""
-        elif type(list_api) is not str or list_api not in AUDIT_VERSIONS:
-            _bad_body(
-                f"EventList apiVersion {_clip(list_api)} is not supported; send "
-                "audit.k8s.io/v1 or v1beta1."
-            )
+    if is_event_list(obj):
+        list_api = eventlist_api_version(obj)
         if "items" not in obj:
             _bad_body("EventList has no items array; send the webhook backend's EventList.")
         items = obj["items"]
@@ -448,10 +583,64 @@ def parse_body(
                 result, item, raw_of(span), cluster, received_at_us, list_api, True, max_event_bytes
             )
         return result
-    if type(kind) is str and kind != "Event":
-        _bad_body(f"Request body kind {_clip(kind)} is not Event or EventList.")
     _accept(result, obj, raw_of((i, end)), cluster, received_at_us, "", False, max_event_bytes)
     return result
+
+
+def is_event_list(envelope: Mapping[str, Any]) -> bool:
+    """True for an EventList; False for a single Event; BadRequestBody for any other kind."""
+    kind = envelope.get("kind")
+    if kind == "EventList":
+        return True
+    if type(kind) is str and kind != "Event":
+        _bad_body(f"Request body kind {_clip(kind)} is not Event or EventList.")
+    return False
+
+
+def eventlist_api_version(envelope: Mapping[str, Any]) -> str:
+    """The EventList's apiVersion ("" if absent); BadRequestBody for an unsupported one."""
+    list_api = envelope.get("apiVersion")
+    if list_api is None:
+        return ""
+    if type(list_api) is not str or list_api not in AUDIT_VERSIONS:
+        _bad_body(
+            f"EventList apiVersion {_clip(list_api)} is not supported; send "
+            "audit.k8s.io/v1 or v1beta1."
+        )
+    return list_api
+
+
+def parse_item(
+    raw: bytes,
+    cluster: str,
+    received_at_us: int,
+    list_api: str,
+    *,
+    in_list: bool = True,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> dict[str, Any] | Reject:
+    """One EventList item (or a whole single Event) from its exact bytes: a datum or a Reject.
+
+    The same checks as :func:`parse_body` makes on the items of a body parsed whole."""
+    if len(raw) > max_event_bytes:
+        return Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return Reject("event is not valid UTF-8", raw, kind=RejectKind.MALFORMED)
+    try:
+        item, end = _raw_decode(text, 0)
+    except RecursionError:
+        return Reject("event JSON is nested too deeply", raw, kind=RejectKind.MALFORMED)
+    except ValueError as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return Reject(f"event is not valid JSON ({reason})", raw, kind=RejectKind.MALFORMED)
+    if end != len(text):
+        return Reject("event has data after its JSON value", raw, kind=RejectKind.MALFORMED)
+    try:
+        return _to_datum(item, raw, cluster, received_at_us, list_api, in_list)
+    except _Bad as bad:
+        return Reject(str(bad), raw, kind=bad.kind)
 
 
 def _accept(
@@ -466,13 +655,13 @@ def _accept(
 ) -> None:
     if len(raw) > max_event_bytes:
         result.rejects.append(
-            Reject(f"event is {len(raw)} bytes, over the {max_event_bytes} byte limit", raw)
+            Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
         )
         return
     try:
         result.events.append(_to_datum(item, raw, cluster, received_at_us, list_api, in_list))
     except _Bad as bad:
-        result.rejects.append(Reject(str(bad), raw))
+        result.rejects.append(Reject(str(bad), raw, kind=bad.kind))
 
 
 def parse_line(
@@ -489,28 +678,30 @@ def parse_line(
     """
     raw = bytes(line).strip(b" \t\r\n")
     if not raw:
-        raise RejectError("line is empty", raw)
+        raise RejectError("line is empty", raw, RejectKind.MALFORMED)
     if len(raw) > max_event_bytes:
-        raise RejectError(f"event is {len(raw)} bytes, over the {max_event_bytes} byte limit", raw)
+        raise RejectError(over_limit_reason(len(raw), max_event_bytes), raw, RejectKind.TOO_LARGE)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise RejectError("line is not valid UTF-8", raw) from None
+        raise RejectError("line is not valid UTF-8", raw, RejectKind.MALFORMED) from None
     try:
         item, end = _raw_decode(text, 0)
     except RecursionError:
-        raise RejectError("line JSON is nested too deeply", raw) from None
+        raise RejectError("line JSON is nested too deeply", raw, RejectKind.MALFORMED) from None
     except ValueError as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise RejectError(f"line is not valid JSON ({reason})", raw) from None
+        raise RejectError(f"line is not valid JSON ({reason})", raw, RejectKind.MALFORMED) from None
     if end != len(text):
-        raise RejectError("line has data after the JSON object", raw)
+        raise RejectError("line has data after the JSON object", raw, RejectKind.MALFORMED)
     if type(item) is dict and item.get("kind") == "EventList":
-        raise RejectError("line is an EventList; log files hold one Event per line", raw)
+        raise RejectError(
+            "line is an EventList; log files hold one Event per line", raw, RejectKind.WRONG_TYPE
+        )
     try:
         return _to_datum(item, raw, cluster, received_at_us, "", False)
     except _Bad as bad:
-        raise RejectError(str(bad), raw) from None
+        raise RejectError(str(bad), raw, bad.kind) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,38 +764,17 @@ def generic_event(
         separators=(",", ":"),
         ensure_ascii=False,
     ).encode("utf-8")
-    return {
-        "cluster": cluster,
-        "source": "generic",
-        "received_at": received_at_us,
-        "original": original,
-        "api_version": "",
-        "audit_id": event_id,
-        "stage": "",
-        "level": "",
-        "verb": "",
-        "request_uri": "",
-        "user_name": "",
-        "user_uid": "",
-        "user_groups": [],
-        "user_extra": {},
-        "impersonated_user": None,
-        "source_ips": [],
-        "user_agent": "",
-        "object_resource": "",
-        "object_namespace": "",
-        "object_name": "",
-        "object_subresource": "",
-        "object_api_group": "",
-        "object_api_version": "",
-        "object_uid": "",
-        "response_code": None,
-        "request_received_at": timestamp_us,
-        "stage_at": timestamp_us,
-        "annotations": {},
-        "actor": actor,
-        "action": action,
-        "resource": resource,
-        "outcome": outcome,
-        "attributes": attrs,
-    }
+    return audit_event(
+        cluster,
+        "generic",
+        received_at_us,
+        original,
+        audit_id=event_id,
+        request_received_at=timestamp_us,
+        stage_at=timestamp_us,
+        actor=actor,
+        action=action,
+        resource=resource,
+        outcome=outcome,
+        attributes=attrs,
+    )

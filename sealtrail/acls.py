@@ -18,16 +18,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from sealtrail.config import Topics
+from sealtrail.config import Groups, Topics
 from sealtrail.errors import KafkaUnavailable
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AclBinding, AdminClient
 
 DEFAULT_USER_PREFIX = "sealtrail-"
-# Group and transactional-id names (with the topic prefix in front), as the components use them.
-CHAINER_GROUP = "sealtrail-chainer"
-SINK_GROUP = "sealtrail-sink"
+# The throwaway group ids of assign()-style reads (sealtrail.kafka_read), after the topic prefix.
 READER_GROUP_PREFIX = "sealtrail-reader-"
 
 
@@ -58,7 +56,8 @@ class Op(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Grant:
     """One row of the table. ``name`` is a template: ``{raw}``, ``{chain}``, ``{checkpoints}``,
-    ``{rejects}`` (topics) and ``{prefix}`` (the topic prefix) are filled in per deployment."""
+    ``{rejects}`` (topics), ``{chainer_group}``, ``{sink_group}`` (``Settings.groups``) and
+    ``{prefix}`` (the topic prefix) are filled in per deployment."""
 
     role: Role
     resource: Resource
@@ -69,8 +68,11 @@ class Grant:
 
     def resolve(self, topic_prefix: str) -> str:
         names = Topics.with_prefix(topic_prefix)
+        groups = Groups.with_prefix(topic_prefix)
         return self.name.format(
             prefix=topic_prefix,
+            chainer_group=groups.chainer,
+            sink_group=groups.sink,
             raw=names.raw,
             chain=names.chain,
             checkpoints=names.checkpoints,
@@ -87,27 +89,27 @@ GRANTS: tuple[Grant, ...] = (
     Grant(Role.PRODUCER, _T, "{rejects}", False, Op.WRITE, "park events it could not accept"),
     # Chainer: a transactional consume-transform-produce loop.
     Grant(Role.CHAINER, _T, "{raw}", False, Op.READ, "consume audit events"),
-    Grant(Role.CHAINER, _G, "{prefix}" + CHAINER_GROUP, False, Op.READ,
+    Grant(Role.CHAINER, _G, "{chainer_group}", False, Op.READ,
           "its consumer group; also send_offsets_to_transaction"),
     Grant(Role.CHAINER, _T, "{chain}", False, Op.WRITE, "append chained records"),
     Grant(Role.CHAINER, _T, "{checkpoints}", False, Op.WRITE, "append signed checkpoints"),
     Grant(Role.CHAINER, _T, "{chain}", False, Op.READ, "recover each chain's head at start"),
     Grant(Role.CHAINER, _T, "{checkpoints}", False, Op.READ,
           "recover the last checkpoint at start"),
-    Grant(Role.CHAINER, _X, "{prefix}" + CHAINER_GROUP + "-", True, Op.WRITE,
+    Grant(Role.CHAINER, _X, "{chainer_group}-", True, Op.WRITE,
           "transactional ids <prefix>sealtrail-chainer-<instance>"),
     Grant(Role.CHAINER, _G, "{prefix}" + READER_GROUP_PREFIX, True, Op.READ,
           "throwaway group ids of its recovery reads (never committed)"),
     # Sink: reads the chain and checkpoints, commits in its own group.
     Grant(Role.SINK, _T, "{chain}", False, Op.READ, "load chained records"),
     Grant(Role.SINK, _T, "{checkpoints}", False, Op.READ, "load checkpoints"),
-    Grant(Role.SINK, _G, "{prefix}" + SINK_GROUP, False, Op.READ, "its consumer group"),
+    Grant(Role.SINK, _G, "{sink_group}", False, Op.READ, "its consumer group"),
     # Verifier: reads only; it writes nothing anywhere.
     Grant(Role.VERIFIER, _T, "{chain}", False, Op.READ, "replay the chains"),
     Grant(Role.VERIFIER, _T, "{checkpoints}", False, Op.READ, "check the checkpoints"),
     Grant(Role.VERIFIER, _G, "{prefix}" + READER_GROUP_PREFIX, True, Op.READ,
           "throwaway group ids of its reads (never committed)"),
-    Grant(Role.VERIFIER, _G, "{prefix}" + SINK_GROUP, False, Op.DESCRIBE,
+    Grant(Role.VERIFIER, _G, "{sink_group}", False, Op.DESCRIBE,
           "read (not move) the sink's committed offsets"),
 )  # fmt: skip
 

@@ -187,15 +187,16 @@ def check_record(record: ChainedRecord, prev: ChainHead) -> None:
             seq=seq,
             offset=offset,
         )
-    if len(record.hash) != HASH_SIZE:
-        raise MalformedRecord(
-            f"record hash is {len(record.hash)} bytes, not {HASH_SIZE}; the record is corrupt",
-            expected=HASH_SIZE,
-            found=len(record.hash),
-            chain=chain,
-            seq=seq,
-            offset=offset,
-        )
+    for what, value in (("hash", record.hash), ("prev_hash", record.prev_hash)):
+        if len(value) != HASH_SIZE:
+            raise MalformedRecord(
+                f"record {what} is {len(value)} bytes, not {HASH_SIZE}; the record is corrupt",
+                expected=HASH_SIZE,
+                found=len(value),
+                chain=chain,
+                seq=seq,
+                offset=offset,
+            )
     if record.seq > prev.next_seq:
         raise SequenceGap(
             f"seq jumps from {prev.next_seq} to {record.seq} in chain {record.chain}; "

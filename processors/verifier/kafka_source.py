@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException
 
+from processors.integrity import chains
 from processors.integrity.checkpoint import KeyRing, origin_for
 from processors.integrity.errors import MalformedRecord
 from processors.integrity.record import ChainedRecord
@@ -38,7 +39,7 @@ __all__ = [
 
 
 def chain_id(settings: Settings, partition: int) -> str:
-    return f"{settings.topics.raw}/{partition}"
+    return chains.chain_id(settings.topics.raw, partition)
 
 
 def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:
@@ -141,21 +142,18 @@ def _malformed(value: bytes | None, exc: SealtrailError | None) -> MalformedReco
 
 
 def read_checkpoint_notes(settings: Settings, partition: int, chain: str) -> list[SourceCheckpoint]:
-    """Every checkpoint note of ``chain`` in its partition (keyed by chain id)."""
+    """Every checkpoint note in the partition of ``chain``. The Kafka key (the chain id) is not
+    signed, so it selects nothing: a note of another chain fails the origin check instead."""
     consumer = reader(settings)
     out: list[SourceCheckpoint] = []
-    key = chain.encode("utf-8")
     try:
-        for offset, msg_key, value in read_partition(
-            consumer, settings.topics.checkpoints, partition
-        ):
-            if msg_key != key:
-                continue
+        for offset, _key, value in read_partition(consumer, settings.topics.checkpoints, partition):
             raw = value or b""
             try:
                 note = raw.decode("utf-8")
             except UnicodeDecodeError:
-                note = raw.decode("utf-8", "replace")  # open_checkpoint reports it
+                # Kept invalid (not replaced by U+FFFD): open_checkpoint rejects it as not UTF-8.
+                note = raw.decode("utf-8", "surrogateescape")
             out.append(SourceCheckpoint(note, offset, "topic"))
     finally:
         consumer.close()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sealtrail import acls, kafka_users
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 from sealtrail.kafka import admin, check_login
 from sealtrail.pki import ensure_tls
 

@@ -22,6 +22,7 @@ from rich.table import Table
 from processors.clickhouse_schema import migrate
 from processors.sink import Sink, SinkOptions
 from sealtrail import clickhouse
+from sealtrail.commands.context import settings_of
 from sealtrail.config import Settings
 from sealtrail.errors import ClickHouseError, ConfigError
 from sealtrail.kafka import check_login
@@ -101,13 +102,6 @@ def resource_of(kind: str) -> str:
     if word.endswith(("x", "ch", "sh")):
         return word + "es"
     return word + "s"
-
-
-def settings_of(ctx: typer.Context) -> Settings:
-    # Imported here: sealtrail.cli imports this module while it registers commands.
-    from sealtrail.cli import settings_of as of_context
-
-    return of_context(ctx)
 
 
 def _open(settings: Settings) -> Client:

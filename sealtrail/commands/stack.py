@@ -8,7 +8,7 @@ import typer
 
 from sealtrail import topics
 from sealtrail.acls import Role
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 from sealtrail.kafka_users import client_file
 from sealtrail.stack import LocalKafka, local_kafka
 

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from processors.verifier import offsite
 from processors.verifier.core import ChainResult, ChainState
 from processors.verifier.report import Report, previous_success, write_metrics
 from processors.verifier.state import load_state, save_state
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 from sealtrail.config import Settings
 from sealtrail.errors import ClickHouseError, ConfigError, KeyFileError, SealtrailError
 
@@ -32,6 +33,9 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+_VERIFIER_KEY = re.compile(r"[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+=*")
+
+
 def load_keyring(value: str | None) -> KeyRing:
     """A key ring from a file path (key ring or .pub) or a verifier key string."""
     if not value:
@@ -40,7 +44,8 @@ def load_keyring(value: str | None) -> KeyRing:
             f"{ENV_VERIFIER_KEYS}"
         )
     path = Path(value)
-    if path.exists() or "+" not in value or "/" in value.split("+", 1)[0]:
+    # A key name may contain '/' (example.com/audit), so only the key's shape tells it from a path.
+    if path.exists() or not _VERIFIER_KEY.fullmatch(value.strip()):
         return KeyRing.load(path)
     ring = KeyRing()
     ring.add(Verifier.from_verifier_key(value))
@@ -146,9 +151,7 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
 
 
 def _default_sink_group(settings: Settings) -> str:
-    from processors.sink import DEFAULT_GROUP
-
-    return f"{settings.topic_prefix}{DEFAULT_GROUP}"
+    return settings.groups.sink
 
 
 def run_verify(
@@ -436,14 +439,15 @@ def _checkpoints(settings: Settings, chain: str, ring: KeyRing) -> list[tuple[st
 
 
 def _partition_of(settings: Settings, chain: str) -> int:
-    prefix = settings.topics.raw + "/"
-    tail = chain[len(prefix) :] if chain.startswith(prefix) else ""
-    if not tail.isdigit():
+    from processors.integrity.chains import partition_of
+
+    partition = partition_of(chain, settings.topics.raw)
+    if partition is None:
         raise ConfigError(
-            f"chain {chain!r} is not '{prefix}<partition>'; check --chain and "
+            f"chain {chain!r} is not '{settings.topics.raw}/<partition>'; check --chain and "
             "SEALTRAIL_TOPIC_PREFIX"
         )
-    return int(tail)
+    return partition
 
 
 def _leaves(settings: Settings, chain: str, size: int, keep: tuple[int, ...] = ()) -> Any:
@@ -547,12 +551,27 @@ def export(
     from processors.verifier.kafka_source import chain_id, chain_partitions, read_checkpoint_notes
 
     settings = settings_of(ctx)
-    added = 0
+    added = not_text = 0
     for p in chain_partitions(settings, timeout=timeout):
         chain = chain_id(settings, p)
-        notes = [c.note for c in read_checkpoint_notes(settings, p, chain)]
+        notes = []
+        for item in read_checkpoint_notes(settings, p, chain):
+            if not item.note.isascii() and not _is_utf8(item.note):
+                not_text += 1  # a note it cannot be; `sealtrail verify` reports it
+                continue
+            notes.append(item.note)
         added += offsite.append_notes(to, chain, notes)
     typer.echo(f"exported {added} new checkpoint(s) to {to}")
+    if not_text:
+        _say(f"skipped {not_text} record(s) that are not UTF-8; run 'sealtrail verify'")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,7 @@ from processors.integrity.checkpoint import Checkpoint
 from processors.integrity.merkle import EMPTY_ROOT
 from processors.integrity.record import ZERO_HASH, record_hash
 from processors.sink import AVRO_FILE_NAME, Sink, SinkOptions
+from producers.k8s import Reject, reject_event
 from schemas.codec import encode_audit_event
 from sealtrail import clickhouse
 from sealtrail.cli import app
@@ -121,6 +122,7 @@ EXPECTED = {
     "denied_requests": [("mallory", "get", "secrets", 403)],
     "exec_attach": [("attach", "minikube-user"), ("exec", "minikube-user")],
     "rbac_changes": None,
+    "producer_rejects": [("webhook", "auditID is missing", "16", "false")],
 }
 
 
@@ -150,7 +152,8 @@ def test_queries_doc_gives_expected_answers_on_falco_samples(settings: Settings)
         response_code=200,
         stage_at=latest,
     )
-    extra = [encode_audit_event(denied), encode_audit_event(robot)]
+    refused = reject_event(Reject("auditID is missing", b'{"kind":"Event"}'), "c1", "webhook", 1)
+    extra = [encode_audit_event(denied), encode_audit_event(robot), encode_audit_event(refused)]
     payloads = [encode_audit_event(e) for e in events] + extra
     writer = ChainWriter(settings)
     writer.append(0, payloads)

@@ -24,14 +24,13 @@ def test_security_doc_shows_exactly_the_table() -> None:
 
 
 def test_names_match_what_the_components_use() -> None:
-    from processors.chainer import group_id, transactional_id
-    from processors.sink import DEFAULT_GROUP
+    from processors.chainer.names import group_id, transactional_id
     from sealtrail.kafka_read import reader_group
 
     settings = Settings(kafka="127.0.0.1:1", topic_prefix="p.")
     names = {(a.resource, a.name, a.prefixed) for a in acls.acls("p.")}
     assert (Resource.GROUP, group_id(settings), False) in names
-    assert (Resource.GROUP, f"p.{DEFAULT_GROUP}", False) in names
+    assert (Resource.GROUP, settings.groups.sink, False) in names
     txn = transactional_id(settings, "host-1")
     assert any(r == Resource.TRANSACTIONAL_ID and p and txn.startswith(n) for r, n, p in names)
     group = reader_group(settings)

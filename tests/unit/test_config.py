@@ -1,4 +1,5 @@
-"""Per-component Kafka client files for ``sealtrail run``."""
+"""sealtrail.config: settings helpers that need no network, and the per-component Kafka client
+files of ``sealtrail run``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ import pytest
 from typer.testing import CliRunner
 
 from sealtrail.cli import app
-from sealtrail.config import component_kafka_config
+from sealtrail.config import component_kafka_config, parse_listen
 from sealtrail.errors import ConfigError
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:9880") == ("127.0.0.1", 9880)
+    assert parse_listen(":9880") == ("0.0.0.0", 9880)
+    assert parse_listen("[::1]:443") == ("::1", 443)
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        parse_listen("localhost")
+    with pytest.raises(ConfigError, match="--health-listen"):
+        parse_listen("127.0.0.1:99999", "--health-listen")
 
 
 def test_own_file_then_directory_then_the_global_file(tmp_path: Path) -> None:

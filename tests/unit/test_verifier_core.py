@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from processors.integrity.checkpoint import Checkpoint, KeyRing, origin_for, sign_checkpoint
+from processors.integrity.checkpoint import (
+    Checkpoint,
+    KeyRing,
+    origin_for,
+    parse_checkpoint_note,
+    sign_checkpoint,
+)
 from processors.integrity.merkle import CompactRange
 from processors.integrity.note import Signer, generate_key
 from processors.integrity.record import ChainedRecord, ChainHead, link
@@ -340,8 +346,8 @@ def test_proofs_round_trip_and_tampering() -> None:
     recs = build(13)
     leaves = LeafHashes.from_records(CHAIN, recs, 13, keep=(7,))
     note13, note5 = checkpoint(recs, 13), checkpoint(recs, 5)
-    cp13 = Checkpoint.parse(note13.split("\n\n")[0] + "\n")
-    cp5 = Checkpoint.parse(note5.split("\n\n")[0] + "\n")
+    cp13 = parse_checkpoint_note(note13).checkpoint
+    cp5 = parse_checkpoint_note(note5).checkpoint
     inc = make_inclusion(CHAIN, 7, note13, cp13, leaves)
     assert "record seq 7" in verify_proof(json.dumps(inc), ring()).statement
     con = make_consistency(CHAIN, (note5, cp5), (note13, cp13), leaves)
