@@ -34,7 +34,7 @@ from producers.k8s import (
 from producers.kafka_writer import Batch, ConfirmedProducer, now_us
 from schemas.codec import encode_audit_event
 from sealtrail.config import Settings
-from sealtrail.errors import ConfigError, KafkaUnavailable
+from sealtrail.errors import ConfigError, KafkaNotAuthorized, KafkaUnavailable
 from sealtrail.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
@@ -256,11 +256,13 @@ class FileShipper:
                 return None
 
     def _confirm(self, batch: Batch) -> None:
-        if not batch.wait(ACK_TIMEOUT_S):
+        if not self.producer.wait(batch, ACK_TIMEOUT_S):
+            self.producer.raise_if_refused(batch)
             raise KafkaUnavailable(
                 f"Kafka at {self.settings.kafka} did not acknowledge within {ACK_TIMEOUT_S:.0f}s; "
                 "check that it is up"
             )
+        self.producer.raise_if_refused(batch)
         if batch.error is not None:
             raise KafkaUnavailable(f"Kafka did not store a chunk of {self.path} ({batch.error})")
 
@@ -317,7 +319,8 @@ class FileShipper:
             try:
                 return self._ship_from(handle, offset, final)
             except KafkaUnavailable as exc:
-                if not self.follow:
+                # A refused login or write does not heal by retrying: stop and say so.
+                if not self.follow or isinstance(exc, KafkaNotAuthorized):
                     raise
                 delay = next(delays)
                 log.warning("%s; retrying in %.1fs", exc, delay)

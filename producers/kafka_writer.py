@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from producers.k8s import Reject, reject_event
 from schemas.codec import encode_audit_event
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError
-from sealtrail.kafka import producer_conf
+from sealtrail.kafka import is_refusal, producer_conf, refused
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,17 @@ class Batch:
     record was already acknowledged): ``error`` is None when Kafka stored every record.
     """
 
-    __slots__ = ("_done", "_error", "_lock", "_on_done", "_pending", "_sealed", "acked")
+    __slots__ = (
+        "_done",
+        "_error",
+        "_lock",
+        "_on_done",
+        "_pending",
+        "_sealed",
+        "acked",
+        "refusal",
+        "refused_topic",
+    )
 
     def __init__(self, on_done: Callable[[str | None], None] | None = None) -> None:
         self._lock = threading.Lock()
@@ -55,6 +65,9 @@ class Batch:
         self._error: str | None = None
         self._on_done = on_done
         self.acked = 0
+        # The broker refused the principal (an ACL is missing): the first such error and topic.
+        self.refusal: KafkaError | None = None
+        self.refused_topic = ""
 
     def _add(self) -> None:
         with self._lock:
@@ -67,6 +80,9 @@ class Batch:
                 self.acked += 1
             elif self._error is None:
                 self._error = err.str()
+            if err is not None and self.refusal is None and is_refusal(err):
+                self.refusal = err
+                self.refused_topic = (_msg.topic() if _msg is not None else None) or ""
             finish = self._sealed and self._pending == 0
         if finish:
             self._finish()
@@ -118,12 +134,33 @@ class ConfirmedProducer:
         self._producer = Producer(conf)
         self.connected = True
         self.fatal: str | None = None
+        # A fatal refusal, e.g. no producer id for a principal that may write no topic at all.
+        self.refusal: KafkaError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._thread.start()
 
+    def raise_if_refused(self, batch: Batch) -> None:
+        """Raise the one-sentence error if the broker refused ``batch``'s writes."""
+        if batch.refusal is not None:
+            topic = batch.refused_topic or self.settings.topics.raw
+            raise refused(self.settings, batch.refusal, f"write topic {topic}")
+        if self.refusal is not None:
+            raise refused(self.settings, self.refusal, "produce to any topic")
+
+    def wait(self, batch: Batch, timeout: float) -> bool:
+        """Wait for ``batch`` like :meth:`Batch.wait`, but give up at once if the producer
+        failed for good (its queued records would only fail at their message timeout)."""
+        deadline = time.monotonic() + timeout
+        while not batch.wait(0.1):
+            if self.fatal is not None or time.monotonic() >= deadline:
+                return False
+        return True
+
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
+            if is_refusal(err):
+                self.refusal = err
             self.fatal = err.str()
             log.error("Kafka producer stopped: %s", err.str())
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -136,7 +173,18 @@ class ConfirmedProducer:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                # poll() raises a fatal error (e.g. no producer id for this principal) instead
+                # of passing it to error_cb: record it, keep serving delivery reports.
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError):
+                    if not error.fatal():
+                        log.warning("Kafka producer: %s", error.str())
+                    elif self.fatal is None:
+                        self._on_error(error)
+                self._stop.wait(0.1)
 
     def produce(self, batch: Batch, topic: str, key: bytes, value: bytes) -> None:
         """Queue one record for ``batch``; raises :class:`Backpressure` if the queue is full."""

@@ -245,7 +245,9 @@ def send_kafka(
                 progress(stats, count)
                 last_report = time.monotonic()
         batch.seal()
-        if not batch.wait(120.0) or batch.error is not None:
+        finished = producer.wait(batch, 120.0)
+        producer.raise_if_refused(batch)
+        if not finished or batch.error is not None:
             raise KafkaUnavailable(
                 f"Kafka at {settings.kafka} did not acknowledge every event "
                 f"({batch.error or 'timed out'}); check that it is up"

@@ -22,6 +22,7 @@ from sealtrail.errors import EXIT_ERROR, SealtrailError
 COMMAND_MODULES = [
     "sealtrail.commands.stack",
     "sealtrail.commands.topics",
+    "sealtrail.commands.acls",
     "sealtrail.commands.produce",
     "sealtrail.commands.chain",
     "sealtrail.commands.keys",

@@ -18,6 +18,11 @@ ENV_CLICKHOUSE_DATABASE = "SEALTRAIL_CLICKHOUSE_DATABASE"
 ENV_HOME = "SEALTRAIL_HOME"
 ENV_TOPIC_PREFIX = "SEALTRAIL_TOPIC_PREFIX"
 ENV_DEPLOYMENT = "SEALTRAIL_DEPLOYMENT"
+# ``sealtrail run``: one Kafka principal per component (docs/SECURITY.md).
+ENV_KAFKA_CONFIG_DIR = "SEALTRAIL_KAFKA_CONFIG_DIR"
+ENV_PRODUCER_KAFKA_CONFIG = "SEALTRAIL_PRODUCER_KAFKA_CONFIG"
+ENV_CHAINER_KAFKA_CONFIG = "SEALTRAIL_CHAINER_KAFKA_CONFIG"
+ENV_SINK_KAFKA_CONFIG = "SEALTRAIL_SINK_KAFKA_CONFIG"
 
 DEFAULT_KAFKA = "127.0.0.1:9092"
 DEFAULT_HOME = ".sealtrail"
@@ -106,6 +111,25 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
+
+
+def component_kafka_config(
+    role: str, explicit: Path | None, directory: Path | None, fallback: Path | None
+) -> Path | None:
+    """The Kafka client file of one ``sealtrail run`` component: its own option, else
+    ``<directory>/<role>.properties``, else the global ``--kafka-config``."""
+    if explicit is not None:
+        chosen = explicit
+    elif directory is not None:
+        chosen = directory / f"{role}.properties"
+    else:
+        return fallback
+    if not chosen.is_file():
+        raise ConfigError(
+            f"the {role} Kafka client file {chosen} does not exist; create it "
+            "('sealtrail acls users' or 'sealtrail stack up --secure') or fix the option"
+        )
+    return chosen
 
 
 def read_properties(path: Path) -> dict[str, str]:

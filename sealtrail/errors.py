@@ -35,6 +35,14 @@ class KafkaUnavailable(SealtrailError):
     """The Kafka cluster did not answer or refused an operation."""
 
 
+class KafkaNotAuthorized(KafkaUnavailable):
+    """The broker's authorizer refused this client's principal an operation (an ACL is missing)."""
+
+
+class KafkaAuthenticationFailed(KafkaUnavailable):
+    """The broker refused this client's credentials or security protocol."""
+
+
 class TopicError(SealtrailError):
     """A topic is missing or has settings that would break append-only guarantees."""
 

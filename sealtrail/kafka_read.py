@@ -20,9 +20,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from sealtrail.acls import READER_GROUP_PREFIX
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable
-from sealtrail.kafka import consumer_conf
+from sealtrail.kafka import consumer_conf, is_refusal, refused
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,29 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 0.05
 
 
+class Reader(Consumer):
+    """A consumer that remembers its settings, to name its principal when Kafka refuses it."""
+
+    settings: Settings | None = None
+
+
 def reader(settings: Settings, **overrides: object) -> Consumer:
-    """A consumer for assign()-style reads: its group id is throwaway and it never commits."""
-    conf = consumer_conf(settings, f"sealtrail-reader-{uuid.uuid4()}", **overrides)
-    return Consumer(conf)
+    """A consumer for assign()-style reads: its group id is throwaway and it never commits.
+
+    The group id starts with the topic prefix and ``sealtrail-reader-`` (one prefixed ACL
+    allows them all, see sealtrail/acls.py)."""
+    conf = consumer_conf(settings, reader_group(settings), **overrides)
+    consumer = Reader(conf)
+    consumer.settings = settings
+    return consumer
+
+
+def reader_group(settings: Settings) -> str:
+    return f"{settings.topic_prefix}{READER_GROUP_PREFIX}{uuid.uuid4()}"
+
+
+def consumer_settings(consumer: Consumer) -> Settings | None:
+    return getattr(consumer, "settings", None)
 
 
 def close_quietly(consumer: Consumer | None) -> None:
@@ -81,23 +101,33 @@ def watermarks(
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
                 # Short: a stop request is only seen between calls.
-                _refresh_metadata(consumer, topic, min(2.0, max(0.1, deadline - time.monotonic())))
+                shown = _refresh_metadata(
+                    consumer, topic, min(2.0, max(0.1, deadline - time.monotonic()))
+                )
+                if is_refusal(shown):
+                    # An unauthorized topic shows no partitions: "unknown partition" forever.
+                    who = consumer_settings(consumer)
+                    raise refused(who, shown, f"read topic {topic}") from None
                 continue
+            if is_refusal(error):
+                raise refused(consumer_settings(consumer), error, f"read topic {topic}") from None
             raise KafkaUnavailable(
                 f"could not read the offsets of {topic}/{partition}: {error.str()}"
             ) from None
 
 
-def _refresh_metadata(consumer: Consumer, topic: str, timeout: float) -> None:
-    """Ask a broker for the topic's metadata now.
+def _refresh_metadata(consumer: Consumer, topic: str, timeout: float) -> KafkaError | None:
+    """Ask a broker for the topic's metadata now; return the topic's error, if any.
 
     After a broker restart the client's cached view of a partition can stay wrong ("Unknown
     partition") while the offsets query does not refresh it; an explicit metadata request does.
     """
     try:
-        consumer.list_topics(topic, timeout=timeout)
+        shown = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
     except KafkaException as exc:
         log.debug("metadata refresh for %s failed: %s", topic, exc)
+        return None
+    return shown.error if shown is not None else None
 
 
 _LEADER_MOVING = frozenset(
@@ -188,6 +218,8 @@ def read_batches(
                         continue
                     if out:
                         yield out  # what came before the error, as read_range did
+                    if is_refusal(error):
+                        raise refused(consumer_settings(consumer), error, f"read topic {topic}")
                     raise KafkaUnavailable(f"reading {topic}/{partition} failed: {error.str()}")
                 offset = message.offset()
                 if offset is None or offset >= last:

@@ -3,6 +3,13 @@
 Layout under ``$SEALTRAIL_HOME/kafka``: ``stack.json`` (ports, node ids, pids, cluster id) and one
 ``node-N/`` folder per broker (``server.properties``, ``data/``, ``broker.log``). The jars are
 cached once per machine under ``$XDG_CACHE_HOME/sealtrail/kafka-VERSION`` (default ``~/.cache``).
+
+``up(secure=True)`` runs the same brokers locked down (docs/SECURITY.md, "The secured stack"):
+the client listener (PORT) is SASL_SSL with SCRAM-SHA-512; brokers talk to each other on an
+internal listener (PORT+200) and to the controllers (PORT+100) over mutual TLS, authenticated
+by the broker certificate (``sealtrail.pki``); Kafka's StandardAuthorizer refuses whatever no ACL
+allows. The stack then creates one SCRAM user per role, the ACLs of ``sealtrail.acls`` and the
+client files ``$SEALTRAIL_HOME/clients/<role>.properties``.
 """
 
 from __future__ import annotations
@@ -20,12 +27,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from sealtrail.acls import Role, user_name
 from sealtrail.config import Settings
 from sealtrail.errors import StackError
+from sealtrail.pki import TlsFiles, ensure_tls
 
 KAFKA_VERSION = "4.1.1"
 CONTROLLER_PORT_OFFSET = 100
+INTERNAL_PORT_OFFSET = 200  # the secured stack's broker-to-broker listener
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 STARTUP_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 HEAP = "-Xmx768m"
@@ -40,6 +52,10 @@ def _quiet(_: str) -> None:
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "sealtrail" / f"kafka-{KAFKA_VERSION}"
+
+
+def admin_user() -> str:
+    return user_name(Role.ADMIN)
 
 
 def _data_file(name: str) -> Path:
@@ -110,16 +126,25 @@ class NodeState:
     controller_port: int
     pid: int | None = None
 
+    @property
+    def internal_port(self) -> int:
+        return self.port + INTERNAL_PORT_OFFSET
+
 
 @dataclass
 class StackState:
     cluster_id: str
     port: int
     nodes: list[NodeState] = field(default_factory=list)
+    secure: bool = False
 
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    @property
+    def internal_bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{n.internal_port}" for n in self.nodes)
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -190,6 +215,7 @@ class LocalKafka:
             cluster_id=raw["cluster_id"],
             port=raw["port"],
             nodes=[NodeState(**node) for node in raw["nodes"]],
+            secure=bool(raw.get("secure", False)),
         )
 
     def save_state(self, state: StackState) -> None:
@@ -216,6 +242,50 @@ class LocalKafka:
     def node_dir(self, node_id: int) -> Path:
         return self.root / f"node-{node_id}"
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.root.parent / "tls"
+
+    @property
+    def clients_dir(self) -> Path:
+        return self.root.parent / "clients"
+
+    def _listener_props(self, state: StackState, node: NodeState) -> dict[str, Any]:
+        if not state.secure:
+            return {
+                "listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
+                f"CONTROLLER://127.0.0.1:{node.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            }
+        tls = TlsFiles.under(self.tls_dir)
+        return {
+            "listeners": f"CLIENT://127.0.0.1:{node.port},"
+            f"INTERNAL://127.0.0.1:{node.internal_port},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"CLIENT://127.0.0.1:{node.port},"
+            f"INTERNAL://127.0.0.1:{node.internal_port}",
+            "inter.broker.listener.name": "INTERNAL",
+            "listener.security.protocol.map": "CLIENT:SASL_SSL,INTERNAL:SSL,CONTROLLER:SSL",
+            # One PEM keystore (key + chain) and the CA as trust store, for every listener.
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(tls.broker_keystore.resolve()),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(tls.ca_cert.resolve()),
+            # Brokers and controllers prove themselves with the broker certificate.
+            "listener.name.internal.ssl.client.auth": "required",
+            "listener.name.controller.ssl.client.auth": "required",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.client.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.client.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "authorizer.class.name": AUTHORIZER,
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"{tls.broker_principal};User:{admin_user()}",
+        }
+
     def _write_config(self, state: StackState, node: NodeState) -> Path:
         count = len(state.nodes)
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in state.nodes)
@@ -226,11 +296,8 @@ class LocalKafka:
             "process.roles": "broker,controller",
             "node.id": node.node_id,
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            **self._listener_props(state, node),
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str((directory / "data").resolve()),
             "auto.create.topics.enable": "false",
             "num.partitions": 1,
@@ -303,25 +370,40 @@ class LocalKafka:
         return process.pid
 
     def up(
-        self, port: int = 9092, brokers: int = 1, timeout: float = STARTUP_TIMEOUT_S
+        self,
+        port: int = 9092,
+        brokers: int = 1,
+        timeout: float = STARTUP_TIMEOUT_S,
+        secure: bool = False,
+        topic_prefix: str = "",
     ) -> StackState:
-        """Start the cluster (or confirm it runs) and wait until every broker answers metadata."""
+        """Start the cluster (or confirm it runs) and wait until every broker answers metadata.
+
+        With ``secure``, also create the role users, their client files and the ACLs of
+        ``topic_prefix``'s topics (idempotent: a running secured stack is brought up to date).
+        """
         if brokers not in (1, 3):
             raise StackError("--brokers must be 1 or 3")
         self._prepare_dir()
         state = self.load_state()
         if state is not None:
             alive = self.running_nodes(state)
+            same_shape = (
+                state.port == port and len(state.nodes) == brokers and state.secure == secure
+            )
             if alive and len(state.nodes) == len(alive):
-                if state.port != port or len(state.nodes) != brokers:
+                if not same_shape:
                     raise StackError(
                         f"a local stack already runs from {self.root} on port {state.port} with "
-                        f"{len(state.nodes)} broker(s); stop it with 'sealtrail stack down' first"
+                        f"{len(state.nodes)} broker(s){' (secured)' if state.secure else ''}; "
+                        "stop it with 'sealtrail stack down' first"
                     )
                 self.say(f"the local stack is already running at {state.bootstrap}")
                 self.wait_ready(state, timeout)
+                if secure:
+                    self.secure_roles(state, topic_prefix, timeout)
                 return state
-            if state.port != port or len(state.nodes) != brokers:
+            if not same_shape:
                 # A different shape from an old run: its storage belongs to another quorum.
                 self.down()
                 shutil.rmtree(self.root, ignore_errors=True)
@@ -335,11 +417,17 @@ class LocalKafka:
                     NodeState(i + 1, port + i, port + CONTROLLER_PORT_OFFSET + i)
                     for i in range(brokers)
                 ],
+                secure=secure,
             )
+        if secure:
+            ensure_tls(self.tls_dir)
         for node in state.nodes:
             if _pid_alive(node.pid):
                 continue
-            for p in (node.port, node.controller_port):
+            ports = [node.port, node.controller_port]
+            if secure:
+                ports.append(node.internal_port)
+            for p in ports:
                 if _port_busy_for(p, seconds=8.0):
                     raise StackError(
                         f"port {p} on 127.0.0.1 is already in use by another program; "
@@ -353,9 +441,42 @@ class LocalKafka:
             self._format(libs, state, node, config)
             node.pid = self._spawn(libs, node, config)
             self.save_state(state)
-        self.say(f"starting {brokers} Kafka broker(s) (KRaft) on 127.0.0.1:{port}...")
+        locked = ", TLS + SASL/SCRAM + ACLs" if secure else ""
+        self.say(f"starting {brokers} Kafka broker(s) (KRaft{locked}) on 127.0.0.1:{port}...")
         self.wait_ready(state, timeout)
+        if secure:
+            self.secure_roles(state, topic_prefix, timeout)
         return state
+
+    def bootstrap_admin_conf(self, state: StackState) -> dict[str, Any]:
+        """librdkafka settings of a super user for the secured stack: the broker certificate on
+        the internal mutual-TLS listener (how the stack creates the first SCRAM users)."""
+        if not state.secure:
+            return {"bootstrap.servers": state.bootstrap}
+        tls = TlsFiles.under(self.tls_dir)
+        return {
+            "bootstrap.servers": state.internal_bootstrap,
+            "security.protocol": "SSL",
+            "ssl.ca.location": str(tls.ca_cert.resolve()),
+            "ssl.certificate.location": str(tls.broker_cert.resolve()),
+            "ssl.key.location": str(tls.broker_key.resolve()),
+        }
+
+    def secure_roles(self, state: StackState, topic_prefix: str, timeout: float) -> None:
+        """Create the role users, their client files and the ACLs; wait until admin logs in."""
+        from confluent_kafka.admin import AdminClient
+
+        from sealtrail import acls, kafka_users
+
+        tls = TlsFiles.under(self.tls_dir)
+        clients = kafka_users.role_clients(self.clients_dir, tls.ca_cert)
+        client = AdminClient({**self.bootstrap_admin_conf(state), "log_level": 0})
+        kafka_users.upsert_users(client, clients, timeout)
+        acls.apply(client, acls.acls(topic_prefix), timeout)
+        admin_file = kafka_users.client_file(self.clients_dir, acls.Role.ADMIN)
+        # Each broker learns a new credential from the metadata log: ask each one.
+        for node in state.nodes:
+            self.wait_ready(state, timeout, admin_file, f"127.0.0.1:{node.port}")
 
     def start_node(self, node_id: int, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Start one stopped node again (fault tests)."""
@@ -389,13 +510,29 @@ class LocalKafka:
             raise StackError(f"no local stack in {self.root}; start one with 'sealtrail stack up'")
         return state
 
-    def wait_ready(self, state: StackState, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    def wait_ready(
+        self,
+        state: StackState,
+        timeout: float = STARTUP_TIMEOUT_S,
+        client_file: Path | None = None,
+        bootstrap: str | None = None,
+    ) -> None:
+        """Wait until every running broker is registered; ask as ``client_file``'s user if
+        given (a new SCRAM user can log in only once every broker has seen its credential)."""
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
+        from sealtrail.config import read_properties
+
         deadline = time.monotonic() + timeout
         expected = len(self.running_nodes(state)) or len(state.nodes)
-        client = AdminClient({"bootstrap.servers": state.bootstrap, "log_level": 0})
+        conf: dict[str, Any] = dict(self.bootstrap_admin_conf(state))
+        if client_file is not None:
+            conf = {
+                **read_properties(client_file),
+                "bootstrap.servers": bootstrap or state.bootstrap,
+            }
+        client = AdminClient({**conf, "log_level": 0})
         last = "no answer"
         while time.monotonic() < deadline:
             for node in state.nodes:

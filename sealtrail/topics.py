@@ -16,7 +16,7 @@ from confluent_kafka.admin import (
 
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, TopicError
-from sealtrail.kafka import MAX_RECORD_BYTES, admin
+from sealtrail.kafka import MAX_RECORD_BYTES, admin, check_login, is_refusal, refused
 
 MAX_MESSAGE_BYTES = MAX_RECORD_BYTES
 
@@ -61,6 +61,7 @@ def init_topics(
         raise TopicError("--partitions must be at least 1")
     if replication_factor < 1:
         raise TopicError("--replication-factor must be at least 1")
+    check_login(settings, min(timeout, 10.0))
     client = admin(settings)
     names = settings.topics
     wanted = [names.raw, names.chain, names.checkpoints, names.rejects]
@@ -98,6 +99,8 @@ def init_topics(
                 error = exc.args[0]
                 if error.name() == "TOPIC_ALREADY_EXISTS":
                     continue
+                if is_refusal(error):
+                    raise refused(settings, error, f"create topic {name}") from None
                 raise TopicError(f"could not create topic {name}: {error.str()}") from None
         # The controller acknowledges creation before every broker's metadata shows the topics.
         deadline = time.monotonic() + timeout
@@ -158,6 +161,7 @@ def _raise_record_limit(settings: Settings, names: list[str], timeout: float) ->
 
 def check_topics(settings: Settings, timeout: float = 30.0) -> None:
     """Raise :class:`TopicError` if a topic is missing, unsafe or out of step with the raw one."""
+    check_login(settings, min(timeout, 10.0))
     client = admin(settings)
     names = settings.topics
     wanted = [names.raw, names.chain, names.checkpoints, names.rejects]
@@ -168,6 +172,10 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
             f"Kafka at {settings.kafka} did not answer ({exc.args[0]}); "
             "start it with 'sealtrail stack up' or set SEALTRAIL_KAFKA"
         ) from None
+    for name in wanted:
+        error = metadata[name].error if name in metadata else None
+        if is_refusal(error):
+            raise refused(settings, error, f"describe topic {name}")
     absent = [n for n in wanted if n not in metadata]
     if absent:
         raise TopicError(f"topic(s) {', '.join(absent)} do not exist; run 'sealtrail topics init'")
@@ -206,6 +214,8 @@ def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> in
             f"Kafka at {settings.kafka} did not answer ({exc.args[0]})"
         ) from None
     info = metadata.topics.get(topic)
+    if info is not None and is_refusal(info.error):
+        raise refused(settings, info.error, f"describe topic {topic}")
     if info is None or info.error is not None:
         raise TopicError(f"topic {topic} does not exist; run 'sealtrail topics init'")
     return len(info.partitions)

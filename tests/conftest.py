@@ -40,12 +40,13 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_port_base(width: int = 3) -> int:
-    """A base port P with P..P+width-1 and their controller ports (P+100...) all free."""
+def free_port_base(width: int = 3, offsets: tuple[int, ...] = (0, 100)) -> int:
+    """A base port P with P..P+width-1 and their controller ports (P+100...) all free
+    (``offsets=(0, 100, 200)`` for the secured stack's internal listener too)."""
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(20000, 40000)
-        ports = [base + i for i in range(width)] + [base + 100 + i for i in range(width)]
+        ports = [base + o + i for o in offsets for i in range(width)]
         if all(_port_free(p) for p in ports):
             return base
     raise RuntimeError("no free port range found")

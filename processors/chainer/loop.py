@@ -35,7 +35,7 @@ from processors.integrity.record import link
 from schemas.chained import record_value
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError
-from sealtrail.kafka import consumer_conf
+from sealtrail.kafka import consumer_conf, is_refusal, refused
 from sealtrail.kafka_read import close_quietly, watermarks
 from sealtrail.service import StopFlag
 
@@ -275,6 +275,8 @@ class Chainer:
                     # not always set: check both.
                     if error.fatal() or error.code() == KafkaError._FATAL:
                         raise ConsumerLost(error.str())
+                    if is_refusal(error):
+                        raise refused(self.settings, error, f"consume {self._raw} in its group")
                     log.warning("consumer: %s", error.str())
                     continue
                 if message.partition() not in self._chains:

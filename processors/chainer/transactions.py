@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from processors.chainer.interrupt import Interrupted
 from processors.chainer.kafka_errors import describe, kafka_error
@@ -24,7 +24,7 @@ from processors.chainer.names import transactional_id
 from processors.chainer.options import ChainerStats
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable
-from sealtrail.kafka import producer_conf
+from sealtrail.kafka import is_refusal, producer_conf, refused
 from sealtrail.service import StopFlag
 
 __all__ = [
@@ -57,6 +57,14 @@ HUNG_MARGIN_S = 5.0
 STOP_GRACE_S = 10.0
 
 T = TypeVar("T")
+
+
+# What a refused transactional call was trying to do, in words.
+_REFUSED_ACTION = {
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "use its transactional id",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "write the chain or checkpoint topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "commit offsets in its consumer group",
+}
 
 
 class AbortNeeded(Exception):  # noqa: N818 - control flow, not an error
@@ -252,6 +260,10 @@ class TransactionGuard:
             except KafkaException as exc:
                 err = kafka_error(exc)
                 self.last_error = f"{what}: {describe(exc)}"
+                if is_refusal(err):
+                    # A missing ACL does not heal by rebuilding the producer: say so, once.
+                    action = _REFUSED_ACTION.get(err.code(), what)
+                    raise refused(self.settings, err, action) from None
                 if err is None or err.fatal():
                     log.warning("%s failed for good: %s", what, describe(exc))
                     raise ProducerLost from None

@@ -58,7 +58,7 @@ from schemas.chained import value_record
 from sealtrail import clickhouse, livewire
 from sealtrail.config import Settings
 from sealtrail.errors import DecodeError, KafkaUnavailable, SealtrailError
-from sealtrail.kafka import consumer_conf
+from sealtrail.kafka import consumer_conf, is_refusal, refused
 from sealtrail.kafka_read import close_quietly
 from sealtrail.liveserver import LiveReadServer
 from sealtrail.service import StopFlag, backoff
@@ -356,6 +356,8 @@ class Sink:
                 # always set: check both.
                 if error.fatal() or error.code() == KafkaError._FATAL:
                     raise ConsumerLost(error.str())
+                if is_refusal(error):
+                    raise refused(self.settings, error, "consume the chain topics in its group")
                 log.warning("Kafka consumer error: %s", error.str())
                 continue
             key = (message.topic() or "", message.partition() or 0)

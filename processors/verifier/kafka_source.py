@@ -23,7 +23,7 @@ from schemas.chained import value_record
 from schemas.codec import decode_chained_fields
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError, TopicError
-from sealtrail.kafka import admin
+from sealtrail.kafka import admin, check_login, is_refusal, refused
 from sealtrail.kafka_read import read_batches, read_range, reader, watermarks
 
 __all__ = [
@@ -44,6 +44,7 @@ def chain_id(settings: Settings, partition: int) -> str:
 def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:
     """Partitions of the chain topic; KafkaUnavailable / TopicError in one sentence."""
     topic = settings.topics.chain
+    check_login(settings, timeout)
     try:
         md = admin(settings).list_topics(topic=topic, timeout=timeout)
     except KafkaException as exc:
@@ -52,6 +53,8 @@ def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:
             "check SEALTRAIL_KAFKA and that the brokers are up"
         ) from None
     info = md.topics.get(topic)
+    if info is not None and is_refusal(info.error):
+        raise refused(settings, info.error, f"read topic {topic}")
     if info is None or info.error is not None or not info.partitions:
         raise TopicError(
             f"chain topic {topic} does not exist on {settings.kafka}; check "
@@ -228,8 +231,7 @@ def sink_stored_through(
         committed = probe.committed([TopicPartition(topic, partition)], timeout=timeout)[0].offset
     except KafkaException as exc:
         raise KafkaUnavailable(
-            f"could not read the committed offsets of the sink group {group}: "
-            f"{exc.args[0].str()}"
+            f"could not read the committed offsets of the sink group {group}: {exc.args[0].str()}"
         ) from None
     finally:
         probe.close()

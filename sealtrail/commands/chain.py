@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from sealtrail.commands.context import settings_of
+from sealtrail.kafka import check_login
 from sealtrail.service import StopFlag
 
 
@@ -61,7 +62,9 @@ def chain(
         instance_id=instance_id,
         export_checkpoints=export_checkpoints,
     )
-    stats = Chainer(settings_of(ctx), options, StopFlag().install()).run()
+    settings = settings_of(ctx)
+    check_login(settings)  # a refused login is one sentence, not a silent retry loop
+    stats = Chainer(settings, options, StopFlag().install()).run()
     typer.echo(
         f"chained {stats.records} records in {stats.transactions} transactions, "
         f"{stats.checkpoints} checkpoints"

@@ -11,6 +11,7 @@ import typer
 from sealtrail.commands import webhook_options
 from sealtrail.commands.context import settings_of
 from sealtrail.errors import ConfigError, KafkaUnavailable
+from sealtrail.kafka import check_login
 from sealtrail.service import StopFlag
 
 produce_app = typer.Typer(
@@ -56,6 +57,8 @@ def webhook(
     from producers.webhook import WebhookOptions, WebhookServer
 
     settings = settings_of(ctx)
+    # Short: the webhook also starts (and answers 503) while Kafka is down.
+    check_login(settings, timeout=3.0)
     server = WebhookServer(
         settings,
         WebhookOptions(
@@ -104,6 +107,7 @@ def file(
     from producers.file_shipper import FileShipper
 
     settings = settings_of(ctx)
+    check_login(settings)
     stop = StopFlag().install()
     shipper = FileShipper(
         settings, path, cluster, follow=follow, position_file=position_file, stop=stop
@@ -132,6 +136,7 @@ def load(
     from producers.load import send_kafka, send_webhook
 
     if via == "kafka":
+        check_login(settings_of(ctx))
         stats = send_kafka(settings_of(ctx), count, rate, clusters, seed)
     elif via == "webhook":
         stats = send_webhook(url, token, count, rate, clusters, seed)

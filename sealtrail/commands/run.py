@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from sealtrail import config
 from sealtrail.commands import webhook_options
 from sealtrail.commands.context import settings_of
 from sealtrail.config import parse_listen
@@ -34,9 +35,41 @@ def run(
     no_webhook: Annotated[
         bool, typer.Option("--no-webhook", help="Run chainer and sink only.")
     ] = False,
+    kafka_config_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=config.ENV_KAFKA_CONFIG_DIR,
+            help="Folder of producer.properties, chainer.properties and sink.properties: "
+            "each component logs in to Kafka as its own role.",
+        ),
+    ] = None,
+    producer_kafka_config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=config.ENV_PRODUCER_KAFKA_CONFIG, help="Kafka client file of the webhook."
+        ),
+    ] = None,
+    chainer_kafka_config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=config.ENV_CHAINER_KAFKA_CONFIG, help="Kafka client file of the chainer."
+        ),
+    ] = None,
+    sink_kafka_config: Annotated[
+        Path | None,
+        typer.Option(envvar=config.ENV_SINK_KAFKA_CONFIG, help="Kafka client file of the sink."),
+    ] = None,
 ) -> None:
     """Run webhook, chainer and sink together; restart any that dies; drain all on SIGTERM."""
     settings = settings_of(ctx)
+
+    def as_role(role: str, explicit: Path | None, args: list[str]) -> list[str]:
+        # Each child gets its own --kafka-config (a global option, so it precedes the command).
+        path = config.component_kafka_config(
+            role, explicit, kafka_config_dir, settings.kafka_config
+        )
+        return (["--kafka-config", str(path)] if path is not None else []) + args
+
     if tokens is None and not insecure_no_auth and not no_webhook:
         raise ConfigError(
             "the webhook needs --tokens FILE (or SEALTRAIL_WEBHOOK_TOKENS); "
@@ -62,12 +95,12 @@ def run(
             webhook += ["--insecure-no-auth"]
         if cluster:
             webhook += ["--cluster", cluster]
-        children.append(("webhook", webhook))
+        children.append(("webhook", as_role("producer", producer_kafka_config, webhook)))
     chain = ["chain"]
     if signing_key is not None:
         chain += ["--signing-key", str(signing_key)]
-    children.append(("chainer", chain))
-    children.append(("sink", ["sink"]))
+    children.append(("chainer", as_role("chainer", chainer_kafka_config, chain)))
+    children.append(("sink", as_role("sink", sink_kafka_config, ["sink"])))
     scheme = "http" if tls_cert is None else "https"
     if webhook_host in ("0.0.0.0", "::"):
         webhook_host = "127.0.0.1"  # listening everywhere: ask it over loopback

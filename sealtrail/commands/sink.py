@@ -23,6 +23,7 @@ from sealtrail.commands.context import settings_of
 from sealtrail.commands.verify import KeyOpt, load_keyring
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError
+from sealtrail.kafka import check_login
 from sealtrail.reader import ReadClient, as_reader, open_reader
 from sealtrail.service import StopFlag
 
@@ -175,6 +176,7 @@ def sink(
     settings = settings_of(ctx)
     options = SinkOptions(batch_rows=batch_rows, batch_ms=batch_ms, once=once, group=group)
     stop = StopFlag().install()
+    check_login(settings)  # a refused login is one sentence, not a silent retry loop
     stats = Sink(settings, options, stop).run()
     typer.echo(
         f"stored {stats.inserted} event row(s), {stats.checkpoints} checkpoint(s), "

@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 
 from sealtrail import topics
+from sealtrail.acls import Role
 from sealtrail.commands.context import settings_of
-from sealtrail.stack import local_kafka
+from sealtrail.kafka_users import client_file
+from sealtrail.stack import LocalKafka, local_kafka
 
 stack_app = typer.Typer(
     help="Run a real local Apache Kafka (KRaft) cluster for demos and tests.", no_args_is_help=True
@@ -28,13 +30,25 @@ def up(
     brokers: Annotated[int, typer.Option(help="1, or 3 for a three-voter quorum.")] = 1,
     partitions: Annotated[int, typer.Option(help="Partitions of the topics it creates.")] = 6,
     no_topics: Annotated[bool, typer.Option("--no-topics", help="Do not create topics.")] = False,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="TLS + SASL/SCRAM-SHA-512 + ACLs: one user per role, client files in "
+            "$SEALTRAIL_HOME/clients (docs/SECURITY.md).",
+        ),
+    ] = False,
 ) -> None:
     """Fetch the broker (once), start it, wait for metadata, create the topics."""
     settings = settings_of(ctx)
-    state = local_kafka(settings, _say).up(port=port, brokers=brokers)
+    kafka = local_kafka(settings, _say)
+    state = kafka.up(port=port, brokers=brokers, secure=secure, topic_prefix=settings.topic_prefix)
+    admin = settings.with_(kafka=state.bootstrap)
+    if secure:
+        admin = admin.with_(kafka_config=client_file(kafka.clients_dir, Role.ADMIN))
     if not no_topics:
         created = topics.init_topics(
-            settings.with_(kafka=state.bootstrap),
+            admin,
             partitions=partitions,
             replication_factor=min(3, brokers),
         )
@@ -44,7 +58,20 @@ def up(
                 f"{' (created)' if topic.created else ''}"
             )
     _say(f"Kafka is up. Use: export SEALTRAIL_KAFKA={state.bootstrap}")
+    if secure:
+        _say(
+            "Secured: each component uses its role's file, e.g. "
+            f"SEALTRAIL_KAFKA_CONFIG={client_file(kafka.clients_dir, Role.CHAINER)}; "
+            "'sealtrail stack status' lists them"
+        )
     typer.echo(state.bootstrap)
+
+
+def _show_roles(kafka: LocalKafka) -> None:
+    for role in Role:
+        path = client_file(kafka.clients_dir, role)
+        mark = "" if path.exists() else " (missing)"
+        typer.echo(f"role {role.value}: {path}{mark}")
 
 
 @stack_app.command("status")
@@ -63,6 +90,11 @@ def status(ctx: typer.Context) -> None:
             f"{f' (pid {node.pid})' if node.node_id in alive_ids else ''}"
         )
     typer.echo(f"bootstrap: {state.bootstrap}")
+    if state.secure:
+        typer.echo("security: SASL_SSL (SCRAM-SHA-512), StandardAuthorizer, one user per role")
+        _show_roles(kafka)
+    else:
+        typer.echo("security: none (PLAINTEXT, no authorizer; 'stack up --secure' locks it down)")
     if not alive:
         raise typer.Exit(1)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from sealtrail.errors import KafkaUnavailable
+from sealtrail.errors import KafkaNotAuthorized, KafkaUnavailable
 from sealtrail.kafka_read import watermarks
 
 
@@ -25,8 +26,9 @@ class FlakyConsumer:
             raise KafkaException(KafkaError(self.errors.pop(0)))
         return 3, 42
 
-    def list_topics(self, topic: str, timeout: float) -> None:
+    def list_topics(self, topic: str, timeout: float) -> SimpleNamespace:
         self.metadata_requests.append(topic)
+        return SimpleNamespace(topics={})  # the topic shows no error (and no partitions)
 
 
 def test_a_stale_partition_view_is_refreshed_and_retried() -> None:
@@ -46,10 +48,17 @@ def test_a_persistent_failure_is_reported_in_one_sentence_after_the_patience() -
 
 
 def test_a_non_transient_error_is_not_retried() -> None:
-    consumer = FlakyConsumer(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    consumer = FlakyConsumer(KafkaError.INVALID_REQUEST)
     with pytest.raises(KafkaUnavailable, match="could not read the offsets of t/0"):
         watermarks(consumer, "t", 0)  # type: ignore[arg-type]
     assert consumer.queries == 1 and consumer.metadata_requests == []
+
+
+def test_a_refused_read_says_the_principal_may_not_read_the_topic() -> None:
+    consumer = FlakyConsumer(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaNotAuthorized, match="refused to let this client read topic t"):
+        watermarks(consumer, "t", 0)  # type: ignore[arg-type]
+    assert consumer.queries == 1
 
 
 def test_a_stop_request_ends_the_wait_at_once() -> None:
