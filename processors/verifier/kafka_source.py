@@ -253,8 +253,7 @@ def sink_stored_through(
         committed = probe.committed([TopicPartition(topic, partition)], timeout=timeout)[0].offset
     except KafkaException as exc:
         raise KafkaUnavailable(
-            f"could not read the committed offsets of the sink group {group}: "
-            f"{exc.args[0].str()}"
+            f"could not read the committed offsets of the sink group {group}: {exc.args[0].str()}"
         ) from None
     finally:
         probe.close()

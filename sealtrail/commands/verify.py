@@ -165,6 +165,7 @@ def run_verify(
     progress: bool = True,
     max_findings: int = 1000,
     sink_group: str | None = None,
+    recompute_outside: bool = False,
 ) -> Report:
     """Verify every chain (and its ClickHouse rows); the CLI and tests call this."""
     from processors.verifier.kafka_source import (
@@ -243,6 +244,7 @@ def run_verify(
 
     if client is not None:
         from processors.verifier.clickhouse_source import expected_columns, iter_rows
+        from processors.verifier.clickhouse_sql import check_chain
         from processors.verifier.core import verify_rows
         from processors.verifier.kafka_source import sink_stored_through
 
@@ -257,15 +259,26 @@ def run_verify(
                     f"ClickHouse rows of chain {res.chain} end below the remembered head, so their "
                     "hashes were checked row by row but not against the chain root; run --full"
                 )
-            rows = iter_rows(client, settings.clickhouse_database, res.chain, size)
-            ch_res = verify_rows(
-                res.chain,
-                rows,
-                expected_columns(res.chain),
-                size=size,
-                expected_root=res.probe_root if size <= res.size else None,
-                max_findings=max_findings,
-            )
+            root = res.probe_root if size <= res.size else None
+            if recompute_outside:
+                rows = iter_rows(client, settings.clickhouse_database, res.chain, size)
+                ch_res = verify_rows(
+                    res.chain,
+                    rows,
+                    expected_columns(res.chain),
+                    size=size,
+                    expected_root=root,
+                    max_findings=max_findings,
+                )
+            else:
+                ch_res = check_chain(
+                    client,
+                    settings.clickhouse_database,
+                    res.chain,
+                    size=size,
+                    expected_root=root,
+                    max_findings=max_findings,
+                )
             if size > res.size and res.ok:
                 from processors.integrity.errors import ClickHouseMismatch
 
@@ -384,6 +397,15 @@ def verify(
             show_default="<topic prefix>sealtrail-sink",
         ),
     ] = None,
+    recompute_outside: Annotated[
+        bool,
+        typer.Option(
+            "--recompute-outside",
+            help="Read every ClickHouse row into the verifier and recompute hashes, links, "
+            "Merkle root and decoded columns here, instead of in ClickHouse's SQL: for a "
+            "verifier who does not trust the ClickHouse server's own code.",
+        ),
+    ] = False,
 ) -> None:
     """Verify chains, checkpoints and ClickHouse rows (exit 0 ok, 1 finding, 2 cannot verify)."""
     settings = settings_of(ctx)
@@ -406,6 +428,7 @@ def verify(
         timeout=timeout,
         progress=not quiet,
         sink_group=sink_group,
+        recompute_outside=recompute_outside,
     )
     if json_out is not None:
         report.write_json(json_out)

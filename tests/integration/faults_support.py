@@ -586,9 +586,7 @@ def audit(
     result.lost_acked = len(acked_ids - chained_ids)
 
     # One query (each ``sealtrail query`` is a process start): the rows and the view's count.
-    rows = query_rows(
-        settings, "SELECT chain, seq, (SELECT count() FROM events_dedup) FROM events"
-    )
+    rows = query_rows(settings, "SELECT chain, seq, (SELECT count() FROM events_dedup) FROM events")
     result.clickhouse_rows = len(rows)
     stored = {(str(r[0]), int(r[1])) for r in rows}
     result.clickhouse_duplicates = len(rows) - len(stored)

@@ -350,9 +350,7 @@ def _run_pipeline(pipe: Pipeline, health_port: int) -> Proc:
 # In `make test-faults` only: `make test` keeps the disk-full case, and test_run.py and
 # test_cli_errors.py cover the supervisor restart and the held-store message on their own.
 @pytest.mark.slow
-def test_clickhouse_store_held_by_another_process(
-    base_settings: Settings, tmp_path: Path
-) -> None:
+def test_clickhouse_store_held_by_another_process(base_settings: Settings, tmp_path: Path) -> None:
     started = time.monotonic()
     settings = base_settings.with_(clickhouse=f"chdb://{tmp_path / 'ch'}")
     init_topics(settings, partitions=3, replication_factor=1)

@@ -288,11 +288,15 @@ def test_rebuilt_chain_is_caught_by_state_and_offsite(case: Case) -> None:
 # ------------------------------------------------------------------------------ clickhouse
 
 
-@pytest.fixture
-def sunk(case: Case) -> Case:
+@pytest.fixture(params=["sql", "outside"])
+def sunk(case: Case, request: pytest.FixtureRequest) -> Case:
+    """The chain stored by the sink; verified by ClickHouse's SQL, or by the verifier itself."""
     from processors.sink import Sink, SinkOptions
 
     Sink(case.settings, SinkOptions(once=True)).run()
+    if request.param == "outside":
+        plain = case.verify
+        case.verify = lambda *a, **kw: plain("--recompute-outside", *a, **kw)  # type: ignore[method-assign]
     return case
 
 
