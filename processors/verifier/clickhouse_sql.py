@@ -21,8 +21,10 @@ parameters=...).result_rows``) and builds plain SQL strings; the checks themselv
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from processors.integrity.errors import ClickHouseMismatch
@@ -306,25 +308,45 @@ class DecodedProblem:
     found: str
 
 
-def decoded_sql(database: str, where: str = "1") -> str:
-    """SQL comparing the decoded columns of ``{chain:String}`` rows seq in [lo, hi) with their
-    payloads decoded by ClickHouse's Avro reader (one container block per row, so a row that
-    parses wrongly cannot shift the rows after it). Returns one row per differing row."""
-    db = validate_identifier(database)
-    marker = _MARKER.hex()
-    rows_where = (
-        f"chain = {{chain:String}} AND seq >= {{lo:UInt64}} AND seq < {{hi:UInt64}} "
+def _rows_where(where: str) -> str:
+    return (
+        "chain = {chain:String} AND seq >= {lo:UInt64} AND seq < {hi:UInt64} "
         f"AND {SQL_DECODABLE} AND ({where})"
     )
+
+
+def _blocks_sql(database: str, where: str) -> str:
+    """The page's rows as Avro container blocks, one block per row (so a row that parses
+    wrongly cannot shift the rows after it), in seq order, the file's start first."""
+    db = validate_identifier(database)
+    marker = _MARKER.hex()
     size = f"(2 * (8 + length(payload) - {HEADER_SIZE} + {len(_MARKER)}))"
     block = (
         f"concat(unhex('02'), {_varint_sql(size)}, {_be64('seq')}, "
         f"substring(payload, {HEADER_SIZE + 1}), unhex('{marker}'), unhex('{marker}'))"
     )
-    container = (
-        f"SELECT concat(unhex('{_FILE_START.hex()}'), arrayStringConcat(groupArray(b))) "
-        f"FROM (SELECT {block} AS b FROM {db}.events WHERE {rows_where} ORDER BY seq)"
+    return (
+        f"SELECT b FROM (SELECT 0 AS k, toUInt64(0) AS seq, unhex('{_FILE_START.hex()}') AS b "
+        f"UNION ALL SELECT 1 AS k, seq, {block} AS b FROM {db}.events "
+        f"WHERE {_rows_where(where)}) ORDER BY k, seq"
     )
+
+
+def decoded_sql(database: str, where: str = "1", scratch: str | None = None) -> str:
+    """SQL comparing the decoded columns of ``{chain:String}`` rows seq in [lo, hi) with their
+    payloads decoded by ClickHouse's Avro reader. Returns one row per differing row.
+
+    The payloads are read from ``scratch`` (an Avro file that :func:`decoded_problems` has
+    ClickHouse write with :func:`_blocks_sql`) or, without one, from a ``format()`` table
+    function over the same blocks built in the query (no write, but ClickHouse evaluates that
+    constant more than once: several times slower).
+    """
+    db = validate_identifier(database)
+    if scratch is not None:
+        source = f"file({_quote(scratch)}, 'Avro', {_quote(_CHECK_STRUCTURE)})"
+    else:
+        container = f"SELECT arrayStringConcat(groupArray(b)) FROM ({_blocks_sql(db, where)})"
+        source = f"format('Avro', {_quote(_CHECK_STRUCTURE)}, ({container}))"
     columns = [c for c in DECODED if c != "decode_ok"]
     decoded = ", ".join(f"{column_expression(c)} AS d_{c}" for c in columns)
     differs = [(c, f"NOT isNotDistinctFrom(t.{c}, d_{c})") for c in columns]
@@ -334,10 +356,10 @@ def decoded_sql(database: str, where: str = "1") -> str:
     found = "multiIf(" + ", ".join(f"{w}, toString(tuple(t.{c}))" for c, w in differs) + ", '')"
     return f"""
 SELECT t.seq, if(d_bad, 'payload', {which}) AS col, {expected}, {found}
-FROM (SELECT seq, {", ".join(columns)} FROM {db}.events WHERE {rows_where}) AS t
+FROM (SELECT seq, {", ".join(columns)} FROM {db}.events WHERE {_rows_where(where)}) AS t
 INNER JOIN (
   SELECT reinterpretAsUInt64(reverse(x_seq)) AS seq, ({different_sql(_MARKER)}) AS d_bad, {decoded}
-  FROM format('Avro', {_quote(_CHECK_STRUCTURE)}, ({container}))
+  FROM {source}
 ) AS d ON t.seq = d.seq
 WHERE col != ''
 ORDER BY t.seq
@@ -346,16 +368,44 @@ LIMIT {{limit:UInt64}}
 
 
 def decoded_problems(
-    client: Any, database: str, chain: str, lo: int, hi: int, *, limit: int, where: str = "1"
+    client: Any,
+    database: str,
+    chain: str,
+    lo: int,
+    hi: int,
+    *,
+    limit: int,
+    where: str = "1",
+    scratch_dir: Path | None = None,
 ) -> list[DecodedProblem]:
     """Rows of seq in [lo, hi) of ``chain`` whose decoded columns differ from their payload.
+
+    ``scratch_dir``: a directory of the verifier's own where ClickHouse may write the page's
+    payloads as a temporary Avro file (only for the embedded store, which runs in this
+    process; the file is removed after the query). Without it (a server), ``format()``.
 
     Raises :class:`~sealtrail.errors.ClickHouseError` if ClickHouse cannot parse a payload of
     the page; callers then decode that page in Python (which names the row).
     """
     params = {"chain": chain, "lo": lo, "hi": hi, "limit": limit}
+    scratch: Path | None = None
+    if scratch_dir is not None:
+        scratch = scratch_dir / f"page-{uuid.uuid4().hex}.avro"
+        query(
+            client,
+            f"INSERT INTO FUNCTION file({_quote(str(scratch))}, 'RawBLOB', 'b String') "
+            f"{_blocks_sql(database, where)}",
+            params,
+        )
+    try:
+        rows = query(
+            client, decoded_sql(database, where, None if scratch is None else str(scratch)), params
+        )
+    finally:
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
     out: list[DecodedProblem] = []
-    for r in query(client, decoded_sql(database, where), params):
+    for r in rows:
         column = str(r[1])
         if column == "payload":
             out.append(DecodedProblem(int(r[0]), column, "decode_ok = 0", "decode_ok = 1"))
@@ -395,6 +445,7 @@ def check_chain(
     size: int,
     expected_root: bytes | None,
     max_findings: int = DEFAULT_MAX_FINDINGS,
+    scratch_dir: Path | None = None,
 ) -> ChainResult:
     """The rows of ``chain`` with seq < ``size`` checked in ClickHouse, as the findings
     :func:`processors.verifier.core.verify_rows` gives for the same rows (kind
@@ -449,7 +500,9 @@ def check_chain(
             )
     for lo, hi in seq_pages(size):
         try:
-            problems = decoded_problems(client, db, chain, lo, hi, limit=max_findings)
+            problems = decoded_problems(
+                client, db, chain, lo, hi, limit=max_findings, scratch_dir=scratch_dir
+            )
         except ClickHouseError:
             # ClickHouse could not parse a payload stored as decoded: Python names the row.
             odd_lo, odd_hi = min(odd_lo, lo) if odd else lo, max(odd_hi, hi - 1) if odd else hi - 1

@@ -145,6 +145,12 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
     return client
 
 
+def _embedded(settings: Settings) -> bool:
+    from sealtrail import clickhouse as ch
+
+    return ch.chdb_path(settings.clickhouse_dsn) is not None
+
+
 def _default_sink_group(settings: Settings) -> str:
     from processors.sink import DEFAULT_GROUP
 
@@ -242,6 +248,15 @@ def run_verify(
         bar.close()
     report.chains = results
 
+    scratch_holder = None
+    scratch: Path | None = None
+    if client is not None and not recompute_outside and _embedded(settings):
+        # The embedded engine runs in this process: it may write the payload pages it decodes
+        # to a directory of ours (much faster than format(); removed at the end).
+        import tempfile
+
+        scratch_holder = tempfile.TemporaryDirectory(prefix="sealtrail-verify-")
+        scratch = Path(scratch_holder.name)
     if client is not None:
         from processors.verifier.clickhouse_source import expected_columns, iter_rows
         from processors.verifier.clickhouse_sql import check_chain
@@ -278,6 +293,7 @@ def run_verify(
                     size=size,
                     expected_root=root,
                     max_findings=max_findings,
+                    scratch_dir=scratch,
                 )
             if size > res.size and res.ok:
                 from processors.integrity.errors import ClickHouseMismatch
@@ -317,6 +333,8 @@ def run_verify(
                     )
             report.clickhouse.append(ch_res)
 
+    if scratch_holder is not None:
+        scratch_holder.cleanup()
     report.finished = time.time()
     if state_file is not None:
         new_states: dict[str, ChainState] = dict(states)
