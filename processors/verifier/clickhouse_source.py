@@ -74,12 +74,12 @@ def _select_list() -> str:
 
 
 def iter_rows(
-    client: Client, database: str, chain: str, size: int, *, lo: int = 0
+    client: Client, database: str, chain: str, size: int, *, lo: int = 0, with_part: bool = False
 ) -> Iterator[ChRow]:
     """Rows of ``chain`` with ``lo`` <= seq < ``size`` ordered by seq (duplicates included)."""
     db = validate_identifier(database)
     sql = (
-        f"SELECT {_select_list()} FROM {db}.events "
+        f"SELECT {_select_list()}{', _part' if with_part else ''} FROM {db}.events "
         "WHERE chain = {chain:String} AND seq >= {lo:UInt64} AND seq < {hi:UInt64} ORDER BY seq"
     )
     while lo < size:
@@ -92,7 +92,8 @@ def iter_rows(
                 source_offset=int(r[3]),
                 ingested_at_us=int(r[4]),
                 payload=bytes.fromhex(r[5]),
-                decoded=dict(zip(DECODED, r[6:], strict=True)),
+                decoded=dict(zip(DECODED, r[6 : 6 + len(DECODED)], strict=True)),
+                part=str(r[-1]) if with_part else "",
             )
         lo = hi
 

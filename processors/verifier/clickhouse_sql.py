@@ -21,6 +21,7 @@ parameters=...).result_rows``) and builds plain SQL strings; the checks themselv
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,12 @@ __all__ = [
     "ChainCounts",
     "DecodedProblem",
     "RowProblem",
+    "Remembered",
+    "TableParts",
     "chain_counts",
+    "changed_parts",
+    "part_filter",
+    "table_parts",
     "check_chain",
     "decoded_problems",
     "leaf_hashes",
@@ -185,12 +191,6 @@ LIMIT {int(limit)}
     return out
 
 
-def _b(value: Any) -> bytes:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
-    return str(value).encode("latin-1") if value is not None else b""
-
-
 # --------------------------------------------------------------------------------------------
 # Merkle root
 
@@ -237,12 +237,13 @@ def leaf_hashes(client: Any, database: str, chain: str, lo: int, hi: int) -> Ite
     db = validate_identifier(database)
     rows = query(
         client,
-        f"SELECT arrayStringConcat(arrayMap(x -> CAST(x.2 AS String), "
-        f"arraySort(groupArray((seq, hash))))) FROM {db}.events "
+        # hex: the driver would read a String column as UTF-8 text.
+        f"SELECT hex(arrayStringConcat(arrayMap(x -> toString(x.2), "
+        f"arraySort(groupArray((seq, hash)))))) FROM {db}.events "
         "WHERE chain = {chain:String} AND seq >= {lo:UInt64} AND seq < {hi:UInt64}",
         {"chain": chain, "lo": lo, "hi": hi},
     )
-    blob = _b(rows[0][0]) if rows else b""
+    blob = bytes.fromhex(rows[0][0]) if rows else b""
     return (blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE))
 
 
@@ -437,6 +438,14 @@ def _show(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) else value
 
 
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """What an earlier clean check proved of a chain: rows 0..size-1 with this compact range."""
+
+    size: int
+    compact: bytes
+
+
 def check_chain(
     client: Any,
     database: str,
@@ -446,11 +455,23 @@ def check_chain(
     expected_root: bytes | None,
     max_findings: int = DEFAULT_MAX_FINDINGS,
     scratch_dir: Path | None = None,
+    changed_parts: Sequence[str] | None = None,
+    remembered: Remembered | None = None,
 ) -> ChainResult:
     """The rows of ``chain`` with seq < ``size`` checked in ClickHouse, as the findings
     :func:`processors.verifier.core.verify_rows` gives for the same rows (kind
-    ``clickhouse_mismatch``, same messages and evidence)."""
+    ``clickhouse_mismatch``, same messages and evidence).
+
+    Incremental (``changed_parts`` and ``remembered`` given; the caller checked that every
+    other active part is one an earlier clean check saw, unchanged): only the rows in the
+    changed parts are recomputed and decoded, and linked to their neighbours by seq; seq is
+    0..size-1 by the row count, max(seq) and no duplicate among the changed rows (the others
+    were unique); the root is the remembered compact range extended by the new rows' hashes
+    when all changed rows are new (seq >= remembered size), else computed again in SQL.
+    A chain whose row count is not its size is checked in full (that names the gap).
+    """
     result = ChainResult(chain=chain)
+    db = validate_identifier(database)
 
     def mismatch(message: str, seq: int | None, expected: Any, found: Any) -> None:
         result.add(
@@ -464,23 +485,79 @@ def check_chain(
             max_findings,
         )
 
-    db = validate_identifier(database)
+    params = {"chain": chain, "size": size}
+    scope = "1" if changed_parts is None else part_filter(changed_parts)
+    odd_if = f"({scope}) AND NOT {SQL_DECODABLE}"
     stats = query(
         client,
-        f"SELECT count(), countIf(NOT {SQL_DECODABLE}), minIf(seq, NOT {SQL_DECODABLE}), "
-        f"maxIf(seq, NOT {SQL_DECODABLE}) FROM {db}.events "
+        f"SELECT count(), countIf({scope}), minIf(seq, {scope}), maxIf(seq, {scope}), "
+        f"countIf({odd_if}), minIf(seq, {odd_if}), maxIf(seq, {odd_if}) FROM {db}.events "
         "WHERE chain = {chain:String} AND seq < {size:UInt64}",
-        {"chain": chain, "size": size},
+        params,
     )[0]
-    rows, odd, odd_lo, odd_hi = (int(v) for v in stats)
+    total, rows, lo_seq, hi_seq, odd, odd_lo, odd_hi = (int(v) for v in stats)
+    incremental = changed_parts is not None and remembered is not None
+    if incremental and total != size:
+        # Rows are missing or repeated somewhere: the full check names where.
+        return check_chain(
+            client,
+            database,
+            chain,
+            size=size,
+            expected_root=expected_root,
+            max_findings=max_findings,
+            scratch_dir=scratch_dir,
+        )
     gaps = False
-    for p in row_problems(client, db, chain, below=size, limit=max_findings):
+    if incremental:
+        where = (
+            f"({scope}) OR seq IN (SELECT seq + 1 FROM {db}.events WHERE chain = "
+            f"{{chain:String}} AND {scope}) OR seq IN (SELECT seq - 1 FROM {db}.events "
+            f"WHERE chain = {{chain:String}} AND {scope})"
+        )
+        dups = query(
+            client,
+            f"SELECT seq, count() FROM {db}.events WHERE chain = {{chain:String}} AND seq IN "
+            f"(SELECT seq FROM {db}.events WHERE chain = {{chain:String}} AND {scope}) "
+            f"GROUP BY seq HAVING count() > 1 ORDER BY seq LIMIT {int(max_findings)}",
+            params,
+        )
+        for seq, copies in dups:
+            mismatch("is duplicated or out of order", int(seq), 1, int(copies))
+            rows -= int(copies) - 1
+        if rows and lo_seq == 0:
+            first = query(
+                client,
+                f"SELECT hex(prev_hash) FROM {db}.events WHERE chain = {{chain:String}} "
+                "AND seq = 0",
+                params,
+            )
+            if first and bytes.fromhex(first[0][0]) != ZERO_HASH:
+                mismatch(
+                    "prev_hash does not link to the previous row",
+                    0,
+                    ZERO_HASH,
+                    bytes.fromhex(first[0][0]),
+                )
+    else:
+        where = "1"
+    problems = (
+        row_problems(
+            client, db, chain, below=size, limit=max_findings, where=where, link_from_zero=False
+        )
+        if incremental and rows
+        else []
+        if incremental
+        else row_problems(client, db, chain, below=size, limit=max_findings)
+    )
+    for p in problems:
         expect = 0 if p.first else p.prev_seq + 1
         if not p.first and p.seq == p.prev_seq:
-            mismatch("is duplicated or out of order", p.seq, expect, p.seq)
-            rows -= 1  # as the Python check: a copy is not a verified row
+            if not incremental:
+                mismatch("is duplicated or out of order", p.seq, expect, p.seq)
+                rows -= 1  # as the Python check: a copy is not a verified row
             continue
-        if p.seq > expect:
+        if p.seq > expect and not incremental:
             gaps = True
             mismatch(
                 f"rows {expect}..{p.seq - 1} are missing (deleted from the table)",
@@ -488,9 +565,10 @@ def check_chain(
                 expect,
                 p.seq,
             )
-        link = ZERO_HASH if p.first else p.before_hash
-        if p.prev_hash != link:
-            mismatch("prev_hash does not link to the previous row", p.seq, link, p.prev_hash)
+        if not (incremental and (p.first or p.seq != p.prev_seq + 1)):
+            link = ZERO_HASH if p.first else p.before_hash
+            if p.prev_hash != link:
+                mismatch("prev_hash does not link to the previous row", p.seq, link, p.prev_hash)
         if p.computed != p.hash:
             mismatch(
                 "hash does not recompute from its columns (a column was altered)",
@@ -498,17 +576,27 @@ def check_chain(
                 p.computed,
                 p.hash,
             )
-    for lo, hi in seq_pages(size):
+    pages = seq_pages(hi_seq + 1 - lo_seq) if rows else []
+    for plo, phi in pages:
+        plo, phi = plo + lo_seq, phi + lo_seq
         try:
-            problems = decoded_problems(
-                client, db, chain, lo, hi, limit=max_findings, scratch_dir=scratch_dir
+            found = decoded_problems(
+                client,
+                db,
+                chain,
+                plo,
+                phi,
+                limit=max_findings,
+                where=scope,
+                scratch_dir=scratch_dir,
             )
         except ClickHouseError:
             # ClickHouse could not parse a payload stored as decoded: Python names the row.
-            odd_lo, odd_hi = min(odd_lo, lo) if odd else lo, max(odd_hi, hi - 1) if odd else hi - 1
-            odd = odd + 1
-            problems = []
-        for d in problems:
+            odd_lo = min(odd_lo, plo) if odd else plo
+            odd_hi = max(odd_hi, phi - 1) if odd else phi - 1
+            odd += 1
+            found = []
+        for d in found:
             mismatch(
                 "payload does not decode the way the sink stores it (decode_ok = 1)"
                 if d.column == "payload"
@@ -519,7 +607,10 @@ def check_chain(
             )
     if odd:
         decode = expected_columns(chain)
-        for row in iter_rows(client, db, chain, odd_hi + 1, lo=odd_lo):
+        allowed = None if changed_parts is None else set(changed_parts)
+        for row in iter_rows(client, db, chain, odd_hi + 1, lo=odd_lo, with_part=True):
+            if allowed is not None and row.part not in allowed:
+                continue
             want = decode(row)
             for column, value in want.items():
                 have = row.decoded.get(column)
@@ -534,7 +625,14 @@ def check_chain(
     result.records_verified = rows
     result.size = size
     if result.ok and not gaps and expected_root is not None:
-        root = merkle_root(client, db, chain, size)
+        if incremental and remembered is not None and (not rows or lo_seq >= remembered.size):
+            # Only new rows: the remembered range, extended by their hashes, gives the root.
+            cr = CompactRange.from_bytes(remembered.size, remembered.compact)
+            for h in leaf_hashes(client, db, chain, remembered.size, size):
+                cr.append(h)
+            root = cr.root() if cr.size == size else b""
+        else:
+            root = merkle_root(client, db, chain, size)
         if root != expected_root:
             mismatch(
                 f"the rows' hashes do not match the verified chain at size {size} "
@@ -544,3 +642,51 @@ def check_chain(
                 root,
             )
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# data parts
+
+_PART_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def part_filter(names: Iterable[str]) -> str:
+    """A condition selecting the rows of the named data parts (names checked, then quoted)."""
+    names = sorted(names)
+    for name in names:
+        if not _PART_NAME.match(name):
+            raise ClickHouseError(f"ClickHouse reported an unexpected part name {name!r}")
+    return f"_part IN ({', '.join(repr(n) for n in names)})" if names else "0"
+
+
+@dataclass(frozen=True, slots=True)
+class TableParts:
+    """The ``events`` table's identity and its active data parts (name -> rows, checksum)."""
+
+    uuid: str
+    parts: dict[str, tuple[int, str]]
+
+
+def table_parts(client: Any, database: str) -> TableParts:
+    db = validate_identifier(database)
+    uuid_rows = query(
+        client,
+        "SELECT toString(uuid) FROM system.tables WHERE database = {db:String} AND name = 'events'",
+        {"db": db},
+    )
+    rows = query(
+        client,
+        "SELECT name, rows, hash_of_all_files FROM system.parts WHERE database = {db:String} "
+        "AND table = 'events' AND active",
+        {"db": db},
+    )
+    return TableParts(
+        uuid=str(uuid_rows[0][0]) if uuid_rows else "",
+        parts={str(r[0]): (int(r[1]), str(r[2])) for r in rows},
+    )
+
+
+def changed_parts(before: dict[str, tuple[int, str]], now: dict[str, tuple[int, str]]) -> list[str]:
+    """Active parts that an earlier check did not see as they are now (inserts, merges,
+    mutations, attached partitions). Parts that went away show in the row counts."""
+    return sorted(name for name, info in now.items() if before.get(name) != info)

@@ -122,6 +122,7 @@ class ChainResult:
     # Root and head hash at a size someone asked for (the ClickHouse row count).
     probe_size: int | None = None
     probe_root: bytes | None = None
+    probe_compact: bytes | None = None  # the compact range at probe_size (CompactRange bytes)
     # The record at the remembered offset was not the remembered one (callers then replay all).
     anchor_failed: bool = False
 
@@ -347,12 +348,14 @@ def verify_chain_fields(
         pending.pop(0)
     if probe_size is not None and probe_size == cr.size:
         result.probe_root = cr.root()
+        result.probe_compact = cr.to_bytes()
 
     def pass_size(head_hash: bytes, trusted: bool = False) -> int:
         """Check what is due at the current size; return the next size something is due at."""
         size = cr.size
         if probe_size is not None and size == probe_size:
             result.probe_root = cr.root()
+            result.probe_compact = cr.to_bytes()
         while pending and pending[0].cp.size == size:
             _check_at_size(result, pending.pop(0), cr.root(), head_hash, limit, trusted)
         due = [p for p in (pending[0].cp.size if pending else None, probe_size) if p is not None]
@@ -568,6 +571,7 @@ class ChRow:
     ingested_at_us: int
     payload: bytes
     decoded: Mapping[str, Any]
+    part: str = ""  # the data part holding the row (when asked for)
 
 
 DecodeFn = Callable[["ChRow"], Mapping[str, Any]]

@@ -19,7 +19,12 @@ from processors.integrity.note import Verifier
 from processors.verifier import offsite
 from processors.verifier.core import ChainResult, ChainState
 from processors.verifier.report import Report, previous_success, write_metrics
-from processors.verifier.state import load_state, save_state
+from processors.verifier.state import (
+    ClickHouseState,
+    load_clickhouse_state,
+    load_state,
+    save_state,
+)
 from sealtrail.cli import settings_of
 from sealtrail.config import Settings
 from sealtrail.errors import ClickHouseError, ConfigError, KeyFileError, SealtrailError
@@ -189,9 +194,13 @@ def run_verify(
     client = _clickhouse_client(settings, clickhouse)
     report.clickhouse_checked = client is not None
     ch_sizes: dict[str, int] = {}
+    parts_now = None
     if client is not None:
         from processors.verifier.clickhouse_source import chain_sizes
+        from processors.verifier.clickhouse_sql import table_parts
 
+        # Parts first: rows that arrive in between are checked now and again next run.
+        parts_now = table_parts(client, settings.clickhouse_database)
         ch_sizes = chain_sizes(client, settings.clickhouse_database)
     text = keyring_text(ring)
     jobs_list = []
@@ -257,9 +266,26 @@ def run_verify(
 
         scratch_holder = tempfile.TemporaryDirectory(prefix="sealtrail-verify-")
         scratch = Path(scratch_holder.name)
+    ch_before = None
+    changed: list[str] | None = None
+    ch_after: ClickHouseState | None = None
+    if client is not None and parts_now is not None and not recompute_outside:
+        from processors.verifier.clickhouse_sql import changed_parts
+
+        if state_file is not None and not full:
+            ch_before = load_clickhouse_state(state_file)
+        if ch_before is not None and ch_before.table_uuid != parts_now.uuid:
+            report.warnings.append(
+                f"table {settings.clickhouse_database}.events was replaced since the last run "
+                f"(uuid {ch_before.table_uuid} -> {parts_now.uuid}); every row is checked again"
+            )
+            ch_before = None
+        if ch_before is not None:
+            changed = changed_parts(ch_before.parts, parts_now.parts)
+        ch_after = ClickHouseState(table_uuid=parts_now.uuid, parts=parts_now.parts)
     if client is not None:
         from processors.verifier.clickhouse_source import expected_columns, iter_rows
-        from processors.verifier.clickhouse_sql import check_chain
+        from processors.verifier.clickhouse_sql import Remembered, check_chain
         from processors.verifier.core import verify_rows
         from processors.verifier.kafka_source import sink_stored_through
 
@@ -286,6 +312,11 @@ def run_verify(
                     max_findings=max_findings,
                 )
             else:
+                remembered = None
+                if ch_before is not None and res.chain in ch_before.sizes:
+                    remembered = Remembered(
+                        ch_before.sizes[res.chain], ch_before.compacts[res.chain]
+                    )
                 ch_res = check_chain(
                     client,
                     settings.clickhouse_database,
@@ -294,7 +325,15 @@ def run_verify(
                     expected_root=root,
                     max_findings=max_findings,
                     scratch_dir=scratch,
+                    changed_parts=changed if remembered is not None else None,
+                    remembered=remembered,
                 )
+                if ch_after is not None:
+                    if ch_res.ok and root is not None and res.probe_compact is not None:
+                        ch_after.sizes[res.chain] = size
+                        ch_after.compacts[res.chain] = res.probe_compact
+                    else:
+                        ch_after = None  # only a wholly clean, rooted check is remembered
             if size > res.size and res.ok:
                 from processors.integrity.errors import ClickHouseMismatch
 
@@ -341,7 +380,11 @@ def run_verify(
         for res in results:
             if res.state is not None:
                 new_states[res.chain] = res.state
-        save_state(state_file, settings.deployment, new_states)
+        if report.clickhouse_checked and not recompute_outside and report.ok:
+            remember = ch_after
+        else:
+            remember = None if report.clickhouse_checked else load_clickhouse_state(state_file)
+        save_state(state_file, settings.deployment, new_states, remember)
     return report
 
 
