@@ -237,9 +237,9 @@ def leaf_hashes(client: Any, database: str, chain: str, lo: int, hi: int) -> Ite
     db = validate_identifier(database)
     rows = query(
         client,
-        # hex: the driver would read a String column as UTF-8 text.
-        f"SELECT hex(arrayStringConcat(arrayMap(x -> toString(x.2), "
-        f"arraySort(groupArray((seq, hash)))))) FROM {db}.events "
+        # hex of each hash: toString of a FixedString drops trailing zero bytes.
+        f"SELECT arrayStringConcat(arrayMap(x -> hex(x.2), "
+        f"arraySort(groupArray((seq, hash))))) FROM {db}.events "
         "WHERE chain = {chain:String} AND seq >= {lo:UInt64} AND seq < {hi:UInt64}",
         {"chain": chain, "lo": lo, "hi": hi},
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,12 @@ from processors.integrity.merkle import CompactRange
 from processors.integrity.record import ChainedRecord, ChainHead, link, record_hash
 from processors.sink import event_columns
 from processors.verifier.clickhouse_source import expected_columns, iter_rows
-from processors.verifier.clickhouse_sql import check_chain, merkle_root, record_hash_sql
+from processors.verifier.clickhouse_sql import (
+    check_chain,
+    leaf_hashes,
+    merkle_root,
+    record_hash_sql,
+)
 from processors.verifier.core import verify_rows
 from producers.k8s import parse_line
 from schemas.codec import encode_audit_event
@@ -102,6 +108,15 @@ def test_merkle_root_sql_equals_the_pure_root_at_every_size(ch: tuple[Any, str])
         cr.append(r.hash)
         if n <= 18 or n in (31, 32, 33, 63, 64, 65, 70):
             assert merkle_root(client, db, CHAIN, n) == cr.root(), n
+
+
+def test_leaf_hashes_keep_trailing_zero_bytes(ch: tuple[Any, str]) -> None:
+    client, db = ch
+    recs = records(6)
+    recs[2] = replace(recs[2], hash=b"\x01" * 31 + b"\x00")
+    recs[4] = replace(recs[4], hash=bytes(32))
+    insert(client, db, recs)
+    assert list(leaf_hashes(client, db, CHAIN, 1, 6)) == [r.hash for r in recs[1:6]]
 
 
 def both(client: Any, db: str, size: int, root: bytes) -> tuple[set[int | None], set[int | None]]:
