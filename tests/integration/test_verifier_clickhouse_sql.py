@@ -19,6 +19,7 @@ from processors.sink import event_columns
 from processors.verifier.clickhouse_source import expected_columns, iter_rows
 from processors.verifier.clickhouse_sql import (
     check_chain,
+    decoded_problems,
     leaf_hashes,
     merkle_root,
     record_hash_sql,
@@ -190,6 +191,19 @@ def test_sql_check_finds_what_the_python_check_finds(
     found_sql, found_py = both(client, db, N, cr.root())
     assert seqs <= found_sql
     assert found_sql == found_py
+
+
+def test_clickhouse_itself_decodes_the_payloads(ch: tuple[Any, str], tmp_path: Path) -> None:
+    """The decoded-columns check parses every stored payload in ClickHouse (no Python
+    fallback): it names the edited rows, from a scratch file and from format()."""
+    client, db = ch
+    insert(client, db, records(N, garbage_at=7))
+    run(client, db, "ALTER TABLE {db}.events UPDATE verb = 'get', user_agent = 'x' WHERE seq = 3")
+    run(client, db, "ALTER TABLE {db}.events UPDATE annotations = map('a', 'b') WHERE seq = 9")
+    for scratch in (tmp_path, None):
+        found = decoded_problems(client, db, CHAIN, 0, N, limit=10, scratch_dir=scratch)
+        assert [(d.seq, d.column) for d in found] == [(3, "verb"), (9, "annotations")]
+        assert found[0].found == "('get')"
 
 
 def test_consistent_rewrite_is_found_by_the_root(ch: tuple[Any, str]) -> None:
