@@ -78,22 +78,6 @@ class CompactRange:
             n >>= 1
         self.size += 1
 
-    def extend(self, leaves: list[bytes]) -> None:
-        """:meth:`append` for many leaves (record hashes) in one call: the verifier's replay
-        appends in batches, which saves two method calls and attribute updates per leaf."""
-        hashes = self.hashes
-        push, pop, sha = hashes.append, hashes.pop, _sha256
-        n = self.size
-        for leaf in leaves:
-            h = sha(b"\x00" + leaf).digest()
-            m = n
-            while m & 1:
-                h = sha(b"\x01" + pop() + h).digest()
-                m >>= 1
-            push(h)
-            n += 1
-        self.size = n
-
     def root(self) -> bytes:
         """The RFC 6962 Merkle tree hash of leaves ``[0, size)`` (EMPTY_ROOT when empty)."""
         hashes = self.hashes

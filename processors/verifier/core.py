@@ -424,10 +424,7 @@ def verify_chain_fields(
         prefix, fields_struct = record_hasher("")
     copy = prefix.copy
     pack = fields_struct.pack
-    # Leaves wait here and go into the tree in batches (before anything reads the tree).
-    leaves: list[bytes] = []
-    append = leaves.append
-    extend = cr.extend
+    append = cr.append
     for offset, fields in it:
         if not isinstance(fields, tuple):
             fields.chain = chain
@@ -482,17 +479,10 @@ def verify_chain_fields(
         append(hash_)
         last_offset = offset
         verified += 1
-        if not verified & 1023:
-            extend(leaves)
-            leaves.clear()
-            if on_record is not None:
-                on_record(1024)
+        if on_record is not None and not verified & 1023:
+            on_record(1024)
         if next_seq == due:
-            extend(leaves)
-            leaves.clear()
             due = pass_size(head_hash)
-    extend(leaves)
-    leaves.clear()
     head.next_seq = next_seq
     head.head_hash = head_hash
     result.records_verified = verified

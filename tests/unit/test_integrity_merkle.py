@@ -413,17 +413,3 @@ def test_consistency_property(data: st.DataObject, size2: int) -> None:
             if (s1, s2) != (size1, size2):
                 with pytest.raises(ProofInvalid):
                     verify_consistency(s1, s2, proof, r1, r2)
-
-
-def test_extend_equals_append_one_by_one() -> None:
-    import hashlib
-
-    leaves = [hashlib.sha256(bytes([i % 256, i // 256])).digest() for i in range(300)]
-    for split in (0, 1, 7, 64, 255, 300):
-        one, batch = CompactRange(), CompactRange()
-        for leaf in leaves:
-            one.append(leaf)
-        batch.extend(leaves[:split])
-        batch.extend([])
-        batch.extend(leaves[split:])
-        assert (batch.size, batch.hashes, batch.root()) == (one.size, one.hashes, one.root())
