@@ -357,7 +357,14 @@ def run(
     """Run the parts; return a JSON-able dict (also written to bench/results/verify.json)."""
     results = kafka_part(records) if records > 0 else []
     if clickhouse_rows > 0:
-        results += clickhouse_part(clickhouse_rows)
+        # In a child: one process can open one embedded store, and `python -m bench` has
+        # opened the sink stage's already.
+        import concurrent.futures as cf
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            results += pool.submit(clickhouse_part, clickhouse_rows).result()
     proofs = proof_part(proof_records) if proof_records > 0 else {}
     out = {"results": [r.as_dict() for r in results], "proofs": proofs}
     write_json("verify", results, {"proofs": proofs})
