@@ -20,6 +20,7 @@ parameters=...).result_rows``) and builds plain SQL strings; the checks themselv
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
@@ -155,40 +156,61 @@ def row_problems(
     db = validate_identifier(database)
     zero = "0" * (2 * HASH_SIZE)
     first_ok = f"(seq = 0 AND hex(prev_hash) = '{zero}')" if link_from_zero else "(seq = seq)"
-    sql = f"""
-SELECT seq, rn = 1, pseq, hex(prev_hash), hex(phash), hex(hash), hex(computed) FROM (
-  SELECT seq, prev_hash, hash, computed,
+    rows = f"""
+    SELECT seq, prev_hash, hash FROM {db}.events
+    WHERE chain = {{chain:String}} AND seq < {{below:UInt64}} AND ({where})"""
+    # Two queries: the hash over the payloads runs on all threads, the window (seq and links,
+    # 80 bytes a row) on the sorted rows; in one query the hash was computed 3x slower.
+    links = f"""
+SELECT seq, rn = 1, pseq, hex(prev_hash), hex(phash), hex(hash) FROM (
+  SELECT seq, prev_hash, hash,
          row_number() OVER w AS rn,
          lagInFrame(seq) OVER w AS pseq,
          lagInFrame(hash) OVER w AS phash
-  FROM (
-    SELECT seq, prev_hash, hash, {record_hash_sql()} AS computed
-    FROM {db}.events
-    WHERE chain = {{chain:String}} AND seq < {{below:UInt64}} AND ({where})
-  )
+  FROM ({rows})
   WINDOW w AS (ORDER BY seq ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
 )
-WHERE computed != hash
-   OR (rn = 1 AND NOT {first_ok})
+WHERE (rn = 1 AND NOT {first_ok})
    OR (rn > 1 AND seq != pseq + 1 AND {"1" if link_from_zero else "seq = pseq"})
    OR (rn > 1 AND seq = pseq + 1 AND prev_hash != phash)
 ORDER BY seq
 LIMIT {int(limit)}
 """
-    out = []
-    for r in query(client, sql, {"chain": chain, "below": below}):
-        out.append(
-            RowProblem(
-                seq=int(r[0]),
-                first=bool(r[1]),
-                prev_seq=int(r[2]),
-                prev_hash=bytes.fromhex(r[3]),
-                before_hash=bytes.fromhex(r[4]),
-                hash=bytes.fromhex(r[5]),
-                computed=bytes.fromhex(r[6]),
-            )
+    hashes = f"""
+SELECT seq, hex(prev_hash), hex(hash), hex({record_hash_sql()}) AS computed FROM {db}.events
+WHERE chain = {{chain:String}} AND seq < {{below:UInt64}} AND ({where})
+  AND computed != hex(hash)
+ORDER BY seq
+LIMIT 1 BY seq
+LIMIT {int(limit)}
+"""
+    params = {"chain": chain, "below": below}
+    out: dict[int, RowProblem] = {}
+    for r in query(client, links, params):
+        h = bytes.fromhex(r[5])
+        p = RowProblem(
+            seq=int(r[0]),
+            first=bool(r[1]),
+            prev_seq=int(r[2]),
+            prev_hash=bytes.fromhex(r[3]),
+            before_hash=bytes.fromhex(r[4]),
+            hash=h,
+            computed=h,
         )
-    return out
+        if p.first or p.seq != p.prev_seq:  # a repeated seq keeps its first row's entry
+            out[p.seq] = p
+        else:
+            out.setdefault(-1 - p.seq, p)  # the copy: reported as a duplicate
+    for r in query(client, hashes, params):
+        seq = int(r[0])
+        had = out.get(seq)
+        prev, h, computed = bytes.fromhex(r[1]), bytes.fromhex(r[2]), bytes.fromhex(r[3])
+        if had is not None:
+            out[seq] = dataclasses.replace(had, computed=computed)
+        else:  # links fine: only the hash is wrong
+            out[seq] = RowProblem(seq, False, seq - 1, prev, prev, h, computed)
+    found = sorted(out.values(), key=lambda p: (p.seq, p.first or p.seq != p.prev_seq))
+    return found[:limit]
 
 
 # --------------------------------------------------------------------------------------------
