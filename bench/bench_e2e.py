@@ -36,7 +36,7 @@ import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import Result, bench_broker, fresh_settings, print_table, write_json
-from processors.integrity.checkpoint import Checkpoint
+from processors.integrity.checkpoint import parse_checkpoint_note
 from processors.integrity.keys import write_keypair
 from sealtrail.samples import K8S_AUDIT_SAMPLES
 from sealtrail.supervisor import child_env
@@ -101,7 +101,7 @@ class Watcher(threading.Thread):
         }
         self.chain = Consumer({**base, "group.id": f"bench-{uuid.uuid4()}"})
         self.checkpoints = Consumer({**base, "group.id": f"bench-{uuid.uuid4()}"})
-        self.sink_group = Consumer({**base, "group.id": f"{settings.topic_prefix}sealtrail-sink"})
+        self.sink_group = Consumer({**base, "group.id": settings.groups.sink})
         self.chain.assign([TopicPartition(settings.topics.chain, p, 0) for p in range(partitions)])
         self.checkpoints.assign(
             [TopicPartition(settings.topics.checkpoints, p, 0) for p in range(partitions)]
@@ -131,10 +131,9 @@ class Watcher(threading.Thread):
             for message in self.checkpoints.consume(500, timeout=0.01):
                 if message.error():
                     continue
-                text = message.value().decode()
-                body = text[: text.index("\n\n") + 1]
+                size = parse_checkpoint_note(message.value().decode()).checkpoint.size
                 self.checkpoint_size[message.partition()] = max(
-                    self.checkpoint_size[message.partition()], Checkpoint.parse(body).size
+                    self.checkpoint_size[message.partition()], size
                 )
             now = time.monotonic()
             for mark, (p, seq) in list(pending_c.items()):
@@ -234,6 +233,7 @@ def run(
             f"127.0.0.1:{port}",
             "--tokens",
             str(token_file),
+            "--allow-plain-http-tokens",  # loopback load; TLS is not what this bench measures
             "--signing-key",
             str(private),
             "--health-listen",

@@ -56,7 +56,11 @@ def _webhook(settings: Settings, bodies: list[bytes], events: int, home: Path) -
     tokens.parent.mkdir(parents=True, exist_ok=True)
     tokens.write_text("bench-token bench\n", encoding="utf-8")
     tokens.chmod(0o600)
-    server = WebhookServer(settings, WebhookOptions(listen="127.0.0.1:0", tokens=tokens))
+    # Plain http on loopback: the bench measures parsing and producing, not TLS.
+    server = WebhookServer(
+        settings,
+        WebhookOptions(listen="127.0.0.1:0", tokens=tokens, allow_plain_http_tokens=True),
+    )
     server.start()
     url = server.url()
 

@@ -138,6 +138,7 @@ def run(
         "sink_seconds": sink_s,
         "sink_decode_seconds": stats.decode_seconds,
         "sink_insert_seconds": stats.insert_seconds,
+        "sink_subtree_seconds": stats.subtree_seconds,
         "sink_kafka_and_other_seconds": sink_s - stats.decode_seconds - stats.insert_seconds,
     }
 

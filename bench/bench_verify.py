@@ -182,7 +182,7 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
         check_chain,
         table_parts,
     )
-    from processors.verifier.core import verify_rows
+    from processors.verifier.rows import verify_rows
     from sealtrail import clickhouse
 
     home = Path(tempfile.mkdtemp(prefix="bench-verify-ch-"))

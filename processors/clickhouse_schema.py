@@ -26,6 +26,7 @@ __all__ = [
     "EVENT_COLUMNS",
     "MIGRATIONS",
     "REJECT_COLUMNS",
+    "SUBTREE_COLUMNS",
     "VIEWS",
     "Migration",
     "applied_versions",
@@ -192,6 +193,24 @@ ORDER BY (chain, size, kafka_partition, kafka_offset)
 SETTINGS non_replicated_deduplication_window = 10000
 """
 
+# Stored Merkle subtrees (processors/integrity/subtrees.py): one row per perfect aligned subtree
+# of 256 leaves or more, written by the sink once its records are stored, so a proof reads
+# O(log n) rows. Deterministic rows, one insert per range with a deduplication token.
+_SUBTREES = """
+CREATE TABLE IF NOT EXISTS {db}.subtrees
+(
+    chain LowCardinality(String),
+    height UInt8,
+    idx UInt64,
+    hash FixedString(32)
+)
+ENGINE = MergeTree
+ORDER BY (chain, height, idx)
+SETTINGS non_replicated_deduplication_window = 10000
+"""
+
+SUBTREE_COLUMNS: tuple[str, ...] = ("chain", "height", "idx", "hash")
+
 # Analytics views. They read events_dedup, so a batch the webhook delivered twice (both copies
 # are chained and kept as evidence) is counted once; the copies are identical apart from their
 # chain position, so which one LIMIT 1 BY keeps does not matter. Plain views: the filters run on
@@ -261,6 +280,7 @@ def _views_statements() -> tuple[str, ...]:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, rejects, checkpoints", (_EVENTS, _REJECTS, _CHECKPOINTS)),
     Migration(2, "analytics views", _views_statements()),
+    Migration(3, "stored Merkle subtrees", (_SUBTREES,)),
 )
 
 _MIGRATIONS_TABLE = """

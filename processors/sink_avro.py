@@ -96,8 +96,8 @@ def parse_chained(value: bytes) -> tuple[str, int, int] | None:
     load: the current ChainedEvent version, the plain case, a payload of the current AuditEvent
     version. ``None`` for anything else: then ``decode_chained`` decides, as before.
 
-    Whatever it accepts, ``_record_of(decode_chained(value))`` accepts with the same chain, seq
-    and payload (the unit tests check that on mutated values).
+    Whatever it accepts, the sink's Python path (``storable(value_record(value))``) accepts
+    with the same chain, seq and payload (the unit tests check that on mutated values).
     """
     if value[:HEADER_SIZE] != _CHAINED_HEADER or len(value) <= HEADER_SIZE:
         return None

@@ -28,6 +28,7 @@ from producers.k8s import (
     REJECT_KEEP_BYTES,
     BadRequestBody,
     Reject,
+    RejectKind,
     eventlist_api_version,
     is_event_list,
     over_limit_reason,
@@ -532,7 +533,9 @@ class StreamParser:
 
     def body_reject(self, reason: str) -> Reject:
         """The whole body as a reject: its first bytes, its size and the SHA-256 of all of it."""
-        return Reject(reason, bytes(self._prefix), self.size, self._hash.digest())
+        return Reject(
+            reason, bytes(self._prefix), self.size, self._hash.digest(), RejectKind.BAD_BODY
+        )
 
     def _account(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -568,7 +571,7 @@ class StreamParser:
     def _item(self, piece: Item | Oversize, list_api: str) -> Outcome:
         if isinstance(piece, Oversize):
             reason = over_limit_reason(piece.size, self.max_event_bytes)
-            return Reject(reason, piece.prefix, piece.size, piece.sha256)
+            return Reject(reason, piece.prefix, piece.size, piece.sha256, RejectKind.TOO_LARGE)
         return parse_item(
             piece.raw,
             self.cluster,

@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from producers.k8s import MAX_EVENT_BYTES, RejectError, parse_line
+from producers.k8s import (
+    MAX_EVENT_BYTES,
+    REJECT_KEEP_BYTES,
+    Reject,
+    RejectError,
+    RejectKind,
+    over_limit_reason,
+    parse_line,
+)
 from producers.kafka_writer import Batch, ConfirmedProducer, now_us
 from schemas.codec import encode_audit_event
 from sealtrail.config import Settings
@@ -204,13 +212,48 @@ class FileShipper:
                     line, self.cluster, received, max_event_bytes=self.max_event_bytes
                 )
             except RejectError as rej:
-                self.producer.produce_reject(batch, rej.reason, SOURCE, self.cluster, rej.raw)
+                self.producer.produce_reject(
+                    batch, Reject(rej.reason, rej.raw, kind=rej.kind), SOURCE, self.cluster
+                )
                 self.stats.rejects += 1
                 continue
             self.producer.produce(batch, raw_topic, self.key, encode_audit_event(datum))
             self.stats.events += 1
         batch.seal()
         return batch
+
+    def _long_line(
+        self, handle: BinaryIO, offset: int, final: bool
+    ) -> tuple[int, bytes, Reject | None] | None:
+        """The line at ``offset`` that no chunk holds whole: (its length with the newline, its
+        bytes, None) when it is within --max-event-bytes; (length, b"", a reject holding its
+        first MiB, size and SHA-256) when it is longer, read through without holding it; None
+        when it has not been written to its end yet (and ``final`` is not set)."""
+        handle.seek(offset)
+        kept = bytearray()
+        hasher = hashlib.sha256()
+        size = 0
+        while True:
+            data = handle.read(CHUNK_BYTES)
+            cut = data.find(b"\n")
+            part = data if cut < 0 else data[:cut]
+            size += len(part)
+            hasher.update(part)
+            if len(kept) <= self.max_event_bytes:
+                kept += part[: self.max_event_bytes + 1 - len(kept)]
+            if cut >= 0 or (not data and final):
+                length = size + (1 if cut >= 0 else 0)
+                if size <= self.max_event_bytes:
+                    return length, bytes(kept) + b"\n", None
+                reason = over_limit_reason(size, self.max_event_bytes)
+                keep = bytes(kept[:REJECT_KEEP_BYTES])
+                return (
+                    length,
+                    b"",
+                    Reject(reason, keep, size, hasher.digest(), RejectKind.TOO_LARGE),
+                )
+            if not data:
+                return None
 
     def _confirm(self, batch: Batch) -> None:
         if not batch.wait(ACK_TIMEOUT_S):
@@ -233,16 +276,26 @@ class FileShipper:
             if not data:
                 return offset
             end = data.rfind(b"\n") + 1
+            long_line: Reject | None = None
             if end == 0:
                 if len(data) >= CHUNK_BYTES:
-                    end = len(data)  # one huge line: parse_line rejects it as too large
+                    # A line longer than a chunk (kube writes events whole): read on to its end.
+                    found = self._long_line(handle, offset, final)
+                    if found is None:
+                        return offset
+                    end, data, long_line = found
                 elif final:
                     end = len(data)
                 else:
                     return offset
-            lines = data[:end].split(b"\n")
             events_before, rejects_before = self.stats.events, self.stats.rejects
-            batch = self._ship_lines(lines)
+            if long_line is not None:
+                batch = Batch()
+                self.producer.produce_reject(batch, long_line, SOURCE, self.cluster)
+                self.stats.rejects += 1
+                batch.seal()
+            else:
+                batch = self._ship_lines(data[:end].split(b"\n"))
             try:
                 self._confirm(batch)
             except KafkaUnavailable:

@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, NoReturn
 
 from sealtrail.errors import DecodeError
@@ -30,6 +31,7 @@ from sealtrail.errors import DecodeError
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
 
 __all__ = [
+    "audit_event",
     "MAX_EVENT_BYTES",
     "REJECT_KEEP_BYTES",
     "REJECT_SOURCE",
@@ -37,6 +39,7 @@ __all__ = [
     "ParseResult",
     "Reject",
     "RejectError",
+    "RejectKind",
     "generic_event",
     "eventlist_api_version",
     "is_event_list",
@@ -66,6 +69,18 @@ _INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
 
 
+class RejectKind(StrEnum):
+    """Why input was refused, as a small fixed set (metric labels, filters); the reason text
+    says the details."""
+
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"  # not UTF-8, not JSON, nested too deeply, data after the value
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"  # a field, kind or apiVersion of the wrong type or value
+    BAD_BODY = "bad_body"  # a whole request body
+    OTHER = "other"
+
+
 class BadRequestBody(DecodeError):
     """A whole request body is not Kubernetes audit JSON (nothing in it can be used)."""
 
@@ -73,10 +88,11 @@ class BadRequestBody(DecodeError):
 class RejectError(DecodeError):
     """One event could not be accepted; ``reason`` says why and ``raw`` holds its bytes."""
 
-    def __init__(self, reason: str, raw: bytes) -> None:
+    def __init__(self, reason: str, raw: bytes, kind: RejectKind = RejectKind.OTHER) -> None:
         super().__init__(reason)
         self.reason = reason
         self.raw = raw
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +106,7 @@ class Reject:
     raw: bytes
     size: int | None = None
     sha256: bytes | None = None
+    kind: RejectKind = RejectKind.OTHER
 
     @property
     def total_size(self) -> int:
@@ -104,23 +121,20 @@ def over_limit_reason(size: int, limit: int) -> str:
     return f"event is {size} bytes, over the {limit} byte limit"
 
 
-def reject_event(
-    reject: Reject, cluster: str, producer: str, received_at_us: int
+def audit_event(
+    cluster: str, source: str, received_at_us: int, original: bytes, **fields: Any
 ) -> dict[str, Any]:
-    """The AuditEvent datum that chains a reject (``source`` = ``"reject"``, docs/SCHEMAS.md).
+    """An AuditEvent datum: ``fields`` over the schema's defaults (schemas/audit_event.avsc).
 
-    ``original`` holds the rejected bytes (their first :data:`REJECT_KEEP_BYTES` when they were
-    longer), ``attributes`` the reason, the full size and the SHA-256 of all of them, so the
-    chain proves what was refused even when it does not hold every byte. ``audit_id`` is
-    ``reject:<sha256>``: a client that resends the same bytes makes the same reject."""
-    digest = reject.digest.hex()
-    return {
+    The one place the datum's 33 keys are spelled out; a key the schema lacks raises
+    ``TypeError`` (a typo would otherwise be dropped by the encoder)."""
+    datum: dict[str, Any] = {
         "cluster": cluster,
-        "source": REJECT_SOURCE,
+        "source": source,
         "received_at": received_at_us,
-        "original": reject.raw,
+        "original": original,
         "api_version": "",
-        "audit_id": f"reject:{digest}",
+        "audit_id": "",
         "stage": "",
         "level": "",
         "verb": "",
@@ -143,17 +157,46 @@ def reject_event(
         "request_received_at": None,
         "stage_at": None,
         "annotations": {},
-        "actor": producer,
-        "action": "reject",
+        "actor": "",
+        "action": "",
         "resource": "",
-        "outcome": "rejected",
-        "attributes": {
+        "outcome": "",
+        "attributes": {},
+    }
+    unknown = fields.keys() - datum.keys()
+    if unknown:
+        raise TypeError(f"AuditEvent has no field(s) {', '.join(sorted(unknown))}")
+    datum.update(fields)
+    return datum
+
+
+def reject_event(
+    reject: Reject, cluster: str, producer: str, received_at_us: int
+) -> dict[str, Any]:
+    """The AuditEvent datum that chains a reject (``source`` = ``"reject"``, docs/SCHEMAS.md).
+
+    ``original`` holds the rejected bytes (their first :data:`REJECT_KEEP_BYTES` when they were
+    longer), ``attributes`` the reason, the full size and the SHA-256 of all of them, so the
+    chain proves what was refused even when it does not hold every byte. ``audit_id`` is
+    ``reject:<sha256>``: a client that resends the same bytes makes the same reject."""
+    digest = reject.digest.hex()
+    return audit_event(
+        cluster,
+        REJECT_SOURCE,
+        received_at_us,
+        reject.raw,
+        audit_id=f"reject:{digest}",
+        actor=producer,
+        action="reject",
+        outcome="rejected",
+        attributes={
+            "kind": str(reject.kind),
             "reason": reject.reason,
             "bytes": str(reject.total_size),
             "sha256": digest,
             "truncated": "true" if reject.total_size > len(reject.raw) else "false",
         },
-    }
+    )
 
 
 @dataclass(slots=True)
@@ -164,8 +207,10 @@ class ParseResult:
     rejects: list[Reject] = field(default_factory=list)
 
 
-class _Bad(Exception):  # noqa: N818 - internal signal carrying a reject reason
-    pass
+class _Bad(Exception):  # noqa: N818 - internal signal carrying a reject reason and kind
+    def __init__(self, reason: str, kind: RejectKind) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,16 +272,16 @@ def _str(obj: Mapping[str, Any], key: str, where: str = "") -> str:
     if value is None:
         return ""
     if type(value) is not str:
-        raise _Bad(f"{where}{key} must be a string, not {_jtype(value)}")
+        raise _Bad(f"{where}{key} must be a string, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     return value
 
 
 def _required(obj: Mapping[str, Any], key: str) -> str:
     value = obj.get(key)
     if value is None or value == "":
-        raise _Bad(f"{key} is missing")
+        raise _Bad(f"{key} is missing", RejectKind.MISSING_FIELD)
     if type(value) is not str:
-        raise _Bad(f"{key} must be a string, not {_jtype(value)}")
+        raise _Bad(f"{key} must be a string, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     return value
 
 
@@ -245,7 +290,7 @@ def _obj(obj: Mapping[str, Any], key: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if type(value) is not dict:
-        raise _Bad(f"{key} must be an object, not {_jtype(value)}")
+        raise _Bad(f"{key} must be an object, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     return value
 
 
@@ -253,10 +298,15 @@ def _str_list(value: Any, name: str) -> list[str]:
     if value is None:
         return []
     if type(value) is not list:
-        raise _Bad(f"{name} must be an array of strings, not {_jtype(value)}")
+        raise _Bad(
+            f"{name} must be an array of strings, not {_jtype(value)}", RejectKind.WRONG_TYPE
+        )
     for item in value:
         if type(item) is not str:
-            raise _Bad(f"{name} must be an array of strings, but holds {_jtype(item)}")
+            raise _Bad(
+                f"{name} must be an array of strings, but holds {_jtype(item)}",
+                RejectKind.WRONG_TYPE,
+            )
     return value
 
 
@@ -264,10 +314,14 @@ def _str_map(value: Any, name: str) -> dict[str, str]:
     if value is None:
         return {}
     if type(value) is not dict:
-        raise _Bad(f"{name} must be an object of strings, not {_jtype(value)}")
+        raise _Bad(
+            f"{name} must be an object of strings, not {_jtype(value)}", RejectKind.WRONG_TYPE
+        )
     for item in value.values():
         if type(item) is not str:
-            raise _Bad(f"{name} values must be strings, but one is {_jtype(item)}")
+            raise _Bad(
+                f"{name} values must be strings, but one is {_jtype(item)}", RejectKind.WRONG_TYPE
+            )
     return value
 
 
@@ -276,11 +330,13 @@ def _time(obj: Mapping[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if type(value) is not str:
-        raise _Bad(f"{key} must be an RFC 3339 string, not {_jtype(value)}")
+        raise _Bad(f"{key} must be an RFC 3339 string, not {_jtype(value)}", RejectKind.WRONG_TYPE)
     try:
         return parse_timestamp(value)
     except ValueError:
-        raise _Bad(f"{key} {_clip(value)} is not an RFC 3339 timestamp") from None
+        raise _Bad(
+            f"{key} {_clip(value)} is not an RFC 3339 timestamp", RejectKind.WRONG_TYPE
+        ) from None
 
 
 def _clip(value: Any, limit: int = 40) -> str:
@@ -298,21 +354,23 @@ def _to_datum(
 ) -> dict[str, Any]:
     """Validate one audit Event object and map it to an AuditEvent datum."""
     if type(item) is not dict:
-        raise _Bad(f"event must be a JSON object, not {_jtype(item)}")
+        raise _Bad(f"event must be a JSON object, not {_jtype(item)}", RejectKind.WRONG_TYPE)
     kind = item.get("kind")
     if kind is None:
         if not in_list:
-            raise _Bad('kind is missing (expected "Event")')
+            raise _Bad('kind is missing (expected "Event")', RejectKind.MISSING_FIELD)
     elif kind != "Event":
-        raise _Bad(f'kind must be "Event", not {_clip(kind)}')
+        raise _Bad(f'kind must be "Event", not {_clip(kind)}', RejectKind.WRONG_TYPE)
 
     api_version = item.get("apiVersion")
     if api_version is None:
         api_version = list_api_version
     elif type(api_version) is not str:
-        raise _Bad(f"apiVersion must be a string, not {_jtype(api_version)}")
+        raise _Bad(f"apiVersion must be a string, not {_jtype(api_version)}", RejectKind.WRONG_TYPE)
     elif not api_version.startswith(AUDIT_GROUP):
-        raise _Bad(f"apiVersion {_clip(api_version)} is not an audit.k8s.io version")
+        raise _Bad(
+            f"apiVersion {_clip(api_version)} is not an audit.k8s.io version", RejectKind.WRONG_TYPE
+        )
 
     audit_id = _required(item, "auditID")
     stage = _required(item, "stage")
@@ -328,16 +386,21 @@ def _to_datum(
         value = status.get("code")
         if value is not None:
             if type(value) is not int:
-                raise _Bad(f"responseStatus.code must be an integer, not {_jtype(value)}")
+                raise _Bad(
+                    f"responseStatus.code must be an integer, not {_jtype(value)}",
+                    RejectKind.WRONG_TYPE,
+                )
             if not _INT32_MIN <= value <= _INT32_MAX:
-                raise _Bad("responseStatus.code is out of range")
+                raise _Bad("responseStatus.code is out of range", RejectKind.OTHER)
             code = value
 
     extra_raw = user.get("extra")
     extra: dict[str, list[str]] = {}
     if extra_raw is not None:
         if type(extra_raw) is not dict:
-            raise _Bad(f"user.extra must be an object, not {_jtype(extra_raw)}")
+            raise _Bad(
+                f"user.extra must be an object, not {_jtype(extra_raw)}", RejectKind.WRONG_TYPE
+            )
         for key, values in extra_raw.items():
             extra[key] = _str_list(values, "user.extra values")
 
@@ -345,43 +408,38 @@ def _to_datum(
     if received is None:
         received = _time(item, "timestamp")  # v1alpha1 events carry only "timestamp"
 
-    return {
-        "cluster": cluster,
-        "source": "k8s",
-        "received_at": received_at_us,
-        "original": raw,
-        "api_version": api_version,
-        "audit_id": audit_id,
-        "stage": stage,
-        "level": _str(item, "level"),
-        "verb": verb,
-        "request_uri": _str(item, "requestURI"),
-        "user_name": _str(user, "username", "user."),
-        "user_uid": _str(user, "uid", "user."),
-        "user_groups": _str_list(user.get("groups"), "user.groups"),
-        "user_extra": extra,
-        "impersonated_user": (
+    return audit_event(
+        cluster,
+        "k8s",
+        received_at_us,
+        raw,
+        api_version=api_version,
+        audit_id=audit_id,
+        stage=stage,
+        level=_str(item, "level"),
+        verb=verb,
+        request_uri=_str(item, "requestURI"),
+        user_name=_str(user, "username", "user."),
+        user_uid=_str(user, "uid", "user."),
+        user_groups=_str_list(user.get("groups"), "user.groups"),
+        user_extra=extra,
+        impersonated_user=(
             None if impersonated is None else _str(impersonated, "username", "impersonatedUser.")
         ),
-        "source_ips": _str_list(item.get("sourceIPs"), "sourceIPs"),
-        "user_agent": _str(item, "userAgent"),
-        "object_resource": _str(ref, "resource", "objectRef."),
-        "object_namespace": _str(ref, "namespace", "objectRef."),
-        "object_name": _str(ref, "name", "objectRef."),
-        "object_subresource": _str(ref, "subresource", "objectRef."),
-        "object_api_group": _str(ref, "apiGroup", "objectRef."),
-        "object_api_version": _str(ref, "apiVersion", "objectRef."),
-        "object_uid": _str(ref, "uid", "objectRef."),
-        "response_code": code,
-        "request_received_at": received,
-        "stage_at": _time(item, "stageTimestamp"),
-        "annotations": _str_map(item.get("annotations"), "annotations"),
-        "actor": "",
-        "action": "",
-        "resource": "",
-        "outcome": "",
-        "attributes": {},
-    }
+        source_ips=_str_list(item.get("sourceIPs"), "sourceIPs"),
+        user_agent=_str(item, "userAgent"),
+        object_resource=_str(ref, "resource", "objectRef."),
+        object_namespace=_str(ref, "namespace", "objectRef."),
+        object_name=_str(ref, "name", "objectRef."),
+        object_subresource=_str(ref, "subresource", "objectRef."),
+        object_api_group=_str(ref, "apiGroup", "objectRef."),
+        object_api_version=_str(ref, "apiVersion", "objectRef."),
+        object_uid=_str(ref, "uid", "objectRef."),
+        response_code=code,
+        request_received_at=received,
+        stage_at=_time(item, "stageTimestamp"),
+        annotations=_str_map(item.get("annotations"), "annotations"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,24 +623,24 @@ def parse_item(
 
     The same checks as :func:`parse_body` makes on the items of a body parsed whole."""
     if len(raw) > max_event_bytes:
-        return Reject(over_limit_reason(len(raw), max_event_bytes), raw)
+        return Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return Reject("event is not valid UTF-8", raw)
+        return Reject("event is not valid UTF-8", raw, kind=RejectKind.MALFORMED)
     try:
         item, end = _raw_decode(text, 0)
     except RecursionError:
-        return Reject("event JSON is nested too deeply", raw)
+        return Reject("event JSON is nested too deeply", raw, kind=RejectKind.MALFORMED)
     except ValueError as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        return Reject(f"event is not valid JSON ({reason})", raw)
+        return Reject(f"event is not valid JSON ({reason})", raw, kind=RejectKind.MALFORMED)
     if end != len(text):
-        return Reject("event has data after its JSON value", raw)
+        return Reject("event has data after its JSON value", raw, kind=RejectKind.MALFORMED)
     try:
         return _to_datum(item, raw, cluster, received_at_us, list_api, in_list)
     except _Bad as bad:
-        return Reject(str(bad), raw)
+        return Reject(str(bad), raw, kind=bad.kind)
 
 
 def _accept(
@@ -596,12 +654,14 @@ def _accept(
     max_event_bytes: int,
 ) -> None:
     if len(raw) > max_event_bytes:
-        result.rejects.append(Reject(over_limit_reason(len(raw), max_event_bytes), raw))
+        result.rejects.append(
+            Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
+        )
         return
     try:
         result.events.append(_to_datum(item, raw, cluster, received_at_us, list_api, in_list))
     except _Bad as bad:
-        result.rejects.append(Reject(str(bad), raw))
+        result.rejects.append(Reject(str(bad), raw, kind=bad.kind))
 
 
 def parse_line(
@@ -618,28 +678,30 @@ def parse_line(
     """
     raw = bytes(line).strip(b" \t\r\n")
     if not raw:
-        raise RejectError("line is empty", raw)
+        raise RejectError("line is empty", raw, RejectKind.MALFORMED)
     if len(raw) > max_event_bytes:
-        raise RejectError(over_limit_reason(len(raw), max_event_bytes), raw)
+        raise RejectError(over_limit_reason(len(raw), max_event_bytes), raw, RejectKind.TOO_LARGE)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise RejectError("line is not valid UTF-8", raw) from None
+        raise RejectError("line is not valid UTF-8", raw, RejectKind.MALFORMED) from None
     try:
         item, end = _raw_decode(text, 0)
     except RecursionError:
-        raise RejectError("line JSON is nested too deeply", raw) from None
+        raise RejectError("line JSON is nested too deeply", raw, RejectKind.MALFORMED) from None
     except ValueError as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise RejectError(f"line is not valid JSON ({reason})", raw) from None
+        raise RejectError(f"line is not valid JSON ({reason})", raw, RejectKind.MALFORMED) from None
     if end != len(text):
-        raise RejectError("line has data after the JSON object", raw)
+        raise RejectError("line has data after the JSON object", raw, RejectKind.MALFORMED)
     if type(item) is dict and item.get("kind") == "EventList":
-        raise RejectError("line is an EventList; log files hold one Event per line", raw)
+        raise RejectError(
+            "line is an EventList; log files hold one Event per line", raw, RejectKind.WRONG_TYPE
+        )
     try:
         return _to_datum(item, raw, cluster, received_at_us, "", False)
     except _Bad as bad:
-        raise RejectError(str(bad), raw) from None
+        raise RejectError(str(bad), raw, bad.kind) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,38 +764,17 @@ def generic_event(
         separators=(",", ":"),
         ensure_ascii=False,
     ).encode("utf-8")
-    return {
-        "cluster": cluster,
-        "source": "generic",
-        "received_at": received_at_us,
-        "original": original,
-        "api_version": "",
-        "audit_id": event_id,
-        "stage": "",
-        "level": "",
-        "verb": "",
-        "request_uri": "",
-        "user_name": "",
-        "user_uid": "",
-        "user_groups": [],
-        "user_extra": {},
-        "impersonated_user": None,
-        "source_ips": [],
-        "user_agent": "",
-        "object_resource": "",
-        "object_namespace": "",
-        "object_name": "",
-        "object_subresource": "",
-        "object_api_group": "",
-        "object_api_version": "",
-        "object_uid": "",
-        "response_code": None,
-        "request_received_at": timestamp_us,
-        "stage_at": timestamp_us,
-        "annotations": {},
-        "actor": actor,
-        "action": action,
-        "resource": resource,
-        "outcome": outcome,
-        "attributes": attrs,
-    }
+    return audit_event(
+        cluster,
+        "generic",
+        received_at_us,
+        original,
+        audit_id=event_id,
+        request_received_at=timestamp_us,
+        stage_at=timestamp_us,
+        actor=actor,
+        action=action,
+        resource=resource,
+        outcome=outcome,
+        attributes=attrs,
+    )

@@ -1,4 +1,4 @@
-"""Produce-with-confirmation: the one way producers put records on the raw and rejects topics.
+"""Produce-with-confirmation: the one way producers put events and rejects on the raw topic.
 
 A :class:`ConfirmedProducer` owns one idempotent ``acks=all`` librdkafka producer and a thread
 that serves its delivery callbacks. Callers group records into a :class:`Batch` and learn, once,
@@ -9,8 +9,6 @@ future), so a webhook answers 200 or a shipper moves its position only after the
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import threading
 import time
@@ -19,14 +17,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from producers.k8s import Reject, reject_event
+from schemas.codec import encode_audit_event
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError
 from sealtrail.kafka import producer_conf
 
 log = logging.getLogger(__name__)
-
-REJECT_BODY_LIMIT = 1024 * 1024
-"""Largest body kept in a reject entry; longer bodies are truncated and say so."""
 
 
 class DeliveryFailed(KafkaUnavailable):
@@ -39,24 +36,6 @@ class Backpressure(SealtrailError):
 
 def now_us() -> int:
     return time.time_ns() // 1000
-
-
-def reject_record(
-    reason: str, source: str, cluster: str, body: bytes, received_at_us: int | None = None
-) -> bytes:
-    """The JSON value of one rejects-topic entry (body truncated to 1 MiB, flagged if so)."""
-    entry: dict[str, Any] = {
-        "reason": reason,
-        "source": source,
-        "cluster": cluster,
-        "received_at": now_us() if received_at_us is None else received_at_us,
-        "body_b64": base64.b64encode(body[:REJECT_BODY_LIMIT]).decode("ascii"),
-    }
-    if len(body) > REJECT_BODY_LIMIT:
-        entry["truncated"] = True
-        entry["body_bytes"] = len(body)
-        entry["reason"] = f"{reason} (body truncated from {len(body)} to {REJECT_BODY_LIMIT} bytes)"
-    return json.dumps(entry, separators=(",", ":")).encode("utf-8")
 
 
 class Batch:
@@ -181,17 +160,18 @@ class ConfirmedProducer:
     def produce_reject(
         self,
         batch: Batch,
-        reason: str,
-        source: str,
+        reject: Reject,
+        producer: str,
         cluster: str,
-        body: bytes,
         received_at_us: int | None = None,
     ) -> None:
+        """Chain a reject: it goes to the raw topic like any event (docs/SCHEMAS.md), so what
+        was refused is in the tamper-evident log, not only in a side topic."""
+        datum = reject_event(
+            reject, cluster, producer, now_us() if received_at_us is None else received_at_us
+        )
         self.produce(
-            batch,
-            self.settings.topics.rejects,
-            cluster.encode("utf-8"),
-            reject_record(reason, source, cluster, body, received_at_us),
+            batch, self.settings.topics.raw, cluster.encode("utf-8"), encode_audit_event(datum)
         )
 
     def check_connected(self, timeout: float = 2.0) -> bool:

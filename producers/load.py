@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from producers.k8s import RejectError, parse_line
+from producers.k8s import Reject, RejectError, parse_line
 from producers.kafka_writer import Backpressure, Batch, ConfirmedProducer, now_us
 from schemas.codec import encode_audit_event
 from sealtrail.config import Settings
@@ -225,7 +225,9 @@ def send_kafka(
             try:
                 datum = parse_line(line, cluster, received)
             except RejectError as rej:  # cannot happen for generated events; kept honest anyway
-                producer.produce_reject(batch, rej.reason, SOURCE, cluster, rej.raw)
+                producer.produce_reject(
+                    batch, Reject(rej.reason, rej.raw, kind=rej.kind), SOURCE, cluster
+                )
                 stats.rejected += 1
                 continue
             value = encode_audit_event(datum)

@@ -9,6 +9,7 @@ caller's credentials (bearer token or client certificate) or ``--cluster``, neve
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import ssl
@@ -19,28 +20,53 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from producers.k8s import MAX_EVENT_BYTES, BadRequestBody, parse_body
+from producers.body_stream import StreamParser
+from producers.k8s import (
+    MAX_EVENT_BYTES,
+    REJECT_KEEP_BYTES,
+    BadRequestBody,
+    Reject,
+    RejectKind,
+    parse_body,
+    reject_event,
+)
 from producers.kafka_writer import (
     Backpressure,
+    Batch,
     ConfirmedProducer,
     DeliveryFailed,
     asyncio_batch,
     now_us,
 )
 from schemas.codec import encode_audit_event
-from sealtrail.config import Settings
+from sealtrail.config import Settings, parse_listen
 from sealtrail.errors import ConfigError
+from sealtrail.kafka import MAX_EVENT_LIMIT
 
 log = logging.getLogger(__name__)
 
 ENV_LISTEN = "SEALTRAIL_WEBHOOK_LISTEN"
 ENV_TOKENS = "SEALTRAIL_WEBHOOK_TOKENS"
 DEFAULT_LISTEN = "127.0.0.1:9880"
-MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_BODY_BYTES = 0
+"""No limit: a body of any size is read item by item (kube-apiserver's buffered backend sends up
+to 400 events of any size in one request, and a refused body is a lost batch)."""
+WHOLE_BODY_BYTES = 8 * 1024 * 1024
+"""Bodies up to this size (by Content-Length) are read whole and parsed in one call; larger or
+chunked ones are parsed and produced item by item as they arrive (producers.body_stream)."""
+CHUNK_BYTES = 1024 * 1024
+PRODUCER_QUEUE_KBYTES = 256 * 1024
 SOURCE = "webhook"
+TLS_FOR_TOKENS = (
+    "bearer tokens need TLS: kube-apiserver (client-go) sends a kubeconfig's token only over "
+    "https, so on plain http every request is refused and the API server drops every audit "
+    "event; give --tls-cert and --tls-key (or --allow-plain-http-tokens behind a TLS-terminating "
+    "proxy)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +79,8 @@ class WebhookOptions:
     tls_key: Path | None = None
     client_ca: Path | None = None
     insecure_no_auth: bool = False
+    # Tokens over plain http only where a TLS-terminating proxy sits in front (TLS_FOR_TOKENS).
+    allow_plain_http_tokens: bool = False
     cluster: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     max_event_bytes: int = MAX_EVENT_BYTES
@@ -63,13 +91,6 @@ class WebhookOptions:
     # Seconds a client may take to send its headers (from connect) or its body; slow clients
     # (slowloris) are cut off instead of holding a connection forever.
     read_timeout: float = 30.0
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"--listen {listen!r} is not HOST:PORT; use e.g. 127.0.0.1:9880")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def load_tokens(path: Path, default_cluster: str | None) -> list[tuple[bytes, str]]:
@@ -105,17 +126,20 @@ def load_tokens(path: Path, default_cluster: str | None) -> list[tuple[bytes, st
     return tokens
 
 
-def _reason_kind(reason: str) -> str:
-    """A small, fixed set of metric labels for reject reasons (reasons themselves vary)."""
-    if "byte limit" in reason:
-        return "too_large"
-    if "not valid JSON" in reason or "UTF-8" in reason or "nested" in reason:
-        return "malformed"
-    if "is missing" in reason:
-        return "missing_field"
-    if "must be" in reason or "not an" in reason or "not supported" in reason:
-        return "wrong_type"
-    return "other"
+class _BodyTooLarge(Exception):  # noqa: N818 - internal signal: over --max-body-bytes
+    pass
+
+
+def _reject_value(reject: Reject, cluster: str, received: int) -> bytes:
+    return encode_audit_event(reject_event(reject, cluster, SOURCE, received))
+
+
+def _body_reject(reason: str, body: bytes, max_event_bytes: int) -> Reject:
+    """A whole body that could not be parsed, as a reject (a prefix and hash if it is large)."""
+    if len(body) <= max_event_bytes:
+        return Reject(reason, body, kind=RejectKind.BAD_BODY)
+    digest = hashlib.sha256(body).digest()
+    return Reject(reason, body[:REJECT_KEEP_BYTES], len(body), digest, RejectKind.BAD_BODY)
 
 
 class _Metrics:
@@ -163,6 +187,13 @@ class _Metrics:
             "TLS handshakes that failed: a client certificate missing or not trusted, or "
             "not TLS at all.",
             ["kind"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "sealtrail_webhook_refused_requests",
+            "Requests answered 408, 413 or 5xx after authentication: the client must resend "
+            "them or lose their events.",
+            ["code"],
             registry=r,
         )
         self.inflight = Gauge(
@@ -235,10 +266,20 @@ class WebhookServer:
                 "the webhook needs authentication: give --tokens FILE (or SEALTRAIL_WEBHOOK_TOKENS)"
                 " or --client-ca, or run without it with --insecure-no-auth --cluster NAME"
             )
+        if o.tokens is not None and o.tls_cert is None and not o.allow_plain_http_tokens:
+            raise ConfigError(TLS_FOR_TOKENS)
         if o.insecure_no_auth and not o.cluster:
             raise ConfigError("--insecure-no-auth needs --cluster NAME to name the cluster")
-        if o.max_body_bytes <= 0 or o.max_event_bytes <= 0 or o.max_inflight <= 0:
-            raise ConfigError("--max-body-bytes, --max-event-bytes and --max-inflight must be > 0")
+        if o.max_body_bytes < 0 or o.max_event_bytes <= 0 or o.max_inflight <= 0:
+            raise ConfigError(
+                "--max-event-bytes and --max-inflight must be > 0 and --max-body-bytes >= 0 "
+                "(0: no limit)"
+            )
+        if o.max_event_bytes > MAX_EVENT_LIMIT:
+            raise ConfigError(
+                f"--max-event-bytes {o.max_event_bytes} is over {MAX_EVENT_LIMIT}, the largest "
+                "event the topics take (docs/SCHEMAS.md)"
+            )
         if o.ack_timeout <= 0:
             raise ConfigError("--ack-timeout must be > 0 seconds")
         if o.read_timeout <= 0:
@@ -303,14 +344,14 @@ class WebhookServer:
         )
 
     async def _read_body(self, request: web.Request) -> bytes | None:
-        """The body, or None if it is over the limit (read at most limit+1 bytes)."""
-        limit = self.options.max_body_bytes
+        """The body, or None if it is over --max-body-bytes (read at most limit+1 bytes)."""
+        limit = self.options.max_body_bytes or (1 << 62)
         if request.content_length is not None and request.content_length > limit:
             return None
         chunks: list[bytes] = []
         size = 0
         while True:
-            chunk = await request.content.read(min(1 << 20, limit + 1 - size))
+            chunk = await request.content.read(min(CHUNK_BYTES, limit + 1 - size))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -318,6 +359,30 @@ class WebhookServer:
             if size > limit:
                 return None
         return b"".join(chunks)
+
+    def _refused(
+        self, status: int, message: str, request: web.Request, events: int, body_bytes: int
+    ) -> web.Response:
+        """A 4xx/5xx that loses a batch unless the client retries it: always logged, counted."""
+        self.metrics.refused.labels(str(status)).inc()
+        log.warning(
+            "answered %d to %s: %s (%d body byte(s) read, Content-Length %s, %d event(s) seen)",
+            status,
+            request.remote,
+            message,
+            body_bytes,
+            request.content_length,
+            events,
+        )
+        return web.json_response({"error": message}, status=status)
+
+    async def _acked(self, batch: Batch, done: asyncio.Future[str | None]) -> str | None:
+        """Seal the request's batch and wait for Kafka: None once every record is stored."""
+        batch.seal()
+        try:
+            return await asyncio.wait_for(done, self.options.ack_timeout + 2.0)
+        except TimeoutError:
+            return "no acknowledgement within the ack timeout"
 
     async def handle_post(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -346,19 +411,33 @@ class WebhookServer:
             return self._unavailable("stopping", "the webhook is shutting down; retry")
         if self._inflight >= self.options.max_inflight:
             return self._unavailable("backpressure", "too many events wait for Kafka; retry")
+        length = request.content_length
+        limit = self.options.max_body_bytes
+        if limit and length is not None and length > limit:
+            resp = self._refused(413, f"body is over the {limit} byte limit", request, 0, 0)
+            resp.force_close()  # do not read the rest of an oversize body
+            return resp
+        if length is None or length > WHOLE_BODY_BYTES:
+            return await self._post_streamed(request, cluster)
         try:
             body = await asyncio.wait_for(self._read_body(request), self.options.read_timeout)
         except TimeoutError:
-            resp = web.json_response(
-                {"error": f"body not received within {self.options.read_timeout:g} s; retry"},
-                status=408,
+            resp = self._refused(
+                408,
+                f"body not received within {self.options.read_timeout:g} s; retry",
+                request,
+                0,
+                0,
             )
             resp.force_close()  # do not wait for the rest of a slow body
             return resp
         if body is None:
-            resp = web.json_response(
-                {"error": f"body is over the {self.options.max_body_bytes} byte limit"},
-                status=413,
+            resp = self._refused(
+                413,
+                f"body is over the {self.options.max_body_bytes} byte limit",
+                request,
+                0,
+                length,
             )
             resp.force_close()  # do not read the rest of an oversize body
             return resp
@@ -368,30 +447,27 @@ class WebhookServer:
         batch, done = asyncio_batch(self._loop)
         raw_topic = self.settings.topics.raw
         key = cluster.encode("utf-8")
-        reason = ""
+        bad: Reject | None = None
         try:
             result = parse_body(
                 body, cluster, received, max_event_bytes=self.options.max_event_bytes
             )
-        except BadRequestBody as bad:
+        except BadRequestBody as exc:
             result = None
-            reason = str(bad)
+            bad = _body_reject(str(exc), body, self.options.max_event_bytes)
         count = 0 if result is None else len(result.events) + len(result.rejects)
         self._inflight += max(count, 1)
         self.metrics.inflight.set(self._inflight)
         try:
             if result is None:
-                producer.produce_reject(batch, reason, SOURCE, cluster, body, received)
+                assert bad is not None
+                producer.produce_reject(batch, bad, SOURCE, cluster, received)
             else:
                 for event in result.events:
                     producer.produce(batch, raw_topic, key, encode_audit_event(event))
                 for rej in result.rejects:
-                    producer.produce_reject(batch, rej.reason, SOURCE, cluster, rej.raw, received)
-            batch.seal()
-            try:
-                error = await asyncio.wait_for(done, self.options.ack_timeout + 2.0)
-            except TimeoutError:
-                error = "no acknowledgement within the ack timeout"
+                    producer.produce_reject(batch, rej, SOURCE, cluster, received)
+            error = await self._acked(batch, done)
         except Backpressure:
             batch.seal()
             return self._unavailable("backpressure", "the Kafka producer queue is full; retry")
@@ -405,13 +481,150 @@ class WebhookServer:
             log.warning("Kafka did not acknowledge a batch of %d event(s): %s", count, error)
             return self._unavailable("kafka", "Kafka did not acknowledge the events; retry")
         if result is None:
-            self.metrics.rejected.labels("bad_body").inc()
-            return web.json_response({"error": reason}, status=400)
+            assert bad is not None
+            self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
+            return web.json_response({"error": bad.reason}, status=400)
         self.metrics.received.inc(count)
         self.metrics.produced.inc(len(result.events))
         for rej in result.rejects:
-            self.metrics.rejected.labels(_reason_kind(rej.reason)).inc()
+            self.metrics.rejected.labels(rej.kind).inc()
         return web.json_response({"accepted": len(result.events), "rejected": len(result.rejects)})
+
+    async def _post_streamed(self, request: web.Request, cluster: str) -> web.Response:
+        """A large (or chunked) body: parse and produce item by item as it arrives.
+
+        Memory holds one item and what Kafka has not acknowledged yet. Items before a break in
+        the body's structure are produced; the body itself is then chained as a reject (its
+        first MiB and the SHA-256 of all of it) and the answer is 400. 200 only after Kafka
+        acknowledged every event and reject of the body."""
+        producer = self._usable_producer()
+        assert self._loop is not None
+        received = now_us()
+        parser = StreamParser(cluster, received, self.options.max_event_bytes)
+        batch, done = asyncio_batch(self._loop)
+        raw_topic = self.settings.topics.raw
+        key = cluster.encode("utf-8")
+        accepted = rejected = 0
+        bad: str | None = None
+        limit = self.options.max_body_bytes
+        counted = 0  # events added to the in-flight count
+
+        async def put(topic_value: bytes) -> None:
+            # The producer queue may fill while a huge body streams in: wait for room.
+            deadline = time.monotonic() + self.options.ack_timeout
+            while True:
+                try:
+                    producer.produce(batch, raw_topic, key, topic_value)
+                    return
+                except Backpressure:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+
+        read = 0
+
+        async def next_chunk() -> bytes:
+            nonlocal read
+            chunk = await asyncio.wait_for(
+                request.content.read(CHUNK_BYTES), self.options.read_timeout
+            )
+            read += len(chunk)
+            if limit and read > limit:
+                raise _BodyTooLarge
+            return chunk
+
+        try:
+            try:
+                while True:
+                    chunk = await next_chunk()
+                    outcomes = parser.feed(chunk) if chunk else parser.close()
+                    self._inflight += len(outcomes)
+                    counted += len(outcomes)
+                    self.metrics.inflight.set(self._inflight)
+                    for outcome in outcomes:
+                        if isinstance(outcome, Reject):
+                            rejected += 1
+                            self.metrics.rejected.labels(outcome.kind).inc()
+                            value = _reject_value(outcome, cluster, received)
+                        else:
+                            accepted += 1
+                            value = encode_audit_event(outcome)
+                        await put(value)
+                    if not chunk:
+                        break
+            except BadRequestBody as exc:
+                bad = f"{exc} ({accepted + rejected} item(s) before it were taken)"
+                while chunk := await next_chunk():
+                    parser.drain(chunk)
+                self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
+                await put(_reject_value(parser.body_reject(bad), cluster, received))
+            error = await self._acked(batch, done)
+        except TimeoutError:
+            batch.seal()
+            resp = self._refused(
+                408,
+                f"body not received within {self.options.read_timeout:g} s of silence; retry",
+                request,
+                parser.items,
+                read,
+            )
+            resp.force_close()
+            return resp
+        except (ConnectionError, HttpProcessingError) as exc:
+            # The client went away mid-body: what was produced stays (a resent batch is
+            # deduplicated by audit ID downstream); nobody is left to answer.
+            batch.seal()
+            log.warning(
+                "a streamed body from %s broke off after %d byte(s), %d item(s): %s",
+                request.remote,
+                read,
+                parser.items,
+                exc,
+            )
+            self.metrics.refused.labels("broken").inc()
+            resp = web.Response(status=400)
+            resp.force_close()
+            return resp
+        except _BodyTooLarge:
+            batch.seal()
+            resp = self._refused(
+                413, f"body is over the {limit} byte limit", request, parser.items, read
+            )
+            resp.force_close()
+            return resp
+        except Backpressure:
+            batch.seal()
+            return self._unavailable("backpressure", "the Kafka producer queue is full; retry")
+        except DeliveryFailed as exc:
+            batch.seal()
+            error = str(exc)
+        finally:
+            self._inflight -= counted
+            self.metrics.inflight.set(self._inflight)
+        if error is not None:
+            log.warning(
+                "Kafka did not acknowledge a streamed body of %d byte(s), %d item(s): %s",
+                parser.size,
+                parser.items,
+                error,
+            )
+            return self._unavailable("kafka", "Kafka did not acknowledge the events; retry")
+        self.metrics.received.inc(accepted + rejected)
+        self.metrics.produced.inc(accepted)
+        if bad is not None:
+            return web.json_response(
+                {"error": bad, "accepted": accepted, "rejected": rejected}, status=400
+            )
+        return web.json_response({"accepted": accepted, "rejected": rejected})
+
+    def _new_producer(self) -> ConfirmedProducer:
+        # A bounded queue (memory) that still holds the largest record: a streamed body waits
+        # for room instead of growing the process (see _post_streamed).
+        return ConfirmedProducer(
+            self.settings,
+            message_timeout_s=self.options.ack_timeout,
+            **{"queue.buffering.max.kbytes": PRODUCER_QUEUE_KBYTES},
+        )
 
     def _usable_producer(self) -> ConfirmedProducer:
         """The producer, replaced first if it stopped after a fatal error.
@@ -425,9 +638,7 @@ class WebhookServer:
         if producer.fatal is None:
             return producer
         log.warning("replacing the Kafka producer after a fatal error: %s", producer.fatal)
-        self._producer = ConfirmedProducer(
-            self.settings, message_timeout_s=self.options.ack_timeout
-        )
+        self._producer = self._new_producer()
         self.metrics.producer_rebuilds.inc()
         assert self._loop is not None
         # Its queue holds only failed records now: close it off the event loop.
@@ -493,9 +704,7 @@ class WebhookServer:
 
     def start(self, timeout: float = 30.0) -> int:
         """Connect the producer, start serving in a background thread; return the bound port."""
-        self._producer = ConfirmedProducer(
-            self.settings, message_timeout_s=self.options.ack_timeout
-        )
+        self._producer = self._new_producer()
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout) or self._start_error is not None:

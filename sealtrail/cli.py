@@ -60,14 +60,6 @@ app = typer.Typer(
 )
 
 
-def settings_of(ctx: typer.Context) -> config.Settings:
-    """The settings the root callback built (also works when a sub-app is invoked alone)."""
-    root = ctx.find_root()
-    if isinstance(root.obj, config.Settings):
-        return root.obj
-    return config.Settings.from_env()
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"sealtrail {__version__}")
@@ -129,18 +121,13 @@ def root(
     )
 
 
-# Run as ``python -m sealtrail.cli`` (how ``sealtrail run`` starts its children) this file is
-# ``__main__``; the command modules import ``sealtrail.cli``, so register there, not here.
-if __name__ != "__main__":
-    for _module in COMMAND_MODULES:
-        importlib.import_module(_module).register(app)
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
 
 
 def main() -> None:
     app(prog_name="sealtrail")
 
 
-if __name__ == "__main__":
-    from sealtrail.cli import main as _registered_main
-
-    _registered_main()
+if __name__ == "__main__":  # ``python -m sealtrail.cli``: how ``sealtrail run`` starts children
+    main()

@@ -76,6 +76,16 @@ def holder_of(path: Path) -> str | None:
         os.close(fd)
 
 
+def dsn_of(client: Client) -> str | None:
+    """The DSN :func:`connect` opened ``client`` for, if it did."""
+    return next((dsn for dsn, known in _clients.items() if known is client), None)
+
+
+def owns(path: Path) -> bool:
+    """Whether this process owns the embedded store at ``path``."""
+    return path in _owner_lock_fds
+
+
 def _take_ownership(path: Path) -> None:
     """Hold an exclusive lock naming this process for as long as it lives."""
     if path in _owner_lock_fds:
@@ -183,3 +193,36 @@ def command(client: Client, sql: str, **kwargs: Any) -> Any:
         return client.command(sql, **kwargs)
     except DriverError as exc:
         raise ClickHouseError(f"ClickHouse refused a statement: {_first_line(exc)}") from None
+
+
+# Limits of a read-only session (live reads and reading tools on the embedded store).
+READ_TIMEOUT_S = 60
+READ_MAX_ROWS = 2_000_000
+READ_MAX_BYTES = 1 << 30
+
+
+def read_session(dsn: str) -> Client:
+    """A new read-only session on the embedded store ``dsn``, which this process must own (it is
+    opened through :func:`connect` first). Its limits are set before ``readonly=1``, which then
+    forbids changing any setting, so no query can lift them; the owner's own session, which the
+    sink writes through, is untouched (chdb keeps ``SET`` per handle). Never send a read with
+    per-query settings through the owner's session instead: chdb keeps the ``SETTINGS`` of a
+    failed non-SELECT statement in the session, so a refused write would leave it readonly."""
+    path = chdb_path(dsn)
+    if path is None or _owner_lock_fds.get(path) is None:
+        raise ClickHouseError(f"a read session needs the embedded store {dsn} opened first")
+    try:
+        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        for statement in (
+            f"SET max_execution_time = {READ_TIMEOUT_S}",
+            f"SET max_result_rows = {READ_MAX_ROWS}",
+            f"SET max_result_bytes = {READ_MAX_BYTES}",
+            "SET result_overflow_mode = 'throw'",
+            "SET readonly = 1",
+        ):
+            client.command(statement)
+    except DriverError as exc:
+        raise ClickHouseError(
+            f"cannot open a read session on the embedded ClickHouse at {path}: {_first_line(exc)}"
+        ) from None
+    return client

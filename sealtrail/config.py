@@ -45,6 +45,19 @@ class Topics:
 
 
 @dataclass(frozen=True, slots=True)
+class Groups:
+    """The consumer groups of one deployment (the topic prefix separates deployments sharing a
+    cluster, as for topics). The verifier reads the sink's committed offsets by this name."""
+
+    chainer: str
+    sink: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Groups:
+        return cls(chainer=f"{prefix}sealtrail-chainer", sink=f"{prefix}sealtrail-sink")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every deployment-wide setting. Build with :meth:`from_env`, override with :meth:`with_`."""
 
@@ -80,6 +93,10 @@ class Settings:
         return Topics.with_prefix(self.topic_prefix)
 
     @property
+    def groups(self) -> Groups:
+        return Groups.with_prefix(self.topic_prefix)
+
+    @property
     def clickhouse_dsn(self) -> str:
         """The configured DSN, or the embedded chdb store under the data dir."""
         if self.clickhouse:
@@ -110,3 +127,12 @@ def read_properties(path: Path) -> dict[str, str]:
             raise ConfigError(f"{path}:{number} is not a 'key=value' line; fix or remove it")
         props[line[:sep].strip()] = line[sep + 1 :].strip()
     return props
+
+
+def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
+    """A ``HOST:PORT`` to listen on -> (host, port). ``[::1]:443`` is IPv6; an empty host
+    (``:9880``) means every interface, as in Go and most servers."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{option} {value!r} is not HOST:PORT; use e.g. 127.0.0.1:9880")
+    return host.strip("[]") or "0.0.0.0", int(port)

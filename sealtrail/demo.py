@@ -118,6 +118,8 @@ class Demo:
             f"127.0.0.1:{self.webhook_port}",
             "--tokens",
             str(self.home / "webhook-tokens.txt"),
+            # The demo posts from this machine over loopback; a real API server needs TLS.
+            "--allow-plain-http-tokens",
             "--signing-key",
             str(signing_key),
             "--health-listen",
@@ -190,7 +192,7 @@ class Demo:
                 "enable.auto.commit": False,
             }
         )
-        groups = {"sealtrail-chainer": topics.raw, "sealtrail-sink": topics.chain}
+        groups = {settings.groups.chainer: topics.raw, settings.groups.sink: topics.chain}
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
@@ -354,7 +356,8 @@ class Demo:
   .venv/bin/sealtrail history deployment/nginx-deployment -n default
   .venv/bin/sealtrail verify --key {self.home / "keys" / "demo.pub"}
   .venv/bin/sealtrail run --tokens {self.home / "webhook-tokens.txt"} \\
-      --signing-key {self.home / "keys" / "demo.key"}
+      --allow-plain-http-tokens --signing-key {self.home / "keys" / "demo.key"}
+  (for a real API server give --tls-cert/--tls-key instead: docs/DEPLOY.md)
 Stop everything with: make stop   (or .venv/bin/sealtrail stack down)""")
 
     def run(self) -> int:

@@ -43,6 +43,10 @@ class ClickHouseError(SealtrailError):
     """ClickHouse could not be reached or refused a statement."""
 
 
+class WriteRefused(SealtrailError):
+    """A reading tool (query, history, verify, prove) was asked to change the store."""
+
+
 class DecodeError(SealtrailError):
     """Bytes are not a record this version of sealtrail can decode."""
 

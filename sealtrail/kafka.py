@@ -13,6 +13,17 @@ from confluent_kafka.admin import AdminClient
 from sealtrail.config import Settings, read_properties
 from sealtrail.errors import KafkaUnavailable
 
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+"""Largest record (value) on a sealtrail topic: the topics' max.message.bytes and the producers'
+message.max.bytes. It holds an AuditEvent whose original is up to MAX_EVENT_LIMIT bytes plus
+its extracted fields, inside a chain record; below the broker's 100 MiB request limit."""
+
+MAX_EVENT_LIMIT = 48 * 1024 * 1024
+"""The largest --max-event-bytes a producer may be given (room for the extracted fields)."""
+
+RECEIVE_MAX_BYTES = 2 * MAX_RECORD_BYTES
+"""librdkafka's receive.message.max.bytes: a fetch response holding one largest record."""
+
 
 def _base(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {}
@@ -40,7 +51,7 @@ def producer_conf(settings: Settings, **overrides: Any) -> dict[str, Any]:
             "enable.idempotence": True,
             "linger.ms": 5,
             "compression.type": "lz4",
-            "message.max.bytes": 12 * 1024 * 1024,
+            "message.max.bytes": MAX_RECORD_BYTES,
         }
     )
     conf.update(overrides)
@@ -59,6 +70,8 @@ def consumer_conf(settings: Settings, group: str, **overrides: Any) -> dict[str,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
             "fetch.max.bytes": 52428800,
+            # A fetch answer always holds the next record batch whole, however large.
+            "receive.message.max.bytes": RECEIVE_MAX_BYTES,
         }
     )
     conf.update(overrides)

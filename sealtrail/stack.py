@@ -84,8 +84,14 @@ def fetch_jars(say: Say = _quiet) -> Path:
             "Maven could not fetch the Kafka broker jars; check that Maven Central is reachable "
             f"(last output: {' | '.join(tail)})"
         )
-    shutil.rmtree(libs, ignore_errors=True)
-    staging.rename(libs)
+    if (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        shutil.rmtree(staging, ignore_errors=True)  # another process fetched them meanwhile
+        return libs
+    shutil.rmtree(libs, ignore_errors=True)  # a partial folder left by an interrupted fetch
+    try:
+        staging.rename(libs)
+    except OSError:  # another process renamed its copy in first: use that one
+        shutil.rmtree(staging, ignore_errors=True)
     return libs
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from sealtrail import config
 from sealtrail.config import Settings
@@ -67,12 +69,19 @@ class Supervisor:
         health_listen: tuple[str, int] | None,
         stop: StopFlag,
         webhook_metrics_url: str | None = None,
+        webhook_ca: Path | None = None,
     ) -> None:
         self.settings = settings
         self.children = [Child(name, args) for name, args in children]
         self.health_listen = health_listen
         self.stop = stop
         self.webhook_metrics_url = webhook_metrics_url
+        # Our own webhook's certificate, trusted as it is (it may name a host, not 127.0.0.1).
+        self._webhook_tls: ssl.SSLContext | None = None
+        if webhook_ca is not None:
+            self._webhook_tls = ssl.create_default_context(cafile=str(webhook_ca))
+            self._webhook_tls.check_hostname = False
+            self._webhook_tls.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         self.http: ThreadingHTTPServer | None = None
         self.health_port: int | None = None
 
@@ -123,7 +132,9 @@ class Supervisor:
             return True
         url = self.webhook_metrics_url.rsplit("/", 1)[0] + "/healthz"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                url, timeout=2, context=self._webhook_tls
+            ) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
@@ -145,7 +156,9 @@ class Supervisor:
         text = "\n".join(lines) + "\n"
         if self.webhook_metrics_url:
             try:
-                with urllib.request.urlopen(self.webhook_metrics_url, timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(  # noqa: S310
+                    self.webhook_metrics_url, timeout=2, context=self._webhook_tls
+                ) as response:
                     text += response.read().decode("utf-8", "replace")
             except OSError:
                 pass

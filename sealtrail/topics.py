@@ -6,13 +6,19 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import (
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, TopicError
-from sealtrail.kafka import admin
+from sealtrail.kafka import MAX_RECORD_BYTES, admin
 
-MAX_MESSAGE_BYTES = 12 * 1024 * 1024
+MAX_MESSAGE_BYTES = MAX_RECORD_BYTES
 
 
 def append_only_config(replication_factor: int) -> dict[str, str]:
@@ -106,9 +112,48 @@ def init_topics(
             ):
                 break
             time.sleep(0.1)
+    _raise_record_limit(settings, [n for n in wanted if n not in missing], timeout)
     check_topics(settings, timeout=timeout)
     metadata = client.list_topics(timeout=timeout).topics
     return [TopicState(name, len(metadata[name].partitions), name in missing) for name in wanted]
+
+
+def _record_limit(config: dict[str, str]) -> int:
+    value = config.get("max.message.bytes", "")
+    return int(value) if value.isdigit() else 0
+
+
+def _raise_record_limit(settings: Settings, names: list[str], timeout: float) -> None:
+    """Raise max.message.bytes of topics made before large events were chained (12 MiB)."""
+    if not names:
+        return
+    client = admin(settings)
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
+    low = []
+    for resource, future in client.describe_configs(resources, request_timeout=timeout).items():
+        config = {k: e.value for k, e in future.result().items() if e.value is not None}
+        if _record_limit(config) < MAX_MESSAGE_BYTES:
+            low.append(resource.name)
+    if not low:
+        return
+    entry = ConfigEntry(
+        "max.message.bytes",
+        str(MAX_MESSAGE_BYTES),
+        incremental_operation=AlterConfigOpType.SET,
+    )
+    changes = [
+        ConfigResource(ResourceType.TOPIC, name, incremental_configs=[entry]) for name in low
+    ]
+    for resource, future in client.incremental_alter_configs(
+        changes, request_timeout=timeout
+    ).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise TopicError(
+                f"could not raise max.message.bytes of topic {resource.name} to "
+                f"{MAX_MESSAGE_BYTES}: {exc.args[0].str()}"
+            ) from None
 
 
 def check_topics(settings: Settings, timeout: float = 30.0) -> None:
@@ -137,6 +182,12 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
             raise TopicError(
                 f"topic {resource.name} is not append-only: {'; '.join(problems)}; "
                 "fix it with kafka-configs or delete and recreate it with 'sealtrail topics init'"
+            )
+        if _record_limit(config) < MAX_MESSAGE_BYTES:
+            raise TopicError(
+                f"topic {resource.name} takes records of at most "
+                f"{config.get('max.message.bytes', '?')} bytes, below the {MAX_MESSAGE_BYTES} "
+                "that large audit events need; run 'sealtrail topics init' to raise it"
             )
     raw_partitions = len(metadata[names.raw].partitions)
     for name in (names.chain, names.checkpoints):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import random
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from processors.integrity.checkpoint import KeyRing
+from processors.integrity.keys import load_verifiers, write_keypair
 from sealtrail.config import Settings
 from sealtrail.samples import K8S_AUDIT_SAMPLES
 
@@ -94,3 +97,25 @@ def settings(base_settings: Settings) -> Settings:
 
     init_topics(base_settings, partitions=3, replication_factor=1)
     return base_settings
+
+
+@pytest.fixture
+def restore_signals() -> Iterator[None]:
+    """The CLI installs SIGTERM/SIGINT handlers in this (main) thread: put pytest's back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh checkpoint signing key pair: (private key file, public key file)."""
+    return write_keypair("sealtrail.test", tmp_path / "keys")
+
+
+@pytest.fixture
+def keyring(keypair: tuple[Path, Path]) -> KeyRing:
+    return load_verifiers(keypair[1])

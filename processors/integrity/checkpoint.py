@@ -8,7 +8,9 @@ Body (every line ends with ``\\n``)::
     sealtrail-head <base64 hash of record size-1, or 32 zero bytes> <timestamp_us, decimal>
 
 The body is signed as a C2SP signed note. Parsing is canonical: a body is accepted only if
-re-serialising the parsed checkpoint gives the same bytes.
+re-serialising the parsed checkpoint gives the same bytes. :func:`parse_checkpoint_note` reads a
+checkpoint note without verifying it (stores, the chainer's recovery); :func:`open_checkpoint`
+verifies it under a key ring.
 
 A :class:`KeyRing` trusts each key only for a range of tree sizes ``[from_size, to_size]``
 (``to_size`` None = open-ended). Every valid signature by a known key on a checkpoint must
@@ -31,16 +33,25 @@ from processors.integrity.errors import (
     MalformedCheckpoint,
 )
 from processors.integrity.merkle import EMPTY_ROOT
-from processors.integrity.note import Signer, Verifier, open_note, sign_note
+from processors.integrity.note import (
+    NoteSignature,
+    Signer,
+    Verifier,
+    open_note,
+    parse_note,
+    sign_note,
+)
 from processors.integrity.record import HASH_SIZE, ZERO_HASH
 
 __all__ = [
     "HEAD_EXTENSION",
     "Checkpoint",
+    "CheckpointNote",
     "KeyRing",
     "KeyRingEntry",
     "open_checkpoint",
     "origin_for",
+    "parse_checkpoint_note",
     "sign_checkpoint",
 ]
 
@@ -127,6 +138,27 @@ class Checkpoint:
         if cp.body() != body:
             raise bad("it is not in canonical form")
         return cp
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointNote:
+    """A checkpoint note parsed but NOT verified: the checkpoint and the signature lines that
+    claim to sign it."""
+
+    checkpoint: Checkpoint
+    signatures: tuple[NoteSignature, ...]
+
+    @property
+    def signer_names(self) -> list[str]:
+        """The key names on the signature lines, in order (unverified claims)."""
+        return [sig.name for sig in self.signatures]
+
+
+def parse_checkpoint_note(note: str) -> CheckpointNote:
+    """Parse a signed checkpoint note without checking its signatures; raises
+    MalformedCheckpoint. Whoever trusts what it says must use :func:`open_checkpoint`."""
+    parsed = parse_note(note)
+    return CheckpointNote(Checkpoint.parse(parsed.text), parsed.signatures)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
 """Key files: generation with safe permissions, and loading signers and key rings.
 
-``<name>.key`` holds the private key string (mode 0600, never overwritten) and ``<name>.pub``
-the verifier key (mode 0644). :func:`load_signer` refuses a private key file that group or
-others can read or write. No error message ever includes key material.
+``<stem>.key`` holds the private key string (mode 0600, never overwritten) and ``<stem>.pub``
+the verifier key (mode 0644), ``stem`` being the key name percent-encoded by
+:func:`file_stem` (``example.com/audit`` -> ``example.com%2Faudit``). :func:`load_signer`
+refuses a private key file that group or others can read or write. No error message ever
+includes key material.
 """
 
 from __future__ import annotations
@@ -15,17 +17,24 @@ from processors.integrity.checkpoint import KeyRing
 from processors.integrity.errors import KeyFileError
 from processors.integrity.note import Signer, generate_key, is_valid_name
 
-__all__ = ["load_signer", "load_verifiers", "write_keypair"]
+__all__ = ["file_stem", "load_signer", "load_verifiers", "write_keypair"]
 
 _MAX_KEY_FILE = 4096
+# RFC 3986 unreserved characters: the bytes a file stem keeps as they are.
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_MAX_FILE_NAME = 255  # bytes, the common file system limit
 
 
-def _safe_file_stem(name: str) -> str:
-    if not is_valid_name(name) or "/" in name or "\\" in name or name in (".", ".."):
+def file_stem(name: str) -> str:
+    """The file name stem of key ``name``: its UTF-8 bytes, each byte outside ``A-Z a-z 0-9 - .
+    _ ~`` written ``%XX`` (uppercase hex). One-to-one, never a path separator, and never ``.``
+    or ``..`` once ``.key`` / ``.pub`` is appended. The same encoding names offsite files."""
+    if not is_valid_name(name):
         raise KeyFileError(
-            f"key name {name!r} cannot be a file name; use letters, digits, '.', '-' or '_'"
+            f"key name {name!r} is not a valid signed-note key name; use a non-empty name "
+            "without whitespace, control characters or '+', e.g. example.com/audit"
         )
-    return name
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in name.encode("utf-8"))
 
 
 def _write_new(path: Path, data: str, mode: int) -> None:
@@ -46,8 +55,14 @@ def _write_new(path: Path, data: str, mode: int) -> None:
 
 
 def write_keypair(name: str, out_dir: Path) -> tuple[Path, Path]:
-    """Generate a key pair for ``name``; write ``<name>.key`` (0600) and ``<name>.pub`` (0644)."""
-    stem = _safe_file_stem(name)
+    """Generate a key pair for ``name``; write ``<stem>.key`` (0600) and ``<stem>.pub`` (0644),
+    ``stem`` = :func:`file_stem` of ``name``."""
+    stem = file_stem(name)
+    if len(stem) + len(".key") > _MAX_FILE_NAME:
+        raise KeyFileError(
+            f"key name {name!r} gives a file name longer than {_MAX_FILE_NAME} bytes; "
+            "choose a shorter name"
+        )
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,10 @@ Byte compatible with Go's ``golang.org/x/mod/sumdb/note``:
 * note ``= text || "\\n" || ("— <name> <base64(uint32be(keyID) || sig64)>\\n")+``; the text
   ends with a newline, and the signature covers exactly the text bytes (UTF-8).
 
+Reading a note is two steps: :func:`parse_note` checks the syntax and splits the text from
+its signature lines without checking any signature (what a store or a relay needs);
+:func:`open_note` builds on it and verifies the signatures by trusted keys.
+
 Key parsing errors raise :class:`KeyFileError` whose message never contains key material.
 """
 
@@ -18,6 +22,7 @@ import binascii
 import hashlib
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -38,12 +43,15 @@ __all__ = [
     "MAX_NOTE_BYTES",
     "MAX_SIGNATURES",
     "SIG_PREFIX",
+    "Note",
+    "NoteSignature",
     "Signer",
     "Verifier",
     "generate_key",
     "is_valid_name",
     "key_id",
     "open_note",
+    "parse_note",
     "sign_note",
 ]
 
@@ -55,10 +63,12 @@ _PRIVATE_PREFIX = "PRIVATE+KEY+"
 
 
 def is_valid_name(name: str) -> bool:
-    """A key name is non-empty UTF-8 without Unicode spaces and without ``+``."""
+    """A key name is non-empty UTF-8 without Unicode spaces and without ``+`` (Go's rule), and
+    without control characters below U+0020, which no note may contain (so such a name could
+    never sign one). ``/`` is allowed: origin-style names like ``example.com/audit`` are usual."""
     if not name or "+" in name:
         return False
-    if any(ch.isspace() for ch in name):
+    if any(ch.isspace() or ch < " " for ch in name):
         return False
     try:
         name.encode("utf-8")
@@ -117,7 +127,9 @@ class Verifier:
 
     def __init__(self, name: str, public_key: bytes) -> None:
         if not is_valid_name(name):
-            raise KeyFileError("key name must be non-empty and contain no spaces or '+'")
+            raise KeyFileError(
+                "key name must be non-empty with no whitespace, control characters or '+'"
+            )
         if len(public_key) != 32:
             raise KeyFileError("an Ed25519 public key is 32 bytes")
         self.name = name
@@ -228,6 +240,56 @@ def generate_key(name: str) -> tuple[str, str]:
     return signer.private_key(), signer.verifier.verifier_key()
 
 
+@dataclass(frozen=True, slots=True)
+class NoteSignature:
+    """One signature line of a note, as written: key name, 32-bit key ID, signature bytes."""
+
+    name: str
+    key_hash: int
+    signature: bytes
+
+    @property
+    def key_label(self) -> str:
+        """``name+hhhhhhhh``, as in :attr:`Verifier.key_label`."""
+        return f"{self.name}+{self.key_hash:08x}"
+
+    def line(self) -> str:
+        """The signature line, newline included."""
+        blob = struct.pack(">I", self.key_hash) + self.signature
+        return f"{SIG_PREFIX}{self.name} {base64.b64encode(blob).decode('ascii')}\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A signed note split into its text and its signature lines. Nothing here is verified:
+    a signature line only claims that a key signed the text."""
+
+    text: str
+    signatures: tuple[NoteSignature, ...]
+
+    @property
+    def signer_names(self) -> list[str]:
+        """The key names on the signature lines, in order (unverified claims)."""
+        return [sig.name for sig in self.signatures]
+
+    def render(self) -> str:
+        """The note as text; ``parse_note(note.render()) == note`` for every parsed note."""
+        return self.text + "\n" + "".join(sig.line() for sig in self.signatures)
+
+
+def _parse_signature(line: str) -> NoteSignature:
+    if not line.startswith(SIG_PREFIX):
+        raise MalformedCheckpoint("signed note has a signature line without the em dash")
+    name, _, b64 = line[len(SIG_PREFIX) :].rpartition(" ")
+    try:
+        blob = _b64decode(b64) if b64 else b""
+    except (ValueError, UnicodeEncodeError, binascii.Error):
+        blob = b""
+    if not is_valid_name(name) or len(blob) < 5:
+        raise MalformedCheckpoint("signed note has a malformed signature line")
+    return NoteSignature(name, int(struct.unpack(">I", blob[:4])[0]), blob[4:])
+
+
 def _check_text(text: str, what: str) -> bytes:
     """UTF-8 encode, refusing control characters other than newline."""
     try:
@@ -255,23 +317,45 @@ def sign_note(text: str, *signers: Signer) -> str:
     if not text.endswith("\n") or "\n\n" in text:
         raise MalformedCheckpoint("note text must end with a newline and contain no blank line")
     seen: set[tuple[str, int]] = set()
-    lines = []
+    signatures = []
     for signer in signers:
         ident = (signer.name, signer.key_hash)
         if ident in seen:
             raise ValueError(f"duplicate signer {signer.verifier.key_label}")
         seen.add(ident)
-        blob = struct.pack(">I", signer.key_hash) + signer.sign(raw)
-        lines.append(f"{SIG_PREFIX}{signer.name} {base64.b64encode(blob).decode('ascii')}\n")
-    return text + "\n" + "".join(lines)
+        signatures.append(NoteSignature(signer.name, signer.key_hash, signer.sign(raw)))
+    return Note(text, tuple(signatures)).render()
+
+
+def parse_note(note: str) -> Note:
+    """Split a signed note into its text and signature lines WITHOUT verifying any signature.
+
+    The whole syntax is checked (size, control characters, the blank line, the final newline,
+    each signature line), so a note this accepts differs from a verifiable one only in its
+    signatures. Raises MalformedCheckpoint.
+    """
+    _check_text(note, "signed note")
+    split = note.rfind("\n\n")
+    if split < 0:
+        raise MalformedCheckpoint("signed note has no blank line before its signatures")
+    text, sigs = note[: split + 1], note[split + 2 :]
+    if not sigs or not sigs.endswith("\n"):
+        raise MalformedCheckpoint("signed note has no signature lines or lacks a final newline")
+    lines = sigs[:-1].split("\n")
+    if len(lines) > MAX_SIGNATURES:
+        raise MalformedCheckpoint(
+            f"signed note has more than {MAX_SIGNATURES} signatures; refusing to check them",
+            found=len(lines),
+        )
+    return Note(text, tuple(_parse_signature(line) for line in lines))
 
 
 def open_note(note: str, verifiers: Iterable[Verifier]) -> tuple[str, list[Verifier]]:
     """Verify a signed note; return its text and the known verifiers whose signatures verified.
 
-    Signatures by unknown keys are ignored. Raises MalformedCheckpoint on bad syntax,
-    BadSignature if any signature by a known key fails (the whole note is rejected), and
-    UnknownKey if no known key signed it.
+    Signatures by unknown keys are ignored. Raises MalformedCheckpoint on bad syntax
+    (:func:`parse_note`), BadSignature if any signature by a known key fails (the whole note
+    is rejected), and UnknownKey if no known key signed it.
     """
     known: dict[tuple[str, int], Verifier] = {}
     for v in verifiers:
@@ -281,42 +365,21 @@ def open_note(note: str, verifiers: Iterable[Verifier]) -> tuple[str, list[Verif
                 f"two different trusted keys share the label {v.key_label}; "
                 "remove one from the key ring"
             )
-    _check_text(note, "signed note")
-    split = note.rfind("\n\n")
-    if split < 0:
-        raise MalformedCheckpoint("signed note has no blank line before its signatures")
-    text, sigs = note[: split + 1], note[split + 2 :]
-    if not sigs or not sigs.endswith("\n"):
-        raise MalformedCheckpoint("signed note has no signature lines or lacks a final newline")
-    text_bytes = text.encode("utf-8")
-    lines = sigs[:-1].split("\n")
-    if len(lines) > MAX_SIGNATURES:
-        raise MalformedCheckpoint(
-            f"signed note has more than {MAX_SIGNATURES} signatures; refusing to check them",
-            found=len(lines),
-        )
+    parsed = parse_note(note)
+    text_bytes = parsed.text.encode("utf-8")
     verified: list[Verifier] = []
     seen: set[tuple[str, int]] = set()
     unknown: list[str] = []
-    for line in lines:
-        if not line.startswith(SIG_PREFIX):
-            raise MalformedCheckpoint("signed note has a signature line without the em dash")
-        name, _, b64 = line[len(SIG_PREFIX) :].rpartition(" ")
-        try:
-            blob = _b64decode(b64) if b64 else b""
-        except (ValueError, UnicodeEncodeError, binascii.Error):
-            blob = b""
-        if not is_valid_name(name) or len(blob) < 5:
-            raise MalformedCheckpoint("signed note has a malformed signature line")
-        hash_ = int(struct.unpack(">I", blob[:4])[0])
-        verifier = known.get((name, hash_))
+    for sig in parsed.signatures:
+        ident = (sig.name, sig.key_hash)
+        verifier = known.get(ident)
         if verifier is None:
-            unknown.append(f"{name}+{hash_:08x}")
+            unknown.append(sig.key_label)
             continue
-        if (name, hash_) in seen:
+        if ident in seen:
             continue
-        seen.add((name, hash_))
-        verifier.verify(text_bytes, blob[4:])
+        seen.add(ident)
+        verifier.verify(text_bytes, sig.signature)
         verified.append(verifier)
     if not verified:
         raise UnknownKey(
@@ -325,4 +388,4 @@ def open_note(note: str, verifiers: Iterable[Verifier]) -> tuple[str, list[Verif
             "if you trust it",
             found=unknown,
         )
-    return text, verified
+    return parsed.text, verified

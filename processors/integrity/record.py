@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from processors.integrity.errors import (
     ChainBroken,
     HashMismatch,
+    IntegrityError,
     MalformedRecord,
     SequenceGap,
     SequenceRepeat,
@@ -31,6 +32,7 @@ __all__ = [
     "ZERO_HASH",
     "ChainHead",
     "ChainedRecord",
+    "NextRecordCheck",
     "check_record",
     "link",
     "record_hash",
@@ -116,6 +118,58 @@ def record_hasher(chain: str) -> tuple[hashlib._Hash, struct.Struct]:
     return _prefix(chain), _MIDDLE
 
 
+class NextRecordCheck:
+    """The verifier's fast path over one chain, next to :func:`check_record` so the two are
+    one concept: :meth:`passes` is True exactly when :func:`check_record` would accept the
+    record after a head of (``next_seq``, ``head_hash``); False means "ask
+    :func:`check_record`", which names the finding. It hashes from a per-chain SHA-256 state
+    prepared once, with no per-record objects (tests hold it equal to check_record)."""
+
+    __slots__ = ("_copy", "_pack", "_usable", "chain")
+
+    def __init__(self, chain: str) -> None:
+        self.chain = chain
+        try:
+            prefix, fields = record_hasher(chain)
+            self._usable = True
+        except IntegrityError:
+            prefix, fields = record_hasher("")
+            self._usable = False  # check_record reports the chain id on the first record
+        self._copy = prefix.copy
+        self._pack = fields.pack
+
+    def passes(
+        self,
+        chain: str,
+        seq: int,
+        prev_hash: bytes,
+        hash_: bytes,
+        source_offset: int,
+        ingested_at_us: int,
+        payload: bytes,
+        next_seq: int,
+        head_hash: bytes,
+    ) -> bool:
+        if not (
+            self._usable
+            and seq == next_seq
+            and prev_hash == head_hash
+            and chain == self.chain
+            and len(hash_) == HASH_SIZE
+            and len(prev_hash) == HASH_SIZE
+        ):
+            return False
+        h = self._copy()
+        try:
+            h.update(
+                self._pack(seq, HASH_SIZE, prev_hash, source_offset, ingested_at_us, len(payload))
+            )
+        except struct.error:
+            return False  # a field out of range: check_record names it
+        h.update(payload)
+        return h.digest() == hash_
+
+
 @dataclass(frozen=True, slots=True)
 class ChainedRecord:
     """One record of a chain, as carried on the chain topic and stored in ClickHouse."""
@@ -187,15 +241,16 @@ def check_record(record: ChainedRecord, prev: ChainHead) -> None:
             seq=seq,
             offset=offset,
         )
-    if len(record.hash) != HASH_SIZE:
-        raise MalformedRecord(
-            f"record hash is {len(record.hash)} bytes, not {HASH_SIZE}; the record is corrupt",
-            expected=HASH_SIZE,
-            found=len(record.hash),
-            chain=chain,
-            seq=seq,
-            offset=offset,
-        )
+    for what, value in (("hash", record.hash), ("prev_hash", record.prev_hash)):
+        if len(value) != HASH_SIZE:
+            raise MalformedRecord(
+                f"record {what} is {len(value)} bytes, not {HASH_SIZE}; the record is corrupt",
+                expected=HASH_SIZE,
+                found=len(value),
+                chain=chain,
+                seq=seq,
+                offset=offset,
+            )
     if record.seq > prev.next_seq:
         raise SequenceGap(
             f"seq jumps from {prev.next_seq} to {record.seq} in chain {record.chain}; "

@@ -15,7 +15,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
 from processors.clickhouse_schema import EVENT_COLUMNS
 from processors.integrity.record import ChainedRecord
-from processors.verifier.core import ChRow
+from processors.verifier.rows import ChRow
 from sealtrail.clickhouse import validate_identifier
 from sealtrail.errors import ClickHouseError
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException
 
+from processors.integrity import chains
 from processors.integrity.checkpoint import KeyRing, origin_for
 from processors.integrity.errors import MalformedRecord
 from processors.integrity.record import ChainedRecord
@@ -16,9 +17,9 @@ from processors.verifier.core import (
     RecordFields,
     RecordItem,
     SourceCheckpoint,
-    SourceRecord,
-    verify_chain_fields,
 )
+from processors.verifier.replay import verify_chain_fields
+from schemas.chained import value_record
 from schemas.codec import decode_chained_fields
 from sealtrail.config import Settings
 from sealtrail.errors import KafkaUnavailable, SealtrailError, TopicError
@@ -30,7 +31,6 @@ __all__ = [
     "chain_id",
     "chain_partitions",
     "decode_record",
-    "iter_record_fields",
     "iter_records",
     "read_checkpoint_notes",
     "run_job",
@@ -38,7 +38,7 @@ __all__ = [
 
 
 def chain_id(settings: Settings, partition: int) -> str:
-    return f"{settings.topics.raw}/{partition}"
+    return chains.chain_id(settings.topics.raw, partition)
 
 
 def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:
@@ -65,7 +65,7 @@ def decode_record(value: bytes | None) -> ChainedRecord:
     if value is None:
         raise MalformedRecord("chain topic record has no value; it was not written by sealtrail")
     try:
-        return ChainedRecord(*decode_chained_fields(value))
+        return value_record(value)
     except SealtrailError as exc:
         raise MalformedRecord(
             f"chain topic record does not decode as a ChainedEvent: {exc}"
@@ -83,32 +83,10 @@ def read_partition(
 
 def iter_records(
     settings: Settings, partition: int, start: int | None = None
-) -> tuple[int, int, Iterator[SourceRecord]]:
-    """(low, high watermark, records from ``start`` or the earliest offset)."""
-    consumer = reader(settings)
-    topic = settings.topics.chain
-    low, high = watermarks(consumer, topic, partition)
-
-    def gen() -> Iterator[SourceRecord]:
-        try:
-            for offset, _key, value in read_partition(consumer, topic, partition, start):
-                try:
-                    rec = decode_record(value)
-                except MalformedRecord as exc:
-                    yield SourceRecord(offset, problem=exc)
-                    continue
-                yield SourceRecord(offset, rec)
-        finally:
-            consumer.close()
-
-    return low, high, gen()
-
-
-def iter_record_fields(
-    settings: Settings, partition: int, start: int | None = None
 ) -> tuple[int, int, Iterator[RecordItem]]:
-    """:func:`iter_records` as ``(offset, fields or MalformedRecord)`` tuples (what
-    :func:`~processors.verifier.core.verify_chain_fields` takes): no objects per record."""
+    """(low, high watermark, records from ``start`` or the earliest offset) as ``(offset,
+    fields or MalformedRecord)`` tuples, what :func:`~processors.verifier.replay.
+    verify_chain_fields` takes: no objects per record."""
     consumer = reader(settings)
     topic = settings.topics.chain
     low, high = watermarks(consumer, topic, partition)
@@ -138,21 +116,18 @@ def _malformed(value: bytes | None, exc: SealtrailError | None) -> MalformedReco
 
 
 def read_checkpoint_notes(settings: Settings, partition: int, chain: str) -> list[SourceCheckpoint]:
-    """Every checkpoint note of ``chain`` in its partition (keyed by chain id)."""
+    """Every checkpoint note in the partition of ``chain``. The Kafka key (the chain id) is not
+    signed, so it selects nothing: a note of another chain fails the origin check instead."""
     consumer = reader(settings)
     out: list[SourceCheckpoint] = []
-    key = chain.encode("utf-8")
     try:
-        for offset, msg_key, value in read_partition(
-            consumer, settings.topics.checkpoints, partition
-        ):
-            if msg_key != key:
-                continue
+        for offset, _key, value in read_partition(consumer, settings.topics.checkpoints, partition):
             raw = value or b""
             try:
                 note = raw.decode("utf-8")
             except UnicodeDecodeError:
-                note = raw.decode("utf-8", "replace")  # open_checkpoint reports it
+                # Kept invalid (not replaced by U+FFFD): open_checkpoint rejects it as not UTF-8.
+                note = raw.decode("utf-8", "surrogateescape")
             out.append(SourceCheckpoint(note, offset, "topic"))
     finally:
         consumer.close()
@@ -192,7 +167,7 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
     cps += [SourceCheckpoint(n, None, "offsite") for n in job.offsite_notes]
     incremental = job.state is not None and job.state.size > 0
     start = job.state.offset if job.state is not None and incremental else None
-    low, _high, records = iter_record_fields(settings, job.partition, start)
+    low, _high, records = iter_records(settings, job.partition, start)
     result = verify_chain_fields(
         chain,
         records,
@@ -211,7 +186,7 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
         return result
     # The remembered record is not at its offset (topic rebuilt, re-partitioned or cut): replay
     # everything and check the remembered head at its size, which names what happened.
-    low, _high, records = iter_record_fields(settings, job.partition, None)
+    low, _high, records = iter_records(settings, job.partition, None)
     return verify_chain_fields(
         chain,
         records,

@@ -39,7 +39,19 @@ def chains_in(directory: Path) -> list[str]:
             f"cannot read the offsite checkpoint directory {directory} ({exc.strerror}); "
             "check --offsite"
         ) from None
-    return [unquote(n[: -len(SUFFIX)]) for n in names if n.endswith(SUFFIX)]
+    chains = []
+    for name in names:
+        if not name.endswith(SUFFIX):
+            continue
+        chain = unquote(name[: -len(SUFFIX)])
+        if chain_file(directory, chain).name != name:
+            # Read back under another name its notes would be skipped without a word.
+            raise ConfigError(
+                f"offsite file {Path(directory) / name} is not named by the percent-encoding "
+                "of a chain id (docs/FORMAT.md section 4); rename or remove it"
+            )
+        chains.append(chain)
+    return chains
 
 
 def has_any(directory: Path) -> bool:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 from sealtrail.service import StopFlag
 
 

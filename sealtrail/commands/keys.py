@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 
 keys_app = typer.Typer(help="Checkpoint signing keys.", no_args_is_help=True)
 
@@ -16,12 +16,16 @@ keys_app = typer.Typer(help="Checkpoint signing keys.", no_args_is_help=True)
 def generate(
     ctx: typer.Context,
     name: Annotated[
-        str, typer.Option(help="Key name, e.g. the deployment name (no spaces, no '+').")
+        str,
+        typer.Option(
+            help="Key name, e.g. an origin-style example.com/audit (no whitespace, no '+')."
+        ),
     ],
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Directory for NAME.key (0600) and NAME.pub.", show_default="$SEALTRAIL_HOME/keys"
+            help="Directory for NAME.key (0600) and NAME.pub, NAME percent-encoded ('/' -> %2F).",
+            show_default="$SEALTRAIL_HOME/keys",
         ),
     ] = None,
 ) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from sealtrail.cli import settings_of
+from sealtrail.commands import webhook_options
+from sealtrail.commands.context import settings_of
 from sealtrail.errors import ConfigError, KafkaUnavailable
 from sealtrail.service import StopFlag
 
@@ -22,31 +23,28 @@ log = logging.getLogger("sealtrail.produce")
 @produce_app.command("webhook")
 def webhook(
     ctx: typer.Context,
-    listen: Annotated[
-        str, typer.Option(envvar="SEALTRAIL_WEBHOOK_LISTEN", help="HOST:PORT to listen on.")
-    ] = "127.0.0.1:9880",
-    tokens: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="SEALTRAIL_WEBHOOK_TOKENS",
-            help="File of 'TOKEN CLUSTER' lines (mode 600): bearer tokens and their clusters.",
-        ),
-    ] = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    listen: webhook_options.Listen = "127.0.0.1:9880",
+    tokens: webhook_options.Tokens = None,
+    tls_cert: webhook_options.TlsCert = None,
+    tls_key: webhook_options.TlsKey = None,
+    allow_plain_http_tokens: webhook_options.AllowPlainHttpTokens = False,
     client_ca: Annotated[
         Path | None,
         typer.Option(help="CA bundle for client certificates (cluster = cert CN or --cluster)."),
     ] = None,
-    insecure_no_auth: Annotated[
-        bool, typer.Option("--insecure-no-auth", help="Accept unauthenticated requests.")
-    ] = False,
-    cluster: Annotated[
-        str | None,
-        typer.Option(help="Cluster name for --insecure-no-auth, client certs or lone tokens."),
-    ] = None,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 10 * 1024 * 1024,
-    max_event_bytes: Annotated[int, typer.Option(help="Largest single event.")] = 100 * 1024,
+    insecure_no_auth: webhook_options.InsecureNoAuth = False,
+    cluster: webhook_options.Cluster = None,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(help="Largest request body (0: no limit; large bodies are streamed)."),
+    ] = 0,
+    max_event_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest event chained as an event; a larger one is chained as a reject "
+            "holding its first MiB and its SHA-256 (at most 48 MiB)."
+        ),
+    ] = 32 * 1024 * 1024,
     ack_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for Kafka before answering 503.")
     ] = 10.0,
@@ -67,6 +65,7 @@ def webhook(
             tls_key=tls_key,
             client_ca=client_ca,
             insecure_no_auth=insecure_no_auth,
+            allow_plain_http_tokens=allow_plain_http_tokens,
             cluster=cluster,
             max_body_bytes=max_body_bytes,
             max_event_bytes=max_event_bytes,

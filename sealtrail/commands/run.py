@@ -7,34 +7,23 @@ from typing import Annotated
 
 import typer
 
-from sealtrail.cli import settings_of
+from sealtrail.commands import webhook_options
+from sealtrail.commands.context import settings_of
+from sealtrail.config import parse_listen
 from sealtrail.errors import ConfigError
 from sealtrail.service import StopFlag
 from sealtrail.supervisor import Supervisor
 
 
-def _host_port(value: str, option: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"{option} must be HOST:PORT, got {value!r}")
-    return host or "127.0.0.1", int(port)
-
-
 def run(
     ctx: typer.Context,
-    listen: Annotated[
-        str, typer.Option(envvar="SEALTRAIL_WEBHOOK_LISTEN", help="Webhook HOST:PORT.")
-    ] = "127.0.0.1:9880",
-    tokens: Annotated[
-        Path | None,
-        typer.Option(envvar="SEALTRAIL_WEBHOOK_TOKENS", help="Webhook token file (TOKEN CLUSTER)."),
-    ] = None,
-    insecure_no_auth: Annotated[
-        bool, typer.Option("--insecure-no-auth", help="Accept webhook posts without a token.")
-    ] = False,
-    cluster: Annotated[
-        str | None, typer.Option(help="Cluster name when the webhook has no token file.")
-    ] = None,
+    listen: webhook_options.Listen = "127.0.0.1:9880",
+    tokens: webhook_options.Tokens = None,
+    tls_cert: webhook_options.TlsCert = None,
+    tls_key: webhook_options.TlsKey = None,
+    allow_plain_http_tokens: webhook_options.AllowPlainHttpTokens = False,
+    insecure_no_auth: webhook_options.InsecureNoAuth = False,
+    cluster: webhook_options.Cluster = None,
     signing_key: Annotated[
         Path | None,
         typer.Option(envvar="SEALTRAIL_SIGNING_KEY", help="Checkpoint signing key (0600)."),
@@ -53,12 +42,22 @@ def run(
             "the webhook needs --tokens FILE (or SEALTRAIL_WEBHOOK_TOKENS); "
             "use --insecure-no-auth --cluster NAME only for local experiments"
         )
-    webhook_host, webhook_port = _host_port(listen, "--listen")
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
+    if tokens is not None and tls_cert is None and not allow_plain_http_tokens and not no_webhook:
+        from producers.webhook import TLS_FOR_TOKENS
+
+        raise ConfigError(TLS_FOR_TOKENS)
+    webhook_host, webhook_port = parse_listen(listen, "--listen")
     children: list[tuple[str, list[str]]] = []
     if not no_webhook:
         webhook = ["produce", "webhook", "--listen", listen]
         if tokens is not None:
             webhook += ["--tokens", str(tokens)]
+        if tls_cert is not None and tls_key is not None:
+            webhook += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
+        if allow_plain_http_tokens:
+            webhook += ["--allow-plain-http-tokens"]
         if insecure_no_auth:
             webhook += ["--insecure-no-auth"]
         if cluster:
@@ -69,12 +68,18 @@ def run(
         chain += ["--signing-key", str(signing_key)]
     children.append(("chainer", chain))
     children.append(("sink", ["sink"]))
+    scheme = "http" if tls_cert is None else "https"
+    if webhook_host in ("0.0.0.0", "::"):
+        webhook_host = "127.0.0.1"  # listening everywhere: ask it over loopback
     supervisor = Supervisor(
         settings,
         children,
-        _host_port(health_listen, "--health-listen"),
+        parse_listen(health_listen, "--health-listen"),
         StopFlag().install(),
-        webhook_metrics_url=None if no_webhook else f"http://{webhook_host}:{webhook_port}/metrics",
+        webhook_metrics_url=None
+        if no_webhook
+        else f"{scheme}://{webhook_host}:{webhook_port}/metrics",
+        webhook_ca=tls_cert,
     )
     raise typer.Exit(supervisor.run())
 

@@ -15,15 +15,15 @@ from typing import Annotated, Any
 
 import typer
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from rich.console import Console
 from rich.table import Table
 
-from processors.clickhouse_schema import migrate
 from processors.sink import Sink, SinkOptions
-from sealtrail import clickhouse
+from sealtrail.commands.context import settings_of
+from sealtrail.commands.verify import KeyOpt, load_keyring
 from sealtrail.config import Settings
-from sealtrail.errors import ClickHouseError, ConfigError
+from sealtrail.errors import ConfigError
+from sealtrail.reader import ReadClient, as_reader, open_reader
 from sealtrail.service import StopFlag
 
 log = logging.getLogger(__name__)
@@ -102,33 +102,12 @@ def resource_of(kind: str) -> str:
     return word + "s"
 
 
-def settings_of(ctx: typer.Context) -> Settings:
-    # Imported here: sealtrail.cli imports this module while it registers commands.
-    from sealtrail.cli import settings_of as of_context
-
-    return of_context(ctx)
-
-
-def _open(settings: Settings) -> Client:
-    client = clickhouse.connect(settings)
-    migrate(client, settings.clickhouse_database)
-    return client
-
-
 def run_query(
-    client: Client, database: str, sql: str, parameters: dict[str, Any] | None = None
+    client: Client | ReadClient, database: str, sql: str, parameters: dict[str, Any] | None = None
 ) -> tuple[list[str], list[Sequence[Any]]]:
-    """Run ``sql`` with ``database`` as the default database; one clear line on error."""
-    previous = client.database
-    client.database = clickhouse.validate_identifier(database)
-    try:
-        result = client.query(sql, parameters=parameters)
-    except DriverError as exc:
-        lines = str(exc).strip().splitlines()
-        first = next((line for line in lines if line.strip()), type(exc).__name__)[:400]
-        raise ClickHouseError(f"the query failed: {first.strip()}; check the SQL") from None
-    finally:
-        client.database = previous
+    """Run read-only ``sql`` with ``database`` as the default database; one clear line on
+    error, and a write statement refused (:mod:`sealtrail.readonly_sql`)."""
+    result = as_reader(client, database).query(sql, parameters=parameters)
     return list(result.column_names), list(result.result_rows)
 
 
@@ -204,17 +183,100 @@ def sink(
     )
 
 
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="Check every shown row against the signed log: verified yes / no: reason / pending "
+        "(exit 1 if a row fails).",
+    ),
+]
+
+
+def _verified_output(
+    settings: Settings,
+    reader: ReadClient,
+    ring: Any,
+    names: list[str],
+    types: Sequence[str],
+    rows: list[Sequence[Any]],
+    fmt: OutputFormat,
+) -> tuple[list[str], list[Sequence[Any]], int]:
+    """The rows with ``verified`` and ``checkpoint`` columns, and how many failed."""
+    from processors.verified_read import verify_rows
+
+    if "chain" not in names or "seq" not in names:
+        raise ConfigError(
+            "--verify needs the SELECT to return the chain and seq columns of events; add "
+            "'chain, seq' to its select list"
+        )
+    ci, si = names.index("chain"), names.index("seq")
+    keys: list[tuple[str, int]] = []
+    for row in rows:
+        if not isinstance(row[ci], str) or not isinstance(row[si], int):
+            raise ConfigError(
+                "--verify needs chain (a string) and seq (an integer) as events stores them; "
+                "select them unchanged"
+            )
+        keys.append((row[ci], row[si]))
+    shown = [
+        {n: (t, v) for n, t, v in zip(names, types, row, strict=True) if n not in ("chain", "seq")}
+        for row in rows
+    ]
+    verdicts = verify_rows(
+        reader, settings.clickhouse_database, settings.deployment, ring, keys, shown
+    )
+    out: list[Sequence[Any]] = []
+    for row, verdict in zip(rows, verdicts, strict=True):
+        if fmt is OutputFormat.json:
+            extra: list[Any] = [verdict.verified, verdict.reason or None, verdict.checkpoint_size]
+        else:
+            extra = [verdict.label, verdict.checkpoint_size]
+        out.append([*row, *extra])
+    extra_names = (
+        ["verified", "reason", "checkpoint_size"]
+        if fmt is OutputFormat.json
+        else ["verified", "checkpoint"]
+    )
+    failed = sum(1 for v in verdicts if v.verified is False)
+    return [*names, *extra_names], out, failed
+
+
+def _report_failures(failed: int, shown: int) -> None:
+    if failed:
+        typer.echo(
+            f"{failed} of {shown} shown row(s) failed verification against the signed log",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
 def query(
     ctx: typer.Context,
     sql: Annotated[str, typer.Argument(help="SQL; tables and views of the sealtrail database.")],
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = (
         OutputFormat.table
     ),
+    verify: VerifyOpt = False,
+    key: KeyOpt = None,
 ) -> None:
-    """Run SQL on the audit store (see docs/QUERIES.md)."""
+    """Run read-only SQL on the audit store (see docs/QUERIES.md)."""
     settings = settings_of(ctx)
-    names, rows = run_query(_open(settings), settings.clickhouse_database, sql)
+    ring = load_keyring(key) if verify else None
+    reader = open_reader(settings)
+    try:
+        result = reader.query(sql)
+        names = list(result.column_names)
+        rows: list[Sequence[Any]] = list(result.result_rows)
+        failed = 0
+        if verify:
+            names, rows, failed = _verified_output(
+                settings, reader, ring, names, result.column_types, rows, fmt
+            )
+    finally:
+        reader.close()
     render(names, rows, fmt)
+    _report_failures(failed, len(rows))
 
 
 HISTORY_SQL = """
@@ -229,6 +291,22 @@ ORDER BY event_time DESC, audit_id
 LIMIT %(limit)s
 """
 
+# --verify reads events itself (a view could be redefined to show other values) under the
+# events column names, so every shown value is compared with the verified row.
+HISTORY_VERIFY_SQL = """
+SELECT event_time, cluster, namespace, user_name, verb, subresource, response_code,
+       user_agent, stage, chain, seq
+FROM events
+WHERE decode_ok = 1 AND resource = %(resource)s AND name = %(name)s
+  AND (%(namespace)s = '' OR namespace = %(namespace)s)
+  AND (%(cluster)s = '' OR cluster = %(cluster)s)
+  AND stage IN ('ResponseComplete', 'ResponseStarted', 'Panic')
+ORDER BY event_time DESC, audit_id, chain, seq
+LIMIT 1 BY cluster, audit_id, stage
+LIMIT %(limit)s
+"""
+_HISTORY_HEADERS = {"event_time": "time", "user_name": "user", "response_code": "code"}
+
 
 def history(
     ctx: typer.Context,
@@ -239,6 +317,8 @@ def history(
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = (
         OutputFormat.table
     ),
+    verify: VerifyOpt = False,
+    key: KeyOpt = None,
 ) -> None:
     """Show the audit history of one Kubernetes object, newest first."""
     kind, sep, name = target.partition("/")
@@ -248,6 +328,7 @@ def history(
         raise ConfigError(f"--limit must be at least 1, not {limit}")
     resource = resource_of(kind)
     settings = settings_of(ctx)
+    ring = load_keyring(key) if verify else None
     params = {
         "resource": resource,
         "name": name,
@@ -255,13 +336,27 @@ def history(
         "cluster": cluster,
         "limit": limit,
     }
-    names, rows = run_query(_open(settings), settings.clickhouse_database, HISTORY_SQL, params)
+    reader = open_reader(settings)
+    failed = 0
+    try:
+        result = reader.query(HISTORY_VERIFY_SQL if verify else HISTORY_SQL, parameters=params)
+        names = list(result.column_names)
+        rows: list[Sequence[Any]] = list(result.result_rows)
+        if verify:
+            names, rows, failed = _verified_output(
+                settings, reader, ring, names, result.column_types, rows, fmt
+            )
+            names = [_HISTORY_HEADERS.get(n, n) for n in names]
+    finally:
+        reader.close()
     where = f"{resource}/{name}" + (f" in {namespace}" if namespace else "")
     where += f" on {cluster}" if cluster else ""
     if not rows and fmt is OutputFormat.table:
         typer.echo(f"no audit events for {where}")
         return
-    render(names, rows, fmt, title=f"history of {where}")
+    title = f"{'verified ' if verify else ''}history of {where}"
+    render(names, rows, fmt, title=title)
+    _report_failures(failed, len(rows))
 
 
 def register(app: typer.Typer) -> None:

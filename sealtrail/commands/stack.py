@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from sealtrail import topics
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 from sealtrail.stack import local_kafka
 
 stack_app = typer.Typer(

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from sealtrail import topics
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 
 topics_app = typer.Typer(help="Create and check the append-only topics.", no_args_is_help=True)
 

@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from processors.verifier.state import (
     load_state,
     save_state,
 )
-from sealtrail.cli import settings_of
+from sealtrail.commands.context import settings_of
 from sealtrail.config import Settings
 from sealtrail.errors import ClickHouseError, ConfigError, KeyFileError, SealtrailError
 
@@ -37,6 +38,9 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+_VERIFIER_KEY = re.compile(r"[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+=*")
+
+
 def load_keyring(value: str | None) -> KeyRing:
     """A key ring from a file path (key ring or .pub) or a verifier key string."""
     if not value:
@@ -45,7 +49,8 @@ def load_keyring(value: str | None) -> KeyRing:
             f"{ENV_VERIFIER_KEYS}"
         )
     path = Path(value)
-    if path.exists() or "+" not in value or "/" in value.split("+", 1)[0]:
+    # A key name may contain '/' (example.com/audit), so only the key's shape tells it from a path.
+    if path.exists() or not _VERIFIER_KEY.fullmatch(value.strip()):
         return KeyRing.load(path)
     ring = KeyRing()
     ring.add(Verifier.from_verifier_key(value))
@@ -133,7 +138,12 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
             )
         return None
     try:
-        client = ch.connect(settings, create_database=False)
+        # Read-only: the sink's live-read socket while it runs, else the store opened directly.
+        from sealtrail.reader import open_reader
+
+        # Typed Any: the verifier's readers are annotated with clickhouse-connect's Client, whose
+        # query() a ReadClient answers the same way.
+        client: Any = open_reader(settings)
         exists = events_table_exists(client, settings.clickhouse_database)
     except SealtrailError as exc:
         if mode == "required":
@@ -150,16 +160,8 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
     return client
 
 
-def _embedded(settings: Settings) -> bool:
-    from sealtrail import clickhouse as ch
-
-    return ch.chdb_path(settings.clickhouse_dsn) is not None
-
-
 def _default_sink_group(settings: Settings) -> str:
-    from processors.sink import DEFAULT_GROUP
-
-    return f"{settings.topic_prefix}{DEFAULT_GROUP}"
+    return settings.groups.sink
 
 
 def run_verify(
@@ -257,15 +259,6 @@ def run_verify(
         bar.close()
     report.chains = results
 
-    scratch_holder = None
-    scratch: Path | None = None
-    if client is not None and not recompute_outside and _embedded(settings):
-        # The embedded engine runs in this process: it may write the payload pages it decodes
-        # to a directory of ours (much faster than format(); removed at the end).
-        import tempfile
-
-        scratch_holder = tempfile.TemporaryDirectory(prefix="sealtrail-verify-")
-        scratch = Path(scratch_holder.name)
     ch_before = None
     changed: list[str] | None = None
     ch_after: ClickHouseState | None = None
@@ -286,8 +279,8 @@ def run_verify(
     if client is not None:
         from processors.verifier.clickhouse_source import expected_columns, iter_rows
         from processors.verifier.clickhouse_sql import Remembered, check_chain
-        from processors.verifier.core import verify_rows
         from processors.verifier.kafka_source import sink_stored_through
+        from processors.verifier.rows import verify_rows
 
         for res in results:
             size = ch_sizes.get(res.chain)
@@ -324,7 +317,6 @@ def run_verify(
                     size=size,
                     expected_root=root,
                     max_findings=max_findings,
-                    scratch_dir=scratch,
                     changed_parts=changed if remembered is not None else None,
                     remembered=remembered,
                 )
@@ -372,8 +364,6 @@ def run_verify(
                     )
             report.clickhouse.append(ch_res)
 
-    if scratch_holder is not None:
-        scratch_holder.cleanup()
     report.finished = time.time()
     if state_file is not None:
         new_states: dict[str, ChainState] = dict(states)
@@ -520,28 +510,29 @@ def _checkpoints(settings: Settings, chain: str, ring: KeyRing) -> list[tuple[st
 
 
 def _partition_of(settings: Settings, chain: str) -> int:
-    prefix = settings.topics.raw + "/"
-    tail = chain[len(prefix) :] if chain.startswith(prefix) else ""
-    if not tail.isdigit():
+    from processors.integrity.chains import partition_of
+
+    partition = partition_of(chain, settings.topics.raw)
+    if partition is None:
         raise ConfigError(
-            f"chain {chain!r} is not '{prefix}<partition>'; check --chain and "
+            f"chain {chain!r} is not '{settings.topics.raw}/<partition>'; check --chain and "
             "SEALTRAIL_TOPIC_PREFIX"
         )
-    return int(tail)
+    return partition
 
 
 def _leaves(settings: Settings, chain: str, size: int, keep: tuple[int, ...] = ()) -> Any:
+    from processors.integrity.record import ChainedRecord
     from processors.proofs import LeafHashes
     from processors.verifier.kafka_source import iter_records
 
     _low, _high, items = iter_records(settings, _partition_of(settings, chain))
 
     def recs() -> Any:
-        for item in items:
-            if item.record is None:
-                assert item.problem is not None
-                raise item.problem
-            yield item.record
+        for _offset, fields in items:
+            if not isinstance(fields, tuple):
+                raise fields  # a record that is not one: the proof cannot be built
+            yield ChainedRecord(*fields)
 
     return LeafHashes.from_records(chain, recs(), size, keep)
 
@@ -563,6 +554,10 @@ def prove(
 
     settings = settings_of(ctx)
     ring = load_keyring(key)
+    stored = _prove_from_store(settings, chain, ring, seq, (from_size, to_size), consistency)
+    if stored is not None:
+        _write_proof(stored, out)
+        return
     cps = _checkpoints(settings, chain, ring)
     if consistency:
         if from_size is None or to_size is None or from_size > to_size:
@@ -588,6 +583,10 @@ def prove(
         note, cp = later[-1]
         leaves = _leaves(settings, chain, cp.size, (seq,))
         doc = make_inclusion(chain, seq, note, cp, leaves)
+    _write_proof(doc, out)
+
+
+def _write_proof(doc: dict[str, Any], out: Path | None) -> None:
     text = json.dumps(doc, indent=1) + "\n"
     if out is None:
         typer.echo(text, nl=False)
@@ -596,6 +595,50 @@ def prove(
 
         write_atomic(out, text)
         _say(f"proof written to {out}")
+
+
+def _prove_from_store(
+    settings: Settings,
+    chain: str,
+    ring: KeyRing,
+    seq: int | None,
+    sizes: tuple[int | None, int | None],
+    consistency: bool,
+) -> dict[str, Any] | None:
+    """The proof built from ClickHouse's stored subtrees in O(log n) reads (through the sink's
+    live-read socket while it runs), checked against the signed roots; None when the store
+    cannot give it (then the chain is read from Kafka, as before)."""
+    from processors.verified_read import signed_checkpoints, stored_consistency, stored_inclusion
+    from sealtrail.reader import open_reader
+
+    incomplete = None in sizes if consistency else seq is None or seq < 0
+    if incomplete:
+        return None  # the Kafka path explains what is missing
+    try:
+        reader = open_reader(settings, wait_s=5.0)
+    except SealtrailError:
+        return None
+    db = settings.clickhouse_database
+    try:
+        cps = signed_checkpoints(reader, db, settings.deployment, chain, ring)
+        if consistency:
+            by_size = {cp.size: (note, cp) for note, cp in cps}
+            if sizes[0] not in by_size or sizes[1] not in by_size:
+                return None
+            return stored_consistency(reader, db, chain, by_size[sizes[0]], by_size[sizes[1]])
+        assert seq is not None
+        covering = [(note, cp) for note, cp in cps if cp.size > seq]
+        if not covering:
+            return None
+        note, cp = covering[0]
+        return stored_inclusion(reader, db, chain, seq, note, cp)
+    except (IntegrityError, LookupError) as exc:
+        _say(f"the proof from ClickHouse does not check ({exc}); reading the chain from Kafka")
+        return None
+    except SealtrailError:
+        return None
+    finally:
+        reader.close()
 
 
 def verify_proof_cmd(
@@ -631,12 +674,27 @@ def export(
     from processors.verifier.kafka_source import chain_id, chain_partitions, read_checkpoint_notes
 
     settings = settings_of(ctx)
-    added = 0
+    added = not_text = 0
     for p in chain_partitions(settings, timeout=timeout):
         chain = chain_id(settings, p)
-        notes = [c.note for c in read_checkpoint_notes(settings, p, chain)]
+        notes = []
+        for item in read_checkpoint_notes(settings, p, chain):
+            if not item.note.isascii() and not _is_utf8(item.note):
+                not_text += 1  # a note it cannot be; `sealtrail verify` reports it
+                continue
+            notes.append(item.note)
         added += offsite.append_notes(to, chain, notes)
     typer.echo(f"exported {added} new checkpoint(s) to {to}")
+    if not_text:
+        _say(f"skipped {not_text} record(s) that are not UTF-8; run 'sealtrail verify'")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def register(app: typer.Typer) -> None:

@@ -241,7 +241,7 @@ class Pipeline:
         proc = Proc(
             "webhook",
             ["produce", "webhook", "--listen", f"127.0.0.1:{self.port}",
-             "--tokens", str(self.token_file), *extra],
+             "--tokens", str(self.token_file), "--allow-plain-http-tokens", *extra],
             self.settings, self.logs, keep_alive,
         )  # fmt: skip
         self.procs["webhook"] = proc.start()

@@ -48,12 +48,17 @@ from tests.integration.test_producers import (
     get,
     good_lines,
     post,
+    started_webhook,
     token_file,
 )
 
 T = TypeVar("T")
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
     ),
@@ -94,12 +99,13 @@ def good_items() -> list[bytes]:
 
 @pytest.fixture
 def hook(settings: Settings, tmp_path: Path) -> Iterator[WebhookServer]:
-    tokens = token_file(tmp_path, f"{TOKEN_A} cluster-a\n{TOKEN_B} cluster-b\n")
-    server = WebhookServer(
+    server = started_webhook(
         settings,
-        WebhookOptions(listen="127.0.0.1:0", tokens=tokens, read_timeout=1.5),
+        tmp_path,
+        read_timeout=1.5,
+        # A small per-event limit so the attacks below can pass it cheaply (default 32 MiB).
+        max_event_bytes=100 * 1024,
     )
-    server.start()
     try:
         yield server
     finally:
@@ -201,7 +207,7 @@ def bad_item(draw: st.DrawFn, lines: list[bytes]) -> bytes:
     elif choice == 3:
         _set(event, ("responseStatus", "code"), draw(_wrong_for(("code",), "int")))
     elif choice == 4:
-        # over the 100 KiB per-event limit: a huge string somewhere in the event
+        # over the hook's 100 KiB per-event limit: a huge string somewhere in the event
         event["annotations"] = {"x": "A" * draw(st.integers(101 * 1024, 300 * 1024))}
     else:
         for key in draw(st.sampled_from([("auditID",), ("verb",), ("stage",)])):
@@ -481,7 +487,20 @@ def test_raw_socket_garbage_and_http_abuse(
     assert "UnicodeEncodeError" not in caplog.text  # non-UTF-8 tokens were once a 500
 
 
-def test_oversize_body_is_refused_without_reading_it(
+def test_body_over_a_configured_limit_is_refused_without_reading_it(
+    settings: Settings, tmp_path: Path, good_items: list[bytes]
+) -> None:
+    """By default no body is too large (they are streamed); an operator's --max-body-bytes is
+    enforced with 413, and each refusal is logged and counted."""
+    hook = started_webhook(settings, tmp_path, max_body_bytes=10 * 1024 * 1024)
+    try:
+        _refuse_oversize_bodies(settings, hook, good_items)
+        assert metric(hook, 'sealtrail_webhook_refused_requests_total{code="413"}') == 2
+    finally:
+        hook.stop()
+
+
+def _refuse_oversize_bodies(
     settings: Settings, hook: WebhookServer, good_items: list[bytes]
 ) -> None:
     port = hook.port
@@ -818,6 +837,7 @@ def test_subprocess_debug_logs_hold_no_tokens(settings: Settings, tmp_path: Path
         "SEALTRAIL_TOPIC_PREFIX": settings.topic_prefix,
         "SEALTRAIL_HOME": str(tmp_path / "home"),
         "SEALTRAIL_WEBHOOK_TOKENS": str(tokens),
+        "SEALTRAIL_WEBHOOK_ALLOW_PLAIN_HTTP_TOKENS": "1",
         "SEALTRAIL_WEBHOOK_LISTEN": f"127.0.0.1:{port}",
     }
     proc = subprocess.Popen(

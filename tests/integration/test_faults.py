@@ -338,11 +338,12 @@ def _run_pipeline(pipe: Pipeline, health_port: int) -> Proc:
     proc = Proc(
         "run",
         ["run", "--listen", f"127.0.0.1:{pipe.port}", "--tokens", str(pipe.token_file),
+         "--allow-plain-http-tokens",
          "--signing-key", str(pipe.key), "--health-listen", f"127.0.0.1:{health_port}"],
         pipe.settings, pipe.logs, keep_alive=False,
     )  # fmt: skip
     pipe.procs["run"] = proc.start()
-    pipe.sink_group = f"{pipe.settings.topic_prefix}sealtrail-sink"  # ``sealtrail run``'s sink
+    pipe.sink_group = pipe.settings.groups.sink  # ``sealtrail run``'s sink
     assert wait_for(lambda: http_status(pipe.url + "healthz") == 200, 60), proc.log_text()
     return proc
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
+import hashlib
+import http.client
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from producers.file_shipper import FileShipper
-from producers.k8s import parse_body, parse_line
+from producers.k8s import REJECT_SOURCE, parse_body, parse_line
 from producers.load import event_list, generate, send_kafka
 from producers.sdk import AsyncEmitter, Emitter
 from producers.webhook import WebhookOptions, WebhookServer
@@ -65,25 +66,49 @@ def end_offsets(settings: Settings) -> list[int]:
     consumer = reader(settings)
     try:
         return [
-            watermarks(consumer, topic, p)[1]
-            for topic in (settings.topics.raw, settings.topics.rejects)
-            for p in range(3)
+            watermarks(consumer, topic, p)[1] for topic in (settings.topics.raw,) for p in range(3)
         ]
     finally:
         consumer.close()
 
 
-def raw_events(settings: Settings) -> list[dict[str, Any]]:
+def raw_events(settings: Settings, with_rejects: bool = False) -> list[dict[str, Any]]:
+    """The raw topic's AuditEvents; rejects (chained there too) only if asked for."""
     out = []
     for key, value in records(settings, settings.topics.raw):
         event = decode_audit_event(value)
         assert key == event["cluster"].encode()
-        out.append(event)
+        if with_rejects or event["source"] != REJECT_SOURCE:
+            out.append(event)
     return out
 
 
 def rejects(settings: Settings) -> list[dict[str, Any]]:
-    return [json.loads(value) for _key, value in records(settings, settings.topics.rejects)]
+    """The chained rejects in the raw topic, as reason, producer, cluster and kept bytes."""
+    out = []
+    for event in raw_events(settings, with_rejects=True):
+        if event["source"] != REJECT_SOURCE:
+            continue
+        attributes = event["attributes"]
+        kept = event["original"]
+        assert attributes["truncated"] == (
+            "true" if int(attributes["bytes"]) > len(kept) else "false"
+        )
+        if attributes["truncated"] == "false":
+            assert hashlib.sha256(kept).hexdigest() == attributes["sha256"]
+        assert event["audit_id"] == f"reject:{attributes['sha256']}"
+        out.append(
+            {
+                "reason": attributes["reason"],
+                "source": event["actor"],
+                "cluster": event["cluster"],
+                "received_at": event["received_at"],
+                "body": kept,
+                "body_bytes": int(attributes["bytes"]),
+                "sha256": attributes["sha256"],
+            }
+        )
+    return out
 
 
 def post(
@@ -115,14 +140,23 @@ def token_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-@pytest.fixture
-def webhook(settings: Settings, tmp_path: Path) -> Iterator[WebhookServer]:
+def started_webhook(settings: Settings, tmp_path: Path, **options: Any) -> WebhookServer:
+    """A webhook on a free loopback port taking TOKEN_A (cluster-a) and TOKEN_B (cluster-b) over
+    plain http (tests post from this machine; real API servers need TLS)."""
     tokens = token_file(tmp_path, f"# test tokens\n{TOKEN_A} cluster-a\n{TOKEN_B} cluster-b\n")
     server = WebhookServer(
         settings,
-        WebhookOptions(listen="127.0.0.1:0", tokens=tokens, max_body_bytes=2 * 1024 * 1024),
+        WebhookOptions(
+            listen="127.0.0.1:0", tokens=tokens, allow_plain_http_tokens=True, **options
+        ),
     )
     server.start()
+    return server
+
+
+@pytest.fixture
+def webhook(settings: Settings, tmp_path: Path) -> Iterator[WebhookServer]:
+    server = started_webhook(settings, tmp_path, max_body_bytes=2 * 1024 * 1024)
     try:
         yield server
     finally:
@@ -172,9 +206,9 @@ def test_webhook_round_trip_rejects_and_auth(
     assert len(found) == 2
     item = next(r for r in found if r["cluster"] == "cluster-a")
     assert item["source"] == "webhook" and "kind" in item["reason"]
-    assert base64.b64decode(item["body_b64"]) == bad_line()
+    assert item["body"] == bad_line()
     whole = next(r for r in found if r["cluster"] == "cluster-b")
-    assert base64.b64decode(whole["body_b64"]) == b'{"kind": "EventList", oops'
+    assert whole["body"] == b'{"kind": "EventList", oops'
     assert "not valid JSON" in whole["reason"] and whole["received_at"] > 0
 
     assert get(url + "healthz") == (200, b"ok\n")
@@ -217,7 +251,10 @@ def test_webhook_refuses_loose_token_file(settings: Settings, tmp_path: Path) ->
 
     tokens = token_file(tmp_path, f"{TOKEN_A} cluster-a\n", mode=0o644)
     with pytest.raises(ConfigError, match="chmod 600") as info:
-        WebhookServer(settings, WebhookOptions(listen="127.0.0.1:0", tokens=tokens))
+        WebhookServer(
+            settings,
+            WebhookOptions(listen="127.0.0.1:0", tokens=tokens, allow_plain_http_tokens=True),
+        )
     assert TOKEN_A not in str(info.value)
     with pytest.raises(ConfigError, match="needs authentication"):
         WebhookServer(settings, WebhookOptions(listen="127.0.0.1:0"))
@@ -283,6 +320,29 @@ def originals(settings: Settings) -> list[bytes]:
     return [e["original"] for e in raw_events(settings)]
 
 
+def test_file_shipper_ships_lines_longer_than_its_read_chunk(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The log backend writes events whole: a 3 MiB line is one event, not chunks of it, and a
+    line over --max-event-bytes is chained as a reject (first MiB, size, SHA-256) without being
+    held whole; the lines around both are shipped, once each."""
+    lines = good_lines()
+    big = _grown(lines[0], 3 * 1024 * 1024, "big-line")
+    over = _grown(lines[1], 5 * 1024 * 1024, "over-line")
+    log_file = tmp_path / "audit.log"
+    log_file.write_bytes(b"\n".join([lines[2], big, over, lines[3]]) + b"\n")
+    shipper = ship(settings, log_file, max_event_bytes=4 * 1024 * 1024)
+    assert (shipper.stats.events, shipper.stats.rejects) == (3, 1)
+    assert originals(settings) == [lines[2], big, lines[3]]
+    [reject] = rejects(settings)
+    assert reject["source"] == "file" and "over the 4194304 byte limit" in reject["reason"]
+    assert reject["body_bytes"] == len(over)
+    assert reject["sha256"] == hashlib.sha256(over).hexdigest()
+    assert reject["body"] == over[: 1024 * 1024]
+    # a second run ships nothing again: the position is past both long lines
+    assert ship(settings, log_file).stats.events == 0
+
+
 def test_file_shipper_resumes_without_loss_or_duplicates(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -301,7 +361,7 @@ def test_file_shipper_resumes_without_loss_or_duplicates(
         assert event == parse_line(line, "files", event["received_at"])
     [reject] = rejects(settings)
     assert reject["source"] == "file" and reject["cluster"] == "files"
-    assert base64.b64decode(reject["body_b64"]) == bad_line()
+    assert reject["body"] == bad_line()
 
 
 def _wait_for(settings: Settings, count: int, timeout: float = 20.0) -> list[bytes]:
@@ -388,3 +448,89 @@ def test_load_generator_sends_reproducible_events(settings: Settings) -> None:
     assert {e["cluster"] for e in events} == {"cluster-1", "cluster-2", "cluster-3"}
     expected = {line for _cluster, line in generate(300, 3, seed=7)}
     assert {e["original"] for e in events} == expected
+
+
+def _grown(line: bytes, size: int, tag: str) -> bytes:
+    """A real event grown to about ``size`` bytes by a large requestObject (as RequestResponse
+    events of ConfigMaps and Secrets are), with its own auditID."""
+    event = json.loads(line)
+    event["auditID"] = f"grown-{tag}"
+    event["requestObject"] = {"kind": "ConfigMap", "data": {"blob": "z" * size}}
+    return json.dumps(event).encode()
+
+
+def _chunked_post(port: int, body: bytes, token: str) -> tuple[int, bytes]:
+    """POST with Transfer-Encoding: chunked (no Content-Length): the streamed path."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.putrequest("POST", "/")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Authorization", f"Bearer {token}")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for i in range(0, len(body), 300_000):
+            piece = body[i : i + 300_000]
+            conn.send(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_large_events_and_bodies_are_streamed_and_every_item_chained(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """kube-apiserver sends events whole (150 KB - 900 KB and more) and batches of 400 such
+    events in one body: every item is taken, large bodies are streamed item by item, an item
+    over the limit is chained as a reject that proves its bytes, and a body broken half-way
+    keeps the items before the break."""
+    lines = good_lines()
+    server = started_webhook(settings, tmp_path, max_event_bytes=2 * 1024 * 1024)
+    try:
+        large = [_grown(lines[0], n, str(n)) for n in (150_000, 400_000, 900_000)]
+        ordinary = [lines[i % len(lines)] for i in range(60)]
+        over = _grown(lines[1], 3 * 1024 * 1024, "over")
+        # ~15 MiB: over the 8 MiB whole-body size, so it is streamed
+        many = [_grown(lines[2], 300_000, f"batch-{i}") for i in range(40)]
+        items = ordinary[:30] + large + [over] + many + ordinary[30:]
+        body = event_list(items)
+        assert len(body) > 10 * 1024 * 1024
+        status, _, answer = post(server.url(), body, TOKEN_A)
+        assert status == 200, answer
+        assert json.loads(answer) == {"accepted": len(items) - 1, "rejected": 1}
+        events = raw_events(settings)
+        assert [e["original"] for e in events] == [i for i in items if i is not over]
+        [reject] = rejects(settings)
+        assert "over the 2097152 byte limit" in reject["reason"]
+        assert reject["body_bytes"] == len(over)
+        assert reject["sha256"] == hashlib.sha256(over).hexdigest()
+        assert over.startswith(reject["body"]) and len(reject["body"]) == 1024 * 1024
+
+        # the same streamed path without a Content-Length
+        status, answer = _chunked_post(server.port, event_list(large), TOKEN_A)
+        assert (status, json.loads(answer)) == (200, {"accepted": 3, "rejected": 0})
+        assert [e["original"] for e in raw_events(settings)][-3:] == large
+
+        # broken half-way: the items before the break are chained, then the body as a reject
+        broken = event_list(many[:30])[:-2] + b",{oops"
+        status, _, answer = post(server.url(), broken, TOKEN_A)
+        assert status == 400
+        error = json.loads(answer)
+        assert error["accepted"] == 30 and "not valid JSON" in error["error"]
+        assert [e["original"] for e in raw_events(settings)][-30:] == many[:30]
+        last = rejects(settings)[-1]
+        assert last["sha256"] == hashlib.sha256(broken).hexdigest()
+        assert last["body_bytes"] == len(broken) and broken.startswith(last["body"])
+        assert metric_value(server, "sealtrail_webhook_produced_events_total") == len(items) + 32
+    finally:
+        server.stop()
+
+
+def metric_value(server: WebhookServer, name: str) -> float:
+    status, text = get(server.url() + "metrics")
+    assert status == 200
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")

@@ -24,9 +24,11 @@ from confluent_kafka import Consumer
 from processors import sink_avro
 from processors.clickhouse_schema import EVENT_COLUMNS, migrate
 from processors.integrity.record import ChainedRecord, ChainHead, link
-from processors.sink import Sink, SinkOptions, _record_of, event_columns
+from processors.sink import Sink, SinkOptions, event_columns
+from processors.sink.rows import storable
 from producers.k8s import generic_event
-from schemas.codec import decode_chained, encode_audit_event, encode_chained
+from schemas.chained import value_record
+from schemas.codec import encode_audit_event, encode_chained
 from sealtrail import clickhouse
 from sealtrail.config import Settings
 from sealtrail.kafka import consumer_conf
@@ -89,7 +91,7 @@ def _fast_insert(client: Client, db: str, values: list[bytes], token: str, tmp: 
 
 
 def _slow_insert(client: Client, db: str, values: list[bytes], token: str) -> None:
-    columns, failed = event_columns([_record_of(decode_chained(v)) for v in values])
+    columns, failed = event_columns([storable(value_record(v)) for v in values])
     assert not failed, failed
     client.insert(
         f"{db}.events",
@@ -236,7 +238,7 @@ def test_rows_fastavro_reads_otherwise_are_refused(
     print(kind, getattr(refused.value, "code", None), str(refused.value).splitlines()[0][:300])
     assert client.query(f"SELECT count() FROM {fast}.events").result_rows == [(0,)]
     # The Python path tells these rows apart (decode_ok = 0, or one entry per map key).
-    columns, failed = event_columns([_record_of(decode_chained(v)) for v in values])
+    columns, failed = event_columns([storable(value_record(v)) for v in values])
     assert len(columns[0]) == len(values)
     assert kind == "dup-key" or [r.seq for r, _ in failed] == [15]
 
@@ -359,22 +361,22 @@ def test_rebalance_with_an_insert_in_flight_stays_exact(settings: Settings) -> N
     stop = StopFlag()
     sink = Sink(settings, SinkOptions(group="rebalanced", batch_rows=20, batch_ms=50), stop)
     revokes_in_flight = 0
-    finish = sink._finish_inflight
+    finish = sink.fast.finish
 
     def counting_finish(commit: bool = True) -> None:
         nonlocal revokes_in_flight
-        if sink._inflight is not None and any(f.f_code.co_name == "_on_revoke" for f in _frames()):
+        if sink.fast.busy and any(f.f_code.co_name == "_on_revoke" for f in _frames()):
             revokes_in_flight += 1
         finish(commit)
 
-    sink._finish_inflight = counting_finish  # type: ignore[method-assign]
-    insert = sink._fast_insert
+    sink.fast.finish = counting_finish  # type: ignore[method-assign]
+    insert = sink.fast._insert
 
     def slow_insert(rows: list[tuple[bytes, int]], token: str) -> float:
         time.sleep(0.3)  # keep an insert in flight most of the time
         return insert(rows, token)
 
-    sink._fast_insert = slow_insert  # type: ignore[method-assign]
+    sink.fast._insert = slow_insert  # type: ignore[method-assign]
     thread = threading.Thread(target=sink.run, name="sink-rebalanced")
     thread.start()
     deadline = time.monotonic() + 120

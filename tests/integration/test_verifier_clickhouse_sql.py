@@ -24,7 +24,7 @@ from processors.verifier.clickhouse_sql import (
     merkle_root,
     record_hash_sql,
 )
-from processors.verifier.core import verify_rows
+from processors.verifier.rows import verify_rows
 from producers.k8s import parse_line
 from schemas.codec import encode_audit_event
 from sealtrail import clickhouse

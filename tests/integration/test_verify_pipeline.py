@@ -10,8 +10,12 @@ from confluent_kafka import Producer
 from processors.chainer import Chainer, ChainerOptions
 from processors.integrity.keys import write_keypair
 from processors.sink import Sink, SinkOptions
+from producers.k8s import Reject, parse_line, reject_event
+from schemas.codec import encode_audit_event
+from sealtrail import clickhouse
 from sealtrail.config import Settings
 from sealtrail.kafka import producer_conf
+from tests.integration.test_producers import good_lines
 from tests.integration.test_verify import cli, payloads
 
 
@@ -56,3 +60,38 @@ def test_chainer_and_sink_output_verifies(settings: Settings, tmp_path: Path) ->
     assert made.exit_code == 0, made.output
     checked = cli(settings, "verify-proof", str(proof), "--key", str(pub))
     assert checked.exit_code == 0 and f"record seq 2 of chain {chain}" in checked.output
+
+
+def test_large_events_and_rejects_are_chained_loaded_and_verified(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Events of 150 KB to 20 MB and a chained reject go through the real chainer and sink
+    (records far over Kafka's 1 MB default) and verify, in Kafka and in ClickHouse."""
+    line = json.loads(good_lines()[0])
+    sizes = (150_000, 400_000, 900_000, 20_000_000)
+    values = []
+    originals = []
+    for n in sizes:
+        event = dict(line, auditID=f"large-{n}", requestObject={"data": {"blob": "q" * n}})
+        raw = json.dumps(event).encode()
+        originals.append(raw)
+        values.append(encode_audit_event(parse_line(raw, "c1", 1_700_000_000_000_000)))
+    refused = Reject("too big", b"x" * 1024, 50_000_000, b"\x01" * 32)
+    values.append(encode_audit_event(reject_event(refused, "c1", "webhook", 1)))
+    producer = Producer(producer_conf(settings))
+    for value in values:
+        producer.produce(settings.topics.raw, value, key=b"c1", partition=0)
+    assert producer.flush(60) == 0
+    priv, pub = write_keypair("chainer", tmp_path / "keys")
+    Chainer(settings, ChainerOptions(once=True, signing_key=priv, checkpoint_records=2)).run()
+    Sink(settings, SinkOptions(once=True)).run()
+    result = cli(settings, "verify", "--key", str(pub), "--quiet", "--clickhouse-required")
+    assert result.exit_code == 0, result.output
+    client = clickhouse.connect(settings)
+    rows = client.query(
+        f"SELECT source, length(payload), attributes['bytes']"
+        f" FROM {settings.clickhouse_database}.events ORDER BY seq"
+    ).result_rows
+    assert [r[0] for r in rows] == ["k8s"] * 4 + ["reject"]
+    assert [r[1] > n for r, n in zip(rows, sizes, strict=False)] == [True] * 4
+    assert rows[4][2] == "50000000"

@@ -1,8 +1,8 @@
 """Decoder fuzzing: whatever bytes arrive, decoders raise DecodeError (or UnknownFingerprint).
 
 Covers schemas.codec (decode, decode_audit_event, decode_chained) and the sink's bulk decode
-path (processors.sink.event_columns / _record_of), which must turn bad payloads into reject
-reasons. Any other exception type would crash a consumer loop on one bad record.
+path (processors.sink.event_columns, storable(value_record(...))), which must turn bad payloads into
+reject reasons. Any other exception type would crash a consumer loop on one bad record.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.integrity.record import HASH_SIZE, ChainedRecord
-from processors.sink import _record_of, event_columns
+from processors.sink import event_columns
+from processors.sink.rows import storable
 from producers.k8s import parse_line
+from schemas.chained import value_record
 from schemas.codec import (
     AUDIT_EVENT,
     CHAINED_EVENT,
@@ -196,7 +198,7 @@ def test_event_columns_rejects_every_truncation_and_flip() -> None:
     assert {r.seq for r, _ in failed} >= set(range(len(AUDIT)))
 
 
-def test_record_of_on_fuzzed_chained_records_raises_only_decode_errors() -> None:
+def test_storable_records_on_fuzzed_chained_records_raises_only_decode_errors() -> None:
     rng = random.Random(11)
     variants = [CHAINED[:n] for n in range(len(CHAINED))]
     for _ in range(3000):
@@ -207,7 +209,7 @@ def test_record_of_on_fuzzed_chained_records_raises_only_decode_errors() -> None
     kept = 0
     for value in variants:
         try:
-            record = _record_of(decode_chained(value))
+            record = storable(value_record(value))
         except DecodeError as exc:
             assert str(exc)
             continue
@@ -225,11 +227,11 @@ def test_record_of_on_fuzzed_chained_records_raises_only_decode_errors() -> None
         ("prev_hash", b"", "not 32"),
     ],
 )
-def test_record_of_refuses_unstorable_fields(field: str, value: Any, match: str) -> None:
+def test_storable_refuses_unstorable_fields(field: str, value: Any, match: str) -> None:
     datum = decode_chained(CHAINED)
     datum[field] = value
     with pytest.raises(DecodeError, match=match):
-        _record_of(decode_chained(encode_chained(datum)))
+        storable(value_record(encode_chained(datum)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +245,7 @@ def _agrees_with_decode_chained(value: bytes) -> None:
     if parsed is None:
         return
     chain, seq, start = parsed
-    record = _record_of(decode_chained(value))  # must not raise
+    record = storable(value_record(value))  # must not raise
     assert (record.chain, record.seq, record.payload) == (chain, seq, value[start:])
     assert record.payload[:10] == AUDIT_HEADER
 

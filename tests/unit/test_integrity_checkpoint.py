@@ -1,4 +1,5 @@
-"""Checkpoint bodies, signing/opening under a key ring, and key rotation ranges."""
+"""Checkpoint bodies, parsing notes without verifying, signing/opening under a key ring, and
+key rotation ranges."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from processors.integrity.checkpoint import (
     Checkpoint,
+    CheckpointNote,
     KeyRing,
     open_checkpoint,
     origin_for,
+    parse_checkpoint_note,
     sign_checkpoint,
 )
 from processors.integrity.errors import (
@@ -24,7 +29,7 @@ from processors.integrity.errors import (
     UnknownKey,
 )
 from processors.integrity.merkle import EMPTY_ROOT
-from processors.integrity.note import Signer, generate_key, sign_note
+from processors.integrity.note import NoteSignature, Signer, generate_key, parse_note, sign_note
 from processors.integrity.record import ZERO_HASH
 
 ROOT = hashlib.sha256(b"root").digest()
@@ -129,6 +134,73 @@ def test_every_edited_line_fails() -> None:
         forged = other.body() + note[len(CP.body()) :]
         with pytest.raises(BadSignature):
             open_checkpoint(forged, kr)
+
+
+def test_parse_checkpoint_note_without_keys() -> None:
+    s = signer()
+    note = sign_checkpoint(CP, s)
+    parsed = parse_checkpoint_note(note)
+    assert parsed == CheckpointNote(CP, parse_note(note).signatures)
+    assert parsed.signer_names == ["sealtrail.local"]
+    assert parsed.signatures[0].key_hash == s.key_hash
+    # nothing is verified: an edited size parses as the edited claim, and does not open
+    edited = note.replace("\n1234\n", "\n1235\n")
+    assert parse_checkpoint_note(edited).checkpoint.size == 1235
+    with pytest.raises(BadSignature):
+        open_checkpoint(edited, ring((s, 0, None)))
+
+
+def test_parse_checkpoint_note_reads_signer_names() -> None:
+    # (was the sink's own splitter test) signature lines of keys nobody here knows
+    cp = Checkpoint("d/audit.events/0", 0, EMPTY_ROOT, ZERO_HASH, 7)
+    k1, k2 = NoteSignature("k1", 1, b"\x01" * 64), NoteSignature("k2", 2, b"\x02" * 64)
+    parsed_note = parse_checkpoint_note(cp.body() + "\n" + k1.line() + k2.line())
+    parsed, names = parsed_note.checkpoint, parsed_note.signer_names
+    assert parsed == cp and names == ["k1", "k2"]
+    with pytest.raises(MalformedCheckpoint):
+        parse_checkpoint_note("just text")
+    # a signature line too short to hold a key ID and a signature is not a signed note
+    with pytest.raises(MalformedCheckpoint, match="signature line"):
+        parse_checkpoint_note(cp.body() + "\n\u2014 k1 AAAA\n")
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda n: n.replace("\n1234\n", "\n01234\n"),  # body not canonical
+        lambda n: n.replace("sealtrail-head", "sealtrail-tail"),  # wrong extension line
+        lambda n: n.replace("\n\n", "\nextra line\n\n"),  # fifth body line
+        lambda n: n.replace("\n\n", "\n"),  # no blank line before the signatures
+        lambda n: n.rsplit(" ", 1)[0] + " AAAA\n",  # too short signature
+    ],
+)
+def test_parse_checkpoint_note_rejects_malformed(mangle) -> None:  # type: ignore[no-untyped-def]
+    s = signer()
+    note = mangle(sign_checkpoint(CP, s))
+    with pytest.raises(MalformedCheckpoint):
+        parse_checkpoint_note(note)
+    with pytest.raises((BadSignature, MalformedCheckpoint)):
+        open_checkpoint(note, ring((s, 0, None)))
+
+
+HASHES = st.binary(min_size=32, max_size=32)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.integers(1, (1 << 63) - 1),
+    root=HASHES,
+    head=HASHES,
+    timestamp_us=st.integers(0, (1 << 63) - 1),
+    names=st.lists(st.sampled_from(["a.example", "example.com/audit", "k"]), min_size=1),
+)
+def test_property_parse_checkpoint_note_gives_back_the_checkpoint(
+    size: int, root: bytes, head: bytes, timestamp_us: int, names: list[str]
+) -> None:
+    cp = Checkpoint(ORIGIN, size, root, head, timestamp_us)
+    lines = "".join(NoteSignature(n, i, bytes([i]) * 64).line() for i, n in enumerate(names))
+    parsed = parse_checkpoint_note(cp.body() + "\n" + lines)
+    assert parsed.checkpoint == cp and parsed.signer_names == names
 
 
 def test_key_rotation_ranges() -> None:

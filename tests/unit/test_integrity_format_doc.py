@@ -6,10 +6,34 @@ import base64
 import re
 from pathlib import Path
 
-from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, sign_checkpoint
+import pytest
+
+from processors.chainer import chain_id as chainer_chain_id
+from processors.integrity.checkpoint import (
+    Checkpoint,
+    KeyRing,
+    open_checkpoint,
+    origin_for,
+    sign_checkpoint,
+)
+from processors.integrity.errors import MalformedCheckpoint, MalformedRecord
+from processors.integrity.keys import file_stem
 from processors.integrity.merkle import leaf_hash, node_hash, root_of
-from processors.integrity.note import Signer
-from processors.integrity.record import ZERO_HASH, record_hash
+from processors.integrity.note import Signer, open_note, sign_note
+from processors.integrity.record import (
+    ZERO_HASH,
+    ChainedRecord,
+    ChainHead,
+    check_record,
+    record_hash,
+)
+from processors.verifier import offsite
+from processors.verifier.core import SourceCheckpoint
+from processors.verifier.kafka_source import chain_id as verifier_chain_id
+from processors.verifier.replay import verify_chain_fields
+from schemas.codec import CHAINED_EVENT, decode_chained_fields, encode_chained
+from sealtrail.config import Settings
+from sealtrail.errors import ConfigError
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md").read_text(encoding="utf-8")
 
@@ -41,7 +65,7 @@ def payload_of(text: str) -> bytes:
 
 def test_record_vectors_in_doc() -> None:
     vs = vectors()
-    assert len(vs) == 3
+    assert len(vs) == 4
     for v in vs:
         got = record_hash(
             v["chain"],
@@ -80,3 +104,137 @@ def test_merkle_root_and_checkpoint_example_in_doc() -> None:
     assert cp == Checkpoint("sealtrail.local/audit.events/0", 2, root, h2, 1_700_000_000_123_456)
     assert sign_checkpoint(cp, signer) == note  # Ed25519 is deterministic
     assert base64.b64decode(note.splitlines()[2]) == root
+
+
+def test_chain_naming_in_doc(tmp_path: Path) -> None:
+    spec = dict(
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition("=") for line in block("chain-naming").splitlines())
+    )
+    settings = Settings(
+        topic_prefix=spec["SEALTRAIL_TOPIC_PREFIX"], deployment=spec["SEALTRAIL_DEPLOYMENT"]
+    )
+    partition = int(spec["partition"])
+    topics = settings.topics
+    assert (topics.raw, topics.chain, topics.checkpoints) == (
+        spec["raw topic"],
+        spec["chain topic"],
+        spec["checkpoint topic"],
+    )
+    # The chainer names the chain it writes, the verifier the chain it reads: the same id.
+    assert chainer_chain_id(topics.raw, partition) == spec["chain id"]
+    assert verifier_chain_id(settings, partition) == spec["chain id"]
+    assert origin_for(settings.deployment, spec["chain id"]) == spec["checkpoint origin"]
+    assert offsite.chain_file(tmp_path, spec["chain id"]).name == spec["offsite file"]
+    # Key files use the same percent-encoding as offsite files.
+    assert file_stem(spec["chain id"]) + ".checkpoints" == spec["offsite file"]
+
+
+def _fields(v: dict[str, str]) -> tuple[str, int, bytes, bytes, int, int, bytes]:
+    return (
+        v["chain"],
+        int(v["seq"]),
+        bytes.fromhex(v["prev_hash"]),
+        bytes.fromhex(v["hash"]),
+        int(v["source_offset"]),
+        int(v["ingested_at_us"]),
+        payload_of(v["payload"]),
+    )
+
+
+def test_wire_vectors_in_doc() -> None:
+    wire = dict(
+        (k.strip(), bytes.fromhex(v.strip()))
+        for k, _, v in (line.partition("=") for line in block("wire").splitlines())
+    )
+    vs = vectors()
+    assert set(wire) == {"vector 2", "vector 4"}
+    for name, raw in wire.items():
+        fields = _fields(vs[int(name.split()[1]) - 1])
+        assert raw[:2] == b"\xc3\x01" and raw[2:10] == CHAINED_EVENT.fingerprint
+        assert raw[2:10].hex() in DOC
+        assert decode_chained_fields(raw) == fields
+        names = ("chain", "seq", "prev_hash", "hash", "source_offset", "ingested_at", "payload")
+        assert encode_chained(dict(zip(names, fields, strict=True))) == raw
+        # Any 64-bit ingested_at verifies: the full range is format-valid.
+        record = ChainedRecord(*fields)
+        check_record(record, ChainHead(record.chain, record.seq, record.prev_hash))
+
+
+def test_hashes_must_be_exactly_32_bytes() -> None:
+    v1, v2 = vectors()[:2]
+    head = ChainHead(v1["chain"], 1, bytes.fromhex(v1["hash"]))
+    good = ChainedRecord(*_fields(v2))
+    check_record(good, head)
+    cut = ChainedRecord(*_fields(v2)[:2], good.prev_hash[:31], *_fields(v2)[3:])
+    longer = ChainedRecord(*_fields(v2)[:3], good.hash + b"\x00", *_fields(v2)[4:])
+    for bad in (cut, longer):
+        with pytest.raises(MalformedRecord):
+            check_record(bad, head)
+    # The verifier's replay gives the same verdict.
+    ring = KeyRing.parse(block("example-key").split()[1])
+    for bad in (cut, longer):
+        items = [(0, _fields(v1)), (1, tuple(getattr(bad, f) for f in bad.__slots__))]
+        result = verify_chain_fields(v1["chain"], items, [], ring, origin="o/" + v1["chain"])
+        assert [f.kind for f in result.findings] == ["malformed_record"]
+
+
+def checkpoint_rejects() -> list[tuple[str, str]]:
+    parts = re.split(r"^# (.*)\n", block("checkpoint-rejects"), flags=re.M)
+    assert parts[0] == ""
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_checkpoint_rejects_in_doc() -> None:
+    rejects = checkpoint_rejects()
+    titles = [title for title, _ in rejects]
+    assert "a fifth line after the extension line" in titles
+    assert "a wrong extension tag" in titles
+    skey, vkey = block("example-key").split()
+    ring = KeyRing.parse(vkey)
+    signer = Signer.from_private_key(skey)
+    for title, note in rejects:
+        text, signed_by = open_note(note, ring.verifiers())  # the signature is good ...
+        assert signed_by == [signer.verifier], title
+        assert sign_note(text, signer) == note, title
+        with pytest.raises(MalformedCheckpoint):  # ... the body is not a checkpoint
+            open_checkpoint(note, ring)
+        # The verifier reports it as a finding of its own, it does not skip it.
+        result = verify_chain_fields(
+            "audit.events/0",
+            [],
+            [SourceCheckpoint(note, 7)],
+            ring,
+            origin="sealtrail.local/audit.events/0",
+        )
+        assert [(f.kind, f.offset) for f in result.findings] == [("malformed_checkpoint", 7)]
+
+
+def test_notes_are_checked_as_stored_bytes() -> None:
+    """Invalid UTF-8 is rejected, even in a signature line of an unknown key (Go's rule);
+    DEL and C1 controls are allowed, C0 controls other than newline are not."""
+    skey, vkey = block("example-key").split()
+    ring = KeyRing.parse(vkey)
+    note = block("checkpoint-example")
+    assert open_checkpoint(note, ring).size == 2
+    blob = base64.b64encode(bytes([0, 0, 0, 1]) + bytes(64)).decode()
+    foreign = f"\u2014 other.example {blob}\n"  # a signature by a key not in the ring
+    assert open_checkpoint(note + foreign, ring).size == 2
+    raw = (note + foreign).encode().replace(b"other", b"oth\xffr")
+    # What the verifier's Kafka reader does with bytes that are not UTF-8.
+    with pytest.raises(MalformedCheckpoint, match="not valid UTF-8"):
+        open_checkpoint(raw.decode("utf-8", "surrogateescape"), ring)
+    for ch in ("\x7f", "\x80", "\x9f"):
+        assert open_checkpoint(note + foreign.replace("other", f"oth{ch}r"), ring).size == 2
+    for ch in ("\x00", "\t", "\r", "\x1f"):
+        with pytest.raises(MalformedCheckpoint, match="control character"):
+            open_checkpoint(note + foreign.replace("other", f"oth{ch}r"), ring)
+
+
+def test_offsite_names_must_be_canonical(tmp_path: Path) -> None:
+    note = block("checkpoint-example")
+    offsite.write_notes(tmp_path, "audit.events/0", [note])
+    assert offsite.chains_in(tmp_path) == ["audit.events/0"]
+    (tmp_path / "audit.events%2f1.checkpoints").write_text("")
+    with pytest.raises(ConfigError, match="not named by the percent-encoding"):
+        offsite.chains_in(tmp_path)

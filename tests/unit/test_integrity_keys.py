@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from processors.integrity.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from processors.integrity.errors import KeyFileError
-from processors.integrity.keys import load_signer, load_verifiers, write_keypair
+from processors.integrity.keys import file_stem, load_signer, load_verifiers, write_keypair
 from processors.integrity.merkle import EMPTY_ROOT
 from processors.integrity.record import ZERO_HASH
 
@@ -93,7 +94,48 @@ def test_load_signer_errors_never_show_key_material(tmp_path: Path) -> None:
         load_signer(pub)  # a verifier key is not a private key
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "..", "a b", "a+b"])
-def test_bad_key_names(tmp_path: Path, name: str) -> None:
-    with pytest.raises(KeyFileError):
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("sealtrail.local", "sealtrail.local"),
+        ("example.com/audit", "example.com%2Faudit"),
+        ("a_b-c~d", "a_b-c~d"),
+        ("..", ".."),
+        ("ex/../../etc", "ex%2F..%2F..%2Fetc"),
+        ("back\\slash:colon%", "back%5Cslash%3Acolon%25"),
+        ("prod/événements", "prod%2F%C3%A9v%C3%A9nements"),
+    ],
+)
+def test_file_stem_is_percent_encoding(name: str, stem: str) -> None:
+    assert file_stem(name) == stem
+    assert unquote(stem) == name  # one-to-one: the name comes back
+
+
+def test_origin_style_key_names_write_safe_files(tmp_path: Path) -> None:
+    priv, pub = write_keypair("example.com/audit", tmp_path)
+    assert (priv.name, pub.name) == ("example.com%2Faudit.key", "example.com%2Faudit.pub")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [pub.name, priv.name][::-1]
+    signer = load_signer(priv)
+    assert signer.name == "example.com/audit"
+    cp = Checkpoint("example.com/audit/audit.events/0", 0, EMPTY_ROOT, ZERO_HASH, 1)
+    note = sign_checkpoint(cp, signer)
+    assert "\n\u2014 example.com/audit " in note
+    assert open_checkpoint(note, load_verifiers(pub)) == cp
+    # A path-like name never leaves the directory.
+    priv2, _ = write_keypair("../../escape", tmp_path)
+    assert priv2.parent == tmp_path and priv2.name == "..%2F..%2Fescape.key"
+
+
+@pytest.mark.parametrize("name", ["", "a b", "a+b", "tab\there", "nl\nx", "nb\u00a0sp", "c\x1fx"])
+def test_names_the_note_format_refuses_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(KeyFileError) as err:
         write_keypair(name, tmp_path)
+    message = str(err.value)
+    assert "not a valid signed-note key name" in message and "example.com/audit" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_too_long_key_name_is_refused_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="longer than 255 bytes"):
+        write_keypair("é" * 100, tmp_path)  # 200 UTF-8 bytes, 600 encoded
+    assert list(tmp_path.iterdir()) == []

@@ -1,13 +1,28 @@
-"""C2SP signed notes: byte compatibility with Go's sumdb/note and fail-closed opening."""
+"""C2SP signed notes: byte compatibility with Go's sumdb/note, parsing without verifying, and
+fail-closed opening."""
 
 from __future__ import annotations
 
 import base64
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from processors.integrity.errors import BadSignature, KeyFileError, MalformedCheckpoint, UnknownKey
-from processors.integrity.note import Signer, Verifier, generate_key, key_id, open_note, sign_note
+from processors.integrity.note import (
+    MAX_SIGNATURES,
+    Note,
+    NoteSignature,
+    Signer,
+    Verifier,
+    generate_key,
+    is_valid_name,
+    key_id,
+    open_note,
+    parse_note,
+    sign_note,
+)
 
 # golang.org/x/mod/sumdb/note: the example in the package doc and note_test.go.
 GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
@@ -130,22 +145,23 @@ def test_known_key_bad_signature_rejects_whole_note() -> None:
         open_note(forged, [b.verifier])
 
 
-@pytest.mark.parametrize(
-    "mangle",
-    [
-        lambda n: n.replace("\n\n", "\n"),  # no blank line
-        lambda n: n.replace("\u2014", "-"),  # ASCII dash
-        lambda n: n.replace("\u2014 ", "\u2014"),  # no space after dash
-        lambda n: n[:-1],  # no final newline
-        lambda n: n + "\n",  # trailing blank line
-        lambda n: n.replace("If you", "If\x01you"),  # control character
-        lambda n: n.replace("PeterNeumann ", "PeterNeumann x"),  # base64 broken
-        lambda n: n.replace(" x08go", "x08go"),  # no space before base64
-        lambda n: n.rsplit(" ", 1)[0] + " AAAA\n",  # too short signature
-        lambda n: n.replace("PeterNeumann", "Peter Neumann"),  # space in name
-        lambda n: n + "\u2014 PeterNeumann\n",  # line without signature
-    ],
-)
+# Ways to break GO_NOTE's syntax; each one is malformed with or without keys.
+MANGLES = [
+    lambda n: n.replace("\n\n", "\n"),  # no blank line
+    lambda n: n.replace("\u2014", "-"),  # ASCII dash
+    lambda n: n.replace("\u2014 ", "\u2014"),  # no space after dash
+    lambda n: n[:-1],  # no final newline
+    lambda n: n + "\n",  # trailing blank line
+    lambda n: n.replace("If you", "If\x01you"),  # control character
+    lambda n: n.replace("PeterNeumann ", "PeterNeumann x"),  # base64 broken
+    lambda n: n.replace(" x08go", "x08go"),  # no space before base64
+    lambda n: n.rsplit(" ", 1)[0] + " AAAA\n",  # too short signature
+    lambda n: n.replace("PeterNeumann", "Peter Neumann"),  # space in name
+    lambda n: n + "\u2014 PeterNeumann\n",  # line without signature
+]
+
+
+@pytest.mark.parametrize("mangle", MANGLES)
 def test_malformed_notes(mangle) -> None:  # type: ignore[no-untyped-def]
     v = Verifier.from_verifier_key(GO_VKEY)
     with pytest.raises(MalformedCheckpoint):
@@ -168,3 +184,118 @@ def test_too_many_signatures() -> None:
         open_note(GO_NOTE + sig_line * 100, [v])
     # duplicates of a known good signature are tolerated, as in Go
     assert open_note(GO_NOTE + sig_line * 5, [v])[1] == [v]
+
+
+# ------------------------------------------------------------------ parsing without verifying
+
+GO_SIGNATURE = NoteSignature(
+    "PeterNeumann",
+    0xC74F20A3,
+    base64.b64decode(GO_NOTE.rsplit(" ", 1)[1])[4:],
+)
+
+
+def test_go_vector_parse() -> None:
+    note = parse_note(GO_NOTE)
+    assert note == Note(GO_TEXT, (GO_SIGNATURE,))
+    assert len(GO_SIGNATURE.signature) == 64
+    assert GO_SIGNATURE.key_label == Verifier.from_verifier_key(GO_VKEY).key_label
+    assert note.signer_names == ["PeterNeumann"]
+    assert note.render() == GO_NOTE
+
+
+def test_parse_does_not_verify() -> None:
+    # a forged text and a key nobody trusts both parse; only opening tells them apart
+    forged = GO_NOTE.replace("cryptography", "cryptographY")
+    assert parse_note(forged).signatures == (GO_SIGNATURE,)
+    with pytest.raises(BadSignature):
+        open_note(forged, [Verifier.from_verifier_key(GO_VKEY)])
+    other = Signer.from_private_key(generate_key("other.example/log")[0])
+    note = parse_note(sign_note("a\nb\n", other))
+    assert note.text == "a\nb\n" and note.signer_names == ["other.example/log"]
+    assert note.signatures[0].key_hash == other.key_hash
+    with pytest.raises(UnknownKey):
+        open_note(sign_note("a\nb\n", other), [Verifier.from_verifier_key(GO_VKEY)])
+
+
+@pytest.mark.parametrize("mangle", MANGLES)
+def test_parse_rejects_malformed_notes(mangle) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(MalformedCheckpoint):
+        parse_note(mangle(GO_NOTE))
+
+
+def test_parse_limits() -> None:
+    sig_line = GO_NOTE.split("\n\n", 1)[1]
+    assert len(parse_note(GO_NOTE + sig_line * (MAX_SIGNATURES - 1)).signatures) == MAX_SIGNATURES
+    with pytest.raises(MalformedCheckpoint, match="more than"):
+        parse_note(GO_NOTE + sig_line * MAX_SIGNATURES)
+    with pytest.raises(MalformedCheckpoint, match="larger than"):
+        parse_note("x" * (1 << 20) + GO_NOTE)
+
+
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Note text lines: any characters but control characters (newline separates the lines).
+TEXT_LINES = st.lists(
+    st.text(st.characters(min_codepoint=0x20, blacklist_categories=("Cs",)), max_size=30),
+    min_size=1,
+    max_size=6,
+)
+NAMES = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=20
+).filter(is_valid_name)
+SIGNATURES = st.builds(
+    NoteSignature,
+    NAMES,
+    st.integers(0, 2**32 - 1),
+    st.binary(min_size=1, max_size=80),
+)
+
+
+@PROPERTY
+@given(lines=TEXT_LINES, signatures=st.lists(SIGNATURES, min_size=1, max_size=5))
+def test_property_render_then_parse_is_identity(
+    lines: list[str], signatures: list[NoteSignature]
+) -> None:
+    note = Note("\n".join(lines) + "\n", tuple(signatures))
+    assert parse_note(note.render()) == note
+
+
+@PROPERTY
+@given(lines=TEXT_LINES, name=NAMES)
+def test_property_open_builds_on_parse(lines: list[str], name: str) -> None:
+    text = "\n".join(lines) + "\n"
+    signer = Signer.from_private_key(generate_key(name)[0])
+    try:
+        signed = sign_note(text, signer)
+    except MalformedCheckpoint:
+        assert "\n\n" in text  # sign_note refuses blank lines; parse_note allows them
+        return
+    assert open_note(signed, [signer.verifier]) == (parse_note(signed).text, [signer.verifier])
+    assert parse_note(signed).signatures[0].key_label == signer.verifier.key_label
+
+
+@PROPERTY
+@given(
+    position=st.integers(0, len(GO_NOTE)),
+    cut=st.integers(0, 8),
+    insert=st.text(max_size=4),
+)
+def test_property_parse_accepts_exactly_what_it_can_render(
+    position: int, cut: int, insert: str
+) -> None:
+    """Whatever the edit, parse_note raises MalformedCheckpoint or gives back a note that
+    renders to the very same text; a note that opens always parses to the same text."""
+    edited = GO_NOTE[:position] + insert + GO_NOTE[position + cut :]
+    try:
+        note = parse_note(edited)
+    except MalformedCheckpoint as exc:
+        assert str(exc) and "\n" not in str(exc)
+        with pytest.raises(MalformedCheckpoint):
+            open_note(edited, [Verifier.from_verifier_key(GO_VKEY)])
+        return
+    assert note.render() == edited
+    try:
+        text, _ = open_note(edited, [Verifier.from_verifier_key(GO_VKEY)])
+    except (BadSignature, UnknownKey):
+        return
+    assert text == note.text

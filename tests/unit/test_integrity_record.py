@@ -24,6 +24,7 @@ from processors.integrity.record import (
     ZERO_HASH,
     ChainedRecord,
     ChainHead,
+    NextRecordCheck,
     check_record,
     link,
     record_hash,
@@ -189,3 +190,40 @@ def test_evidence_shows_hex() -> None:
     ev = info.value.evidence()
     assert ev["expected"] == recs[1].hash.hex() and ev["found"] == "00" * 32
     assert ev["kind"] == "chain_broken" and ev["seq"] == 2 and ev["offset"] == 102
+
+
+_tampers = st.sampled_from(
+    ["none", "seq", "prev", "hash", "chain", "short_hash", "short_prev", "payload", "range"]
+)
+
+
+@given(n=st.integers(1, 6), tamper=_tampers, payload=st.binary(max_size=40))
+def test_next_record_check_passes_exactly_what_check_record_accepts(
+    n: int, tamper: str, payload: bytes
+) -> None:
+    head = ChainHead("audit.events/0")
+    records = [link(head, i, 1_700_000_000_000_000 + i, payload + bytes([i])) for i in range(n)]
+    last = records[-1]
+    before = ChainHead("audit.events/0", last.seq, records[-2].hash if n > 1 else ZERO_HASH)
+    changed = {
+        "none": last,
+        "seq": replace(last, seq=last.seq + 1),
+        "prev": replace(last, prev_hash=bytes(32)),
+        "hash": replace(last, hash=bytes(32)),
+        "chain": replace(last, chain="audit.events/1"),
+        "short_hash": replace(last, hash=last.hash[:31]),
+        "short_prev": replace(last, prev_hash=last.prev_hash[:31]),
+        "payload": replace(last, payload=last.payload + b"!"),
+        "range": replace(last, ingested_at_us=1 << 64),
+    }[tamper]
+    try:
+        check_record(changed, before)
+        accepted = True
+    except IntegrityError:
+        accepted = False
+    check = NextRecordCheck("audit.events/0")
+    r = changed
+    assert accepted == check.passes(
+        r.chain, r.seq, r.prev_hash, r.hash, r.source_offset, r.ingested_at_us, r.payload,
+        before.next_seq, before.head_hash,
+    )  # fmt: skip

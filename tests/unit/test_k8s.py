@@ -16,6 +16,7 @@ from producers.k8s import (
     ParseResult,
     Reject,
     RejectError,
+    RejectKind,
     generic_event,
     parse_body,
     parse_line,
@@ -174,7 +175,7 @@ def test_oversize_item_is_rejected() -> None:
     big = b'{"auditID":"b","stage":"Panic","verb":"get","annotations":{"x":"' + b"y" * 300 + b'"}}'
     result = parse_body(_event_list([small, big, small]), CLUSTER, NOW, max_event_bytes=200)
     assert [e["original"] for e in result.events] == [small, small]
-    assert result.rejects == [Reject(result.rejects[0].reason, big)]
+    assert result.rejects == [Reject(result.rejects[0].reason, big, kind=RejectKind.TOO_LARGE)]
     assert "200" in result.rejects[0].reason and str(len(big)) in result.rejects[0].reason
     with pytest.raises(RejectError, match="limit"):
         parse_line(b'{"kind":"Event",' + big[1:], CLUSTER, NOW, max_event_bytes=200)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,10 +15,18 @@ from producers.file_shipper import (
     load_position,
     save_position,
 )
-from producers.k8s import parse_line
-from producers.kafka_writer import REJECT_BODY_LIMIT, reject_record
+from producers.k8s import (
+    REJECT_KEEP_BYTES,
+    Reject,
+    RejectError,
+    RejectKind,
+    parse_body,
+    parse_line,
+    reject_event,
+)
 from producers.load import event_list, generate
-from producers.webhook import _reason_kind, load_tokens, parse_listen
+from producers.webhook import load_tokens
+from schemas.codec import decode_audit_event, encode_audit_event
 from sealtrail.config import Settings
 from sealtrail.errors import ConfigError
 
@@ -57,35 +65,48 @@ def test_empty_or_missing_token_file(tmp_path: Path) -> None:
         load_tokens(tmp_path / "absent", None)
 
 
-def test_parse_listen() -> None:
-    assert parse_listen("127.0.0.1:9880") == ("127.0.0.1", 9880)
-    assert parse_listen(":9880") == ("0.0.0.0", 9880)
-    assert parse_listen("[::1]:443") == ("::1", 443)
-    with pytest.raises(ConfigError, match="HOST:PORT"):
-        parse_listen("localhost")
-
-
-def test_reject_record_truncates_large_bodies_and_says_so() -> None:
-    small = json.loads(reject_record("bad", "file", "c1", b"abc", 5))
-    assert small == {
+def test_reject_event_chains_what_was_refused_and_proves_it_by_hash() -> None:
+    small = reject_event(Reject("bad", b"abc"), "c1", "file", 5)
+    assert small["source"] == "reject" and small["cluster"] == "c1" and small["actor"] == "file"
+    assert small["original"] == b"abc" and small["received_at"] == 5
+    digest = hashlib.sha256(b"abc").hexdigest()
+    assert small["audit_id"] == f"reject:{digest}"
+    assert small["attributes"] == {
+        "kind": "other",
         "reason": "bad",
-        "source": "file",
-        "cluster": "c1",
-        "received_at": 5,
-        "body_b64": base64.b64encode(b"abc").decode(),
+        "bytes": "3",
+        "sha256": digest,
+        "truncated": "false",
     }
-    body = b"x" * (REJECT_BODY_LIMIT + 10)
-    big = json.loads(reject_record("bad", "webhook", "c1", body, 5))
-    assert big["truncated"] is True and big["body_bytes"] == len(body)
-    assert "truncated" in big["reason"]
-    assert len(base64.b64decode(big["body_b64"])) == REJECT_BODY_LIMIT
+    body = b"x" * (REJECT_KEEP_BYTES + 10)
+    kept = Reject("too big", body[:REJECT_KEEP_BYTES], len(body), hashlib.sha256(body).digest())
+    big = reject_event(kept, "c1", "webhook", 5)
+    assert big["original"] == body[:REJECT_KEEP_BYTES]
+    assert big["attributes"]["bytes"] == str(len(body))
+    assert big["attributes"]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert big["attributes"]["truncated"] == "true"
+    # a reject is an ordinary AuditEvent datum: it is encoded, chained and loaded like one
+    assert decode_audit_event(encode_audit_event(big, validate=True)) == big
 
 
-def test_reason_kinds_are_a_small_set() -> None:
-    assert _reason_kind("event is 200000 bytes, over the 102400 byte limit") == "too_large"
-    assert _reason_kind("line is not valid JSON (Expecting value)") == "malformed"
-    assert _reason_kind("auditID is missing") == "missing_field"
-    assert _reason_kind('kind must be "Event", not 0') == "wrong_type"
+def test_rejects_carry_their_kind_from_where_they_were_refused() -> None:
+    def kinds(items: list[bytes], limit: int = 200) -> list[RejectKind]:
+        body = b'{"kind":"EventList","items":[' + b",".join(items) + b"]}"
+        return [r.kind for r in parse_body(body, "c1", 0, max_event_bytes=limit).rejects]
+
+    good = b'{"auditID":"a","stage":"Panic","verb":"get"}'
+    assert kinds([good[:-1] + b',"x":"' + b"y" * 300 + b'"}']) == [RejectKind.TOO_LARGE]
+    assert kinds([b'{"stage":"Panic","verb":"get"}']) == [RejectKind.MISSING_FIELD]
+    assert kinds([b'{"kind":0,"auditID":"a","stage":"Panic","verb":"get"}']) == [
+        RejectKind.WRONG_TYPE
+    ]
+    assert kinds([b"17"]) == [RejectKind.WRONG_TYPE]
+    with pytest.raises(RejectError) as info:
+        parse_line(b"{not json", "c1", 0)
+    assert info.value.kind == RejectKind.MALFORMED
+    assert set(RejectKind) == {
+        "too_large", "malformed", "missing_field", "wrong_type", "bad_body", "other"
+    }  # fmt: skip
 
 
 def test_position_file_round_trip_and_errors(tmp_path: Path) -> None:
@@ -142,3 +163,33 @@ def test_load_events_are_reproducible_and_valid() -> None:
 def test_event_list_wraps_raw_lines() -> None:
     body = event_list([b'{"a":1}', b'{"b":2}'])
     assert json.loads(body)["items"] == [{"a": 1}, {"b": 2}]
+
+
+def test_tokens_without_tls_are_refused_at_start(tmp_path: Path) -> None:
+    from producers.webhook import WebhookOptions, WebhookServer
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret-a cluster-a\n")
+    tokens.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        WebhookServer(Settings(home=tmp_path), WebhookOptions(tokens=tokens))
+    message = str(info.value)
+    assert "TLS" in message and "client-go" in message and "--allow-plain-http-tokens" in message
+    assert "secret-a" not in message
+    # allowed explicitly (a TLS-terminating proxy in front)
+    WebhookServer(
+        Settings(home=tmp_path), WebhookOptions(tokens=tokens, allow_plain_http_tokens=True)
+    )
+
+
+def test_run_refuses_tokens_without_tls_in_one_sentence(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sealtrail.cli import app
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret-a cluster-a\n")
+    tokens.chmod(0o600)
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "run", "--tokens", str(tokens)])
+    assert result.exit_code == 2
+    assert "bearer tokens need TLS" in result.output and "Traceback" not in result.output

@@ -1,0 +1,44 @@
+"""What a sink run can be told, and what it counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sealtrail.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class SinkOptions:
+    batch_rows: int = 10000
+    batch_ms: int = 500
+    once: bool = False
+    group: str = ""  # default: Settings.groups.sink (<topic prefix>sealtrail-sink)
+    # Embedded ClickHouse only: the engine decodes the payloads (processors/sink_avro.py).
+    avro_fast_path: bool = True
+    # Embedded ClickHouse only: serve read-only queries on a socket (sealtrail/liveserver.py).
+    serve_reads: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_rows < 1:
+            raise ConfigError(f"--batch-rows must be at least 1, not {self.batch_rows}")
+        if self.batch_ms < 1:
+            raise ConfigError(f"--batch-ms must be at least 1, not {self.batch_ms}")
+
+
+@dataclass(slots=True)
+class SinkStats:
+    inserted: int = 0  # events rows written
+    skipped: int = 0  # records already stored
+    rejects: int = 0  # rows written to rejects
+    checkpoints: int = 0  # checkpoint rows written
+    batches: int = 0
+    retries: int = 0
+    consumer_rebuilds: int = 0
+    insert_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    fast_batches: int = 0  # chain batches ClickHouse decoded (sink_avro)
+    fast_fallbacks: int = 0  # of those, batches the fast insert failed on: redone in Python
+    subtree_seconds: float = 0.0  # writing the stored Merkle subtrees (sink/subtrees.py)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]

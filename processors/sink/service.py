@@ -1,0 +1,538 @@
+"""The ClickHouse sink: chain and checkpoint topics -> ClickHouse, exactly once.
+
+How "exactly once" holds without a transaction spanning Kafka and ClickHouse:
+
+* records are read ``read_committed`` and batched per chain-topic partition;
+* each batch is one insert block per chain and seq range, with
+  ``insert_deduplication_token = "<chain>:<first>-<last>"`` (the tables keep a
+  ``non_replicated_deduplication_window``), so a retried insert is stored once;
+* the offset is committed only after ClickHouse acknowledged the insert;
+* before filtering a batch the sink knows which seqs of the chain are already stored (loaded on
+  start-up and on every assignment, then tracked), so records re-read after a crash between the
+  insert and the commit, or a re-run from offset 0, add nothing. A block that spans several
+  months is written as one part per month, not atomically, so the stored set is "every seq below
+  N plus a few above"; holes left by a crash are filled on the next run.
+
+A payload that does not decode still gets its ``events`` row (``decode_ok = 0``, empty decoded
+columns) so the store holds every seq of every chain; the bytes and the reason also go to
+``rejects``. A chain-topic value that is not a ChainedEvent at all has no seq: it goes to
+``rejects`` only, and the verifier reports the gap.
+
+With the embedded ClickHouse, a chain batch whose records all carry the current schema versions
+is decoded by ClickHouse itself (:mod:`processors.sink_avro`); it yields the same rows, and any
+batch it refuses or fails on goes through :func:`event_columns` as above, with the same token.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from clickhouse_connect.driver.client import Client
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from processors import sink_avro
+from processors.clickhouse_schema import CHECKPOINT_COLUMNS
+from processors.integrity.chains import chain_of_origin
+from processors.integrity.checkpoint import parse_checkpoint_note
+from processors.integrity.errors import MalformedCheckpoint
+from processors.sink.fast_path import FastPath, Offset, fast_path_store
+from processors.sink.options import SinkOptions, SinkStats
+from processors.sink.rows import (
+    ChainBatch,
+    ChainItem,
+    CheckpointRow,
+    RejectRow,
+    pivot,
+    storable,
+)
+from processors.sink.stored import StoredState
+from processors.sink.subtrees import SubtreeWriter
+from processors.sink.writer import Stopped, Writer
+from processors.sink_avro import parse_chained
+from schemas.chained import value_record
+from sealtrail import clickhouse, livewire
+from sealtrail.config import Settings
+from sealtrail.errors import DecodeError, KafkaUnavailable, SealtrailError
+from sealtrail.kafka import consumer_conf
+from sealtrail.kafka_read import close_quietly
+from sealtrail.liveserver import LiveReadServer
+from sealtrail.service import StopFlag, backoff
+
+log = logging.getLogger(__name__)
+
+SUBTREES_EVERY_S = 5.0
+
+# Consumer rebuilds in a row without a commit: past this, something else holds the member id.
+MAX_CONSUMER_REBUILDS = 5
+_COORDINATOR_ERRORS = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+}
+
+
+class ConsumerLost(Exception):  # noqa: N818 - a signal: the consumer must be rebuilt
+    """The Kafka consumer hit a fatal error (e.g. its static member id was fenced)."""
+
+
+@dataclass(slots=True)
+class _Buffer:
+    messages: list[Message] = field(default_factory=list)
+    since: float = 0.0
+
+
+class Sink:
+    """``Sink(settings, options, stop).run()``; ``run`` returns the statistics of the run."""
+
+    def __init__(
+        self, settings: Settings, options: SinkOptions | None = None, stop: StopFlag | None = None
+    ) -> None:
+        self.settings = settings
+        self.options = options or SinkOptions()
+        self.stop = stop if stop is not None else StopFlag()  # an unset flag is falsy
+        self.stats = SinkStats()
+        # The topic prefix separates deployments sharing a cluster, as for the chainer.
+        self.group = self.options.group or settings.groups.sink
+        self.chain_topic = settings.topics.chain
+        self.checkpoint_topic = settings.topics.checkpoints
+        self.writer = Writer(settings, self.stats, self.stop)
+        self.db = self.writer.db
+        self.stored = StoredState(self.writer)
+        self._fast, store = fast_path_store(settings.clickhouse_dsn, self.options.avro_fast_path)
+        self.fast = FastPath(self.writer, store, self._insert_python, self._commit_offset)
+        self._consumer: Consumer | None = None
+        self._buffers: dict[tuple[str, int], _Buffer] = {}
+        self._assigned: set[tuple[str, int]] = set()
+        self._committed_since_rebuild = False
+        self.subtrees = SubtreeWriter(self.db)  # Merkle nodes for O(log n) proofs
+        self._subtrees_due: set[str] = set()  # chains with rows stored since their last nodes
+        self._subtrees_at = 0.0  # when they were last written (monotonic)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        """The writer's ClickHouse client (opened and migrated on first use)."""
+        return self.writer.client
+
+    def _new_consumer(self) -> Consumer:
+        conf = consumer_conf(
+            self.settings,
+            self.group,
+            # Bounded memory: librdkafka's prefetch queue stays small while ClickHouse is slow.
+            **{"queued.max.messages.kbytes": 32768, "max.poll.interval.ms": 900000},
+        )
+        # Static membership: a restarted (e.g. crashed) sink takes its partitions back at once
+        # instead of waiting out the dead member's session (45 s), and a SIGTERM during that
+        # wait does not hang in the rebalance. --once assigns partitions itself: no group.
+        if not self.options.once:
+            conf["group.instance.id"] = f"{self.group}-{socket.gethostname()}"
+        consumer = Consumer(conf)
+        self._consumer = consumer
+        return consumer
+
+    def run(self) -> SinkStats:
+        _ = self.writer.client  # open and migrate before touching Kafka: a held store fails fast
+        self.fast.clear_stale()
+        live = self._start_live_reads()
+        consumer = self._new_consumer()
+        try:
+            if self.options.once:
+                self._run_once(consumer)
+            else:
+                self._run_service()
+        except Stopped:
+            log.info("stopped while ClickHouse was unavailable; uncommitted batches are re-read")
+        finally:
+            self.fast.shutdown()
+            if self._consumer is not None:
+                self._consumer.close()
+            self._consumer = None
+            if live is not None:
+                live.stop()
+        return self.stats
+
+    def _start_live_reads(self) -> LiveReadServer | None:
+        """The owner of an embedded store serves read-only queries while it runs."""
+        store = clickhouse.chdb_path(self.settings.clickhouse_dsn)
+        if store is None or not self.options.serve_reads:
+            return None
+        try:
+            path = livewire.socket_path(self.settings, store)
+            return LiveReadServer(self.settings.clickhouse_dsn, path).start()
+        except (SealtrailError, OSError) as exc:
+            # Storing matters more than live reads: go on without them.
+            log.warning("not serving live reads (%s); readers must wait for the sink to stop", exc)
+            return None
+
+    def _write_subtrees(self, force: bool = False) -> None:
+        """The Merkle nodes the newly stored rows complete (processors/sink/subtrees.py), once
+        no insert is in flight, at most every SUBTREES_EVERY_S unless forced: each round costs
+        a query and an insert per chain, whatever it covers (proofs hash the few blocks whose
+        nodes are not written yet themselves)."""
+        if self.fast.busy or not self._subtrees_due:
+            return
+        if not force and time.monotonic() - self._subtrees_at < SUBTREES_EVERY_S:
+            return
+        self._subtrees_at = time.monotonic()
+        started = time.perf_counter()
+        for chain in sorted(self._subtrees_due):
+            contiguous = self.stored.seqs(chain).contiguous
+            self.writer.retrying(
+                f"writing the Merkle subtrees of chain {chain}",
+                functools.partial(
+                    self.subtrees.advance, self.client, chain, contiguous, self.writer.insert
+                ),
+            )
+        self._subtrees_due.clear()
+        self.stats.subtree_seconds += time.perf_counter() - started
+
+    def _subscribe(self, consumer: Consumer) -> None:
+        consumer.subscribe(
+            [self.chain_topic, self.checkpoint_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def _run_service(self) -> None:
+        assert self._consumer is not None
+        self._subscribe(self._consumer)
+        failures = 0
+        while not self.stop:
+            consumer = self._consumer
+            assert consumer is not None
+            try:
+                self._poll(consumer)
+            except ConsumerLost as lost:
+                failures = (0 if self._committed_since_rebuild else failures) + 1
+                self._rebuild_consumer(str(lost), failures)
+                continue
+            self._flush_due()
+            self.fast.reap()
+            self._write_subtrees()
+        self._flush_all()
+        log.info("sink stopped (%s): %s", self.stop.reason, self.stats.as_dict())
+
+    def _rebuild_consumer(self, reason: str, failures: int) -> None:
+        """Replace a consumer that failed for good (e.g. a fenced static member id).
+
+        Buffered records were not committed: the new consumer reads them again and the
+        stored-seq check and insert tokens keep ClickHouse exact.
+        """
+        self.stats.consumer_rebuilds += 1
+        if failures > MAX_CONSUMER_REBUILDS:
+            raise KafkaUnavailable(
+                f"the sink's Kafka consumer failed {failures} times in a row (last: {reason}); "
+                f"check that no other sink uses group {self.group} from this host, then restart"
+            )
+        log.warning("Kafka consumer failed for good (%s): rebuilding it", reason)
+        self.fast.finish(commit=False)  # that consumer cannot commit any more
+        old = self._consumer
+        self._buffers.clear()
+        self._assigned.clear()
+        self.stored.reset()
+        self._committed_since_rebuild = False
+        close_quietly(old)
+        self._consumer = None
+        if self.stop.wait(1.0):
+            return
+        self._subscribe(self._new_consumer())
+
+    def _run_once(self, consumer: Consumer) -> None:
+        """Assign every partition at its committed offset, read to the end seen at start, exit."""
+        targets = self._assign_all(consumer)
+        while not self.stop:
+            self._poll(consumer)
+            self._flush_due()
+            self.fast.reap()
+            self._write_subtrees()
+            if self._caught_up(consumer, targets):
+                break
+        self._flush_all()
+
+    def _assign_all(self, consumer: Consumer) -> dict[tuple[str, int], int]:
+        partitions: list[TopicPartition] = []
+        try:
+            metadata = consumer.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"Kafka at {self.settings.kafka} did not answer ({exc.args[0].str()}); "
+                "check SEALTRAIL_KAFKA"
+            ) from None
+        for topic in (self.chain_topic, self.checkpoint_topic):
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None or not info.partitions:
+                raise KafkaUnavailable(
+                    f"topic {topic} does not exist; create the topics with 'sealtrail topics init'"
+                )
+            partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+        committed = self._committed(consumer, partitions)
+        targets: dict[tuple[str, int], int] = {}
+        assign: list[TopicPartition] = []
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            start = tp.offset if tp.offset >= 0 else low
+            if start < high:
+                targets[(tp.topic, tp.partition)] = high
+                assign.append(TopicPartition(tp.topic, tp.partition, start))
+        self._reset_state(assign)
+        consumer.assign(assign)
+        return targets
+
+    def _committed(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        # A fresh cluster answers "not coordinator" until __consumer_offsets is ready: retry.
+        delays = backoff(0.2, 2.0)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return list(consumer.committed(partitions, timeout=10))
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not error.retriable() and error.code() not in _COORDINATOR_ERRORS:
+                    raise KafkaUnavailable(
+                        f"could not read the sink's committed offsets ({error.str()})"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(
+                        f"could not read the sink's committed offsets ({error.str()}); "
+                        "check that the brokers are up"
+                    ) from None
+                if self.stop.wait(next(delays)):
+                    raise Stopped from None
+
+    def _caught_up(self, consumer: Consumer, targets: dict[tuple[str, int], int]) -> bool:
+        if any(buffer.messages for buffer in self._buffers.values()):
+            return False
+        if not targets:
+            return True
+        positions = consumer.position([TopicPartition(t, p) for t, p in targets])
+        for tp in positions:
+            if tp.offset < targets[(tp.topic, tp.partition)]:
+                return False
+        return True
+
+    def _reset_state(self, partitions: Iterable[TopicPartition]) -> None:
+        # Another sink may have written meanwhile: re-read what is stored on every assignment.
+        self._assigned = {(tp.topic, tp.partition) for tp in partitions}
+        self._buffers = {key: buf for key, buf in self._buffers.items() if key in self._assigned}
+        self.stored.reset()
+        self.subtrees.reset()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.fast.finish()
+        self._reset_state(partitions)
+        log.info("assigned %d partition(s)", len(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The insert in flight is ours to finish and commit before the partitions go.
+        self.fast.finish()
+        # Buffered, uncommitted records are simply re-read by the next owner.
+        for tp in partitions:
+            self._buffers.pop((tp.topic, tp.partition), None)
+        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _poll(self, consumer: Consumer) -> None:
+        timeout = min(0.2, self.options.batch_ms / 1000.0)
+        messages = consumer.consume(
+            num_messages=min(self.options.batch_rows, 5000), timeout=timeout
+        )
+        now = time.monotonic()
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                # A fatal consumer error arrives as an _FATAL event whose fatal() flag is not
+                # always set: check both.
+                if error.fatal() or error.code() == KafkaError._FATAL:
+                    raise ConsumerLost(error.str())
+                log.warning("Kafka consumer error: %s", error.str())
+                continue
+            key = (message.topic() or "", message.partition() or 0)
+            buffer = self._buffers.get(key)
+            if buffer is None:
+                buffer = self._buffers[key] = _Buffer(since=now)
+            elif not buffer.messages:
+                buffer.since = now
+            buffer.messages.append(message)
+            if len(buffer.messages) >= self.options.batch_rows:
+                self._flush(key)
+
+    def _flush_due(self) -> None:
+        deadline = time.monotonic() - self.options.batch_ms / 1000.0
+        for key, buffer in list(self._buffers.items()):
+            if buffer.messages and buffer.since <= deadline:
+                self._flush(key)
+
+    def _flush_all(self) -> None:
+        for key, buffer in list(self._buffers.items()):
+            if buffer.messages:
+                self._flush(key)
+        self.fast.finish()
+        self._write_subtrees(force=True)
+
+    def _flush(self, key: tuple[str, int]) -> None:
+        buffer = self._buffers[key]
+        messages, buffer.messages = buffer.messages, []
+        topic, partition = key
+        if topic == self.chain_topic:
+            self._write_chain_batch(partition, messages)
+        else:
+            self._write_checkpoints(partition, messages)
+        self.stats.batches += 1
+        offset = Offset(topic, partition, messages[-1].offset())
+        if not self.fast.defer_commit(offset):  # else committed once that insert returned
+            self._commit_offset(offset)
+
+    def _commit_offset(self, offset: Offset) -> None:
+        topic, partition, last_offset = offset.topic, offset.partition, offset.last
+        if self._consumer is None or last_offset is None:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(topic, partition, last_offset + 1)], asynchronous=False
+            )
+            self._committed_since_rebuild = True
+        except KafkaException as exc:
+            # The rows are in ClickHouse; the next owner skips them by seq, so nothing is lost.
+            log.warning(
+                "could not commit offset %d of %s/%d (%s); the records will be re-read and skipped",
+                last_offset + 1,
+                topic,
+                partition,
+                exc.args[0].str(),
+            )
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _write_chain_batch(self, partition: int, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        # Per chain, its items: ClickHouse decodes the rows that sink_avro.parse_chained
+        # accepts (record None until needed); the others are decoded here (payload start -1).
+        by_chain: dict[str, list[ChainItem]] = {}
+        bad: list[RejectRow] = []
+        now_us = time.time_ns() // 1000
+        fast = self._fast
+        for message in messages:
+            value = message.value() or b""
+            parsed = parse_chained(value) if fast else None
+            if parsed is not None:
+                chain, seq, start = parsed
+                by_chain.setdefault(chain, []).append(ChainItem(seq, None, value, start))
+                continue
+            try:
+                record = storable(value_record(value))
+            except DecodeError as exc:
+                bad.append(
+                    RejectRow(
+                        chain=f"{self.chain_topic}/{partition}",
+                        seq=None,
+                        hash=b"",
+                        kafka_topic=self.chain_topic,
+                        kafka_partition=partition,
+                        kafka_offset=message.offset() or 0,
+                        error=f"not a chained record: {exc}",
+                        payload=value,
+                        at=now_us,
+                    )
+                )
+                continue
+            by_chain.setdefault(record.chain, []).append(ChainItem(record.seq, record, value, -1))
+        self.fast.finish()  # the previous batch's insert ran while this one was read
+        for chain, items in by_chain.items():
+            stored = self.stored.seqs(chain)
+            fresh: list[ChainItem] = []
+            seen: set[int] = set()
+            for item in items:
+                if stored.has(item.seq) or item.seq in seen:
+                    self.stats.skipped += 1
+                    continue
+                seen.add(item.seq)
+                fresh.append(item)
+            by_chain[chain] = fresh
+        if bad:
+            first, last = bad[0].kafka_offset, bad[-1].kafka_offset
+            self.writer.insert_rejects(
+                bad, f"rejects:{self.chain_topic}/{partition}:{first}-{last}"
+            )
+        decode_s = time.perf_counter() - started
+        for chain, items in by_chain.items():
+            if not items:
+                continue
+            token = f"{chain}:{items[0].seq}-{items[-1].seq}"
+            batch = ChainBatch(chain, partition, items, token, now_us)
+            self.fast.finish()  # one insert at a time, in order
+            # One insert per token either way: a batch with any row ClickHouse cannot load goes
+            # the Python way whole, and so does one the fast insert fails on.
+            if (
+                all(item.record is None for item in items)
+                and sum(len(item.value) for item in items) <= sink_avro.MAX_BATCH_BYTES
+            ):
+                self.fast.start(batch)
+            else:
+                decode_s += self._insert_python(batch)
+            # For a fast insert in flight this holds once fast.finish returns; until then
+            # nothing is committed and nothing else is inserted.
+            self.stored.seqs(chain).add(item.seq for item in items)
+            self._subtrees_due.add(chain)
+        self.stats.decode_seconds += decode_s
+
+    def _insert_python(self, batch: ChainBatch) -> float:
+        return self.writer.insert_decoded(batch, self.chain_topic)
+
+    def _write_checkpoints(self, partition: int, messages: list[Message]) -> None:
+        self.fast.finish()
+        stored = self.stored.checkpoint_offsets().get(partition, -1)
+        rows: list[CheckpointRow] = []
+        now_us = time.time_ns() // 1000
+        for message in messages:
+            offset = message.offset() or 0
+            if offset <= stored:
+                self.stats.skipped += 1
+                continue
+            value = message.value() or b""
+            note = value.decode("utf-8", errors="replace")
+            key = (message.key() or b"").decode("utf-8", errors="replace")
+            names: list[str] = []
+            origin, size, root, head, ts, error = "", 0, b"", b"", 0, ""
+            try:
+                # Signatures are not checked here: the verifier does that with its key ring.
+                parsed = parse_checkpoint_note(note)
+                checkpoint, names = parsed.checkpoint, parsed.signer_names
+                origin, size, ts = checkpoint.origin, checkpoint.size, checkpoint.timestamp_us
+                root, head = checkpoint.root_hash, checkpoint.head_hash
+            except MalformedCheckpoint as exc:
+                error = str(exc)
+            chain = key or chain_of_origin(origin, self.settings.deployment) or origin
+            rows.append(
+                CheckpointRow(
+                    chain=chain,
+                    origin=origin,
+                    size=size,
+                    root_hash=root,
+                    head_hash=head,
+                    timestamp=ts,
+                    key_name=",".join(names),
+                    note=note,
+                    parse_error=error,
+                    kafka_partition=partition,
+                    kafka_offset=offset,
+                    loaded_at=now_us,
+                )
+            )
+        if not rows:
+            return
+        token = f"checkpoints:{partition}:{rows[0].kafka_offset}-{rows[-1].kafka_offset}"
+        self.writer.insert("checkpoints", CHECKPOINT_COLUMNS, pivot(rows), token)
+        self.stored.stored_checkpoints(partition, rows[-1].kafka_offset)
+        self.stats.checkpoints += len(rows)

@@ -1,0 +1,67 @@
+"""``sealtrail keys generate``: C2SP key names, safe file names, one sentence for bad names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from processors.integrity.keys import load_signer
+from sealtrail.cli import app
+from sealtrail.commands.verify import load_keyring
+
+runner = CliRunner()
+
+
+def test_origin_style_name_is_accepted(tmp_path: Path) -> None:
+    out = tmp_path / "keys"
+    result = runner.invoke(
+        app, ["keys", "generate", "--name", "example.com/audit", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    private, public = out / "example.com%2Faudit.key", out / "example.com%2Faudit.pub"
+    assert str(private) in result.output and str(public) in result.output
+    assert "PRIVATE+KEY" not in result.output
+    assert private.stat().st_mode & 0o777 == 0o600
+    verifier_key = public.read_text().strip()
+    assert verifier_key.startswith("example.com/audit+")
+    signer = load_signer(private)
+    assert signer.name == "example.com/audit"
+    # The verifier key works as a file and as the string itself, although its name has a '/'.
+    assert load_keyring(str(public)).verifiers() == [signer.verifier]
+    assert load_keyring(verifier_key).verifiers() == [signer.verifier]
+
+
+def test_bad_names_get_one_sentence(tmp_path: Path) -> None:
+    for name in ("a b", "a+b", ""):
+        result = runner.invoke(app, ["keys", "generate", "--name", name, "--out", str(tmp_path)])
+        assert result.exit_code == 2, result.output
+        assert "is not a valid signed-note key name" in result.output
+        assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keys_generate(tmp_path: Path) -> None:
+    out = tmp_path / "k"
+    args = ["keys", "generate", "--name", "prod.example", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    private, public = out / "prod.example.key", out / "prod.example.pub"
+    assert str(private) in result.output and str(public) in result.output
+    assert public.read_text().strip() in result.output
+    assert "PRIVATE+KEY" not in result.output
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert load_signer(private).verifier.verifier_key() == public.read_text().strip()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2
+    assert "refusing to overwrite" in again.output
+    assert "Traceback" not in again.output
+
+
+def test_keys_generate_default_dir_and_bad_name(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    result = runner.invoke(app, ["--home", str(home), "keys", "generate", "--name", "other"])
+    assert result.exit_code == 0, result.output
+    assert (home / "keys" / "other.key").exists()
+    bad = runner.invoke(app, ["--home", str(home), "keys", "generate", "--name", "a+b"])
+    assert bad.exit_code == 2

@@ -1,0 +1,151 @@
+"""The deploy files, checked offline: compose.yaml, the Kubernetes manifests, kubeconfig, policy.
+
+* compose.yaml against the Compose Specification schema that check-jsonschema ships.
+* Every document of deploy/kubernetes/*.yaml and deploy/verifier-cronjob.yaml against the
+  Kubernetes schemas kubernetes-validate ships (strict: unknown fields fail), for each Kubernetes
+  version docs/DEPLOY.md claims.
+* The audit webhook kubeconfig and the audit policy loaded by k8s.io/apiserver's own loaders
+  (tests/tools/auditclient check), as kube-apiserver loads --audit-webhook-config-file and
+  --audit-policy-file at start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.tools.auditclient_build import auditclient_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml")) + [DEPLOY / "verifier-cronjob.yaml"]
+KUBECONFIG = DEPLOY / "kubernetes" / "audit-webhook-kubeconfig.yaml"
+POLICY = DEPLOY / "kubernetes" / "audit-policy.yaml"
+
+# The Kubernetes versions docs/DEPLOY.md claims (each is a schema set kubernetes-validate ships).
+KUBERNETES_VERSIONS = ("1.34", "1.35", "1.36", "1.37")
+
+# Files for the API server, not the cluster's API: no OpenAPI schema exists for them, so they
+# are checked by the API server's own loaders (below) instead.
+NOT_API_OBJECTS = {
+    ("audit.k8s.io/v1", "Policy"): POLICY,
+    ("v1", "Config"): KUBECONFIG,
+}
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(ROOT / "compose.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_docs_name_the_checked_kubernetes_versions() -> None:
+    deploy_doc = " ".join((ROOT / "docs" / "DEPLOY.md").read_text(encoding="utf-8").split())
+    claimed = ", ".join(KUBERNETES_VERSIONS[:-1]) + f" and {KUBERNETES_VERSIONS[-1]}"
+    assert claimed in deploy_doc, f"docs/DEPLOY.md should state the versions checked: {claimed}"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_manifests_are_valid_kubernetes_objects(version: str) -> None:
+    checked = 0
+    for path in MANIFESTS:
+        for doc in documents(path):
+            api_kind = (doc.get("apiVersion"), doc.get("kind"))
+            if api_kind in NOT_API_OBJECTS:
+                assert NOT_API_OBJECTS[api_kind] == path  # checked by its loader below
+                continue
+            if api_kind == ("kustomize.config.k8s.io/v1beta1", "Kustomization"):
+                # kustomize's own file: every resource it names is one of the checked files.
+                for resource in doc["resources"]:
+                    assert (path.parent / resource) in MANIFESTS, resource
+                continue
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(str(p) for p in exc.path)
+                name = doc.get("metadata", {}).get("name")
+                pytest.fail(f"{path.name}: {doc['kind']} {name}: {where}: {exc.message}")
+            checked += 1
+    assert checked >= 10  # the webhook, chainer, sink, verifier objects: none skipped silently
+
+
+def _ca_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealtrail CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(auditclient_binary()), "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_webhook_kubeconfig_loads_as_the_api_server_loads_it(tmp_path: Path) -> None:
+    # The CA file the kubeconfig names exists only on a control-plane node; a real CA
+    # certificate at a temporary path stands in for it, every other byte is the shipped file.
+    text = KUBECONFIG.read_text(encoding="utf-8")
+    ca_path = documents(KUBECONFIG)[0]["clusters"][0]["cluster"]["certificate-authority"]
+    assert text.count(ca_path) == 1
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(_ca_pem())
+    config = tmp_path / "kubeconfig.yaml"
+    config.write_text(text.replace(ca_path, str(ca)), encoding="utf-8")
+    result = check("--kubeconfig", str(config))
+    assert result.returncode == 0, result.stderr
+    # The loader is the API server's: it refuses what kube-apiserver would refuse at start.
+    config.write_text(text.replace(ca_path, str(tmp_path / "absent.crt")), encoding="utf-8")
+    refused = check("--kubeconfig", str(config))
+    assert refused.returncode == 1 and "unable to read certificate-authority" in refused.stderr
+
+
+def test_audit_policy_loads_as_the_api_server_loads_it(tmp_path: Path) -> None:
+    result = check("--policy", str(POLICY))
+    assert result.returncode == 0, result.stderr
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(POLICY.read_text(encoding="utf-8").replace("level: Metadata", "level: All", 1))
+    refused = check("--policy", str(bad))
+    assert refused.returncode == 1 and 'Unsupported value: "All"' in refused.stderr
