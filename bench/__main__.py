@@ -24,6 +24,7 @@ SIZES = {
     "sink": (60_000, 2_000),
     "verify": (50_000, 2_000),
     "proofs": (10_000_000, 10_000),
+    "clickhouse_check": (1_000_000, 20_000),
     "e2e": (100_000, 2_000),
 }
 
@@ -87,10 +88,10 @@ def _sink(n: int, kafka: str) -> list[Result]:
     ]
 
 
-def _verify(n: int, proof_n: int) -> tuple[list[Result], dict[str, Any]]:
+def _verify(n: int, proof_n: int, ch_rows: int) -> tuple[list[Result], dict[str, Any]]:
     from bench import bench_verify
 
-    out = bench_verify.run(n, proof_n)
+    out = bench_verify.run(n, proof_n, ch_rows)
     results = [Result(**{k: v for k, v in r.items() if k != "ratio"}) for r in out["results"]]
     return results, out["proofs"]
 
@@ -141,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 step()
         if "verify" in wanted:
             print("\n### verify", flush=True)
-            verify_results, proofs = _verify(size["verify"], size["proofs"])
+            verify_results, proofs = _verify(
+                size["verify"], size["proofs"], size["clickhouse_check"]
+            )
             results.extend(verify_results)
             extra["proofs"] = proofs
         if "e2e" in wanted:

@@ -144,6 +144,127 @@ def kafka_part(records: int) -> list[Result]:
     ]
 
 
+def _fill_clickhouse(client: Any, db: str, chain: str, head: ChainHead, n: int, cr: Any) -> None:
+    """Append n chained rows to ``events`` as the sink stores them (one insert = one part).
+    Decoded columns come from the sink's own event_columns, computed once per sample."""
+    from processors.clickhouse_schema import EVENT_COLUMNS
+    from processors.integrity.record import ChainedRecord
+    from processors.sink import event_columns
+
+    payloads = sample_payloads()
+    templates = []
+    for p in payloads:
+        cols, _failed = event_columns([ChainedRecord(chain, 0, bytes(32), bytes(32), 0, 0, p)])
+        templates.append([c[0] for c in cols])
+    batch: list[list[Any]] = []
+    for _ in range(n):
+        i = head.next_seq
+        rec = link(head, i, 1_700_000_000_000_000 + i, payloads[i % len(payloads)])
+        cr.append(rec.hash)
+        row = list(templates[i % len(payloads)])
+        row[:7] = [chain, rec.seq, rec.prev_hash, rec.hash, i, rec.ingested_at_us, rec.payload]
+        batch.append(row)
+    client.insert(f"{db}.events", batch, column_names=list(EVENT_COLUMNS))
+
+
+def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
+    """The ClickHouse cross-check of one chain of ``rows`` rows in embedded ClickHouse: in SQL
+    (the default) beside reading the rows into Python (--recompute-outside, on at most
+    ``python_rows`` of them), and an incremental run after 1% new rows beside a full run."""
+    import tempfile
+    from pathlib import Path
+
+    from processors.clickhouse_schema import migrate
+    from processors.verifier.clickhouse_source import expected_columns, iter_rows
+    from processors.verifier.clickhouse_sql import (
+        Remembered,
+        changed_parts,
+        check_chain,
+        table_parts,
+    )
+    from processors.verifier.rows import verify_rows
+    from sealtrail import clickhouse
+
+    home = Path(tempfile.mkdtemp(prefix="bench-verify-ch-"))
+    settings = Settings(clickhouse=f"chdb://{home / 'ch'}", clickhouse_database="bench")
+    client = clickhouse.connect(settings)
+    migrate(client, "bench")
+    chain = "audit.events/0"
+    head, cr = ChainHead(chain), CompactRange()
+    step = 100_000
+    for lo in range(0, rows, step):
+        _fill_clickhouse(client, "bench", chain, head, min(step, rows - lo), cr)
+    scratch = home / "scratch"
+    scratch.mkdir()
+    t0 = time.perf_counter()
+    full = check_chain(
+        client, "bench", chain, size=rows, expected_root=cr.root(), scratch_dir=scratch
+    )
+    full_s = time.perf_counter() - t0
+    assert full.ok and full.records_verified == rows, full.findings
+    py_n = min(rows, python_rows)
+    t0 = time.perf_counter()
+    py = verify_rows(
+        chain,
+        iter_rows(client, "bench", chain, py_n),
+        expected_columns(chain),
+        size=py_n,
+        expected_root=None,
+    )
+    py_s = time.perf_counter() - t0
+    assert py.ok and py.records_verified == py_n, py.findings
+    # 1% new rows since a clean run: only the new part is checked.
+    before = table_parts(client, "bench")
+    remembered = Remembered(rows, cr.to_bytes())
+    new = max(1, rows // 100)
+    _fill_clickhouse(client, "bench", chain, head, new, cr)
+    t0 = time.perf_counter()
+    changed = changed_parts(before.parts, table_parts(client, "bench").parts)
+    inc = check_chain(
+        client,
+        "bench",
+        chain,
+        size=rows + new,
+        expected_root=cr.root(),
+        scratch_dir=scratch,
+        changed_parts=changed,
+        remembered=remembered,
+    )
+    inc_s = time.perf_counter() - t0
+    assert inc.ok and inc.records_verified == new, inc.findings
+    t0 = time.perf_counter()
+    again = check_chain(
+        client, "bench", chain, size=rows + new, expected_root=cr.root(), scratch_dir=scratch
+    )
+    full2_s = time.perf_counter() - t0
+    assert again.ok
+    return [
+        Result(
+            "verify: ClickHouse check in SQL (hash, links, root, decode)",
+            rows / full_s,
+            "rows/s",
+            "the same check reading rows into Python",
+            py_n / py_s,
+            extra={"rows": rows, "sql_s": full_s, "python_rows": py_n, "python_s": py_s},
+        ),
+        Result(
+            "verify: ClickHouse --state run after 1% new rows",
+            1 / inc_s,
+            "runs/s",
+            "a full ClickHouse check of the same table",
+            1 / full2_s,
+            extra={
+                "rows": rows + new,
+                "new_rows": new,
+                "changed_parts": len(changed),
+                "incremental_s": inc_s,
+                "full_s": full2_s,
+                "cost_vs_full": inc_s / full2_s,
+            },
+        ),
+    ]
+
+
 def proof_part(size: int) -> dict[str, Any]:
     """Proof generation/verification over a synthetic chain of ``size`` leaves."""
     priv, _pub = generate_key("bench")
@@ -230,9 +351,20 @@ def proof_part(size: int) -> dict[str, Any]:
     }
 
 
-def run(records: int = 50_000, proof_records: int = 10_000_000) -> dict[str, Any]:
-    """Run both parts; return a JSON-able dict (also written to bench/results/verify.json)."""
+def run(
+    records: int = 50_000, proof_records: int = 10_000_000, clickhouse_rows: int = 1_000_000
+) -> dict[str, Any]:
+    """Run the parts; return a JSON-able dict (also written to bench/results/verify.json)."""
     results = kafka_part(records) if records > 0 else []
+    if clickhouse_rows > 0:
+        # In a child: one process can open one embedded store, and `python -m bench` has
+        # opened the sink stage's already.
+        import concurrent.futures as cf
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            results += pool.submit(clickhouse_part, clickhouse_rows).result()
     proofs = proof_part(proof_records) if proof_records > 0 else {}
     out = {"results": [r.as_dict() for r in results], "proofs": proofs}
     write_json("verify", results, {"proofs": proofs})
@@ -243,8 +375,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--proof-records", type=int, default=10_000_000)
+    parser.add_argument("--clickhouse-rows", type=int, default=1_000_000)
     args = parser.parse_args()
-    out = run(args.records, args.proof_records)
+    out = run(args.records, args.proof_records, args.clickhouse_rows)
     if out["results"]:
         print_table(
             [Result(**{k: v for k, v in r.items() if k != "ratio"}) for r in out["results"]]

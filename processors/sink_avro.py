@@ -36,10 +36,14 @@ from schemas.codec import AUDIT_EVENT, CHAINED_EVENT, HEADER_SIZE, avro_long
 
 __all__ = [
     "AUDIT_HEADER",
+    "AUDIT_STRUCTURE",
     "AVAILABLE",
     "BAD_DATA_CODES",
     "MAX_BATCH_BYTES",
     "REFUSED",
+    "audit_fields",
+    "column_expression",
+    "different_sql",
     "insert_sql",
     "new_marker",
     "parse_chained",
@@ -141,12 +145,17 @@ _AUDIT_NAMES = {
 _MARKER_SIZE = 16
 
 
-def _combined_schema() -> dict[str, Any]:
-    fields = [{"name": f["name"], "type": f["type"]} for f in CHAINED_EVENT.schema["fields"]]
-    fields += [
+def audit_fields() -> list[dict[str, Any]]:
+    """The AuditEvent schema's fields renamed as in the combined record (Avro schema JSON)."""
+    return [
         {"name": _AUDIT_NAMES.get(f["name"], f["name"]), "type": f["type"]}
         for f in AUDIT_EVENT.schema["fields"]
     ]
+
+
+def _combined_schema() -> dict[str, Any]:
+    fields = [{"name": f["name"], "type": f["type"]} for f in CHAINED_EVENT.schema["fields"]]
+    fields += audit_fields()
     marker = {"type": "fixed", "name": "Marker", "size": _MARKER_SIZE}
     fields.append({"name": "x_marker", "type": marker})
     return {"type": "record", "name": "SinkRow", "namespace": "dev.sealtrail", "fields": fields}
@@ -225,9 +234,11 @@ def _write_all(fd: int, parts: list[bytes | memoryview], offset: int, want: int)
 
 # Types of the fields read from the file: the ``events`` types for columns, plain ones for the
 # fields only checked. ClickHouse maps fields by name and skips the ones not listed.
-_STRUCTURE = (
+_CHAINED_STRUCTURE = (
     "chain String, seq UInt64, prev_hash FixedString(32), hash FixedString(32), "
     "source_offset UInt64, ingested_at DateTime64(6, 'UTC'), payload String, "
+)
+AUDIT_STRUCTURE = (
     "cluster String, source String, received_at DateTime64(6, 'UTC'), "
     "x_event_api_version String, audit_id String, stage String, level String, verb String, "
     "request_uri String, user_name String, x_user_uid String, user_groups Array(String), "
@@ -238,8 +249,11 @@ _STRUCTURE = (
     "request_received_at Nullable(DateTime64(6, 'UTC')), "
     "stage_at Nullable(DateTime64(6, 'UTC')), annotations Map(String, String), "
     "actor String, action String, resource_generic String, outcome String, "
-    "attributes Map(String, String), x_marker FixedString(16)"
+    "attributes Map(String, String)"
 )
+"""The AuditEvent fields as the combined record names and types them (the verifier's SQL
+check decodes payloads with the same names and types, so it and the sink cannot disagree)."""
+_STRUCTURE = f"{_CHAINED_STRUCTURE}{AUDIT_STRUCTURE}, x_marker FixedString(16)"
 
 # events column -> expression over the file's fields, as event_columns() fills it.
 _EXPRESSIONS = {
@@ -248,6 +262,12 @@ _EXPRESSIONS = {
     "impersonated_user": "ifNull(impersonated_user, '')",
 }
 _SELECT = ", ".join(_EXPRESSIONS.get(c, c) for c in EVENT_COLUMNS)
+
+
+def column_expression(column: str) -> str:
+    """The expression over the file's fields that fills ``events`` column ``column``."""
+    return _EXPRESSIONS.get(column, column)
+
 
 _STRINGS = (
     "cluster source x_event_api_version audit_id stage level verb request_uri user_name "
@@ -288,11 +308,17 @@ def _quote(text: str) -> str:
 MAX_BATCH_BYTES = 48 << 20
 
 
+def different_sql(marker: bytes) -> str:
+    """A condition over the file's fields: true for a row that fastavro would not read the way
+    ClickHouse did (see the module docstring)."""
+    return _DIFFERENT.format(marker=marker.hex().upper())
+
+
 def insert_sql(db: str, path: str, marker: bytes, token: str) -> str:
     """The insert of a container file into ``events``, refused whole if a row differs (see
     :data:`MAX_BATCH_BYTES` for why nothing is written then)."""
     columns = ", ".join(EVENT_COLUMNS)
-    different = _DIFFERENT.format(marker=marker.hex().upper())
+    different = different_sql(marker)
     return (
         f"INSERT INTO {db}.events ({columns}) "
         f"SETTINGS insert_deduplication_token = {_quote(token)} "

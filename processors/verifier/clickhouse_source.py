@@ -19,7 +19,14 @@ from processors.verifier.rows import ChRow
 from sealtrail.clickhouse import validate_identifier
 from sealtrail.errors import ClickHouseError
 
-__all__ = ["PAGE_ROWS", "chain_sizes", "events_table_exists", "expected_columns", "iter_rows"]
+__all__ = [
+    "PAGE_ROWS",
+    "chain_sizes",
+    "query",
+    "events_table_exists",
+    "expected_columns",
+    "iter_rows",
+]
 
 PAGE_ROWS = 20000
 _CHAINED = ("chain", "seq", "prev_hash", "hash", "source_offset", "ingested_at", "payload")
@@ -27,7 +34,7 @@ DECODED = tuple(c for c in EVENT_COLUMNS if c not in _CHAINED)
 _TIME_COLUMNS = {"event_time", "received_at"}
 
 
-def _query(client: Client, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+def query(client: Client, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
     try:
         return list(client.query(sql, parameters=params or {}).result_rows)
     except DriverError as exc:
@@ -37,7 +44,7 @@ def _query(client: Client, sql: str, params: dict[str, Any] | None = None) -> li
 
 def events_table_exists(client: Client, database: str) -> bool:
     db = validate_identifier(database)
-    rows = _query(
+    rows = query(
         client,
         "SELECT count() FROM system.tables WHERE database = {db:String} AND name = 'events'",
         {"db": db},
@@ -48,7 +55,7 @@ def events_table_exists(client: Client, database: str) -> bool:
 def chain_sizes(client: Client, database: str) -> dict[str, int]:
     """Per chain: max(seq) + 1, the number of rows the table should hold for it."""
     db = validate_identifier(database)
-    rows = _query(client, f"SELECT chain, max(seq) + 1 FROM {db}.events GROUP BY chain")
+    rows = query(client, f"SELECT chain, max(seq) + 1 FROM {db}.events GROUP BY chain")
     return {str(r[0]): int(r[1]) for r in rows}
 
 
@@ -66,17 +73,18 @@ def _select_list() -> str:
     return ", ".join(parts)
 
 
-def iter_rows(client: Client, database: str, chain: str, size: int) -> Iterator[ChRow]:
-    """Rows of ``chain`` with seq < ``size`` ordered by seq (duplicates included)."""
+def iter_rows(
+    client: Client, database: str, chain: str, size: int, *, lo: int = 0, with_part: bool = False
+) -> Iterator[ChRow]:
+    """Rows of ``chain`` with ``lo`` <= seq < ``size`` ordered by seq (duplicates included)."""
     db = validate_identifier(database)
     sql = (
-        f"SELECT {_select_list()} FROM {db}.events "
+        f"SELECT {_select_list()}{', _part' if with_part else ''} FROM {db}.events "
         "WHERE chain = {chain:String} AND seq >= {lo:UInt64} AND seq < {hi:UInt64} ORDER BY seq"
     )
-    lo = 0
     while lo < size:
         hi = min(size, lo + PAGE_ROWS)
-        for r in _query(client, sql, {"chain": chain, "lo": lo, "hi": hi}):
+        for r in query(client, sql, {"chain": chain, "lo": lo, "hi": hi}):
             yield ChRow(
                 seq=int(r[0]),
                 prev_hash=bytes.fromhex(r[1]),
@@ -84,7 +92,8 @@ def iter_rows(client: Client, database: str, chain: str, size: int) -> Iterator[
                 source_offset=int(r[3]),
                 ingested_at_us=int(r[4]),
                 payload=bytes.fromhex(r[5]),
-                decoded=dict(zip(DECODED, r[6:], strict=True)),
+                decoded=dict(zip(DECODED, r[6 : 6 + len(DECODED)], strict=True)),
+                part=str(r[-1]) if with_part else "",
             )
         lo = hi
 

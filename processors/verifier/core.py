@@ -87,6 +87,7 @@ class ChainResult:
     # Root and head hash at a size someone asked for (the ClickHouse row count).
     probe_size: int | None = None
     probe_root: bytes | None = None
+    probe_compact: bytes | None = None  # the compact range at probe_size (CompactRange bytes)
     # The record at the remembered offset was not the remembered one (callers then replay all).
     anchor_failed: bool = False
 
@@ -100,5 +101,3 @@ class ChainResult:
     @property
     def ok(self) -> bool:
         return self.findings_total == 0
-
-

@@ -19,9 +19,7 @@ from urllib.parse import quote, unquote
 
 from sealtrail.errors import ConfigError
 
-__all__ = [
-    "BEGIN", "END", "append_notes", "chain_file", "chains_in", "read_notes", "write_notes"
-]
+__all__ = ["BEGIN", "END", "append_notes", "chain_file", "chains_in", "read_notes", "write_notes"]
 
 BEGIN = "-----BEGIN SEALTRAIL CHECKPOINT-----"
 END = "-----END SEALTRAIL CHECKPOINT-----"

@@ -109,6 +109,7 @@ class ChainReplay:
             pending.pop(0)
         if probe_size is not None and probe_size == tree.size:
             result.probe_root = tree.root()
+            result.probe_compact = tree.to_bytes()
         replay = cls(
             chain=chain,
             result=result,
@@ -133,6 +134,7 @@ class ChainReplay:
         result, pending, probe = self.result, self.pending, self.probe_size
         if probe is not None and size == probe:
             result.probe_root = self.tree.root()
+            result.probe_compact = self.tree.to_bytes()
         while pending and pending[0].cp.size == size:
             check_at_size(result, pending.pop(0), self.tree.root(), head_hash, self.limit, trusted)
         due = [p for p in (pending[0].cp.size if pending else None, probe) if p is not None]

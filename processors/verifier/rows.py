@@ -15,6 +15,7 @@ from processors.verifier.core import DEFAULT_MAX_FINDINGS, ChainResult
 
 __all__ = ["ChRow", "DecodeFn", "verify_rows"]
 
+
 @dataclass(frozen=True, slots=True)
 class ChRow:
     """One ``events`` row as read back: the chained fields plus the decoded columns."""
@@ -26,6 +27,7 @@ class ChRow:
     ingested_at_us: int
     payload: bytes
     decoded: Mapping[str, Any]
+    part: str = ""  # the data part holding the row (when asked for)
 
 
 DecodeFn = Callable[["ChRow"], Mapping[str, Any]]

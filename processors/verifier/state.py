@@ -9,15 +9,28 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from processors.verifier.core import ChainState
 from sealtrail.errors import ConfigError, IntegrityError
 
-__all__ = ["STATE_VERSION", "load_state", "save_state"]
+__all__ = ["STATE_VERSION", "ClickHouseState", "load_clickhouse_state", "load_state", "save_state"]
 
 STATE_VERSION = 1
+
+
+@dataclass(slots=True)
+class ClickHouseState:
+    """What the last clean ClickHouse check proved: the ``events`` table (by uuid) held these
+    active data parts (name -> rows and ``hash_of_all_files``), and per chain the rows seq
+    0..size-1 whose hashes give the compact range ``compact`` (the verified chain's)."""
+
+    table_uuid: str
+    parts: dict[str, tuple[int, str]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    compacts: dict[str, bytes] = field(default_factory=dict)
 
 
 def _bad(path: Path, why: str) -> ConfigError:
@@ -60,7 +73,35 @@ def load_state(path: Path, deployment: str) -> dict[str, ChainState]:
     return out
 
 
-def save_state(path: Path, deployment: str, chains: dict[str, ChainState]) -> None:
+def load_clickhouse_state(path: Path) -> ClickHouseState | None:
+    """The remembered ClickHouse parts (None: none yet; the next check is a full one).
+    Call after :func:`load_state`, which validated the file."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise _bad(path, type(exc).__name__) from None
+    ch = doc.get("clickhouse")
+    if not ch:
+        return None
+    try:
+        return ClickHouseState(
+            table_uuid=str(ch["table_uuid"]),
+            parts={str(k): (int(v[0]), str(v[1])) for k, v in ch["parts"].items()},
+            sizes={str(k): int(v) for k, v in ch["sizes"].items()},
+            compacts={str(k): bytes.fromhex(v) for k, v in ch["compacts"].items()},
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise _bad(path, f"clickhouse section: {type(exc).__name__}") from None
+
+
+def save_state(
+    path: Path,
+    deployment: str,
+    chains: dict[str, ChainState],
+    clickhouse: ClickHouseState | None = None,
+) -> None:
     """Write the state atomically (temp file, fsync, rename)."""
     path = Path(path)
     doc: dict[str, Any] = {
@@ -78,6 +119,13 @@ def save_state(path: Path, deployment: str, chains: dict[str, ChainState]) -> No
             for chain, s in sorted(chains.items())
         },
     }
+    if clickhouse is not None:
+        doc["clickhouse"] = {
+            "table_uuid": clickhouse.table_uuid,
+            "parts": {k: list(v) for k, v in sorted(clickhouse.parts.items())},
+            "sizes": dict(sorted(clickhouse.sizes.items())),
+            "compacts": {k: v.hex() for k, v in sorted(clickhouse.compacts.items())},
+        }
     write_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 

@@ -20,7 +20,12 @@ from processors.integrity.note import Verifier
 from processors.verifier import offsite
 from processors.verifier.core import ChainResult, ChainState
 from processors.verifier.report import Report, previous_success, write_metrics
-from processors.verifier.state import load_state, save_state
+from processors.verifier.state import (
+    ClickHouseState,
+    load_clickhouse_state,
+    load_state,
+    save_state,
+)
 from sealtrail.commands.context import settings_of
 from sealtrail.config import Settings
 from sealtrail.errors import ClickHouseError, ConfigError, KeyFileError, SealtrailError
@@ -173,6 +178,7 @@ def run_verify(
     progress: bool = True,
     max_findings: int = 1000,
     sink_group: str | None = None,
+    recompute_outside: bool = False,
 ) -> Report:
     """Verify every chain (and its ClickHouse rows); the CLI and tests call this."""
     from processors.verifier.kafka_source import (
@@ -190,9 +196,13 @@ def run_verify(
     client = _clickhouse_client(settings, clickhouse)
     report.clickhouse_checked = client is not None
     ch_sizes: dict[str, int] = {}
+    parts_now = None
     if client is not None:
         from processors.verifier.clickhouse_source import chain_sizes
+        from processors.verifier.clickhouse_sql import table_parts
 
+        # Parts first: rows that arrive in between are checked now and again next run.
+        parts_now = table_parts(client, settings.clickhouse_database)
         ch_sizes = chain_sizes(client, settings.clickhouse_database)
     text = keyring_text(ring)
     jobs_list = []
@@ -249,8 +259,26 @@ def run_verify(
         bar.close()
     report.chains = results
 
+    ch_before = None
+    changed: list[str] | None = None
+    ch_after: ClickHouseState | None = None
+    if client is not None and parts_now is not None and not recompute_outside:
+        from processors.verifier.clickhouse_sql import changed_parts
+
+        if state_file is not None and not full:
+            ch_before = load_clickhouse_state(state_file)
+        if ch_before is not None and ch_before.table_uuid != parts_now.uuid:
+            report.warnings.append(
+                f"table {settings.clickhouse_database}.events was replaced since the last run "
+                f"(uuid {ch_before.table_uuid} -> {parts_now.uuid}); every row is checked again"
+            )
+            ch_before = None
+        if ch_before is not None:
+            changed = changed_parts(ch_before.parts, parts_now.parts)
+        ch_after = ClickHouseState(table_uuid=parts_now.uuid, parts=parts_now.parts)
     if client is not None:
         from processors.verifier.clickhouse_source import expected_columns, iter_rows
+        from processors.verifier.clickhouse_sql import Remembered, check_chain
         from processors.verifier.kafka_source import sink_stored_through
         from processors.verifier.rows import verify_rows
 
@@ -265,15 +293,39 @@ def run_verify(
                     f"ClickHouse rows of chain {res.chain} end below the remembered head, so their "
                     "hashes were checked row by row but not against the chain root; run --full"
                 )
-            rows = iter_rows(client, settings.clickhouse_database, res.chain, size)
-            ch_res = verify_rows(
-                res.chain,
-                rows,
-                expected_columns(res.chain),
-                size=size,
-                expected_root=res.probe_root if size <= res.size else None,
-                max_findings=max_findings,
-            )
+            root = res.probe_root if size <= res.size else None
+            if recompute_outside:
+                rows = iter_rows(client, settings.clickhouse_database, res.chain, size)
+                ch_res = verify_rows(
+                    res.chain,
+                    rows,
+                    expected_columns(res.chain),
+                    size=size,
+                    expected_root=root,
+                    max_findings=max_findings,
+                )
+            else:
+                remembered = None
+                if ch_before is not None and res.chain in ch_before.sizes:
+                    remembered = Remembered(
+                        ch_before.sizes[res.chain], ch_before.compacts[res.chain]
+                    )
+                ch_res = check_chain(
+                    client,
+                    settings.clickhouse_database,
+                    res.chain,
+                    size=size,
+                    expected_root=root,
+                    max_findings=max_findings,
+                    changed_parts=changed if remembered is not None else None,
+                    remembered=remembered,
+                )
+                if ch_after is not None:
+                    if ch_res.ok and root is not None and res.probe_compact is not None:
+                        ch_after.sizes[res.chain] = size
+                        ch_after.compacts[res.chain] = res.probe_compact
+                    else:
+                        ch_after = None  # only a wholly clean, rooted check is remembered
             if size > res.size and res.ok:
                 from processors.integrity.errors import ClickHouseMismatch
 
@@ -318,7 +370,11 @@ def run_verify(
         for res in results:
             if res.state is not None:
                 new_states[res.chain] = res.state
-        save_state(state_file, settings.deployment, new_states)
+        if report.clickhouse_checked and not recompute_outside and report.ok:
+            remember = ch_after
+        else:
+            remember = None if report.clickhouse_checked else load_clickhouse_state(state_file)
+        save_state(state_file, settings.deployment, new_states, remember)
     return report
 
 
@@ -392,6 +448,15 @@ def verify(
             show_default="<topic prefix>sealtrail-sink",
         ),
     ] = None,
+    recompute_outside: Annotated[
+        bool,
+        typer.Option(
+            "--recompute-outside",
+            help="Read every ClickHouse row into the verifier and recompute hashes, links, "
+            "Merkle root and decoded columns here, instead of in ClickHouse's SQL: for a "
+            "verifier who does not trust the ClickHouse server's own code.",
+        ),
+    ] = False,
 ) -> None:
     """Verify chains, checkpoints and ClickHouse rows (exit 0 ok, 1 finding, 2 cannot verify)."""
     settings = settings_of(ctx)
@@ -414,6 +479,7 @@ def verify(
         timeout=timeout,
         progress=not quiet,
         sink_group=sink_group,
+        recompute_outside=recompute_outside,
     )
     if json_out is not None:
         report.write_json(json_out)

@@ -517,3 +517,57 @@ def test_chained_fields_are_the_record_in_field_order() -> None:
     for bad in (good[:-1], good + b"\x00", good[: len(CHAINED_EVENT.header) + 3]):
         with pytest.raises(DecodeError):
             decode_chained_fields(bad)
+
+
+def _fastavro_fields(data: bytes) -> Any:
+    try:
+        d = decode_chained(data)
+    except SealtrailError:
+        return None
+    return tuple(
+        d[k]
+        for k in ("chain", "seq", "prev_hash", "hash", "source_offset", "ingested_at", "payload")
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    chain=st.text(max_size=70),
+    seq=st.integers(LONG_MIN, LONG_MAX),
+    prev=st.binary(min_size=31, max_size=33),
+    h=st.binary(min_size=32, max_size=32),
+    offset=st.integers(LONG_MIN, LONG_MAX),
+    at=st.integers(LONG_MIN, LONG_MAX),
+    payload=st.binary(max_size=300),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+    cut=st.integers(-3, 3),
+)
+def test_parse_chained_fields_agrees_with_fastavro(
+    chain: str,
+    seq: int,
+    prev: bytes,
+    h: bytes,
+    offset: int,
+    at: int,
+    payload: bytes,
+    flips: list[tuple[int, int]],
+    cut: int,
+) -> None:
+    datum = {
+        "chain": chain,
+        "seq": seq,
+        "prev_hash": prev,
+        "hash": h,
+        "source_offset": offset,
+        "ingested_at": at,
+        "payload": payload,
+    }
+    value = bytearray(encode_chained(datum))
+    for where, byte in flips:
+        value[where % len(value)] = byte
+    data = bytes(value[: len(value) + cut] if cut < 0 else value + b"\x00" * cut)
+    fast = codec.parse_chained_fields(data)
+    assert fast is None or fast == _fastavro_fields(data)
+    small = all(-(1 << 62) <= v < (1 << 62) for v in (seq, offset, at))
+    if not flips and not cut and small and len(chain.encode()) < 64 and len(prev) == 32:
+        assert fast == _fastavro_fields(data)  # the plain case takes the fast path

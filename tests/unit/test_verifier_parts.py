@@ -12,7 +12,12 @@ from processors.integrity.checkpoint import parse_checkpoint_note
 from processors.proofs import LeafHashes, make_consistency, make_inclusion, verify_proof
 from processors.verifier import offsite
 from processors.verifier.report import Report, write_metrics
-from processors.verifier.state import load_state, save_state
+from processors.verifier.state import (
+    ClickHouseState,
+    load_clickhouse_state,
+    load_state,
+    save_state,
+)
 from sealtrail.errors import ConfigError, IntegrityError
 from tests.unit.verifier_support import (
     CHAIN,
@@ -55,6 +60,25 @@ def test_state_round_trip_and_bad_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ConfigError):
         load_state(path, DEPLOY)
+
+
+def test_state_remembers_clickhouse_parts(tmp_path: Path) -> None:
+    recs = build(7)
+    st = run(src(recs), cps(checkpoint(recs, 7))).state
+    assert st is not None
+    path = tmp_path / "state.json"
+    assert load_clickhouse_state(path) is None  # a first run
+    save_state(path, DEPLOY, {CHAIN: st})
+    assert load_clickhouse_state(path) is None  # none saved: the next check is a full one
+    ch = ClickHouseState("8a1c", {"201810_1_1_0": (7, "63d0")}, {CHAIN: 7}, {CHAIN: st.compact})
+    save_state(path, DEPLOY, {CHAIN: st}, ch)
+    assert load_state(path, DEPLOY) == {CHAIN: st}
+    assert load_clickhouse_state(path) == ch
+    doc = json.loads(path.read_text())
+    doc["clickhouse"]["parts"] = {"x": "not a pair"}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="clickhouse section"):
+        load_clickhouse_state(path)
 
 
 def test_metrics_file(tmp_path: Path) -> None:
