@@ -85,8 +85,7 @@ _T, _G, _X = Resource.TOPIC, Resource.GROUP, Resource.TRANSACTIONAL_ID
 GRANTS: tuple[Grant, ...] = (
     # Producers: the webhook, the file shipper, the SDK and the load generator. Idempotent
     # producers need no cluster IdempotentWrite since Kafka 3.0: Write on a topic suffices.
-    Grant(Role.PRODUCER, _T, "{raw}", False, Op.WRITE, "append audit events"),
-    Grant(Role.PRODUCER, _T, "{rejects}", False, Op.WRITE, "park events it could not accept"),
+    Grant(Role.PRODUCER, _T, "{raw}", False, Op.WRITE, "append audit events and chained rejects"),
     # Chainer: a transactional consume-transform-produce loop.
     Grant(Role.CHAINER, _T, "{raw}", False, Op.READ, "consume audit events"),
     Grant(Role.CHAINER, _G, "{chainer_group}", False, Op.READ,

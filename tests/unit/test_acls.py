@@ -42,7 +42,6 @@ def test_only_the_chainer_writes_the_chain_and_nobody_writes_without_need() -> N
     writers = {(a.principal, a.name) for a in table if a.operation is Op.WRITE}
     assert writers == {
         ("User:sealtrail-producer", "audit.events"),
-        ("User:sealtrail-producer", "audit.rejects"),
         ("User:sealtrail-chainer", "audit.chain"),
         ("User:sealtrail-chainer", "audit.checkpoints"),
         ("User:sealtrail-chainer", "sealtrail-chainer-"),
