@@ -283,7 +283,10 @@ def test_sink_fast_and_python_paths_store_the_same(settings: Settings) -> None:
     python = _sink(slow, fast=False, group="py")
     stats = _sink(settings, fast=True, group="fast")
     assert len(good) > 45  # so that the batches are as described
-    assert stats["fast_batches"] == 2 and stats["fast_fallbacks"] == 3, stats
+    # How many batches a poll forms varies with timing; what cannot vary: partition 0 (good
+    # rows only) is loaded by ClickHouse, and the batches holding a crafted row of partition 1
+    # and of partition 2 are refused by it and fall back.
+    assert stats["fast_batches"] >= 1 and stats["fast_fallbacks"] >= 2, stats
     assert python["fast_batches"] == 0
     for key in ("inserted", "rejects", "skipped"):
         assert stats[key] == python[key], key
