@@ -29,9 +29,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench.common import PeakRss, bench_broker, fresh_settings, machine, sample_payloads
 from processors.chainer import Chainer, ChainerOptions
 from processors.integrity.keys import write_keypair
-from sealtrail.config import Settings
-from sealtrail.kafka import consumer_conf, producer_conf
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import consumer_conf, producer_conf
+from sealtrail.infra.service import StopFlag
 
 BATCH_RECORDS = 5000
 BATCH_MS = 200

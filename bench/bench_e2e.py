@@ -38,7 +38,7 @@ from confluent_kafka import Consumer, TopicPartition
 from bench.common import Result, bench_broker, fresh_settings, print_table, write_json
 from processors.integrity.checkpoint import parse_checkpoint_note
 from processors.integrity.keys import write_keypair
-from sealtrail.samples import K8S_AUDIT_SAMPLES
+from sealtrail.infra.samples import K8S_AUDIT_SAMPLES
 from sealtrail.supervisor import child_env
 
 SAMPLES = K8S_AUDIT_SAMPLES

@@ -44,9 +44,9 @@ def _owner(home: Path, n: int, ready: Path) -> None:
     from processors.integrity.note import Signer
     from processors.proofs import LeafHashes, fast_inclusion_proof
     from processors.sink.subtrees import SubtreeWriter, fetch_nodes
-    from sealtrail import clickhouse, livewire
-    from sealtrail.config import Settings
-    from sealtrail.liveserver import LiveReadServer
+    from sealtrail.infra import clickhouse, livewire
+    from sealtrail.infra.config import Settings
+    from sealtrail.infra.liveserver import LiveReadServer
 
     settings = Settings(home=home, deployment=DEPLOYMENT)
     client = clickhouse.connect(settings)
@@ -130,8 +130,8 @@ def _owner(home: Path, n: int, ready: Path) -> None:
 def _measure(n: int, proofs: int) -> dict[str, Any]:
     from processors.integrity.checkpoint import KeyRing
     from processors.verified_read import signed_checkpoints, stored_inclusion
-    from sealtrail.config import Settings
-    from sealtrail.reader import SocketReader, open_reader
+    from sealtrail.infra.config import Settings
+    from sealtrail.infra.reader import SocketReader, open_reader
 
     home = Path(tempfile.mkdtemp(prefix="stbench-", dir="/tmp"))
     ready = home / "ready.json"

@@ -25,8 +25,8 @@ from producers.load import event_list, generate
 from producers.sdk import Emitter
 from producers.webhook import WebhookOptions, WebhookServer
 from schemas.codec import encode_audit_event
-from sealtrail.config import Settings
-from sealtrail.kafka import producer_conf
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import producer_conf
 
 CLIENTS = 8
 BATCH = 400

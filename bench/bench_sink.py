@@ -30,8 +30,8 @@ from bench.common import (
 from processors.integrity.record import ChainedRecord, ChainHead, link
 from processors.sink import Sink, SinkOptions, event_columns
 from schemas.codec import encode_chained
-from sealtrail import clickhouse
-from sealtrail.kafka import producer_conf
+from sealtrail.infra import clickhouse
+from sealtrail.infra.kafka import producer_conf
 
 
 def _fill(settings: Any, rows: int, partitions: int) -> list[ChainedRecord]:

@@ -49,9 +49,9 @@ from processors.proofs import (
 )
 from processors.verifier.kafka_source import ChainJob, keyring_text, run_job
 from schemas.codec import encode_chained
-from sealtrail.config import Settings
-from sealtrail.kafka import producer_conf
-from sealtrail.kafka_read import read_range, reader
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import producer_conf
+from sealtrail.infra.kafka_read import read_range, reader
 
 
 def _fill(settings: Settings, n: int, signer: Signer) -> int:
@@ -183,7 +183,7 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
         table_parts,
     )
     from processors.verifier.rows import verify_rows
-    from sealtrail import clickhouse
+    from sealtrail.infra import clickhouse
 
     home = Path(tempfile.mkdtemp(prefix="bench-verify-ch-"))
     settings = Settings(clickhouse=f"chdb://{home / 'ch'}", clickhouse_database="bench")

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -52,7 +52,7 @@ def sample_payloads() -> list[bytes]:
     """Avro-encoded AuditEvents from the Kubernetes audit samples (about 1.5-2 KB each)."""
     from producers.k8s import RejectError, parse_line
     from schemas.codec import encode_audit_event
-    from sealtrail.samples import sample_lines
+    from sealtrail.infra.samples import sample_lines
 
     out = []
     for line in sample_lines():
@@ -142,7 +142,7 @@ def bench_broker(home: Path | None = None, bootstrap: str | None = None) -> Iter
 
 def fresh_settings(bootstrap: str, partitions: int = 3, **changes: Any) -> Settings:
     """Settings with a new topic prefix whose four topics exist."""
-    from sealtrail.topics import init_topics
+    from sealtrail.infra.topics import init_topics
 
     settings = Settings(kafka=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", **changes)
     init_topics(settings, partitions=partitions, replication_factor=1)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
-from sealtrail.clickhouse import command, validate_identifier
+from sealtrail.infra.clickhouse import command, validate_identifier
 
 __all__ = [
     "CHECKPOINT_COLUMNS",

@@ -24,7 +24,7 @@ from processors.integrity.errors import (
 from processors.integrity.merkle import EMPTY_ROOT, verify_consistency, verify_inclusion
 from processors.integrity.note import open_note
 from processors.integrity.record import ZERO_HASH, ChainedRecord
-from sealtrail.errors import ConfigError
+from sealtrail.infra.errors import ConfigError
 
 __all__ = [
     "CONSISTENCY",

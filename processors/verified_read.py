@@ -34,7 +34,7 @@ from processors.integrity.merkle import verify_inclusion
 from processors.integrity.record import ChainedRecord, record_hash
 from processors.integrity.subtrees import Node
 from processors.sink.subtrees import fetch_nodes
-from sealtrail.errors import ClickHouseError
+from sealtrail.infra.errors import ClickHouseError
 
 __all__ = [
     "MAX_FALLBACK_LEAVES",

@@ -33,9 +33,9 @@ from producers.k8s import (
 )
 from producers.kafka_writer import Batch, ConfirmedProducer, now_us
 from schemas.codec import encode_audit_event
-from sealtrail.config import Settings
-from sealtrail.errors import ConfigError, KafkaNotAuthorized, KafkaUnavailable
-from sealtrail.service import StopFlag, backoff
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ConfigError, KafkaNotAuthorized, KafkaUnavailable
+from sealtrail.infra.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NoReturn
 
-from sealtrail.errors import DecodeError
+from sealtrail.infra.errors import DecodeError
 
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
 

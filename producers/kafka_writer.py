@@ -19,9 +19,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from producers.k8s import Reject, reject_event
 from schemas.codec import encode_audit_event
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable, SealtrailError
-from sealtrail.kafka import is_refusal, producer_conf, refused
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable, SealtrailError
+from sealtrail.infra.kafka import is_refusal, producer_conf, refused
 
 log = logging.getLogger(__name__)
 

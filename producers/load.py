@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from producers.k8s import Reject, RejectError, parse_line
 from producers.kafka_writer import Backpressure, Batch, ConfirmedProducer, now_us
 from schemas.codec import encode_audit_event
-from sealtrail.config import Settings
-from sealtrail.errors import ConfigError, KafkaUnavailable
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ConfigError, KafkaUnavailable
 
 SOURCE = "load"
 BASE_TIME = _dt.datetime(2026, 1, 5, 9, 0, 0, tzinfo=_dt.UTC)

@@ -22,8 +22,8 @@ from typing import Any
 from producers.k8s import generic_event
 from producers.kafka_writer import Batch, ConfirmedProducer, DeliveryFailed, now_us
 from schemas.codec import EncodeError, encode_audit_event
-from sealtrail.config import Settings
-from sealtrail.errors import SealtrailError
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import SealtrailError
 
 __all__ = ["AsyncEmitter", "DeliveryFailed", "Emitter", "InvalidEvent"]
 

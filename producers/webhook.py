@@ -43,9 +43,9 @@ from producers.kafka_writer import (
     now_us,
 )
 from schemas.codec import encode_audit_event
-from sealtrail.config import Settings, parse_listen
-from sealtrail.errors import ConfigError
-from sealtrail.kafka import MAX_EVENT_LIMIT
+from sealtrail.infra.config import Settings, parse_listen
+from sealtrail.infra.errors import ConfigError
+from sealtrail.infra.kafka import MAX_EVENT_LIMIT
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ with an older schema.
 Datums are plain dicts. Timestamps (``timestamp-micros``) are plain ``int`` microseconds since the
 epoch in both directions (the codec ignores logical types, which never change the binary layout).
 
-Every failure is a :class:`sealtrail.errors.SealtrailError`: :class:`UnknownFingerprint` or
+Every failure is a :class:`sealtrail.infra.errors.SealtrailError`: :class:`UnknownFingerprint` or
 :class:`DecodeError` when reading, :class:`EncodeError` when writing; never a raw fastavro,
 struct or IO exception.
 """
@@ -38,7 +38,7 @@ from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError
 from fastavro.validation import validate as _fastavro_validate
 
-from sealtrail.errors import ConfigError, DecodeError, SealtrailError, UnknownFingerprint
+from sealtrail.infra.errors import ConfigError, DecodeError, SealtrailError, UnknownFingerprint
 
 __all__ = [
     "AUDIT_EVENT",
@@ -142,7 +142,7 @@ def register(schema: str | os.PathLike[str] | Mapping[str, Any]) -> SchemaHandle
     """Register a record schema (JSON text, a path to an ``.avsc`` file, or a parsed dict).
 
     Registering the same schema again returns the existing handle. Raises
-    :class:`sealtrail.errors.ConfigError` if the schema is not a valid Avro record schema.
+    :class:`sealtrail.infra.errors.ConfigError` if the schema is not a valid Avro record schema.
     """
     raw = _load_schema_json(schema)
     if raw.get("type") != "record":

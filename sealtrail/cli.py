@@ -1,6 +1,6 @@
 """The ``sealtrail`` command. Sub-commands live in :mod:`sealtrail.commands`, one module per area.
 
-Every :class:`~sealtrail.errors.SealtrailError` is caught once, here, printed as one line and
+Every :class:`~sealtrail.infra.errors.SealtrailError` is caught once, here, printed as one line and
 turned into its exit code. Tracebacks are for bugs only.
 """
 
@@ -15,8 +15,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from sealtrail import __version__, config
-from sealtrail.errors import EXIT_ERROR, SealtrailError
+from sealtrail import __version__
+from sealtrail.infra import config
+from sealtrail.infra.errors import EXIT_ERROR, SealtrailError
 
 # Sub-command modules, each with ``register(app: typer.Typer) -> None``.
 COMMAND_MODULES = [

@@ -18,9 +18,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sealtrail import config
-from sealtrail.config import Settings
-from sealtrail.samples import sample_lines
+from sealtrail.infra import config
+from sealtrail.infra.config import Settings
+from sealtrail.infra.samples import sample_lines
 
 CLUSTERS = ("prod-eu", "staging-us")
 SCRATCH_PREFIX = "demo-scratch."
@@ -308,7 +308,7 @@ class Demo:
 
         from processors.integrity.record import record_hash
         from schemas import codec
-        from sealtrail.kafka_read import read_tail, reader
+        from sealtrail.infra.kafka_read import read_tail, reader
 
         settings = Settings(kafka=env[config.ENV_KAFKA], topic_prefix=SCRATCH_PREFIX)
         consumer = reader(settings)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sealtrail.acls import DEFAULT_USER_PREFIX, Role, user_name
-from sealtrail.config import read_properties
-from sealtrail.errors import ConfigError, KafkaUnavailable
-from sealtrail.pki import write_secret
+from sealtrail.infra.acls import DEFAULT_USER_PREFIX, Role, user_name
+from sealtrail.infra.config import read_properties
+from sealtrail.infra.errors import ConfigError, KafkaUnavailable
+from sealtrail.infra.pki import write_secret
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient

@@ -7,9 +7,9 @@ cached once per machine under ``$XDG_CACHE_HOME/sealtrail/kafka-VERSION`` (defau
 ``up(secure=True)`` runs the same brokers locked down (docs/SECURITY.md, "The secured stack"):
 the client listener (PORT) is SASL_SSL with SCRAM-SHA-512; brokers talk to each other on an
 internal listener (PORT+200) and to the controllers (PORT+100) over mutual TLS, authenticated
-by the broker certificate (``sealtrail.pki``); Kafka's StandardAuthorizer refuses whatever no ACL
-allows. The stack then creates one SCRAM user per role, the ACLs of ``sealtrail.acls`` and the
-client files ``$SEALTRAIL_HOME/clients/<role>.properties``.
+by the broker certificate (``sealtrail.infra.pki``); Kafka's StandardAuthorizer refuses
+whatever no ACL allows. The stack then creates one SCRAM user per role, the ACLs of
+``sealtrail.infra.acls`` and the client files ``$SEALTRAIL_HOME/clients/<role>.properties``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sealtrail.acls import Role, user_name
-from sealtrail.config import Settings
-from sealtrail.errors import StackError
-from sealtrail.pki import TlsFiles, ensure_tls
+from sealtrail.infra.acls import Role, user_name
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import StackError
+from sealtrail.infra.pki import TlsFiles, ensure_tls
 
 KAFKA_VERSION = "4.1.1"
 CONTROLLER_PORT_OFFSET = 100
@@ -466,7 +466,8 @@ class LocalKafka:
         """Create the role users, their client files and the ACLs; wait until admin logs in."""
         from confluent_kafka.admin import AdminClient
 
-        from sealtrail import acls, kafka_users
+        from sealtrail import kafka_users
+        from sealtrail.infra import acls
 
         tls = TlsFiles.under(self.tls_dir)
         clients = kafka_users.role_clients(self.clients_dir, tls.ca_cert)
@@ -522,7 +523,7 @@ class LocalKafka:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        from sealtrail.config import read_properties
+        from sealtrail.infra.config import read_properties
 
         deadline = time.monotonic() + timeout
         expected = len(self.running_nodes(state)) or len(state.nodes)

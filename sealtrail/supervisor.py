@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from sealtrail import config
-from sealtrail.config import Settings
-from sealtrail.service import StopFlag, backoff
+from sealtrail.infra import config
+from sealtrail.infra.config import Settings
+from sealtrail.infra.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import pytest
 
 from processors.integrity.checkpoint import KeyRing
 from processors.integrity.keys import load_verifiers, write_keypair
-from sealtrail.config import Settings
-from sealtrail.samples import K8S_AUDIT_SAMPLES
+from sealtrail.infra.config import Settings
+from sealtrail.infra.samples import K8S_AUDIT_SAMPLES
 
 K8S_SAMPLES = K8S_AUDIT_SAMPLES
 
@@ -94,7 +94,7 @@ def base_settings(kafka_bootstrap: str, chdb_dsn: str, tmp_path: Path) -> Settin
 @pytest.fixture
 def settings(base_settings: Settings) -> Settings:
     """Like ``base_settings`` with the four topics created (3 partitions)."""
-    from sealtrail.topics import init_topics
+    from sealtrail.infra.topics import init_topics
 
     init_topics(base_settings, partitions=3, replication_factor=1)
     return base_settings

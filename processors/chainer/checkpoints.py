@@ -15,7 +15,7 @@ from processors.chainer.state import ChainState
 from processors.integrity.checkpoint import Checkpoint, origin_for, sign_checkpoint
 from processors.integrity.note import Signer
 from processors.verifier import offsite
-from sealtrail.errors import ConfigError
+from sealtrail.infra.errors import ConfigError
 
 __all__ = ["RANGE_HEADER", "CheckpointPolicy", "CheckpointRecord", "export_notes", "sign_head"]
 

@@ -33,11 +33,11 @@ from processors.integrity.keys import load_signer
 from processors.integrity.note import Signer
 from processors.integrity.record import link
 from schemas.chained import record_value
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable, SealtrailError
-from sealtrail.kafka import consumer_conf, is_refusal, refused
-from sealtrail.kafka_read import close_quietly, watermarks
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable, SealtrailError
+from sealtrail.infra.kafka import consumer_conf, is_refusal, refused
+from sealtrail.infra.kafka_read import close_quietly, watermarks
+from sealtrail.infra.service import StopFlag
 
 __all__ = ["Chainer", "ConsumerLost"]
 

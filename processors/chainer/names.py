@@ -7,7 +7,7 @@ Chain ids are built in one place, :mod:`processors.integrity.chains`; group name
 from __future__ import annotations
 
 from processors.integrity.chains import chain_id
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 
 __all__ = ["chain_id", "group_id", "transactional_id"]
 

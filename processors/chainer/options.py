@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sealtrail.errors import ConfigError
+from sealtrail.infra.errors import ConfigError
 
 __all__ = [
     "ENV_INSTANCE_ID",

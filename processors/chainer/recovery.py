@@ -27,10 +27,10 @@ from processors.integrity.merkle import CompactRange
 from processors.integrity.note import parse_note
 from processors.integrity.record import ChainedRecord, ChainHead
 from schemas.chained import value_record
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable, SealtrailError
-from sealtrail.kafka_read import close_quietly, read_range, read_tail, reader
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable, SealtrailError
+from sealtrail.infra.kafka_read import close_quietly, read_range, read_tail, reader
+from sealtrail.infra.service import StopFlag
 
 __all__ = ["ChainDivergence", "OffsetMismatch", "Recovery"]
 

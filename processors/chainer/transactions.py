@@ -22,10 +22,10 @@ from processors.chainer.interrupt import Interrupted
 from processors.chainer.kafka_errors import describe, kafka_error
 from processors.chainer.names import transactional_id
 from processors.chainer.options import ChainerStats
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable
-from sealtrail.kafka import is_refusal, producer_conf, refused
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable
+from sealtrail.infra.kafka import is_refusal, producer_conf, refused
+from sealtrail.infra.service import StopFlag
 
 __all__ = [
     "MAX_FAILED_IN_A_ROW",

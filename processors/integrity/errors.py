@@ -1,14 +1,15 @@
 """Typed integrity findings.
 
-Every finding is a :class:`sealtrail.errors.IntegrityError` (exit code 1) with a stable
+Every finding is a :class:`sealtrail.infra.errors.IntegrityError` (exit code 1) with a stable
 snake_case ``kind`` that reports, metrics and tests key on, and evidence attributes
 (``chain``, ``seq``, ``offset``, ``expected``, ``found``). Key *file* problems are not
-findings: they raise :class:`sealtrail.errors.KeyFileError` (re-exported here for convenience).
+findings: they raise :class:`sealtrail.infra.errors.KeyFileError` (re-exported here for
+convenience).
 """
 
 from __future__ import annotations
 
-from sealtrail.errors import IntegrityError, KeyFileError
+from sealtrail.infra.errors import IntegrityError, KeyFileError
 
 __all__ = [
     "BadSignature",

@@ -12,7 +12,7 @@ from typing import Any
 from processors.integrity.record import ChainedRecord
 from processors.sink.rows import EventRow, pivot
 from schemas.codec import decode_audit_event
-from sealtrail.errors import DecodeError
+from sealtrail.infra.errors import DecodeError
 
 __all__ = ["event_columns", "event_row"]
 

@@ -25,8 +25,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from processors import sink_avro
 from processors.sink.rows import ChainBatch
 from processors.sink.writer import Stopped, Writer, first_line
-from sealtrail import clickhouse
-from sealtrail.service import backoff
+from sealtrail.infra import clickhouse
+from sealtrail.infra.service import backoff
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sealtrail.errors import ConfigError
+from sealtrail.infra.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from processors.integrity.record import HASH_SIZE, ChainedRecord
-from sealtrail.errors import DecodeError
+from sealtrail.infra.errors import DecodeError
 
 _MAX_I64 = (1 << 63) - 1
 

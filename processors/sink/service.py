@@ -55,13 +55,13 @@ from processors.sink.subtrees import SubtreeWriter
 from processors.sink.writer import Stopped, Writer
 from processors.sink_avro import parse_chained
 from schemas.chained import value_record
-from sealtrail import clickhouse, livewire
-from sealtrail.config import Settings
-from sealtrail.errors import DecodeError, KafkaUnavailable, SealtrailError
-from sealtrail.kafka import consumer_conf, is_refusal, refused
-from sealtrail.kafka_read import close_quietly
-from sealtrail.liveserver import LiveReadServer
-from sealtrail.service import StopFlag, backoff
+from sealtrail.infra import clickhouse, livewire
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import DecodeError, KafkaUnavailable, SealtrailError
+from sealtrail.infra.kafka import consumer_conf, is_refusal, refused
+from sealtrail.infra.kafka_read import close_quietly
+from sealtrail.infra.liveserver import LiveReadServer
+from sealtrail.infra.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from processors.sink.columns import event_columns
 from processors.sink.options import SinkStats
 from processors.sink.rows import ChainBatch, RejectRow, pivot, storable
 from schemas.chained import value_record
-from sealtrail import clickhouse
-from sealtrail.config import Settings
-from sealtrail.service import StopFlag, backoff
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings
+from sealtrail.infra.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from processors.clickhouse_schema import EVENT_COLUMNS
 from processors.integrity.record import ChainedRecord
 from processors.verifier.rows import ChRow
-from sealtrail.clickhouse import validate_identifier
-from sealtrail.errors import ClickHouseError
+from sealtrail.infra.clickhouse import validate_identifier
+from sealtrail.infra.errors import ClickHouseError
 
 __all__ = [
     "PAGE_ROWS",

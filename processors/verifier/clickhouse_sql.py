@@ -43,8 +43,8 @@ from processors.sink_avro import (
 from processors.verifier.clickhouse_source import DECODED, expected_columns, iter_rows, query
 from processors.verifier.core import DEFAULT_MAX_FINDINGS, ChainResult
 from schemas.codec import HEADER_SIZE, avro_long
-from sealtrail.clickhouse import validate_identifier
-from sealtrail.errors import ClickHouseError, WriteRefused
+from sealtrail.infra.clickhouse import validate_identifier
+from sealtrail.infra.errors import ClickHouseError, WriteRefused
 
 __all__ = [
     "DECODE_PAGE_ROWS",
@@ -409,7 +409,7 @@ def decoded_problems(
     payloads as a temporary Avro file (only for the embedded store, which runs in this
     process; the file is removed after the query). Without it (a server), ``format()``.
 
-    Raises :class:`~sealtrail.errors.ClickHouseError` if ClickHouse cannot parse a payload of
+    Raises :class:`~sealtrail.infra.errors.ClickHouseError` if ClickHouse cannot parse a payload of
     the page; callers then decode that page in Python (which names the row).
     """
     params = {"chain": chain, "lo": lo, "hi": hi, "limit": limit}

@@ -21,10 +21,10 @@ from processors.verifier.core import (
 from processors.verifier.replay import verify_chain_fields
 from schemas.chained import value_record
 from schemas.codec import decode_chained_fields
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable, SealtrailError, TopicError
-from sealtrail.kafka import admin, check_login, is_refusal, refused
-from sealtrail.kafka_read import read_batches, read_range, reader, watermarks
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable, SealtrailError, TopicError
+from sealtrail.infra.kafka import admin, check_login, is_refusal, refused
+from sealtrail.infra.kafka_read import read_batches, read_range, reader, watermarks
 
 __all__ = [
     "ChainJob",
@@ -79,7 +79,7 @@ def read_partition(
     consumer: Consumer, topic: str, partition: int, start: int | None = None
 ) -> Iterator[tuple[int, bytes | None, bytes | None]]:
     """(offset, key, value) of one partition from ``start`` (default earliest) to the last stable
-    offset at call time (see :func:`sealtrail.kafka_read.read_range`)."""
+    offset at call time (see :func:`sealtrail.infra.kafka_read.read_range`)."""
     for message in read_range(consumer, topic, partition, start):
         yield message.offset() or 0, message.key(), message.value()
 
@@ -221,7 +221,7 @@ def sink_stored_through(
     """
     from confluent_kafka import TopicPartition
 
-    from sealtrail.kafka import consumer_conf
+    from sealtrail.infra.kafka import consumer_conf
 
     topic = settings.topics.chain
     # A plain consumer with the sink's group id: asking for committed offsets does not join the

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from sealtrail.errors import ConfigError
+from sealtrail.infra.errors import ConfigError
 
 __all__ = ["BEGIN", "END", "append_notes", "chain_file", "chains_in", "read_notes", "write_notes"]
 

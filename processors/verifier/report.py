@@ -11,7 +11,7 @@ from typing import Any
 
 from processors.verifier.core import ChainResult
 from processors.verifier.state import write_atomic
-from sealtrail.errors import IntegrityError
+from sealtrail.infra.errors import IntegrityError
 
 __all__ = ["FINDING_KINDS", "Report", "write_metrics"]
 

@@ -42,8 +42,8 @@ from processors.verifier.state import (
     load_state,
     save_state,
 )
-from sealtrail.config import Settings
-from sealtrail.kafka_read import reader, watermarks
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka_read import reader, watermarks
 
 __all__ = ["Progress", "VerifyOptions", "run_verify"]
 

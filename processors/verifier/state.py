@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.verifier.core import ChainState
-from sealtrail.errors import ConfigError, IntegrityError
+from sealtrail.infra.errors import ConfigError, IntegrityError
 
 __all__ = ["STATE_VERSION", "ClickHouseState", "load_clickhouse_state", "load_state", "save_state"]
 

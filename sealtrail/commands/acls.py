@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from sealtrail import acls, kafka_users
+from sealtrail import kafka_users
 from sealtrail.commands.context import settings_of
-from sealtrail.kafka import admin, check_login
-from sealtrail.pki import ensure_tls
+from sealtrail.infra import acls
+from sealtrail.infra.kafka import admin, check_login
+from sealtrail.infra.pki import ensure_tls
 
 acls_app = typer.Typer(
     help="Kafka users (SCRAM) and ACLs of the sealtrail roles, from sealtrail/acls.py.",

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from sealtrail.commands.context import settings_of
-from sealtrail.kafka import check_login
-from sealtrail.service import StopFlag
+from sealtrail.infra.kafka import check_login
+from sealtrail.infra.service import StopFlag
 
 
 def chain(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from sealtrail import config
+from sealtrail.infra import config
 
 
 def settings_of(ctx: typer.Context) -> config.Settings:

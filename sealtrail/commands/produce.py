@@ -10,9 +10,9 @@ import typer
 
 from sealtrail.commands import webhook_options
 from sealtrail.commands.context import settings_of
-from sealtrail.errors import ConfigError, KafkaUnavailable
-from sealtrail.kafka import check_login
-from sealtrail.service import StopFlag
+from sealtrail.infra.errors import ConfigError, KafkaUnavailable
+from sealtrail.infra.kafka import check_login
+from sealtrail.infra.service import StopFlag
 
 produce_app = typer.Typer(
     help="Producers: the audit webhook, the log file shipper and a load generator.",

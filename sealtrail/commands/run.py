@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from sealtrail import config
 from sealtrail.commands import webhook_options
 from sealtrail.commands.context import settings_of
-from sealtrail.config import parse_listen
-from sealtrail.errors import ConfigError
-from sealtrail.service import StopFlag
+from sealtrail.infra import config
+from sealtrail.infra.config import parse_listen
+from sealtrail.infra.errors import ConfigError
+from sealtrail.infra.service import StopFlag
 from sealtrail.supervisor import Supervisor
 
 

@@ -21,11 +21,11 @@ from rich.table import Table
 from processors.sink import Sink, SinkOptions
 from sealtrail.commands.context import settings_of
 from sealtrail.commands.verify import KeyOpt, load_keyring
-from sealtrail.config import Settings
-from sealtrail.errors import ConfigError
-from sealtrail.kafka import check_login
-from sealtrail.reader import ReadClient, as_reader, open_reader
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ConfigError
+from sealtrail.infra.kafka import check_login
+from sealtrail.infra.reader import ReadClient, as_reader, open_reader
+from sealtrail.infra.service import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def run_query(
     client: Client | ReadClient, database: str, sql: str, parameters: dict[str, Any] | None = None
 ) -> tuple[list[str], list[Sequence[Any]]]:
     """Run read-only ``sql`` with ``database`` as the default database; one clear line on
-    error, and a write statement refused (:mod:`sealtrail.readonly_sql`)."""
+    error, and a write statement refused (:mod:`sealtrail.infra.readonly_sql`)."""
     result = as_reader(client, database).query(sql, parameters=parameters)
     return list(result.column_names), list(result.result_rows)
 

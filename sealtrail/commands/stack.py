@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from sealtrail import topics
-from sealtrail.acls import Role
 from sealtrail.commands.context import settings_of
+from sealtrail.infra import topics
+from sealtrail.infra.acls import Role
 from sealtrail.kafka_users import client_file
 from sealtrail.stack import LocalKafka, local_kafka
 

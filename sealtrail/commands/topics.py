@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from sealtrail import topics
 from sealtrail.commands.context import settings_of
+from sealtrail.infra import topics
 
 topics_app = typer.Typer(help="Create and check the append-only topics.", no_args_is_help=True)
 

@@ -17,8 +17,8 @@ from processors.integrity.note import Verifier
 from processors.verifier import offsite
 from processors.verifier.report import Report, previous_success, write_metrics
 from sealtrail.commands.context import settings_of
-from sealtrail.config import Settings
-from sealtrail.errors import ClickHouseError, ConfigError, KeyFileError, SealtrailError
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ClickHouseError, ConfigError, KeyFileError, SealtrailError
 
 ENV_VERIFIER_KEYS = "SEALTRAIL_VERIFIER_KEYS"
 SHOW_FINDINGS = 10
@@ -117,7 +117,7 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
     if mode == "off":
         return None
     from processors.verifier.clickhouse_source import events_table_exists
-    from sealtrail import clickhouse as ch
+    from sealtrail.infra import clickhouse as ch
 
     path = ch.chdb_path(settings.clickhouse_dsn)
     if path is not None and not path.exists():
@@ -129,7 +129,7 @@ def _clickhouse_client(settings: Settings, mode: str) -> Any:
         return None
     try:
         # Read-only: the sink's live-read socket while it runs, else the store opened directly.
-        from sealtrail.reader import open_reader
+        from sealtrail.infra.reader import open_reader
 
         # Typed Any: the verifier's readers are annotated with clickhouse-connect's Client, whose
         # query() a ReadClient answers the same way.
@@ -404,7 +404,7 @@ def _prove_from_store(
     live-read socket while it runs), checked against the signed roots; None when the store
     cannot give it (then the chain is read from Kafka, as before)."""
     from processors.verified_read import signed_checkpoints, stored_consistency, stored_inclusion
-    from sealtrail.reader import open_reader
+    from sealtrail.infra.reader import open_reader
 
     incomplete = None in sizes if consistency else seq is None or seq < 0
     if incomplete:

@@ -27,7 +27,7 @@ import psutil
 
 from processors.integrity.keys import write_keypair
 from schemas.codec import decode_audit_event
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 from sealtrail.supervisor import child_env
 from tests.conftest import K8S_SAMPLES, free_port_base
 from tests.integration.test_attack_webhook import Pki

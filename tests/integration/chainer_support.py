@@ -17,11 +17,11 @@ from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint
 from processors.integrity.merkle import CompactRange
 from processors.integrity.record import ChainedRecord, ChainHead, check_record
 from schemas.chained import value_record
-from sealtrail.config import Settings
-from sealtrail.kafka import producer_conf
-from sealtrail.kafka_read import read_range, reader
-from sealtrail.samples import K8S_AUDIT_SAMPLES
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import producer_conf
+from sealtrail.infra.kafka_read import read_range, reader
+from sealtrail.infra.samples import K8S_AUDIT_SAMPLES
+from sealtrail.infra.service import StopFlag
 
 PARTITIONS = 3
 REPO = Path(__file__).resolve().parents[2]

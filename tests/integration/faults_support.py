@@ -26,11 +26,11 @@ import psutil
 
 from producers.load import event_list, generate
 from schemas.codec import decode_audit_event, decode_chained
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable
-from sealtrail.kafka_read import read_range, reader
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable
+from sealtrail.infra.kafka_read import read_range, reader
+from sealtrail.infra.topics import partition_count
 from sealtrail.supervisor import child_env
-from sealtrail.topics import partition_count
 
 LONG = os.environ.get("SEALTRAIL_FAULTS") == "long"
 RESULTS_ENV = "SEALTRAIL_FAULTS_RESULTS"
@@ -311,8 +311,8 @@ def _committed_all(settings: Settings, group: str, topics: Sequence[str]) -> boo
     """Whether ``group`` committed past the last committed record of every partition."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    from sealtrail.kafka import consumer_conf
-    from sealtrail.kafka_read import read_tail
+    from sealtrail.infra.kafka import consumer_conf
+    from sealtrail.infra.kafka_read import read_tail
 
     probe = Consumer(consumer_conf(settings, group))
     tail = reader(settings)
@@ -636,7 +636,7 @@ def assert_exactly_once(result: Audit, allow_raw_duplicates: bool = False) -> No
 
 
 def leader_of(settings: Settings, topic: str, partition: int) -> int:
-    from sealtrail.kafka import admin
+    from sealtrail.infra.kafka import admin
 
     metadata = admin(settings).list_topics(topic=topic, timeout=10)
     return int(metadata.topics[topic].partitions[partition].leader)

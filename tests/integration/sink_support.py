@@ -11,8 +11,8 @@ from confluent_kafka import Producer
 from processors.integrity.record import ChainHead, link
 from producers.k8s import RejectError, parse_line
 from schemas.codec import encode_audit_event, encode_chained
-from sealtrail.config import Settings
-from sealtrail.kafka import producer_conf
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import producer_conf
 from tests.conftest import K8S_SAMPLES
 
 

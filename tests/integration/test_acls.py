@@ -31,11 +31,11 @@ from confluent_kafka.admin import (
 from processors.integrity.keys import write_keypair
 from producers.kafka_writer import Batch, ConfirmedProducer
 from producers.sdk import Emitter
-from sealtrail.acls import Role
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaAuthenticationFailed, KafkaNotAuthorized
-from sealtrail.kafka import admin_conf, check_login
-from sealtrail.kafka_read import read_tail, reader, watermarks
+from sealtrail.infra.acls import Role
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaAuthenticationFailed, KafkaNotAuthorized
+from sealtrail.infra.kafka import admin_conf, check_login
+from sealtrail.infra.kafka_read import read_tail, reader, watermarks
 from sealtrail.stack import LocalKafka
 from sealtrail.supervisor import child_env
 from tests.conftest import free_port_base
@@ -126,7 +126,7 @@ def total_end(settings: Settings, topic: str, partitions: int = 2) -> int:
 
 
 def chained_records(settings: Settings, partitions: int = 2) -> int:
-    from sealtrail.kafka_read import read_range
+    from sealtrail.infra.kafka_read import read_range
 
     consumer = reader(settings)
     try:
@@ -143,7 +143,7 @@ def sink_caught_up(settings: Settings, partitions: int = 2) -> bool:
     partition is one past the last commit marker, which no consumer commits past)."""
     from confluent_kafka import Consumer
 
-    from sealtrail.kafka import consumer_conf
+    from sealtrail.infra.kafka import consumer_conf
 
     topic = settings.topics.chain
     probe = Consumer(consumer_conf(settings, f"{settings.topic_prefix}sealtrail-sink"))

@@ -39,8 +39,8 @@ from hypothesis import strategies as st
 
 from producers.load import event_list
 from producers.webhook import WebhookOptions, WebhookServer
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable
 from tests.integration import test_producers as producer_tests
 from tests.integration.test_producers import (
     TOKEN_A,

@@ -13,8 +13,8 @@ from processors.chainer import (
     ChainerOptions,
 )
 from processors.integrity.checkpoint import KeyRing
-from sealtrail.config import Settings
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.service import StopFlag
 from tests.integration.chainer_support import (
     PARTITIONS,
     check_chain,

@@ -21,9 +21,9 @@ from processors.integrity.checkpoint import KeyRing, open_checkpoint
 from processors.integrity.errors import KeyFileError
 from processors.verifier import offsite
 from sealtrail.cli import app
-from sealtrail.config import Settings
-from sealtrail.kafka import consumer_conf
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import consumer_conf
+from sealtrail.infra.service import StopFlag
 from tests.integration.chainer_support import (
     PARTITIONS,
     check_chain,

@@ -24,8 +24,8 @@ from processors.integrity.keys import load_verifiers
 from processors.integrity.record import ChainHead, link
 from schemas.chained import record_value
 from sealtrail.cli import app
-from sealtrail.config import Settings
-from sealtrail.kafka import consumer_conf, producer_conf
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import consumer_conf, producer_conf
 from tests.integration.chainer_support import (
     PARTITIONS,
     chain_records,

@@ -7,9 +7,9 @@ import os
 import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable
-from sealtrail.kafka import admin
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable
+from sealtrail.infra.kafka import admin
 from tests.integration.chainer_support import (
     chain_records,
     chainer_failures_logged,

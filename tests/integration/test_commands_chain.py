@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from processors.integrity.checkpoint import KeyRing
 from sealtrail.cli import app
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 from tests.integration.chainer_support import (
     PARTITIONS,
     check_chain,

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
+from sealtrail.infra.topics import init_topics
 from sealtrail.stack import LocalKafka
 from sealtrail.supervisor import child_env
-from sealtrail.topics import init_topics
 from tests.conftest import free_port_base
 from tests.integration.faults_support import (
     LONG,
@@ -325,8 +325,8 @@ def test_burst_long(base_settings: Settings, stack_home: Path, tmp_path: Path) -
 
 HOLDER = (
     "import time, sys\n"
-    "from sealtrail.clickhouse import connect\n"
-    "from sealtrail.config import Settings\n"
+    "from sealtrail.infra.clickhouse import connect\n"
+    "from sealtrail.infra.config import Settings\n"
     "connect(Settings.from_env())\n"
     "print('holding', flush=True)\n"
     "time.sleep(float(sys.argv[1]))\n"

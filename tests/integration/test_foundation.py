@@ -11,12 +11,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from typer.testing import CliRunner
 
-from sealtrail import clickhouse
 from sealtrail.cli import app
-from sealtrail.config import Settings
-from sealtrail.errors import TopicError
-from sealtrail.kafka import admin, consumer_conf, producer_conf
-from sealtrail.topics import append_only_config, check_topics, init_topics
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import TopicError
+from sealtrail.infra.kafka import admin, consumer_conf, producer_conf
+from sealtrail.infra.topics import append_only_config, check_topics, init_topics
 
 runner = CliRunner()
 

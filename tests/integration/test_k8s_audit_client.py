@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 from tests.integration.auditclient_support import (
     ClientRun,
     Pipeline,

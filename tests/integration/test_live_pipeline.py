@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from processors.integrity.keys import write_keypair
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 from sealtrail.supervisor import child_env
 from tests.conftest import free_port_base
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sealtrail import livewire
-from sealtrail.config import Settings
-from sealtrail.errors import ClickHouseError, WriteRefused
-from sealtrail.reader import SocketReader, open_reader
+from sealtrail.infra import livewire
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ClickHouseError, WriteRefused
+from sealtrail.infra.reader import SocketReader, open_reader
 from sealtrail.supervisor import child_env
 from tests.integration.sink_support import ChainWriter, sample_payloads
 

@@ -25,10 +25,10 @@ from producers.load import event_list, generate, send_kafka
 from producers.sdk import AsyncEmitter, Emitter
 from producers.webhook import WebhookOptions, WebhookServer
 from schemas.codec import decode_audit_event
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable
-from sealtrail.kafka_read import read_range, reader, watermarks
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable
+from sealtrail.infra.kafka_read import read_range, reader, watermarks
+from sealtrail.infra.service import StopFlag
 from tests.conftest import K8S_SAMPLES
 
 TOKEN_A = "tok-A-3f9c1e0d5b7a4c2e9f8d"
@@ -247,7 +247,7 @@ def test_webhook_replaces_a_producer_that_failed_for_good(
 
 
 def test_webhook_refuses_loose_token_file(settings: Settings, tmp_path: Path) -> None:
-    from sealtrail.errors import ConfigError
+    from sealtrail.infra.errors import ConfigError
 
     tokens = token_file(tmp_path, f"{TOKEN_A} cluster-a\n", mode=0o644)
     with pytest.raises(ConfigError, match="chmod 600") as info:
@@ -264,8 +264,8 @@ def test_webhook_kafka_down_answers_503_then_stores_exactly_once(
     settings: Settings, tmp_path: Path
 ) -> None:
     """A second broker of our own is stopped; the session broker keeps serving other tests."""
+    from sealtrail.infra.topics import init_topics
     from sealtrail.stack import LocalKafka
-    from sealtrail.topics import init_topics
     from tests.conftest import free_port_base
 
     kafka = LocalKafka(tmp_path / "own-kafka")

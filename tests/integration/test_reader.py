@@ -7,10 +7,10 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from processors.clickhouse_schema import migrate
-from sealtrail import clickhouse
-from sealtrail.config import Settings
-from sealtrail.errors import WriteRefused
-from sealtrail.reader import DirectReader, as_reader, driver_error, open_reader
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import WriteRefused
+from sealtrail.infra.reader import DirectReader, as_reader, driver_error, open_reader
 
 ALTER = "ALTER TABLE events UPDATE verb = 'get' WHERE seq = 1"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 from sealtrail.supervisor import child_env
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from processors.integrity.keys import write_keypair
 from producers.load import send_kafka
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 
 
 def test_chainer_debug_output_holds_no_signing_key(settings: Settings, tmp_path: Path) -> None:

@@ -24,12 +24,12 @@ from processors.integrity.record import ZERO_HASH, record_hash
 from processors.sink import AVRO_FILE_NAME, Sink, SinkOptions
 from producers.k8s import Reject, reject_event
 from schemas.codec import encode_audit_event
-from sealtrail import clickhouse
 from sealtrail.cli import app
 from sealtrail.commands.sink import run_query
-from sealtrail.config import Settings
-from sealtrail.kafka import consumer_conf
-from sealtrail.service import StopFlag
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import consumer_conf
+from sealtrail.infra.service import StopFlag
 from tests.integration.sink_support import ChainWriter, sample_events, sample_payloads
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -29,10 +29,10 @@ from processors.sink.rows import storable
 from producers.k8s import generic_event
 from schemas.chained import value_record
 from schemas.codec import encode_audit_event, encode_chained
-from sealtrail import clickhouse
-from sealtrail.config import Settings
-from sealtrail.kafka import consumer_conf
-from sealtrail.service import StopFlag
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import consumer_conf
+from sealtrail.infra.service import StopFlag
 from tests.integration.sink_support import ChainWriter, sample_events
 
 I64_MAX = (1 << 63) - 1

@@ -9,8 +9,8 @@ from typing import Any
 from processors.integrity.checkpoint import Checkpoint, KeyRing, origin_for, sign_checkpoint
 from processors.integrity.record import ChainedRecord, ChainHead, link
 from processors.sink import Sink, SinkOptions
-from sealtrail import clickhouse
-from sealtrail.config import Settings
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings
 from tests.integration.sink_support import sample_payloads
 from tests.integration.test_verify import cli, new_signer, note_for, produce
 

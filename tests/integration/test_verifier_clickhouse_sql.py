@@ -27,8 +27,8 @@ from processors.verifier.clickhouse_sql import (
 from processors.verifier.rows import verify_rows
 from producers.k8s import parse_line
 from schemas.codec import encode_audit_event
-from sealtrail import clickhouse
-from sealtrail.config import Settings
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings
 from tests.conftest import K8S_SAMPLES
 from tests.unit.test_integrity_format_doc import payload_of, vectors
 

@@ -17,8 +17,8 @@ from processors.integrity.record import ZERO_HASH
 from processors.verifier import offsite
 from processors.verifier.kafka_source import chain_id, read_checkpoint_notes
 from sealtrail.cli import app
-from sealtrail.config import Settings
-from sealtrail.kafka import producer_conf
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import producer_conf
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,9 @@ from processors.integrity.record import ChainedRecord, ChainHead, link
 from producers.k8s import parse_line
 from schemas.codec import encode_audit_event, encode_chained
 from sealtrail.cli import app
-from sealtrail.config import Settings
-from sealtrail.kafka import admin_conf, producer_conf
-from sealtrail.topics import init_topics
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import admin_conf, producer_conf
+from sealtrail.infra.topics import init_topics
 from tests.conftest import K8S_SAMPLES
 
 N = 20
@@ -301,7 +301,7 @@ def sunk(case: Case, request: pytest.FixtureRequest) -> Case:
 
 
 def _ch(c: Case, sql: str) -> None:
-    from sealtrail import clickhouse
+    from sealtrail.infra import clickhouse
 
     client = clickhouse.connect(c.settings)
     clickhouse.command(

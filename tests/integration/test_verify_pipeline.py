@@ -12,9 +12,9 @@ from processors.integrity.keys import write_keypair
 from processors.sink import Sink, SinkOptions
 from producers.k8s import Reject, parse_line, reject_event
 from schemas.codec import encode_audit_event
-from sealtrail import clickhouse
-from sealtrail.config import Settings
-from sealtrail.kafka import producer_conf
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import producer_conf
 from tests.integration.test_producers import good_lines
 from tests.integration.test_verify import cli, payloads
 

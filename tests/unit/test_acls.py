@@ -6,10 +6,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from sealtrail import acls
-from sealtrail.acls import Op, Resource, Role
 from sealtrail.cli import app
-from sealtrail.config import Settings
+from sealtrail.infra import acls
+from sealtrail.infra.acls import Op, Resource, Role
+from sealtrail.infra.config import Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "SECURITY.md"
 
@@ -18,14 +18,14 @@ def test_security_doc_shows_exactly_the_table() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert acls.doc_section() in text, (
         "docs/SECURITY.md's ACL section differs from sealtrail/acls.py; "
-        "run `python -m sealtrail.acls` to regenerate it"
+        "run `python -m sealtrail.infra.acls` to regenerate it"
     )
     assert acls.replace_doc_section(text) == text
 
 
 def test_names_match_what_the_components_use() -> None:
     from processors.chainer.names import group_id, transactional_id
-    from sealtrail.kafka_read import reader_group
+    from sealtrail.infra.kafka_read import reader_group
 
     settings = Settings(kafka="127.0.0.1:1", topic_prefix="p.")
     names = {(a.resource, a.name, a.prefixed) for a in acls.acls("p.")}

@@ -9,7 +9,7 @@ import pytest
 from processors.chainer import Chainer, ChainerOptions
 from processors.integrity.errors import KeyFileError
 from processors.integrity.keys import write_keypair
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 
 
 def test_world_readable_key_refused_before_any_connection(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from processors.chainer import chain_id, group_id, transactional_id
-from sealtrail.config import Settings
+from sealtrail.infra.config import Settings
 
 
 def test_names() -> None:

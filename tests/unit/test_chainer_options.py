@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from processors.chainer import ChainerOptions, options_from_env
-from sealtrail.errors import ConfigError
+from sealtrail.infra.errors import ConfigError
 
 
 def test_options_validation() -> None:

@@ -9,9 +9,9 @@ from processors.chainer.interrupt import Interrupted
 from processors.chainer.recovery import Recovery
 from processors.chainer.state import ChainState
 from processors.integrity.record import ChainHead
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable
+from sealtrail.infra.service import StopFlag
 
 CONSUMER = object()  # recover() is replaced below: no Kafka is contacted
 

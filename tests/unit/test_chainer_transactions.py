@@ -11,8 +11,8 @@ from confluent_kafka import KafkaError, KafkaException
 from processors.chainer import ChainerStats, transactions
 from processors.chainer.interrupt import Interrupted
 from processors.chainer.transactions import ProducerHung, TransactionGuard
-from sealtrail.config import Settings
-from sealtrail.service import StopFlag
+from sealtrail.infra.config import Settings
+from sealtrail.infra.service import StopFlag
 
 
 @pytest.fixture

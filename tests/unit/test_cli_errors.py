@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sealtrail import clickhouse
 from sealtrail.cli import app
-from sealtrail.config import Settings, read_properties
-from sealtrail.errors import ClickHouseError, ConfigError
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings, read_properties
+from sealtrail.infra.errors import ClickHouseError, ConfigError
 
 runner = CliRunner()
 
@@ -72,7 +72,7 @@ def test_embedded_store_held_by_other_process(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import time; from sealtrail import clickhouse; "
+            "import time; from sealtrail.infra import clickhouse; "
             f"clickhouse._connect_dsn('chdb://{store}'); "
             "print('ready', flush=True); time.sleep(60)",
         ],

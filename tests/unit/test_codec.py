@@ -28,7 +28,7 @@ from schemas.codec import (
     fingerprint_of,
     register,
 )
-from sealtrail.errors import ConfigError, DecodeError, SealtrailError, UnknownFingerprint
+from sealtrail.infra.errors import ConfigError, DecodeError, SealtrailError, UnknownFingerprint
 
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sealtrail.commands.sink import resource_of
-from sealtrail.errors import ConfigError
+from sealtrail.infra.errors import ConfigError
 
 
 def test_kinds_map_to_resources() -> None:

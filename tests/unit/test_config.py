@@ -1,4 +1,4 @@
-"""sealtrail.config: settings helpers that need no network, and the per-component Kafka client
+"""sealtrail.infra.config: settings helpers that need no network, and the per-component Kafka client
 files of ``sealtrail run``."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sealtrail.cli import app
-from sealtrail.config import component_kafka_config, parse_listen
-from sealtrail.errors import ConfigError
+from sealtrail.infra.config import component_kafka_config, parse_listen
+from sealtrail.infra.errors import ConfigError
 
 
 def test_parse_listen() -> None:

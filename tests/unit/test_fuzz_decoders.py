@@ -30,7 +30,7 @@ from schemas.codec import (
     encode_audit_event,
     encode_chained,
 )
-from sealtrail.errors import DecodeError, UnknownFingerprint
+from sealtrail.infra.errors import DecodeError, UnknownFingerprint
 from tests.conftest import K8S_SAMPLES
 
 Decoder = Callable[[bytes], Any]

@@ -32,8 +32,8 @@ from processors.verifier.core import SourceCheckpoint
 from processors.verifier.kafka_source import chain_id as verifier_chain_id
 from processors.verifier.replay import verify_chain_fields
 from schemas.codec import CHAINED_EVENT, decode_chained_fields, encode_chained
-from sealtrail.config import Settings
-from sealtrail.errors import ConfigError
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ConfigError
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md").read_text(encoding="utf-8")
 

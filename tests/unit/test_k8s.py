@@ -23,8 +23,8 @@ from producers.k8s import (
     parse_timestamp,
 )
 from schemas.codec import decode_audit_event, encode_audit_event
-from sealtrail.errors import DecodeError
-from sealtrail.samples import K8S_AUDIT_SAMPLES
+from sealtrail.infra.errors import DecodeError
+from sealtrail.infra.samples import K8S_AUDIT_SAMPLES
 
 SAMPLES = K8S_AUDIT_SAMPLES
 

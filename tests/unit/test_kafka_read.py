@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from sealtrail.errors import KafkaNotAuthorized, KafkaUnavailable
-from sealtrail.kafka_read import watermarks
+from sealtrail.infra.errors import KafkaNotAuthorized, KafkaUnavailable
+from sealtrail.infra.kafka_read import watermarks
 
 
 class FlakyConsumer:

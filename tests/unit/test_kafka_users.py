@@ -5,8 +5,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from sealtrail.acls import Role
-from sealtrail.config import read_properties
+from sealtrail.infra.acls import Role
+from sealtrail.infra.config import read_properties
 from sealtrail.kafka_users import role_clients
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from sealtrail.pki import BROKER_CN, ensure_tls
+from sealtrail.infra.pki import BROKER_CN, ensure_tls
 
 
 def test_broker_certificate_chains_to_the_ca_and_keys_are_private(tmp_path: Path) -> None:

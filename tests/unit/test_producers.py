@@ -27,8 +27,8 @@ from producers.k8s import (
 from producers.load import event_list, generate
 from producers.webhook import load_tokens
 from schemas.codec import decode_audit_event, encode_audit_event
-from sealtrail.config import Settings
-from sealtrail.errors import ConfigError
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ConfigError
 
 
 def test_token_file_maps_tokens_to_clusters(tmp_path: Path) -> None:

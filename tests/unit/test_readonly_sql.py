@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sealtrail.errors import WriteRefused
-from sealtrail.readonly_sql import require_read_only
+from sealtrail.infra.errors import WriteRefused
+from sealtrail.infra.readonly_sql import require_read_only
 
 
 @pytest.mark.parametrize(

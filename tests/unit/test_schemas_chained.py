@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from processors.integrity.record import ChainedRecord
 from schemas.chained import record_value, value_record
 from schemas.codec import decode_chained, encode_audit_event
-from sealtrail.errors import SealtrailError
+from sealtrail.infra.errors import SealtrailError
 
 records = st.builds(
     ChainedRecord,

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from processors.integrity.keys import load_signer, write_keypair
 from producers.webhook import load_tokens
-from sealtrail import clickhouse
 from sealtrail.cli import app
-from sealtrail.config import Settings
-from sealtrail.errors import ConfigError, KeyFileError, SealtrailError
+from sealtrail.infra import clickhouse
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ConfigError, KeyFileError, SealtrailError
 
 TOKEN = "tok-Zq8vN3kP0wR7sT1uY4xC6bE9"
 PASSWORD = "pw-H7dK2mQ9sL4vX8"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from processors.sink import SinkOptions
-from sealtrail.errors import ConfigError
+from sealtrail.infra.errors import ConfigError
 
 
 def test_options_are_checked() -> None:

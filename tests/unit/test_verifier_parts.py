@@ -18,7 +18,7 @@ from processors.verifier.state import (
     load_state,
     save_state,
 )
-from sealtrail.errors import ConfigError, IntegrityError
+from sealtrail.infra.errors import ConfigError, IntegrityError
 from tests.unit.verifier_support import (
     CHAIN,
     DEPLOY,
@@ -124,7 +124,7 @@ def test_proofs_round_trip_and_tampering() -> None:
 def test_keyring_from_file_or_key_string(tmp_path: Path) -> None:
     import sealtrail.cli  # noqa: F401 - loads the command modules in their normal order
     from sealtrail.commands.verify import load_keyring
-    from sealtrail.errors import KeyFileError
+    from sealtrail.infra.errors import KeyFileError
 
     pub = SIGNER.verifier.verifier_key()
     assert load_keyring(pub).verifiers() == [SIGNER.verifier]

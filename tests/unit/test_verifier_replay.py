@@ -10,7 +10,7 @@ from processors.integrity.checkpoint import Checkpoint, sign_checkpoint
 from processors.integrity.merkle import CompactRange
 from processors.integrity.record import ChainedRecord
 from processors.verifier.replay import verify_chain_fields
-from sealtrail.errors import IntegrityError
+from sealtrail.infra.errors import IntegrityError
 from tests.unit.verifier_support import (
     CHAIN,
     ORIGIN,

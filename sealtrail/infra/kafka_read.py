@@ -20,10 +20,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from sealtrail.acls import READER_GROUP_PREFIX
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable
-from sealtrail.kafka import consumer_conf, is_refusal, refused
+from sealtrail.infra.acls import READER_GROUP_PREFIX
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable
+from sealtrail.infra.kafka import consumer_conf, is_refusal, refused
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from sealtrail.config import Groups, Topics
-from sealtrail.errors import KafkaUnavailable
+from sealtrail.infra.config import Groups, Topics
+from sealtrail.infra.errors import KafkaUnavailable
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AclBinding, AdminClient
 
 DEFAULT_USER_PREFIX = "sealtrail-"
-# The throwaway group ids of assign()-style reads (sealtrail.kafka_read), after the topic prefix.
+# The throwaway group ids of assign()-style reads (sealtrail.infra.kafka_read), after the
+# topic prefix.
 READER_GROUP_PREFIX = "sealtrail-reader-"
 
 
@@ -192,7 +193,10 @@ def apply(client: AdminClient, wanted: list[Acl], timeout: float = 30.0) -> int:
 
 
 # -- docs/SECURITY.md ------------------------------------------------------------------------
-DOC_BEGIN = "<!-- acls: made from sealtrail/acls.py by `python -m sealtrail.acls`; do not edit -->"
+DOC_BEGIN = (
+    "<!-- acls: made from sealtrail/infra/acls.py by `python -m sealtrail.infra.acls`; "
+    "do not edit -->"
+)
 DOC_END = "<!-- /acls -->"
 
 
@@ -231,6 +235,6 @@ def replace_doc_section(text: str) -> str:
 if __name__ == "__main__":
     from pathlib import Path
 
-    doc = Path(__file__).resolve().parent.parent / "docs" / "SECURITY.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "SECURITY.md"
     doc.write_text(replace_doc_section(doc.read_text(encoding="utf-8")), encoding="utf-8")
     print(f"updated {doc}")

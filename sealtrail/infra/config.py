@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sealtrail.errors import ConfigError
+from sealtrail.infra.errors import ConfigError
 
 ENV_KAFKA = "SEALTRAIL_KAFKA"
 ENV_KAFKA_CONFIG = "SEALTRAIL_KAFKA_CONFIG"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-K8S_AUDIT_SAMPLES = Path(__file__).resolve().parent / "data" / "k8s-audit"
+K8S_AUDIT_SAMPLES = Path(__file__).resolve().parents[1] / "data" / "k8s-audit"
 
 
 def sample_lines() -> list[bytes]:

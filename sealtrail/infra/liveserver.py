@@ -2,13 +2,13 @@
 
 The embedded engine admits one process per store, so while ``sealtrail sink`` (alone or under
 ``sealtrail run``) owns it, ``query``, ``history``, ``verify`` and ``prove`` reach it here
-(:class:`sealtrail.reader.SocketReader`). Each query:
+(:class:`sealtrail.infra.reader.SocketReader`). Each query:
 
-* passes :func:`sealtrail.readonly_sql.require_read_only` (one read statement, no OUTFILE);
+* passes :func:`sealtrail.infra.readonly_sql.require_read_only` (one read statement, no OUTFILE);
 * runs in a chdb session of its own set ``readonly=1`` after its limits (time, rows, bytes;
-  :func:`sealtrail.clickhouse.read_session`), so it cannot write nor lift the limits, and the
+  :func:`sealtrail.infra.clickhouse.read_session`), so it cannot write nor lift the limits, and the
   sink's session is untouched;
-* answers at most :data:`sealtrail.livewire.MAX_RESPONSE_BYTES`.
+* answers at most :data:`sealtrail.infra.livewire.MAX_RESPONSE_BYTES`.
 
 Authentication is the file system: the socket is mode 0600 in a 0700 directory under
 ``$SEALTRAIL_HOME``, so only the owner's user (and root) can connect. A socket left by a killed
@@ -30,10 +30,10 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
-from sealtrail import clickhouse, livewire
-from sealtrail.errors import SealtrailError, WriteRefused
-from sealtrail.reader import driver_error
-from sealtrail.readonly_sql import require_read_only
+from sealtrail.infra import clickhouse, livewire
+from sealtrail.infra.errors import SealtrailError, WriteRefused
+from sealtrail.infra.reader import driver_error
+from sealtrail.infra.readonly_sql import require_read_only
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from sealtrail.errors import WriteRefused
+from sealtrail.infra.errors import WriteRefused
 
 __all__ = ["READ_STATEMENTS", "require_read_only"]
 

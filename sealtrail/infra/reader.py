@@ -5,10 +5,10 @@
 
 * ClickHouse server DSN: a clickhouse-connect client; every query carries ``readonly=1``.
 * Embedded store owned by a running sink: the sink's live-read socket
-  (:mod:`sealtrail.liveserver`), found from the settings; the sink runs it read-only.
+  (:mod:`sealtrail.infra.liveserver`), found from the settings; the sink runs it read-only.
 * Embedded store nobody owns: opened directly, as before, through a read-only session.
 
-Every statement passes :func:`sealtrail.readonly_sql.require_read_only` first, on the client
+Every statement passes :func:`sealtrail.infra.readonly_sql.require_read_only` first, on the client
 and again in the server, so a write is refused in one sentence whichever way it arrives.
 """
 
@@ -27,10 +27,10 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from clickhouse_connect.driver.exceptions import StreamFailureError
 
-from sealtrail import clickhouse, livewire
-from sealtrail.config import Settings
-from sealtrail.errors import ClickHouseError, WriteRefused
-from sealtrail.readonly_sql import require_read_only
+from sealtrail.infra import clickhouse, livewire
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ClickHouseError, WriteRefused
+from sealtrail.infra.readonly_sql import require_read_only
 
 __all__ = [
     "OWNER_WAIT_S",
@@ -126,7 +126,7 @@ def driver_error(exc: DriverError) -> ClickHouseError | WriteRefused:
 
 class DirectReader:
     """A clickhouse-connect client used read-only: either a session already set ``readonly``
-    (:func:`sealtrail.clickhouse.read_session`) or any client, then every query carries
+    (:func:`sealtrail.infra.clickhouse.read_session`) or any client, then every query carries
     ``readonly=1`` (a server DSN, or a client a test hands in)."""
 
     def __init__(self, client: Client, database: str, *, session_read_only: bool, via: str) -> None:

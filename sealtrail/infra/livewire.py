@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sealtrail.config import Settings
-from sealtrail.errors import ClickHouseError, ConfigError
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ClickHouseError, ConfigError
 
 __all__ = [
     "MAX_REQUEST_BYTES",

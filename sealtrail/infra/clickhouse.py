@@ -19,8 +19,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
-from sealtrail.config import Settings
-from sealtrail.errors import ClickHouseError, ConfigError
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import ClickHouseError, ConfigError
 
 _clients: dict[str, Client] = {}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

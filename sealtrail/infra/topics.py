@@ -14,9 +14,9 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from sealtrail.config import Settings
-from sealtrail.errors import KafkaUnavailable, TopicError
-from sealtrail.kafka import MAX_RECORD_BYTES, admin, check_login, is_refusal, refused
+from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable, TopicError
+from sealtrail.infra.kafka import MAX_RECORD_BYTES, admin, check_login, is_refusal, refused
 
 MAX_MESSAGE_BYTES = MAX_RECORD_BYTES
 

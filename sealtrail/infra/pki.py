@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sealtrail.errors import StackError
+from sealtrail.infra.errors import StackError
 
 # The broker's certificate subject: brokers and the stack tool authenticate with it on the
 # mutual-TLS internal and controller listeners, so it is a Kafka super user (User:CN=...).

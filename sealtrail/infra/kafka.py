@@ -12,8 +12,8 @@ from typing import Any, TypeGuard
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from sealtrail.config import ENV_KAFKA_CONFIG, Settings, read_properties
-from sealtrail.errors import KafkaAuthenticationFailed, KafkaNotAuthorized, KafkaUnavailable
+from sealtrail.infra.config import ENV_KAFKA_CONFIG, Settings, read_properties
+from sealtrail.infra.errors import KafkaAuthenticationFailed, KafkaNotAuthorized, KafkaUnavailable
 
 # Broker answers that mean "your principal may not do this": an ACL is missing.
 AUTHORIZATION_CODES = frozenset(
@@ -169,7 +169,7 @@ def check_login(settings: Settings, timeout: float = 10.0) -> None:
     hangups = _HangupCounter()
     # librdkafka's log lines come to ``hangups`` (served by poll), not to stderr: the refusal is
     # reported once, here, not as a log line per retry.
-    logger = logging.getLogger("sealtrail.kafka.login")
+    logger = logging.getLogger("sealtrail.infra.kafka.login")
     logger.propagate = False
     logger.setLevel(logging.DEBUG)
     logger.handlers = [hangups]
