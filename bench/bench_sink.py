@@ -29,7 +29,7 @@ from bench.common import (
 )
 from processors.integrity.record import ChainedRecord, ChainHead, link
 from processors.sink import Sink, SinkOptions, event_columns
-from schemas.codec import encode_chained
+from schemas.chained import record_value
 from sealtrail.infra import clickhouse
 from sealtrail.infra.kafka import producer_conf
 
@@ -47,17 +47,7 @@ def _fill(settings: Any, rows: int, partitions: int) -> list[ChainedRecord]:
             heads[p], i // partitions, time.time_ns() // 1000, payloads[i % len(payloads)]
         )
         records.append(record)
-        value = encode_chained(
-            {
-                "chain": record.chain,
-                "seq": record.seq,
-                "prev_hash": record.prev_hash,
-                "hash": record.hash,
-                "source_offset": record.source_offset,
-                "ingested_at": record.ingested_at_us,
-                "payload": record.payload,
-            }
-        )
+        value = record_value(record)
         while True:
             try:
                 producer.produce(

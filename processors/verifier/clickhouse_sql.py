@@ -42,6 +42,7 @@ from processors.sink_avro import (
 )
 from processors.verifier.clickhouse_source import DECODED, expected_columns, iter_rows, query
 from processors.verifier.core import DEFAULT_MAX_FINDINGS, ChainResult
+from processors.verifier.rows import decoded_difference
 from schemas.codec import HEADER_SIZE, avro_long
 from sealtrail.infra.clickhouse import validate_identifier
 from sealtrail.infra.errors import ClickHouseError, WriteRefused
@@ -650,17 +651,15 @@ def check_chain(
         for row in iter_rows(client, db, chain, odd_hi + 1, lo=odd_lo, with_part=True):
             if allowed is not None and row.part not in allowed:
                 continue
-            want = decode(row)
-            for column, value in want.items():
-                have = row.decoded.get(column)
-                if have != value:
-                    mismatch(
-                        f"decoded column {column} differs from decoding its payload",
-                        row.seq,
-                        value,
-                        have,
-                    )
-                    break
+            differs = decoded_difference(row, decode)
+            if differs is not None:
+                column, value, have = differs
+                mismatch(
+                    f"decoded column {column} differs from decoding its payload",
+                    row.seq,
+                    value,
+                    have,
+                )
     result.records_verified = rows
     result.size = size
     if result.ok and not gaps and expected_root is not None:

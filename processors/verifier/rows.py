@@ -13,7 +13,7 @@ from processors.integrity.merkle import CompactRange
 from processors.integrity.record import ZERO_HASH, ChainedRecord
 from processors.verifier.core import DEFAULT_MAX_FINDINGS, ChainResult
 
-__all__ = ["ChRow", "DecodeFn", "verify_rows"]
+__all__ = ["ChRow", "DecodeFn", "decoded_difference", "verify_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,16 @@ class ChRow:
 
 
 DecodeFn = Callable[["ChRow"], Mapping[str, Any]]
+
+
+def decoded_difference(row: ChRow, decode: DecodeFn) -> tuple[str, Any, Any] | None:
+    """The first decoded column of ``row`` that differs from decoding its payload, as (column,
+    expected, found), or None."""
+    for column, value in decode(row).items():
+        have = row.decoded.get(column)
+        if have != value:
+            return column, value, have
+    return None
 
 
 def _show(value: Any) -> Any:
@@ -108,17 +118,12 @@ def verify_rows(
                 computed,
                 row.hash,
             )
-        want = decode(row)
-        for column, value in want.items():
-            have = row.decoded.get(column)
-            if have != value:
-                mismatch(
-                    f"decoded column {column} differs from decoding its payload",
-                    row.seq,
-                    value,
-                    have,
-                )
-                break
+        differs = decoded_difference(row, decode)
+        if differs is not None:
+            column, value, have = differs
+            mismatch(
+                f"decoded column {column} differs from decoding its payload", row.seq, value, have
+            )
         if cr is not None:
             cr.append(row.hash)
         prev_hash = row.hash

@@ -10,7 +10,8 @@ from confluent_kafka import Producer
 
 from processors.integrity.record import ChainHead, link
 from producers.k8s import RejectError, parse_line
-from schemas.codec import encode_audit_event, encode_chained
+from schemas.chained import record_value
+from schemas.codec import encode_audit_event
 from sealtrail.infra.config import Settings
 from sealtrail.infra.kafka import producer_conf
 from tests.conftest import K8S_SAMPLES
@@ -56,17 +57,7 @@ class ChainWriter:
             offset = self.offsets.get(partition, 0)
             self.offsets[partition] = offset + 1
             record = link(head, offset, time.time_ns() // 1000, payload)
-            value = encode_chained(
-                {
-                    "chain": record.chain,
-                    "seq": record.seq,
-                    "prev_hash": record.prev_hash,
-                    "hash": record.hash,
-                    "source_offset": record.source_offset,
-                    "ingested_at": record.ingested_at_us,
-                    "payload": record.payload,
-                }
-            )
+            value = record_value(record)
             self.producer.produce(
                 self.settings.topics.chain,
                 key=record.chain.encode(),
