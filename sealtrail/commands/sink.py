@@ -25,6 +25,7 @@ from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import ConfigError
 from sealtrail.infra.kafka import check_login
 from sealtrail.infra.reader import ReadClient, as_reader, open_reader
+from sealtrail.infra.readonly_sql import require_read_only
 from sealtrail.infra.service import StopFlag
 
 log = logging.getLogger(__name__)
@@ -264,6 +265,7 @@ def query(
 ) -> None:
     """Run read-only SQL on the audit store (see docs/QUERIES.md)."""
     settings = settings_of(ctx)
+    require_read_only(sql)  # a write is refused before anything is opened
     ring = load_keyring(key) if verify else None
     reader = open_reader(settings)
     try:
