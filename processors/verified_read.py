@@ -139,17 +139,22 @@ class StoredTree:
         return subtrees.consistency_proof(size1, size2, self.nodes, self.leaf)
 
 
+def stored_size(client: Any, database: str, chain: str) -> int:
+    """How many records of ``chain`` ClickHouse holds from seq 0 on (max seq + 1, 0 if none)."""
+    top, count = client.query(
+        f"SELECT max(seq) + 1, count() FROM {database}.events WHERE chain = {{chain:String}}",
+        parameters={"chain": chain},
+    ).result_rows[0]
+    return int(top) if int(count) else 0
+
+
 def newest_usable_checkpoint(
     client: Any, database: str, deployment: str, chain: str, ring: KeyRing
 ) -> tuple[str, Checkpoint] | str | None:
     """The newest checkpoint of ``chain`` whose records are all stored, as (note, parsed), after
     checking every newer one opens under ``ring``; a reason (str) if one does not; None if
     there is none yet."""
-    stored = client.query(
-        f"SELECT max(seq) + 1, count() FROM {database}.events WHERE chain = {{chain:String}}",
-        parameters={"chain": chain},
-    ).result_rows[0]
-    have = int(stored[0]) if int(stored[1]) else 0
+    have = stored_size(client, database, chain)
     notes = client.query(
         f"SELECT size, note FROM {database}.checkpoints WHERE chain = {{chain:String}} "
         "ORDER BY size DESC, kafka_offset DESC LIMIT 1000",
@@ -292,11 +297,7 @@ def signed_checkpoints(
 ) -> list[tuple[str, Checkpoint]]:
     """The checkpoints of ``chain`` in ClickHouse that open under ``ring`` and whose records are
     all stored, newest first (a proof needs a good one; ``verify`` reports the bad ones)."""
-    stored = client.query(
-        f"SELECT max(seq) + 1, count() FROM {database}.events WHERE chain = {{chain:String}}",
-        parameters={"chain": chain},
-    ).result_rows[0]
-    have = int(stored[0]) if int(stored[1]) else 0
+    have = stored_size(client, database, chain)
     notes = client.query(
         f"SELECT DISTINCT size, note FROM {database}.checkpoints WHERE chain = {{chain:String}} "
         "AND size <= {have:UInt64} ORDER BY size DESC",

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processors.integrity.errors import ClickHouseMismatch
 from processors.integrity.merkle import CompactRange
 from processors.integrity.record import HASH_SIZE, VERSION_TAG, ZERO_HASH
 from processors.sink_avro import (
@@ -42,7 +41,7 @@ from processors.sink_avro import (
 )
 from processors.verifier.clickhouse_source import DECODED, expected_columns, iter_rows, query
 from processors.verifier.core import DEFAULT_MAX_FINDINGS, ChainResult
-from processors.verifier.rows import decoded_difference
+from processors.verifier.rows import decoded_difference, mismatch_reporter
 from schemas.codec import HEADER_SIZE, avro_long
 from sealtrail.infra.clickhouse import validate_identifier
 from sealtrail.infra.errors import ClickHouseError, WriteRefused
@@ -498,17 +497,7 @@ def check_chain(
     result = ChainResult(chain=chain)
     db = validate_identifier(database)
 
-    def mismatch(message: str, seq: int | None, expected: Any, found: Any) -> None:
-        result.add(
-            ClickHouseMismatch(
-                f"ClickHouse chain {chain} row {seq}: {message}",
-                chain=chain,
-                seq=seq,
-                expected=_show(expected),
-                found=_show(found),
-            ),
-            max_findings,
-        )
+    mismatch = mismatch_reporter(result, chain, max_findings)
 
     params = {"chain": chain, "size": size}
     scope = "1" if changed_parts is None else part_filter(changed_parts)

@@ -13,7 +13,7 @@ from processors.integrity.merkle import CompactRange
 from processors.integrity.record import ZERO_HASH, ChainedRecord
 from processors.verifier.core import DEFAULT_MAX_FINDINGS, ChainResult
 
-__all__ = ["ChRow", "DecodeFn", "decoded_difference", "verify_rows"]
+__all__ = ["ChRow", "DecodeFn", "decoded_difference", "mismatch_reporter", "verify_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,28 @@ def decoded_difference(row: ChRow, decode: DecodeFn) -> tuple[str, Any, Any] | N
     return None
 
 
+Mismatch = Callable[[str, "int | None", Any, Any], None]
+"""Reports one ClickHouse finding: (message, seq, expected, found)."""
+
+
+def mismatch_reporter(result: ChainResult, chain: str, max_findings: int) -> Mismatch:
+    """What adds a ``clickhouse_mismatch`` finding about ``chain``'s rows to ``result``."""
+
+    def mismatch(message: str, seq: int | None, expected: Any, found: Any) -> None:
+        result.add(
+            ClickHouseMismatch(
+                f"ClickHouse chain {chain} row {seq}: {message}",
+                chain=chain,
+                seq=seq,
+                expected=_show(expected),
+                found=_show(found),
+            ),
+            max_findings,
+        )
+
+    return mismatch
+
+
 def _show(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return bytes(value).hex()
@@ -70,17 +92,7 @@ def verify_rows(
     prev_hash = ZERO_HASH
     expect = 0
 
-    def mismatch(message: str, seq: int | None, expected: Any, found: Any) -> None:
-        result.add(
-            ClickHouseMismatch(
-                f"ClickHouse chain {chain} row {seq}: {message}",
-                chain=chain,
-                seq=seq,
-                expected=_show(expected),
-                found=_show(found),
-            ),
-            max_findings,
-        )
+    mismatch = mismatch_reporter(result, chain, max_findings)
 
     for row in rows:
         if row.seq < expect:
