@@ -242,6 +242,8 @@ class WebhookServer:
         self._tokens: list[tuple[bytes, str]] = []
         self._validate()
         self.metrics = _Metrics()
+        # Loaded now: a missing or bad TLS file is refused before anything connects to Kafka.
+        self._tls = self._ssl_context()
         self._inflight = 0
         self._producer: ConfirmedProducer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -675,7 +677,7 @@ class WebhookServer:
             keepalive_timeout=self.options.read_timeout,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl_context())
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._tls)
         await site.start()
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:

@@ -10,7 +10,7 @@ import typer
 from sealtrail import kafka_users
 from sealtrail.commands.context import settings_of
 from sealtrail.infra import acls
-from sealtrail.infra.kafka import admin, check_login
+from sealtrail.infra.kafka import admin, check_login, wait_for_cluster
 from sealtrail.infra.pki import ensure_tls
 
 acls_app = typer.Typer(
@@ -36,6 +36,7 @@ def apply(
         for acl in wanted:
             typer.echo(acl.command())
         return
+    wait_for_cluster(settings)  # an unreachable cluster is one sentence, not an ACL refusal
     check_login(settings)
     count = acls.apply(admin(settings), wanted)
     typer.echo(f"{count} ACL(s) in place for {', '.join(r.value for r in acls.COMPONENT_ROLES)}")
@@ -62,6 +63,7 @@ def users(
     settings = settings_of(ctx)
     clients = kafka_users.role_clients(out, ca, tuple(acls.Role), user_prefix)
     if not files_only:
+        wait_for_cluster(settings)  # an unreachable cluster is one sentence, not a refusal
         check_login(settings)
         kafka_users.upsert_users(admin(settings), clients)
     for client in clients:

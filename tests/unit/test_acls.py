@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -61,3 +62,14 @@ def test_dry_run_prints_kafka_acls_lines_with_the_topic_prefix() -> None:
     ) in lines
     assert any("--transactional-id prod.sealtrail-chainer- --resource-pattern-type prefixed" in x
                for x in lines)  # fmt: skip
+
+
+def test_apply_against_an_unreachable_cluster_says_so(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = CliRunner().invoke(
+        app, ["--home", str(tmp_path), "--kafka", f"127.0.0.1:{port}", "acls", "apply"]
+    )
+    assert result.exit_code == 2
+    assert "did not answer" in result.output and "refused" not in result.output

@@ -193,3 +193,16 @@ def test_run_refuses_tokens_without_tls_in_one_sentence(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["--home", str(tmp_path), "run", "--tokens", str(tokens)])
     assert result.exit_code == 2
     assert "bearer tokens need TLS" in result.output and "Traceback" not in result.output
+
+
+def test_missing_tls_files_are_refused_before_kafka_is_touched(tmp_path: Path) -> None:
+    from producers.webhook import WebhookOptions, WebhookServer
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret-a cluster-a\n")
+    tokens.chmod(0o600)
+    options = WebhookOptions(
+        tokens=tokens, tls_cert=tmp_path / "no.crt", tls_key=tmp_path / "no.key"
+    )
+    with pytest.raises(ConfigError, match="cannot load the webhook TLS files"):
+        WebhookServer(Settings(home=tmp_path, kafka="127.0.0.1:1"), options)
