@@ -124,7 +124,8 @@ def test_loose_private_key_is_refused(
 
 
 def _corruptions(secret: str) -> list[str]:
-    prefix, name, key_id, seed = secret.split("+", 3)[0:1] + secret.split("+")[2:5]
+    # PRIVATE+KEY+<name>+<key id>+<base64 seed>: the seed's base64 may itself hold '+'.
+    _private, _key, name, key_id, seed = secret.split("+", 4)
     flipped = seed[:-3] + ("A" if seed[-3] != "A" else "B") + seed[-2:]
     return [
         secret.replace(key_id, "deadbeef"),  # key ID does not match the key
@@ -230,3 +231,10 @@ def test_cli_bad_dsn_output_holds_no_password(dsn: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert_clean(result.output, [PASSWORD])
+
+
+def test_corruptions_handle_a_seed_whose_base64_holds_plus_signs() -> None:
+    # A random key's seed is base64 and often holds '+' (this once failed at random in CI).
+    secret = "PRIVATE+KEY+sealtrail.test+9d3fa740+AR+exhaqPeYVltieqitpUYwuUN7gIo/nPN1d7v2iK++W"
+    corrupted = _corruptions(secret)
+    assert len(corrupted) == 8 and secret not in corrupted
