@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import signal
 import statistics
@@ -35,7 +34,14 @@ from typing import Any
 import psutil
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.common import Result, bench_broker, fresh_settings, print_table, write_json
+from bench.common import (
+    Result,
+    bench_broker,
+    free_port,
+    fresh_settings,
+    print_table,
+    write_json,
+)
 from processors.integrity.checkpoint import parse_checkpoint_note
 from processors.integrity.keys import write_keypair
 from sealtrail.infra.samples import K8S_AUDIT_SAMPLES
@@ -223,7 +229,7 @@ def run(
         token_file = work / "tokens.txt"
         token_file.write_text("".join(f"{t} {c}\n" for t, c in tokens.items()))
         token_file.chmod(0o600)
-        port, health = 39880 + os.getpid() % 50, 39940 + os.getpid() % 50
+        port, health = free_port(), free_port()
         command = [
             sys.executable,
             "-m",
@@ -255,7 +261,9 @@ def run(
                 except OSError:
                     pass
                 if time.monotonic() > deadline or run_process.poll() is not None:
-                    raise RuntimeError(f"sealtrail run did not come up; see {work / 'run.log'}")
+                    log.flush()
+                    tail = (work / "run.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"sealtrail run did not come up; its log ends:\n{tail}")
                 time.sleep(0.3)
             time.sleep(2)  # let the chainer and sink join their groups
             procs = [psutil.Process(run_process.pid), *psutil.Process(run_process.pid).children()]

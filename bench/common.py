@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import socket
 import threading
 import time
 import uuid
@@ -103,6 +104,13 @@ class PeakRss:
 
     def mb(self, pid: int | None = None) -> float:
         return self.peak[pid or self.pids[0]] / (1024 * 1024)
+
+
+def free_port() -> int:
+    """A loopback port nobody holds now (a fixed port in the ephemeral range may be taken)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def max_rss_mb() -> float:
