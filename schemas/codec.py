@@ -47,7 +47,9 @@ __all__ = [
     "HEADER_SIZE",
     "EncodeError",
     "SchemaHandle",
+    "CHAINED_TAIL",
     "avro_long",
+    "chained_lead",
     "decode",
     "decode_audit_event",
     "decode_chained",
@@ -59,6 +61,7 @@ __all__ = [
     "fingerprint_of",
     "known_schemas",
     "register",
+    "zigzag",
 ]
 
 MAGIC = b"\xc3\x01"
@@ -497,10 +500,13 @@ _CHAINED_V1_HEADER = CHAINED_EVENT.header
 # length 32 zigzagged = 0x40), source_offset, ingested_at, payload length. Varints of at most 9
 # bytes; anything longer or otherwise unusual goes to fastavro.
 _V = rb"[\x80-\xff]{0,8}[\x00-\x7f]"
-_CHAINED_TAIL = re.compile(rb"(%s)\x40(.{32})\x40(.{32})(%s)(%s)(%s)" % (_V, _V, _V, _V), re.S)
+CHAINED_TAIL = re.compile(rb"(%s)\x40(.{32})\x40(.{32})(%s)(%s)(%s)" % (_V, _V, _V, _V), re.S)
+"""After the chain id: groups (seq varint, prev_hash, hash, source_offset varint, ingested_at
+varint, payload length varint); the payload follows ``match.end()``."""
 
 
-def _zigzag(raw: bytes) -> int:
+def zigzag(raw: bytes) -> int:
+    """An Avro long from its varint bytes (as :data:`CHAINED_TAIL` captures them)."""
     n = shift = 0
     for byte in raw:
         n |= (byte & 0x7F) << shift
@@ -523,22 +529,32 @@ def parse_chained_fields(data: bytes) -> ChainedFields | None:
         chain = data[HEADER_SIZE + 1 : end].decode()
     except UnicodeDecodeError:
         return None
-    m = _CHAINED_TAIL.match(data, end)
+    m = CHAINED_TAIL.match(data, end)
     if m is None or len(chain.encode()) != size >> 1:
         return None
     seq_raw, prev, hash_, offset_raw, at_raw, length_raw = m.groups()
     start = m.end()
-    if _zigzag(length_raw) != len(data) - start:
+    if zigzag(length_raw) != len(data) - start:
         return None
     return (
         chain,
-        _zigzag(seq_raw),
+        zigzag(seq_raw),
         prev,
         hash_,
-        _zigzag(offset_raw),
-        _zigzag(at_raw),
+        zigzag(offset_raw),
+        zigzag(at_raw),
         data[start:],
     )
+
+
+def chained_lead(chain: str) -> bytes | None:
+    """The bytes every plain version-1 value of ``chain`` starts with (header and chain id),
+    after which :data:`CHAINED_TAIL` matches; ``None`` when the chain id is too long for the
+    plain layout. Lets a reader of one chain skip the chain id without decoding it."""
+    raw = chain.encode()
+    if len(raw) >= 0x40:
+        return None
+    return _CHAINED_V1_HEADER + bytes([len(raw) << 1]) + raw
 
 
 def decode_chained_fields(data: bytes) -> ChainedFields:

@@ -67,6 +67,19 @@ class CompactRange:
         """Append one leaf given its data (a record hash); hashes it with :func:`leaf_hash`."""
         self.append_leaf_hash(_sha256(b"\x00" + leaf_data).digest())
 
+    def extend(self, leaves: list[bytes]) -> None:
+        """Append many leaves given their data (record hashes): :meth:`append` in one loop."""
+        hashes, size, sha = self.hashes, self.size, _sha256
+        for data in leaves:
+            hashes.append(sha(b"\x00" + data).digest())
+            n = size
+            while n & 1:
+                right = hashes.pop()
+                hashes[-1] = sha(b"\x01" + hashes[-1] + right).digest()
+                n >>= 1
+            size += 1
+        self.size = size
+
     def append_leaf_hash(self, hash_: bytes) -> None:
         """Append one leaf given its already computed leaf hash."""
         hashes = self.hashes

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from processors.integrity.errors import (
-    IntegrityError,
-)
+from processors.integrity.errors import IntegrityError, MalformedRecord
 from processors.integrity.merkle import CompactRange
+from schemas.codec import decode_chained_fields
+from sealtrail.infra.errors import SealtrailError
 
 __all__ = [
     "DEFAULT_MAX_FINDINGS",
@@ -23,6 +23,8 @@ __all__ = [
     "RecordFields",
     "RecordItem",
     "SourceCheckpoint",
+    "ValueBatch",
+    "value_item",
 ]
 
 DEFAULT_MAX_FINDINGS = 1000
@@ -41,6 +43,24 @@ ingested_at_us, payload)."""
 RecordItem = tuple[int | None, "RecordFields | IntegrityError"]
 """One record as read for :func:`verify_chain_fields`: its offset and its fields, or why it could
 not be read. Plain tuples: building objects per record was a large part of the replay's cost."""
+
+
+ValueBatch = tuple[list[int], list["bytes | None"]]
+"""Offsets and raw values of consecutive chain topic records, as a reader gets them."""
+
+
+def value_item(offset: int, value: bytes | None) -> RecordItem:
+    """A raw chain topic value as a :data:`RecordItem`: its fields, or MalformedRecord."""
+    if value is None:
+        return offset, MalformedRecord(
+            "chain topic record has no value; it was not written by sealtrail"
+        )
+    try:
+        return offset, decode_chained_fields(value)
+    except SealtrailError as exc:
+        return offset, MalformedRecord(
+            f"chain topic record does not decode as a ChainedEvent: {exc}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

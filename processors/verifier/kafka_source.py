@@ -14,13 +14,13 @@ from processors.integrity.record import ChainedRecord
 from processors.verifier.core import (
     ChainResult,
     ChainState,
-    RecordFields,
     RecordItem,
     SourceCheckpoint,
+    ValueBatch,
+    value_item,
 )
-from processors.verifier.replay import verify_chain_fields
+from processors.verifier.replay import verify_chain_values
 from schemas.chained import value_record
-from schemas.codec import decode_chained_fields
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import KafkaUnavailable, SealtrailError, TopicError
 from sealtrail.infra.kafka import admin, check_login, is_refusal, refused
@@ -32,6 +32,7 @@ __all__ = [
     "chain_partitions",
     "decode_record",
     "iter_records",
+    "iter_values",
     "read_checkpoint_notes",
     "run_job",
 ]
@@ -84,38 +85,38 @@ def read_partition(
         yield message.offset() or 0, message.key(), message.value()
 
 
-def iter_records(
+def iter_values(
     settings: Settings, partition: int, start: int | None = None
-) -> tuple[int, int, Iterator[RecordItem]]:
-    """(low, high watermark, records from ``start`` or the earliest offset) as ``(offset,
-    fields or MalformedRecord)`` tuples, what :func:`~processors.verifier.replay.
-    verify_chain_fields` takes: no objects per record."""
+) -> tuple[int, int, Iterator[ValueBatch]]:
+    """(low, high watermark, batches of (offsets, raw values) from ``start`` or the earliest
+    offset), what :meth:`~processors.verifier.replay.ChainReplay.replay_values` takes."""
     consumer = reader(settings)
     topic = settings.topics.chain
     low, high = watermarks(consumer, topic, partition)
 
-    def gen() -> Iterator[RecordItem]:
-        decode = decode_chained_fields
+    def gen() -> Iterator[ValueBatch]:
         try:
             for batch in read_batches(consumer, topic, partition, start):
-                for message in batch:
-                    value = message.value()
-                    item: RecordFields | MalformedRecord
-                    try:
-                        item = decode(value) if value is not None else _malformed(None, None)
-                    except SealtrailError as exc:
-                        item = _malformed(value, exc)
-                    yield message.offset() or 0, item
+                yield [m.offset() or 0 for m in batch], [m.value() for m in batch]
         finally:
             consumer.close()
 
     return low, high, gen()
 
 
-def _malformed(value: bytes | None, exc: SealtrailError | None) -> MalformedRecord:
-    if value is None:
-        return MalformedRecord("chain topic record has no value; it was not written by sealtrail")
-    return MalformedRecord(f"chain topic record does not decode as a ChainedEvent: {exc}")
+def iter_records(
+    settings: Settings, partition: int, start: int | None = None
+) -> tuple[int, int, Iterator[RecordItem]]:
+    """:func:`iter_values` one decoded record at a time, as ``(offset, fields or
+    MalformedRecord)`` tuples."""
+    low, high, batches = iter_values(settings, partition, start)
+
+    def gen() -> Iterator[RecordItem]:
+        for offsets, values in batches:
+            for offset, value in zip(offsets, values, strict=True):
+                yield value_item(offset, value)
+
+    return low, high, gen()
 
 
 def read_checkpoint_notes(settings: Settings, partition: int, chain: str) -> list[SourceCheckpoint]:
@@ -170,10 +171,10 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
     cps += [SourceCheckpoint(n, None, "offsite") for n in job.offsite_notes]
     incremental = job.state is not None and job.state.size > 0
     start = job.state.offset if job.state is not None and incremental else None
-    low, _high, records = iter_records(settings, job.partition, start)
-    result = verify_chain_fields(
+    low, _high, batches = iter_values(settings, job.partition, start)
+    result = verify_chain_values(
         chain,
-        records,
+        batches,
         cps,
         ring,
         origin=origin_for(settings.deployment, chain),
@@ -189,10 +190,10 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
         return result
     # The remembered record is not at its offset (topic rebuilt, re-partitioned or cut): replay
     # everything and check the remembered head at its size, which names what happened.
-    low, _high, records = iter_records(settings, job.partition, None)
-    return verify_chain_fields(
+    low, _high, batches = iter_values(settings, job.partition, None)
+    return verify_chain_values(
         chain,
-        records,
+        batches,
         cps,
         ring,
         origin=origin_for(settings.deployment, chain),

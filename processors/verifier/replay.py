@@ -39,9 +39,12 @@ from processors.verifier.core import (
     NotAnchored,
     RecordItem,
     SourceCheckpoint,
+    ValueBatch,
+    value_item,
 )
+from processors.verifier.value_check import ChainValueCheck
 
-__all__ = ["ChainReplay", "verify_chain_fields"]
+__all__ = ["ChainReplay", "verify_chain_fields", "verify_chain_values"]
 
 # Progress is reported every this many records (a power of two minus one: a bit test).
 _PROGRESS_MASK = 1023
@@ -217,7 +220,7 @@ class ChainReplay:
             if not passes(
                 c, seq, prev_hash, hash_, source_offset, ingested_at, payload, next_seq, head_hash
             ):
-                finding = self._finding(offset, fields, next_seq, head_hash, verified)
+                finding = self._finding(offset, fields, next_seq, head_hash)
                 if finding is not None:
                     result.add(finding, limit)
                     self.broken = True
@@ -233,9 +236,46 @@ class ChainReplay:
                 due = self.pass_size(head_hash)
         self.head.next_seq, self.head.head_hash = next_seq, head_hash
         self.due, self.last_offset = due, last_offset
-        result.records_verified = verified
+        result.records_verified += verified
         if on_record is not None and verified & _PROGRESS_MASK:
             on_record(verified & _PROGRESS_MASK)
+
+    def replay_values(self, batches: Iterable[ValueBatch]) -> None:
+        """:meth:`replay` over raw chain topic values, as a reader gets them in batches: runs of
+        plain records go through :class:`ChainValueCheck` (no per-record objects); a value it
+        does not pass is decoded and given to :meth:`replay`, which names any finding."""
+        check = ChainValueCheck(self.chain)
+        tree, result, on_record = self.tree, self.result, self.on_record
+        for offsets, values in batches:
+            i, n = 0, len(values)
+            if self.need_anchor and n:
+                rest = self.check_anchor(iter([value_item(offsets[0], values[0])]))
+                if self.broken:
+                    return
+                del rest
+                i = 1
+            while i < n:
+                head, due = self.head, self.due
+                stop = n if due < 0 else min(n, i + due - head.next_seq)
+                hashes: list[bytes] = []
+                j = check.run(values, i, stop, head.next_seq, head.head_hash, hashes)
+                if hashes:
+                    tree.extend(hashes)
+                    head.next_seq += len(hashes)
+                    head.head_hash = hashes[-1]
+                    self.last_offset = offsets[j - 1]
+                    result.records_verified += len(hashes)
+                    if on_record is not None:
+                        on_record(len(hashes))
+                    if head.next_seq == due:
+                        self.due = self.pass_size(head.head_hash)
+                if j < stop:
+                    # Not a plain next record: the general path decodes it and names what is wrong.
+                    self.replay(iter([value_item(offsets[j], values[j])]))
+                    if self.broken:
+                        return
+                    j += 1
+                i = j
 
     def _finding(
         self,
@@ -243,11 +283,10 @@ class ChainReplay:
         fields: tuple[str, int, bytes, bytes, int, int, bytes],
         next_seq: int,
         head_hash: bytes,
-        verified: int,
     ) -> IntegrityError | None:
         """What is wrong with a record the fast check did not pass (None: nothing after all)."""
         seq, source_offset = fields[1], fields[4]
-        if verified == 0 and self.state is None and seq > 0:
+        if next_seq == 0 and seq > 0:  # nothing accepted yet, from the start
             return RecordsDeleted(
                 f"chain {self.chain} starts at seq {seq}, not 0: its first records were deleted",
                 chain=self.chain,
@@ -341,6 +380,37 @@ class ChainReplay:
         )
 
 
+def _verify(
+    feed: Callable[[ChainReplay], None],
+    chain: str,
+    checkpoints: Iterable[SourceCheckpoint],
+    keyring: KeyRing,
+    *,
+    origin: str,
+    state: ChainState | None,
+    low_offset: int | None,
+    require_anchored: bool,
+    probe_size: int | None,
+    max_findings: int,
+    on_record: Callable[[int], None] | None,
+    state_check: ChainState | None,
+) -> ChainResult:
+    replay = ChainReplay.start(
+        chain,
+        checkpoints,
+        keyring,
+        origin=origin,
+        state=state,
+        state_check=state_check,
+        probe_size=probe_size,
+        limit=max_findings,
+        on_record=on_record,
+    )
+    replay.check_low_offset(low_offset)
+    feed(replay)
+    return replay.finish(require_anchored)
+
+
 def verify_chain_fields(
     chain: str,
     records: Iterable[RecordItem],
@@ -366,17 +436,50 @@ def verify_chain_fields(
     show as a positive value). ``probe_size`` asks for the Merkle root at that size
     (``result.probe_root``) so ClickHouse rows can be compared without re-reading the chain.
     """
-    replay = ChainReplay.start(
+    return _verify(
+        lambda replay: replay.replay(replay.check_anchor(iter(records))),
         chain,
         checkpoints,
         keyring,
         origin=origin,
         state=state,
-        state_check=state_check,
+        low_offset=low_offset,
+        require_anchored=require_anchored,
         probe_size=probe_size,
-        limit=max_findings,
+        max_findings=max_findings,
         on_record=on_record,
+        state_check=state_check,
     )
-    replay.check_low_offset(low_offset)
-    replay.replay(replay.check_anchor(iter(records)))
-    return replay.finish(require_anchored)
+
+
+def verify_chain_values(
+    chain: str,
+    batches: Iterable[ValueBatch],
+    checkpoints: Iterable[SourceCheckpoint],
+    keyring: KeyRing,
+    *,
+    origin: str,
+    state: ChainState | None = None,
+    low_offset: int | None = None,
+    require_anchored: bool = False,
+    probe_size: int | None = None,
+    max_findings: int = DEFAULT_MAX_FINDINGS,
+    on_record: Callable[[int], None] | None = None,
+    state_check: ChainState | None = None,
+) -> ChainResult:
+    """:func:`verify_chain_fields` over raw values in batches (what a Kafka reader gets), on
+    the fast path of :meth:`ChainReplay.replay_values`; the same findings."""
+    return _verify(
+        lambda replay: replay.replay_values(batches),
+        chain,
+        checkpoints,
+        keyring,
+        origin=origin,
+        state=state,
+        low_offset=low_offset,
+        require_anchored=require_anchored,
+        probe_size=probe_size,
+        max_findings=max_findings,
+        on_record=on_record,
+        state_check=state_check,
+    )

@@ -413,3 +413,19 @@ def test_consistency_property(data: st.DataObject, size2: int) -> None:
             if (s1, s2) != (size1, size2):
                 with pytest.raises(ProofInvalid):
                     verify_consistency(s1, s2, proof, r1, r2)
+
+
+def test_extend_equals_appending_one_by_one() -> None:
+    import hashlib
+
+    leaves = [hashlib.sha256(str(i).encode()).digest() for i in range(300)]
+    for start in (0, 1, 5, 64, 127):
+        one = CompactRange()
+        many = CompactRange()
+        for leaf in leaves[:start]:
+            one.append(leaf)
+            many.append(leaf)
+        for leaf in leaves[start:]:
+            one.append(leaf)
+        many.extend(leaves[start:])
+        assert (many.size, many.hashes, many.root()) == (one.size, one.hashes, one.root())
