@@ -24,6 +24,7 @@ from processors.chainer.checkpoints import (
 )
 from processors.chainer.interrupt import Interrupted
 from processors.chainer.kafka_errors import describe, kafka_error
+from processors.chainer.linker import ChainLinker
 from processors.chainer.names import group_id
 from processors.chainer.options import ChainerOptions, ChainerStats
 from processors.chainer.recovery import Recovery
@@ -31,8 +32,6 @@ from processors.chainer.state import ChainState
 from processors.chainer.transactions import TransactionGuard
 from processors.integrity.keys import load_signer
 from processors.integrity.note import Signer
-from processors.integrity.record import link
-from schemas.chained import record_value
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import KafkaUnavailable, SealtrailError
 from sealtrail.infra.kafka import consumer_conf, is_refusal, refused
@@ -400,32 +399,47 @@ class Chainer:
         consumer = self._consumer
         assert consumer is not None
         chained = ChainedBatch(records=len(batch))
-        chains = self._chains
-        chain_topic = self._chain_topic
-        signed = self.signer is not None
+        by_partition: dict[int, list[Message]] = {}
         for message in batch:
-            partition = cast(int, message.partition())
-            chain = chains[partition]
-            offset = cast(int, message.offset())
-            record = link(chain.head, offset, _now_us(), message.value() or b"")
-            value = record_value(record)
-            self._txn.produce(chain_topic, partition, record.chain.encode("utf-8"), value)
-            chained.offsets[partition] = offset + 1
-            if signed:
-                assert chain.tree is not None
-                chain.tree.append(record.hash)
-                chain.since_checkpoint += 1
-                if self._policy.full(chain):
-                    chained.checkpoints.append(self._checkpoint(partition, chain))
-        if signed:
+            by_partition.setdefault(cast(int, message.partition()), []).append(message)
+        for partition, messages in by_partition.items():
+            self._link_partition(partition, messages, chained)
+            chained.offsets[partition] = cast(int, messages[-1].offset()) + 1
+        if self.signer is not None:
             now = time.monotonic()
-            for partition, chain in chains.items():
+            for partition, chain in self._chains.items():
                 if self._policy.due(chain, now, final):
                     chained.checkpoints.append(self._checkpoint(partition, chain))
         if chained.offsets:
             positions = [TopicPartition(self._raw, p, o) for p, o in chained.offsets.items()]
             self._txn.send_offsets(positions, consumer.consumer_group_metadata())
         return chained
+
+    def _link_partition(
+        self, partition: int, messages: list[Message], chained: ChainedBatch
+    ) -> None:
+        """Chain one partition's records in runs that end where a checkpoint falls due."""
+        chain = self._chains[partition]
+        linker = ChainLinker(chain.head)
+        key = chain.head.chain.encode("utf-8")
+        offsets = [cast(int, m.offset()) for m in messages]
+        payloads = [m.value() or b"" for m in messages]
+        tree = chain.tree
+        start = 0
+        while start < len(messages):
+            stop = len(messages)
+            if tree is not None:
+                stop = min(
+                    stop, start + max(1, self._policy.every_records - chain.since_checkpoint)
+                )
+            run = linker.link(offsets[start:stop], payloads[start:stop], _now_us())
+            self._txn.produce_run(self._chain_topic, partition, key, run.values)
+            if tree is not None:
+                tree.extend(run.hashes)
+                chain.since_checkpoint += len(run.hashes)
+                if self._policy.full(chain):
+                    chained.checkpoints.append(self._checkpoint(partition, chain))
+            start = stop
 
     def _checkpoint(self, partition: int, chain: ChainState) -> CheckpointRecord:
         assert self.signer is not None

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import NoReturn, TypeVar, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
@@ -230,11 +230,30 @@ class TransactionGuard:
             except BufferError:
                 producer.poll(0.05)  # local queue full: let deliveries drain
             except KafkaException as exc:
-                err = kafka_error(exc)
-                self.last_error = f"produce: {describe(exc)}"
-                if err is not None and err.txn_requires_abort():
-                    raise AbortNeeded from None
-                raise ProducerLost from None
+                self._produce_failed(exc)
+
+    def produce_run(self, topic: str, partition: int, key: bytes, values: list[bytes]) -> None:
+        """:meth:`produce` for a run of values with one key, in order, in one loop."""
+        producer = self.producer
+        assert producer is not None
+        produce = producer.produce
+        sent = 0
+        while sent < len(values):
+            try:
+                for value in values[sent:] if sent else values:
+                    produce(topic, value, key, partition=partition)
+                    sent += 1
+            except BufferError:
+                producer.poll(0.05)  # local queue full: let deliveries drain, resume in order
+            except KafkaException as exc:
+                self._produce_failed(exc)
+
+    def _produce_failed(self, exc: KafkaException) -> NoReturn:
+        err = kafka_error(exc)
+        self.last_error = f"produce: {describe(exc)}"
+        if err is not None and err.txn_requires_abort():
+            raise AbortNeeded from None
+        raise ProducerLost from None
 
     def send_offsets(self, positions: list[TopicPartition], metadata: object) -> None:
         """Send the consumer's next raw offsets to the open transaction."""
