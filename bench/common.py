@@ -139,7 +139,10 @@ class Metered:
 
     def report(self, events: int) -> dict[str, float]:
         """CPU seconds since start(), CPU-us per event and peak RSS, while the process lives."""
-        cpu = self.cpu_seconds()
+        try:
+            cpu = self.cpu_seconds()
+        except psutil.Error:  # it exited (a restarted child): nothing honest to report
+            return {"cpu_seconds": 0.0, "cpu_us_per_event": 0.0, "peak_rss_mb": 0.0, "gone": 1}
         return {
             "cpu_seconds": round(cpu, 3),
             "cpu_us_per_event": round(cpu * 1e6 / events, 1) if events else 0.0,
