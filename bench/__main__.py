@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -108,6 +109,7 @@ def _e2e(n: int, kafka: str) -> tuple[list[Result], dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop our children on the way out
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks it runs (CI)")
     parser.add_argument("--only", default="producers,chainer,sink,verify,e2e")

@@ -111,8 +111,12 @@ async def _post_all(
     batches: list[Batch],
     clients: int,
     acked: dict[str, float],
+    timeout: float,
 ) -> int:
+    """POST every batch (retrying 429/503 as the API server would) within ``timeout`` seconds."""
     import aiohttp
+
+    deadline = time.monotonic() + timeout
 
     queue: asyncio.Queue[Batch] = asyncio.Queue()
     for item in batches:
@@ -136,6 +140,11 @@ async def _post_all(
                             sent += 1
                             break
                         if response.status in (429, 503):
+                            if time.monotonic() > deadline:
+                                raise RuntimeError(
+                                    f"the webhook still answered {response.status} after "
+                                    f"{timeout:.0f} s (is the broker up? see run.log)"
+                                )
                             await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
                             continue
                         raise RuntimeError(f"webhook answered {response.status}")
@@ -425,7 +434,8 @@ def run_e2e(
         acked: dict[str, float] = {}
         load_cpu = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
-        asyncio.run(_post_all(f"http://127.0.0.1:{port}/", list(tokens), batches, clients, acked))
+        url = f"http://127.0.0.1:{port}/"
+        asyncio.run(_post_all(url, list(tokens), batches, clients, acked, settle_timeout))
         posted = time.monotonic()
         after = resource.getrusage(resource.RUSAGE_SELF)
         load_cpu_s = after.ru_utime + after.ru_stime - load_cpu.ru_utime - load_cpu.ru_stime
@@ -548,6 +558,7 @@ def print_processes(out: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop our children on the way out
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=8)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from processors.integrity.checkpoint import parse_checkpoint_note
 from schemas.codec import decode_chained
@@ -124,7 +124,11 @@ class Observer:
                     seen.checkpointed = now
             self.uncheckpointed = [s for s in self.uncheckpointed if s.checkpointed is None]
         if self.unqueryable:
-            committed = {tp.partition: tp.offset for tp in self.consumer.committed(self.parts, 10)}
+            try:
+                found = self.consumer.committed(self.parts, 10)
+            except KafkaException:
+                return  # a broker hiccup: ask again next round (--timeout bounds the wait)
+            committed = {tp.partition: tp.offset for tp in found}
             for seen in self.unqueryable:
                 if committed.get(seen.partition, -1) > seen.offset:
                     seen.queryable = now
