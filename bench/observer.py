@@ -42,6 +42,17 @@ def mark_name(number: int) -> str:
     return f"{MARK.decode()}{number:0{MARK_DIGITS}d}"
 
 
+def find_mark(value: bytes) -> str | None:
+    """The marker name in ``value``, if it holds one: memchr for its first byte, then a check."""
+    at = value.find(MARK_FIRST)
+    while at >= 0 and not value.startswith(MARK, at):
+        at = value.find(MARK_FIRST, at + 1)
+    if at < 0:
+        return None
+    name = value[at : at + len(MARK) + MARK_DIGITS]
+    return name.decode() if len(name) == len(MARK) + MARK_DIGITS else None
+
+
 @dataclass
 class Seen:
     """Where one marker sits and when each of its states was first observed."""
@@ -100,13 +111,8 @@ class Observer:
                 self.tree_size[p] = max(self.tree_size[p], size)
                 continue
             self.scanned += 1
-            at = value.find(MARK_FIRST)
-            while at >= 0 and not value.startswith(MARK, at):
-                at = value.find(MARK_FIRST, at + 1)
-            if at < 0:
-                continue
-            name = value[at : at + len(MARK) + MARK_DIGITS].decode()
-            if name in self.marks:
+            name = find_mark(value)
+            if name is None or name in self.marks:
                 continue
             # Only marker records are decoded, and only for checkpoint coverage (their seq).
             seq = int(decode_chained(value)["seq"]) if checkpoints else -1
