@@ -1,7 +1,9 @@
 """``make bench``: every stage beside its raw baseline, then the whole pipeline, in one run.
 
 One local broker serves every stage (started here unless SEALTRAIL_KAFKA names one). Prints one
-table (stage, rate, baseline rate, ratio, p50/p99, peak RSS) and writes bench/results/all.json.
+table (stage, rate, baseline rate, ratio, p50/p99, CPU-us per event, peak RSS) and writes
+bench/results/all.json. End to end runs beside a raw pipeline (producer -> topic -> consumer ->
+chdb) on the same broker and prints CPU-us per event of every process (bench/bench_e2e.py).
 
 python -m bench [--tiny] [--only producers,chainer,sink,verify,e2e]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -100,26 +103,13 @@ def _e2e(n: int, kafka: str) -> tuple[list[Result], dict[str, Any]]:
     from bench import bench_e2e
 
     out = bench_e2e.run(n, bootstrap=kafka)
-    peak = max((p["peak_rss_mb"] for p in out["processes"].values()), default=None)
-    return [
-        Result(
-            "end to end: webhook 200 -> row queryable",
-            out["events_per_second"],
-            p50_ms=out["queryable_p50_ms"],
-            p99_ms=out["queryable_p99_ms"],
-            peak_rss_mb=peak,
-            extra=out,
-        ),
-        Result(
-            "end to end: webhook 200 -> signed checkpoint",
-            out["events_per_second"],
-            p50_ms=out["checkpointed_p50_ms"],
-            p99_ms=out["checkpointed_p99_ms"],
-        ),
-    ], out
+    print()
+    bench_e2e.print_processes(out)
+    return bench_e2e.result_lines(out), out
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop our children on the way out
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks it runs (CI)")
     parser.add_argument("--only", default="producers,chainer,sink,verify,e2e")

@@ -1,14 +1,23 @@
-"""End to end: events through the webhook until they are rows in ClickHouse and under a checkpoint.
+"""End to end beside a raw pipeline: events in until they are queryable rows (and checkpointed).
 
-``sealtrail run`` (webhook + chainer + sink, each its own process) runs against a throwaway
-broker and an embedded ClickHouse store. Concurrent clients POST EventList batches of 400 events
-(like the API server). The last event of every batch carries a marker auditID; this process
-watches the chain topic for it (read_committed), then the sink's committed offsets (the sink
-commits only after ClickHouse acknowledged the rows, so a committed offset past the record means
-the row is queryable) and the checkpoint topic (the record is covered once a signed checkpoint's
-tree size passes its seq). Reported: sustained events/s from the first POST to the last row being
-queryable, latency p50/p99 from the webhook's 200 to queryable and to checkpointed, CPU seconds
-and peak RSS of each process.
+Two rows, one after the other on the same broker, with the same JSON event bytes and load shape
+(``--clients`` concurrent batches of ``--batch`` events, one cluster per batch):
+
+* raw pipeline (bench/raw_pipeline.py): a plain idempotent producer -> one topic -> one consumer
+  inserting (cluster, time, body) rows into embedded ClickHouse, as two processes;
+* end to end: ``sealtrail run`` (webhook + chainer + sink, each its own process, signed
+  checkpoints) fed by concurrent clients POSTing EventLists (like the API server).
+
+The last event of every batch carries a marker auditID. A separate observer process
+(bench/observer.py) finds the markers with a bytes search over the raw message values of the topic
+the inserting consumer reads, then reads that consumer group's committed offsets (committed only
+after ClickHouse acknowledged the rows: queryable) and, end to end, the checkpoint topic (covered
+once a signed tree size passes the record's seq). Its own CPU is reported.
+
+Reported per row: events/s from the first event sent to the last row queryable, p50/p99 latency
+from acknowledgement (the webhook's 200; the producer's ack of the batch's last record) to
+queryable and, end to end, to checkpointed; CPU seconds, CPU-us per event and peak RSS of each
+process (CPU counted from when load starts; broker, observer and load generator apart).
 
 python -m bench.bench_e2e --events 100000 [--clients 8] [--batch 400]
 """
@@ -18,37 +27,48 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import secrets
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
-from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import (
+    Metered,
     Result,
     bench_broker,
     free_port,
     fresh_settings,
+    listening_pid,
     print_table,
     write_json,
 )
-from processors.integrity.checkpoint import parse_checkpoint_note
+from bench.observer import mark_name
 from processors.integrity.keys import write_keypair
 from sealtrail.infra.samples import K8S_AUDIT_SAMPLES
 from sealtrail.supervisor import child_env
 
 SAMPLES = K8S_AUDIT_SAMPLES
-MARK = b"bench-mark-"
+STAGES = ("webhook", "chainer", "sink")  # the processes whose CPU counts as sealtrail's
+START_TIMEOUT = 120.0  # a loaded 2-core machine can take long to start chdb and join groups
+
+
+class Batch(NamedTuple):
+    """One EventList as a client POSTs it; ``items`` are its events' exact JSON bytes."""
+
+    mark: str
+    body: bytes
+    items: list[bytes]
 
 
 def _templates() -> list[dict[str, Any]]:
@@ -64,114 +84,41 @@ def _templates() -> list[dict[str, Any]]:
     return events
 
 
-def make_batches(events: int, batch: int) -> list[tuple[str, bytes]]:
-    """(marker, EventList body) pairs; each batch's last event has the marker as its auditID."""
+def make_batches(events: int, batch: int) -> list[Batch]:
+    """EventList bodies of ``batch`` events; each batch's last event has the marker as auditID."""
     templates = _templates()
-    bodies = []
+    batches = []
     made = 0
     number = 0
     while made < events:
         size = min(batch, events - made)
+        mark = mark_name(number)
         items = []
         for i in range(size):
             event = dict(templates[(made + i) % len(templates)])
-            event["auditID"] = str(uuid.uuid4())
-            if i == size - 1:
-                event["auditID"] = f"{MARK.decode()}{number:08d}"
-            items.append(json.dumps(event, separators=(",", ":")))
-        body = (
-            '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[' + ",".join(items) + "]}"
-        ).encode()
-        bodies.append((f"{MARK.decode()}{number:08d}", body))
+            event["auditID"] = mark if i == size - 1 else str(uuid.uuid4())
+            items.append(json.dumps(event, separators=(",", ":")).encode())
+        body = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[' + b",".join(items)
+        batches.append(Batch(mark, body + b"]}", items))
         made += size
         number += 1
-    return bodies
-
-
-class Watcher(threading.Thread):
-    """Follows the chain and checkpoint topics and the sink's committed offsets."""
-
-    def __init__(self, bootstrap: str, settings: Any, partitions: int) -> None:
-        super().__init__(daemon=True)
-        self.settings = settings
-        self.partitions = partitions
-        self.stop = threading.Event()
-        self.chained: dict[str, tuple[float, int, int, int]] = {}  # mark -> (t, p, offset, seq)
-        self.queryable: dict[str, float] = {}
-        self.checkpointed: dict[str, float] = {}
-        base = {
-            "bootstrap.servers": bootstrap,
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-        }
-        self.chain = Consumer({**base, "group.id": f"bench-{uuid.uuid4()}"})
-        self.checkpoints = Consumer({**base, "group.id": f"bench-{uuid.uuid4()}"})
-        self.sink_group = Consumer({**base, "group.id": settings.groups.sink})
-        self.chain.assign([TopicPartition(settings.topics.chain, p, 0) for p in range(partitions)])
-        self.checkpoints.assign(
-            [TopicPartition(settings.topics.checkpoints, p, 0) for p in range(partitions)]
-        )
-        self.checkpoint_size = [0] * partitions
-
-    def run(self) -> None:
-        from schemas.codec import decode_chained
-
-        pending_q: dict[str, tuple[int, int]] = {}
-        pending_c: dict[str, tuple[int, int]] = {}
-        last_poll = 0.0
-        while not self.stop.is_set():
-            for message in self.chain.consume(2000, timeout=0.05):
-                if message.error():
-                    continue
-                value = message.value()
-                at = value.find(MARK)
-                if at < 0:
-                    continue
-                mark = value[at : at + len(MARK) + 8].decode()
-                record = decode_chained(value)
-                p = message.partition()
-                self.chained[mark] = (time.monotonic(), p, message.offset(), record["seq"])
-                pending_q[mark] = (p, message.offset())
-                pending_c[mark] = (p, record["seq"])
-            for message in self.checkpoints.consume(500, timeout=0.01):
-                if message.error():
-                    continue
-                size = parse_checkpoint_note(message.value().decode()).checkpoint.size
-                self.checkpoint_size[message.partition()] = max(
-                    self.checkpoint_size[message.partition()], size
-                )
-            now = time.monotonic()
-            for mark, (p, seq) in list(pending_c.items()):
-                if self.checkpoint_size[p] > seq:
-                    self.checkpointed[mark] = now
-                    del pending_c[mark]
-            if pending_q and now - last_poll >= 0.05:
-                last_poll = now
-                parts = [
-                    TopicPartition(self.settings.topics.chain, p) for p in range(self.partitions)
-                ]
-                committed = {
-                    tp.partition: tp.offset for tp in self.sink_group.committed(parts, timeout=5)
-                }
-                for mark, (p, offset) in list(pending_q.items()):
-                    if committed.get(p, -1) > offset:
-                        self.queryable[mark] = now
-                        del pending_q[mark]
-        for consumer in (self.chain, self.checkpoints, self.sink_group):
-            consumer.close()
+    return batches
 
 
 async def _post_all(
     url: str,
     tokens: list[str],
-    batches: list[tuple[str, bytes]],
+    batches: list[Batch],
     clients: int,
     acked: dict[str, float],
+    timeout: float,
 ) -> int:
+    """POST every batch (retrying 429/503 as the API server would) within ``timeout`` seconds."""
     import aiohttp
 
-    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    deadline = time.monotonic() + timeout
+
+    queue: asyncio.Queue[Batch] = asyncio.Queue()
     for item in batches:
         queue.put_nowait(item)
     sent = 0
@@ -184,15 +131,20 @@ async def _post_all(
         }
         async with aiohttp.ClientSession() as session:
             while not queue.empty():
-                mark, body = queue.get_nowait()
+                item = queue.get_nowait()
                 while True:
-                    async with session.post(url, data=body, headers=headers) as response:
+                    async with session.post(url, data=item.body, headers=headers) as response:
                         await response.read()
                         if response.status == 200:
-                            acked[mark] = time.monotonic()
+                            acked[item.mark] = time.monotonic()
                             sent += 1
                             break
                         if response.status in (429, 503):
+                            if time.monotonic() > deadline:
+                                raise RuntimeError(
+                                    f"the webhook still answered {response.status} after "
+                                    f"{timeout:.0f} s (is the broker up? see run.log)"
+                                )
                             await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
                             continue
                         raise RuntimeError(f"webhook answered {response.status}")
@@ -209,6 +161,316 @@ def _percentile(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def _latency(acked: dict[str, float], marks: dict[str, Any], state: str) -> dict[str, Any]:
+    """p50/p99 ms from each batch's acknowledgement to its marker reaching ``state``."""
+    ms = [
+        (marks[m][state] - at) * 1000
+        for m, at in acked.items()
+        if m in marks and marks[m][state] is not None
+    ]
+    return {f"{state}_p50_ms": _percentile(ms, 50), f"{state}_p99_ms": _percentile(ms, 99)}
+
+
+def _wait(what: str, ready: Callable[[], bool], processes: dict[str, Any], logs: Path) -> None:
+    """Wait (with a deadline) until ``ready()``; fail with the logs' tail if a process died."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready():
+        dead = [name for name, p in processes.items() if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            tails = "\n".join(
+                f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}"
+                for log in sorted(logs.glob("*.log"))
+            )
+            why = f"{', '.join(dead)} exited" if dead else f"not within {START_TIMEOUT:.0f} s"
+            raise RuntimeError(f"{what}: {why}; logs end:\n{tails}")
+        time.sleep(0.1)
+
+
+def _groups_stable(kafka: str, groups: list[str]) -> Callable[[], bool]:
+    """A check that every group has members and has finished its rebalance."""
+    from confluent_kafka import ConsumerGroupState, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": kafka})
+
+    def stable() -> bool:
+        try:
+            futures = admin.describe_consumer_groups(groups, request_timeout=5)
+            described = [future.result() for future in futures.values()]
+        except KafkaException:
+            return False
+        return all(g.state == ConsumerGroupState.STABLE and g.members for g in described)
+
+    return stable
+
+
+def _spawn(args: list[str], log: Path, stdin: int | None = subprocess.DEVNULL, **kw: Any) -> Any:
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, stdin=stdin, stdout=out, stderr=out, **kw)
+
+
+def _stop(process: Any, timeout: float = 60) -> None:
+    if process.poll() is None:
+        if process.stdin is not None:
+            process.stdin.close()
+        else:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+class Observed(NamedTuple):
+    process: Any
+    out: Path
+
+
+def _start_observer(
+    kafka: str,
+    topic: str,
+    group: str,
+    partitions: int,
+    markers: int,
+    work: Path,
+    checkpoints: str,
+    timeout: float,
+) -> Observed:
+    out, ready = work / "observer.json", work / "observer.ready"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.observer",
+        "--bootstrap",
+        kafka,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--partitions",
+        str(partitions),
+        "--markers",
+        str(markers),
+        "--timeout",
+        str(timeout),
+        "--ready",
+        str(ready),
+        "--out",
+        str(out),
+    ]
+    if checkpoints:
+        command += ["--checkpoints", checkpoints]
+    process = _spawn(command, work / "observer.log")
+    _wait("observer", ready.exists, {"observer": process}, work)
+    return Observed(process, out)
+
+
+def _observed(observed: Observed, timeout: float) -> dict[str, Any]:
+    try:
+        observed.process.wait(timeout + 30)  # it stops at its own --timeout
+    except subprocess.TimeoutExpired:
+        _stop(observed.process)
+    if not observed.out.exists():
+        raise RuntimeError(f"the observer wrote nothing (exit {observed.process.returncode})")
+    result: dict[str, Any] = json.loads(observed.out.read_text())
+    return result
+
+
+def _rate(events: int, started: float, marks: dict[str, Any]) -> tuple[float, float]:
+    finished = max((m["queryable"] for m in marks.values() if m["queryable"]), default=started)
+    seconds = finished - started
+    return (events / seconds if seconds > 0 else 0.0), seconds
+
+
+def _observer_report(observer: dict[str, Any], events: int) -> dict[str, Any]:
+    return {
+        "cpu_seconds": round(observer["cpu_seconds"], 3),
+        "cpu_us_per_event": round(observer["cpu_seconds"] * 1e6 / events, 2),
+        "python_thread_cpu_seconds": round(observer["python_thread_cpu_seconds"], 3),
+        "records_scanned": observer["records_scanned"],
+        "python_scan_seconds": round(observer["python_scan_seconds"], 3),
+        "python_follow_seconds": round(observer["python_follow_seconds"], 3),
+        "follows": observer["follows"],
+    }
+
+
+def run_raw(
+    kafka: str,
+    batches: list[Batch],
+    partitions: int,
+    clients: int,
+    clusters: int,
+    settle_timeout: float,
+) -> dict[str, Any]:
+    """The raw pipeline row: producer process -> one topic -> consumer process -> chdb."""
+    work = Path(tempfile.mkdtemp(prefix="sealtrail-raw-"))
+    events = sum(len(b.items) for b in batches)
+    settings = fresh_settings(kafka, partitions=partitions)
+    topic, group = settings.topics.raw, f"{settings.topic_prefix}raw-consumer"
+    (work / "events.jsonl").write_bytes(b"\n".join(i for b in batches for i in b.items))
+    role = [sys.executable, "-m", "bench.raw_pipeline"]
+    common = ["--bootstrap", kafka, "--topic", topic]
+    consumer = _spawn(
+        [*role, "consume", *common, "--ready", str(work / "consumer.ready")]
+        + ["--out", str(work / "consumer.json"), "--group", group]
+        + ["--partitions", str(partitions), "--chdb", str(work / "clickhouse")],
+        work / "consumer.log",
+        stdin=subprocess.PIPE,
+    )
+    producer = None
+    observed = None
+    try:
+        _wait("raw consumer", (work / "consumer.ready").exists, {"consumer": consumer}, work)
+        observed = _start_observer(
+            kafka, topic, group, partitions, len(batches), work, "", settle_timeout
+        )
+        producer = _spawn(
+            [*role, "produce", *common, "--ready", str(work / "producer.ready")]
+            + ["--out", str(work / "producer.json"), "--events", str(work / "events.jsonl")]
+            + ["--batch", str(len(batches[0].items)), "--inflight", str(clients)]
+            + ["--clusters", str(clusters), "--warmup-topic", settings.topics.rejects],
+            work / "producer.log",
+            stdin=subprocess.PIPE,
+        )
+        procs = {"consumer": consumer, "producer": producer}
+        _wait("raw producer", (work / "producer.ready").exists, procs, work)
+        meters = {name: Metered(f"raw {name}", p.pid) for name, p in procs.items()}
+        for meter in meters.values():
+            meter.start()
+        assert producer.stdin is not None
+        producer.stdin.write(b"go\n")
+        producer.stdin.flush()
+        observer = _observed(observed, settle_timeout)
+        _wait("raw producer's report", (work / "producer.json").exists, procs, work)
+        processes = {name: m.report(events) for name, m in meters.items()}
+    finally:
+        for process in (producer, consumer, observed.process if observed else None):
+            if process is not None:
+                _stop(process)
+    sent = json.loads((work / "producer.json").read_text())
+    marks = observer["marks"]
+    rate, seconds = _rate(events, sent["started"], marks)
+    return {
+        "events": events,
+        "events_per_second": rate,
+        "seconds": seconds,
+        "producer_events_per_second": events / (sent["finished"] - sent["started"]),
+        "producer_errors": sent["errors"],
+        **_latency(sent["acked"], marks, "queryable"),
+        "cpu_us_per_event": round(sum(p["cpu_us_per_event"] for p in processes.values()), 1),
+        "processes": processes,
+        "observer": _observer_report(observer, events),
+        "queryable_batches": sum(1 for m in marks.values() if m["queryable"]),
+        "complete": observer["complete"],
+    }
+
+
+def _stage(process: psutil.Process) -> str:
+    """webhook / chainer / sink from a ``python -m sealtrail ... COMMAND`` child's cmdline."""
+    args = process.cmdline()
+    for token, name in (("webhook", "webhook"), ("chain", "chainer"), ("sink", "sink")):
+        if token in args:
+            return name
+    return f"sealtrail {' '.join(args[3:5])}"
+
+
+def run_e2e(
+    kafka: str,
+    batches: list[Batch],
+    partitions: int,
+    clients: int,
+    clusters: int,
+    settle_timeout: float,
+) -> dict[str, Any]:
+    """The end-to-end row: clients -> ``sealtrail run`` (webhook, chainer, sink) -> chdb."""
+    work = Path(tempfile.mkdtemp(prefix="sealtrail-e2e-"))
+    events = sum(len(b.items) for b in batches)
+    settings = fresh_settings(
+        kafka, partitions=partitions, clickhouse=f"chdb://{work / 'clickhouse'}", home=work
+    )
+    private, _public = write_keypair("bench.sealtrail.local", work / "keys")
+    tokens = {secrets.token_urlsafe(16): f"cluster-{i}" for i in range(clusters)}
+    token_file = work / "tokens.txt"
+    token_file.write_text("".join(f"{t} {c}\n" for t, c in tokens.items()))
+    token_file.chmod(0o600)
+    port, health = free_port(), free_port()
+    command = [
+        *(sys.executable, "-m", "sealtrail.cli", "run", "--listen", f"127.0.0.1:{port}"),
+        *("--tokens", str(token_file)),
+        "--allow-plain-http-tokens",  # loopback load; TLS is not what this bench measures
+        *("--signing-key", str(private), "--health-listen", f"127.0.0.1:{health}"),
+    ]
+    run_process = _spawn(command, work / "run.log", env=child_env(settings))
+    observed = None
+    try:
+
+        def healthy() -> bool:
+            try:
+                url = f"http://127.0.0.1:{health}/healthz"
+                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        _wait("sealtrail run", healthy, {"sealtrail run": run_process}, work)
+        groups = [settings.groups.chainer, settings.groups.sink]
+        _wait("chainer and sink groups", _groups_stable(kafka, groups), {"run": run_process}, work)
+        observed = _start_observer(
+            kafka,
+            settings.topics.chain,
+            settings.groups.sink,
+            partitions,
+            len(batches),
+            work,
+            settings.topics.checkpoints,
+            settle_timeout,
+        )
+        children = psutil.Process(run_process.pid).children(recursive=True)
+        meters = {_stage(p): Metered(_stage(p), p.pid) for p in children}
+        meters["sealtrail run (supervisor)"] = Metered("supervisor", run_process.pid)
+        for meter in meters.values():
+            meter.start()
+        acked: dict[str, float] = {}
+        load_cpu = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{port}/"
+        asyncio.run(_post_all(url, list(tokens), batches, clients, acked, settle_timeout))
+        posted = time.monotonic()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        load_cpu_s = after.ru_utime + after.ru_stime - load_cpu.ru_utime - load_cpu.ru_stime
+        observer = _observed(observed, settle_timeout)
+        processes = {name: m.report(events) for name, m in meters.items()}
+    finally:
+        if observed is not None:
+            _stop(observed.process)
+        _stop(run_process)
+    marks = observer["marks"]
+    rate, seconds = _rate(events, started, marks)
+    return {
+        "events": events,
+        "batches": len(batches),
+        "queryable_batches": sum(1 for m in marks.values() if m["queryable"]),
+        "checkpointed_batches": sum(1 for m in marks.values() if m["checkpointed"]),
+        "post_seconds": posted - started,
+        "end_to_end_seconds": seconds,
+        "events_per_second": rate,
+        "webhook_events_per_second": events / (posted - started),
+        **_latency(acked, marks, "queryable"),
+        **_latency(acked, marks, "checkpointed"),
+        "cpu_us_per_event": round(
+            sum(p["cpu_us_per_event"] for n, p in processes.items() if n in STAGES), 1
+        ),
+        "processes": processes,
+        "observer": _observer_report(observer, events),
+        "load_generator": {
+            "cpu_seconds": round(load_cpu_s, 3),
+            "cpu_us_per_event": round(load_cpu_s * 1e6 / events, 1),
+        },
+        "complete": observer["complete"],
+    }
+
+
 def run(
     events: int = 20000,
     clients: int = 8,
@@ -217,150 +479,98 @@ def run(
     bootstrap: str | None = None,
     settle_timeout: float = 300.0,
 ) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="sealtrail-e2e-"))
+    """Both rows on one broker: raw pipeline first, then end to end; end-to-end keys at the top."""
     batches = make_batches(events, batch)
+    clusters = max(partitions, 3)
     with bench_broker(bootstrap=bootstrap) as kafka:
-        settings = fresh_settings(
-            kafka, partitions=partitions, clickhouse=f"chdb://{work / 'clickhouse'}", home=work
+        broker_pid = listening_pid(kafka)
+        broker = Metered("broker", broker_pid) if broker_pid else None
+        if broker:
+            broker.start()
+        raw = run_raw(kafka, batches, partitions, clients, clusters, settle_timeout)
+        if broker:
+            raw["broker"] = broker.report(events)
+            broker.start()
+        result = run_e2e(kafka, batches, partitions, clients, clusters, settle_timeout)
+        if broker:
+            result["broker"] = broker.report(events)
+    result["raw_pipeline"] = raw
+    result["ratio_vs_raw"] = (
+        result["events_per_second"] / raw["events_per_second"] if raw["events_per_second"] else None
+    )
+    result["webhook_vs_raw_producer"] = (
+        result["webhook_events_per_second"] / raw["producer_events_per_second"]
+    )
+    result["complete"] = result["complete"] and raw["complete"]
+    return result
+
+
+def result_lines(out: dict[str, Any]) -> list[Result]:
+    """The table rows: raw pipeline, then end to end against it (queryable, checkpointed)."""
+    raw = out["raw_pipeline"]
+    return [
+        Result(
+            "raw pipeline: producer -> topic -> chdb",
+            raw["events_per_second"],
+            p50_ms=raw["queryable_p50_ms"],
+            p99_ms=raw["queryable_p99_ms"],
+            cpu_us_per_event=raw["cpu_us_per_event"],
+            peak_rss_mb=max(p["peak_rss_mb"] for p in raw["processes"].values()),
+        ),
+        Result(
+            "end to end: webhook 200 -> row queryable",
+            out["events_per_second"],
+            baseline="raw pipeline",
+            baseline_rate=raw["events_per_second"],
+            p50_ms=out["queryable_p50_ms"],
+            p99_ms=out["queryable_p99_ms"],
+            cpu_us_per_event=out["cpu_us_per_event"],
+            peak_rss_mb=max(p["peak_rss_mb"] for p in out["processes"].values()),
+            extra=out,
+        ),
+        Result(
+            "end to end: webhook 200 -> signed checkpoint",
+            out["events_per_second"],
+            p50_ms=out["checkpointed_p50_ms"],
+            p99_ms=out["checkpointed_p99_ms"],
+        ),
+    ]
+
+
+def print_processes(out: dict[str, Any]) -> None:
+    """CPU-us per event and peak RSS of every process, and what the measuring cost."""
+    rows: list[tuple[str, dict[str, Any]]] = [
+        *((f"end to end: {n}", p) for n, p in out["processes"].items()),
+        *((f"raw pipeline: {n}", p) for n, p in out["raw_pipeline"]["processes"].items()),
+    ]
+    for label, source in (("end to end", out), ("raw pipeline", out["raw_pipeline"])):
+        if "broker" in source:
+            rows.append((f"{label}: broker (not counted)", source["broker"]))
+        rows.append((f"{label}: observer (not counted)", source["observer"]))
+    rows.append(("end to end: load generator (not counted)", out["load_generator"]))
+    print(f"{'process':<46} {'CPU s':>8} {'CPU us/event':>13} {'peak RSS MB':>11}")
+    for label, p in rows:
+        rss = p.get("peak_rss_mb")
+        print(
+            f"{label:<46} {p['cpu_seconds']:>8.2f} {p['cpu_us_per_event']:>13.1f} "
+            f"{format(rss, '.0f') if rss is not None else '-':>11}"
         )
-        private, _public = write_keypair("bench.sealtrail.local", work / "keys")
-        clusters = [f"cluster-{i}" for i in range(max(partitions, 3))]
-        tokens = {secrets.token_urlsafe(16): c for c in clusters}
-        token_file = work / "tokens.txt"
-        token_file.write_text("".join(f"{t} {c}\n" for t, c in tokens.items()))
-        token_file.chmod(0o600)
-        port, health = free_port(), free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "sealtrail.cli",
-            "run",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--tokens",
-            str(token_file),
-            "--allow-plain-http-tokens",  # loopback load; TLS is not what this bench measures
-            "--signing-key",
-            str(private),
-            "--health-listen",
-            f"127.0.0.1:{health}",
-        ]
-        log = open(work / "run.log", "wb")  # noqa: SIM115
-        run_process = subprocess.Popen(command, env=child_env(settings), stdout=log, stderr=log)
-        watcher = Watcher(kafka, settings, partitions)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{health}/healthz",  # noqa: S310
-                        timeout=1,
-                    ) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or run_process.poll() is not None:
-                    log.flush()
-                    tail = (work / "run.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"sealtrail run did not come up; its log ends:\n{tail}")
-                time.sleep(0.3)
-            time.sleep(2)  # let the chainer and sink join their groups
-            procs = [psutil.Process(run_process.pid), *psutil.Process(run_process.pid).children()]
-            names = {p.pid: " ".join(p.cmdline()[3:5]) or "run" for p in procs}
-            cpu_before = {p.pid: sum(p.cpu_times()[:2]) for p in procs}
-            peak = {p.pid: 0 for p in procs}
-            sampling = threading.Event()
-
-            def sample() -> None:
-                while not sampling.is_set():
-                    for p in procs:
-                        try:
-                            peak[p.pid] = max(peak[p.pid], p.memory_info().rss)
-                        except psutil.Error:
-                            pass
-                    sampling.wait(0.1)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            watcher.start()
-            acked: dict[str, float] = {}
-            started = time.monotonic()
-            asyncio.run(
-                _post_all(f"http://127.0.0.1:{port}/", list(tokens), batches, clients, acked)
-            )
-            posted = time.monotonic()
-            wait_until = time.monotonic() + settle_timeout
-            while time.monotonic() < wait_until and (
-                len(watcher.queryable) < len(batches) or len(watcher.checkpointed) < len(batches)
-            ):
-                time.sleep(0.05)
-            finished = max(watcher.queryable.values(), default=time.monotonic())
-            sampling.set()
-            sampler.join()
-            cpu = {
-                pid: sum(p.cpu_times()[:2]) - cpu_before[pid]
-                for p in procs
-                for pid in [p.pid]
-                if p.is_running()
-            }
-        finally:
-            watcher.stop.set()
-            run_process.send_signal(signal.SIGTERM)
-            try:
-                run_process.wait(60)
-            except subprocess.TimeoutExpired:
-                run_process.kill()
-            log.close()
-        to_query = [
-            (watcher.queryable[m] - acked[m]) * 1000 for m in acked if m in watcher.queryable
-        ]
-        to_checkpoint = [
-            (watcher.checkpointed[m] - acked[m]) * 1000 for m in acked if m in watcher.checkpointed
-        ]
-        elapsed = finished - started
-        result = {
-            "events": events,
-            "batches": len(batches),
-            "queryable_batches": len(watcher.queryable),
-            "checkpointed_batches": len(watcher.checkpointed),
-            "post_seconds": posted - started,
-            "end_to_end_seconds": elapsed,
-            "events_per_second": events / elapsed if elapsed > 0 else 0.0,
-            "webhook_events_per_second": events / (posted - started),
-            "queryable_p50_ms": _percentile(to_query, 50),
-            "queryable_p99_ms": _percentile(to_query, 99),
-            "checkpointed_p50_ms": _percentile(to_checkpoint, 50),
-            "checkpointed_p99_ms": _percentile(to_checkpoint, 99),
-            "processes": {
-                names[pid]: {
-                    "cpu_seconds": round(cpu.get(pid, 0.0), 2),
-                    "peak_rss_mb": round(peak[pid] / 2**20, 1),
-                }
-                for pid in names
-            },
-            "complete": len(watcher.queryable) == len(batches),
-        }
-        return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop our children on the way out
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=400)
     parser.add_argument("--partitions", type=int, default=3)
     args = parser.parse_args()
     result = run(args.events, args.clients, args.batch, args.partitions)
-    print(json.dumps(result, indent=2))
-    line = Result(
-        "end to end: webhook -> rows queryable",
-        result["events_per_second"],
-        p50_ms=result["queryable_p50_ms"],
-        p99_ms=result["queryable_p99_ms"],
-    )
-    print_table([line])
-    write_json("e2e", [line], {"e2e": result})
+    lines = result_lines(result)
+    print_table(lines)
+    print()
+    print_processes(result)
+    write_json("e2e", lines, {"e2e": result})
 
 
 if __name__ == "__main__":

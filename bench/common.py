@@ -35,6 +35,7 @@ class Result:
     p50_ms: float | None = None
     p99_ms: float | None = None
     peak_rss_mb: float | None = None
+    cpu_us_per_event: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,6 +107,61 @@ class PeakRss:
         return self.peak[pid or self.pids[0]] / (1024 * 1024)
 
 
+class Metered:
+    """CPU seconds and peak RSS of a running process, read from outside (no sampling thread).
+
+    ``start()`` marks the CPU already spent (start-up); ``cpu_seconds()`` is what came after.
+    Peak RSS is the kernel's high-water mark (VmHWM), so nothing has to watch for the peak."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.name = name
+        self.process = psutil.Process(pid)
+        self.cpu_at_start = 0.0
+
+    def _cpu(self) -> float:
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+    def start(self) -> None:
+        self.cpu_at_start = self._cpu()
+
+    def cpu_seconds(self) -> float:
+        return self._cpu() - self.cpu_at_start
+
+    def peak_rss_mb(self) -> float:
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+            lines = status.splitlines()
+            kib = next(int(line.split()[1]) for line in lines if line.startswith("VmHWM:"))
+            return kib / 1024
+        except (OSError, StopIteration, ValueError):
+            return float(self.process.memory_info().rss) / 2**20
+
+    def report(self, events: int) -> dict[str, float]:
+        """CPU seconds since start(), CPU-us per event and peak RSS, while the process lives."""
+        try:
+            cpu = self.cpu_seconds()
+        except psutil.Error:  # it exited (a restarted child): nothing honest to report
+            return {"cpu_seconds": 0.0, "cpu_us_per_event": 0.0, "peak_rss_mb": 0.0, "gone": 1}
+        return {
+            "cpu_seconds": round(cpu, 3),
+            "cpu_us_per_event": round(cpu * 1e6 / events, 1) if events else 0.0,
+            "peak_rss_mb": round(self.peak_rss_mb(), 1),
+        }
+
+
+def listening_pid(bootstrap: str) -> int | None:
+    """The pid of our own process listening on the first bootstrap address's port, if any."""
+    try:
+        port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                return conn.pid
+    except (ValueError, IndexError, psutil.Error):
+        return None
+    return None
+
+
 def free_port() -> int:
     """A loopback port nobody holds now (a fixed port in the ephemeral range may be taken)."""
     with socket.socket() as sock:
@@ -170,7 +226,7 @@ def machine() -> dict[str, Any]:
 def print_table(results: list[Result]) -> None:
     header = (
         f"{'stage':<44} {'rate':>12} {'baseline rate':>14} {'ratio':>6} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>11}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'CPU us/ev':>9} {'peak RSS MB':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -182,7 +238,7 @@ def print_table(results: list[Result]) -> None:
         print(
             f"{r.stage:<44} {num(r.rate, ',.0f'):>12} {num(r.baseline_rate, ',.0f'):>14} "
             f"{num(r.ratio, '.2f'):>6} {num(r.p50_ms, '.1f'):>8} {num(r.p99_ms, '.1f'):>8} "
-            f"{num(r.peak_rss_mb, '.0f'):>11}"
+            f"{num(r.cpu_us_per_event, '.1f'):>9} {num(r.peak_rss_mb, '.0f'):>11}"
         )
 
 

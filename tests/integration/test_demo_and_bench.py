@@ -66,8 +66,19 @@ def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
         "chainer, no checkpoints",
         "sink: chain topic -> ClickHouse (chdb)",
         "end to end: webhook 200 -> row queryable",
+        "raw pipeline: producer -> topic -> chdb",
     ):
         assert expected in stages, stages
     e2e = report["e2e"]
     assert e2e["complete"], e2e
+    raw = e2e["raw_pipeline"]
+    assert raw["complete"] and raw["queryable_batches"] == e2e["batches"], raw
+    # CPU per event of each sealtrail stage and of the raw pipeline's two processes, measured.
+    assert {"webhook", "chainer", "sink"} <= set(e2e["processes"]), e2e["processes"]
+    assert {"producer", "consumer"} == set(raw["processes"]), raw["processes"]
+    for process in [*e2e["processes"].values(), *raw["processes"].values()]:
+        assert process["peak_rss_mb"] > 0, process
+    assert e2e["processes"]["sink"]["cpu_us_per_event"] > 0
+    assert e2e["observer"]["records_scanned"] >= e2e["events"]
+    assert e2e["checkpointed_p99_ms"] is not None
     assert all(r["rate"] > 0 for r in report["results"])
