@@ -125,10 +125,11 @@ class Chainer:
             if self.signer
             else "off",
         )
-        if opts.metrics_listen is not None:
-            self._metrics_server = MetricsServer(opts.metrics_listen, self.metrics.render).start()
         self._recovery.open()
         try:
+            if opts.metrics_listen is not None:  # stopped by _close
+                self._metrics_server = MetricsServer(opts.metrics_listen, self.metrics.render)
+                self._metrics_server.start()
             self._txn.start()
             self._consumer = self._new_consumer()
             self._loop()

@@ -27,6 +27,9 @@ from tests.integration.chainer_support import (
 )
 from tests.integration.sink_support import sample_payloads
 
+# Every label the chainer's and the sink's metrics carry.
+LABELS = {"topic", "partition", "chain", "kind", "table", "path", "le"}
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -203,6 +206,16 @@ def test_chainer_and_sink_metrics_move_as_records_flow(
         assert value(sink.last, "sealtrail_sink_fast_path_fallbacks_total") == 0
         inserts = by_label(sink.last, "sealtrail_sink_insert_duration_seconds_count", "table")
         assert inserts.get("events", 0) >= 1 and inserts.get("checkpoints", 0) >= 1
+    # Counts only: no key material, no event data; labels name topics, partitions and chains.
+    seed = keypair[0].read_text(encoding="utf-8").strip().split("+", 4)[4]
+    for url in (chain_url, sink_url):
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+            page = response.read().decode()
+        assert seed not in page
+        for family in text_string_to_metric_families(page):
+            assert family.name.startswith("sealtrail_"), family.name
+            for s in family.samples:
+                assert set(s.labels) <= LABELS, s
     # Nothing else on the page: a request elsewhere is a 404.
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"http://127.0.0.1:{chain_port}/", timeout=5)  # noqa: S310
