@@ -21,7 +21,14 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from producers.body_stream import StreamParser
@@ -146,6 +153,9 @@ class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # CPU and memory as sealtrail_webhook_process_*: distinct from the chainer's and the
+        # sink's on the one page `sealtrail run` serves.
+        ProcessCollector(namespace="sealtrail_webhook", registry=r)
         self.received = Counter(
             "sealtrail_webhook_received_events",
             "Events received (accepted or rejected).",

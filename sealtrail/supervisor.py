@@ -3,7 +3,8 @@
 Each child is a normal ``sealtrail`` sub-command in its own process (the embedded ClickHouse
 allows one process per store, and a crash in one stage must not take the others down). A child
 that dies is restarted with exponential backoff; SIGTERM drains every child. One HTTP endpoint
-serves ``/healthz`` (all children up) and ``/metrics`` (supervisor metrics plus the webhook's).
+serves ``/healthz`` (all children up) and ``/metrics``: the supervisor's own metrics plus those
+of the webhook, the chainer and the sink, fetched from each when scraped.
 """
 
 from __future__ import annotations
@@ -70,12 +71,15 @@ class Supervisor:
         stop: StopFlag,
         webhook_metrics_url: str | None = None,
         webhook_ca: Path | None = None,
+        child_metrics_urls: list[str] | None = None,
     ) -> None:
         self.settings = settings
         self.children = [Child(name, args) for name, args in children]
         self.health_listen = health_listen
         self.stop = stop
         self.webhook_metrics_url = webhook_metrics_url
+        # The chainer's and the sink's --metrics-listen, on loopback, plain HTTP.
+        self.child_metrics_urls = list(child_metrics_urls or [])
         # Our own webhook's certificate, trusted as it is (it may name a host, not 127.0.0.1).
         self._webhook_tls: ssl.SSLContext | None = None
         if webhook_ca is not None:
@@ -154,11 +158,15 @@ class Supervisor:
             for c in self.children
         ]
         text = "\n".join(lines) + "\n"
+        sources: list[tuple[str, ssl.SSLContext | None]] = [
+            (url, None) for url in self.child_metrics_urls
+        ]
         if self.webhook_metrics_url:
+            sources.insert(0, (self.webhook_metrics_url, self._webhook_tls))
+        for url, tls in sources:
+            # A child that is down or restarting is left out; sealtrail_run_child_up says so.
             try:
-                with urllib.request.urlopen(  # noqa: S310
-                    self.webhook_metrics_url, timeout=2, context=self._webhook_tls
-                ) as response:
+                with urllib.request.urlopen(url, timeout=2, context=tls) as response:  # noqa: S310
                     text += response.read().decode("utf-8", "replace")
             except OSError:
                 pass

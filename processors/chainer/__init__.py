@@ -13,8 +13,9 @@ docs/CHAINER.md for the design, the error policy and operations.
 Modules: :mod:`.loop` (the loop, :class:`Chainer`), :mod:`.recovery` (chain state read back
 from Kafka), :mod:`.transactions` (the transaction guard and error policy),
 :mod:`.checkpoints` (when a checkpoint is due, signing, offsite copies), :mod:`.state` (a
-chain's in-memory state), :mod:`.options` (options and stats), :mod:`.names` (group,
-transactional and chain ids), :mod:`.interrupt` and :mod:`.kafka_errors` (small shared parts).
+chain's in-memory state), :mod:`.options` (options and stats), :mod:`.metrics` (Prometheus
+metrics), :mod:`.names` (group, transactional and chain ids), :mod:`.interrupt` and
+:mod:`.kafka_errors` (small shared parts).
 """
 
 from processors.chainer.checkpoints import RANGE_HEADER

@@ -50,6 +50,8 @@ class CheckpointRecord:
     chain: str
     note: str
     compact_range: bytes
+    size: int  # the tree size it signs
+    timestamp_us: int
 
     @property
     def key(self) -> bytes:
@@ -77,7 +79,9 @@ def sign_head(
         head_hash=head.head_hash,
         timestamp_us=timestamp_us,
     )
-    return CheckpointRecord(head.chain, sign_checkpoint(cp, signer), chain.tree.to_bytes())
+    return CheckpointRecord(
+        head.chain, sign_checkpoint(cp, signer), chain.tree.to_bytes(), cp.size, timestamp_us
+    )
 
 
 def export_notes(directory: Path | None, records: list[CheckpointRecord]) -> None:

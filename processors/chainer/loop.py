@@ -25,6 +25,7 @@ from processors.chainer.checkpoints import (
 from processors.chainer.interrupt import Interrupted
 from processors.chainer.kafka_errors import describe, kafka_error
 from processors.chainer.linker import ChainLinker
+from processors.chainer.metrics import ChainerMetrics
 from processors.chainer.names import group_id
 from processors.chainer.options import ChainerOptions, ChainerStats
 from processors.chainer.recovery import Recovery
@@ -33,9 +34,11 @@ from processors.chainer.transactions import TransactionGuard
 from processors.integrity.keys import load_signer
 from processors.integrity.note import Signer
 from sealtrail.infra.config import Settings
+from sealtrail.infra.consumer_lag import STATS_INTERVAL_MS
 from sealtrail.infra.errors import KafkaUnavailable, SealtrailError
 from sealtrail.infra.kafka import consumer_conf, is_refusal, refused
 from sealtrail.infra.kafka_read import close_quietly, watermarks
+from sealtrail.infra.metrics_server import MetricsServer
 from sealtrail.infra.service import StopFlag
 
 __all__ = ["Chainer", "ConsumerLost"]
@@ -81,6 +84,8 @@ class Chainer:
         self.options = options.validated()
         self.stop = stop if stop is not None else StopFlag()
         self.stats = ChainerStats()
+        self.metrics = ChainerMetrics(self.stats)
+        self._metrics_server: MetricsServer | None = None
         self.signer: Signer | None = (
             load_signer(self.options.signing_key) if self.options.signing_key else None
         )
@@ -122,6 +127,9 @@ class Chainer:
         )
         self._recovery.open()
         try:
+            if opts.metrics_listen is not None:  # stopped by _close
+                self._metrics_server = MetricsServer(opts.metrics_listen, self.metrics.render)
+                self._metrics_server.start()
             self._txn.start()
             self._consumer = self._new_consumer()
             self._loop()
@@ -144,18 +152,19 @@ class Chainer:
 
     def _new_consumer(self) -> Consumer:
         opts = self.options
-        consumer = Consumer(
-            consumer_conf(
-                self.settings,
-                group_id(self.settings),
-                **{
-                    "group.instance.id": opts.instance_id,
-                    "session.timeout.ms": opts.session_timeout_ms,
-                    "queued.max.messages.kbytes": PREFETCH_KBYTES,
-                    "fetch.max.bytes": PREFETCH_KBYTES * 1024 // 2,
-                },
-            )
+        conf = consumer_conf(
+            self.settings,
+            group_id(self.settings),
+            **{
+                "group.instance.id": opts.instance_id,
+                "session.timeout.ms": opts.session_timeout_ms,
+                "queued.max.messages.kbytes": PREFETCH_KBYTES,
+                "fetch.max.bytes": PREFETCH_KBYTES * 1024 // 2,
+            },
         )
+        if opts.metrics_listen is not None:  # the lag per partition comes from these
+            conf.update({"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self._on_stats})
+        consumer = Consumer(conf)
         consumer.subscribe(
             [self._raw],
             on_assign=self._on_assign,
@@ -197,6 +206,17 @@ class Chainer:
         self._recovery.close()
         self._txn.close()
         self._consumer = None
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
+
+    def _on_stats(self, stats_json: str) -> None:
+        # Called from inside consume(), on the loop's thread: self._chains is consistent.
+        def next_offset(partition: int) -> int | None:
+            chain = self._chains.get(partition)
+            return None if chain is None else chain.next_offset
+
+        self.metrics.on_stats(stats_json, next_offset)
 
     def _loop(self) -> None:
         last_report = time.monotonic()
@@ -375,6 +395,7 @@ class Chainer:
         False if the transaction did not commit (the chainer then rewound to committed state).
         """
         started = time.monotonic()
+        self.stats.consumed += len(batch)
         chained = self._txn.transaction(lambda: self._chain_batch(batch, final))
         if chained is None:
             self._rewind()
@@ -388,8 +409,13 @@ class Chainer:
             if self.stats.first_batch_at is None:
                 self.stats.first_batch_at = started
             self.stats.last_commit_at = time.monotonic()
+        self.metrics.committed(chained.records, time.monotonic() - started)
         if chained.checkpoints:
             self.stats.checkpoints += len(chained.checkpoints)
+            for checkpoint in chained.checkpoints:
+                self.metrics.checkpoints.note(
+                    checkpoint.chain, checkpoint.size, checkpoint.timestamp_us
+                )
             export_notes(self.options.export_checkpoints, chained.checkpoints)
         return True
 

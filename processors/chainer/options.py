@@ -35,6 +35,8 @@ class ChainerOptions:
     # Static group membership makes a restarted instance take its partitions back at once;
     # the session timeout is how long a stopped instance's partitions wait to move.
     session_timeout_ms: int = 10000
+    # (host, port) serving GET /metrics (--metrics-listen); None: no metrics endpoint.
+    metrics_listen: tuple[str, int] | None = None
 
     def validated(self) -> ChainerOptions:
         if self.batch_records < 1:
@@ -58,11 +60,13 @@ class ChainerOptions:
             instance_id=instance,
             export_checkpoints=self.export_checkpoints,
             session_timeout_ms=self.session_timeout_ms,
+            metrics_listen=self.metrics_listen,
         )
 
 
 @dataclass(slots=True)
 class ChainerStats:
+    consumed: int = 0  # raw records taken into transactions (re-reads count again)
     records: int = 0
     transactions: int = 0
     checkpoints: int = 0
@@ -70,6 +74,7 @@ class ChainerStats:
     producer_rebuilds: int = 0
     consumer_rebuilds: int = 0
     recoveries: int = 0
+    retries: int = 0  # transactional calls retried after a retriable error
     # monotonic times of the first chained batch's start and the last commit (throughput)
     first_batch_at: float | None = None
     last_commit_at: float | None = None

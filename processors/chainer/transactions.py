@@ -287,6 +287,7 @@ class TransactionGuard:
                     log.warning("%s failed for good: %s", what, describe(exc))
                     raise ProducerLost from None
                 if err.retriable() and time.monotonic() < deadline:
+                    self.stats.retries += 1
                     log.info("%s: %s; retrying", what, err.str())
                     time.sleep(0.1)
                     continue

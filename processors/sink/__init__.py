@@ -3,8 +3,9 @@
 One concept per module: :mod:`.service` (the Kafka loop: batches, offsets, rebalances),
 :mod:`.writer` (inserts with deduplication tokens and retries), :mod:`.stored` (what ClickHouse
 already holds), :mod:`.fast_path` (ClickHouse decoding the Avro on a worker thread),
-:mod:`.columns` (records -> ``events`` rows in Python), :mod:`.rows` (the named row types) and
-:mod:`.options`. docs/DESIGN.md says how exactly-once holds.
+:mod:`.columns` (records -> ``events`` rows in Python), :mod:`.rows` (the named row types),
+:mod:`.metrics` (Prometheus metrics) and :mod:`.options`. docs/DESIGN.md says how
+exactly-once holds.
 """
 
 from processors.sink.columns import event_columns, event_row

@@ -23,6 +23,7 @@ from pathlib import Path
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
 from processors import sink_avro
+from processors.sink.metrics import FAST
 from processors.sink.rows import ChainBatch
 from processors.sink.writer import Stopped, Writer, first_line
 from sealtrail.infra import clickhouse
@@ -118,7 +119,7 @@ class FastPath:
             return
         self._inflight = None
         try:
-            self.stats.insert_seconds += job.future.result()
+            seconds = job.future.result()
         except (DriverError, OSError) as exc:
             self.stats.fast_fallbacks += 1
             if getattr(exc, "code", None) in sink_avro.BAD_DATA_CODES:
@@ -144,6 +145,8 @@ class FastPath:
                     raise Stopped from None
             self.stats.decode_seconds += self._python_insert(job.batch)
         else:
+            self.stats.insert_seconds += seconds
+            self.writer.metrics.inserted("events", FAST, seconds)
             self.stats.fast_batches += 1
             self.stats.inserted += len(job.batch.items)
         if commit and job.commit is not None:

@@ -17,6 +17,8 @@ class SinkOptions:
     avro_fast_path: bool = True
     # Embedded ClickHouse only: serve read-only queries on a socket (sealtrail/liveserver.py).
     serve_reads: bool = True
+    # (host, port) serving GET /metrics (--metrics-listen); None: no metrics endpoint.
+    metrics_listen: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
@@ -27,6 +29,7 @@ class SinkOptions:
 
 @dataclass(slots=True)
 class SinkStats:
+    consumed: int = 0  # records read from the chain and checkpoint topics
     inserted: int = 0  # events rows written
     skipped: int = 0  # records already stored
     rejects: int = 0  # rows written to rejects
@@ -38,6 +41,7 @@ class SinkStats:
     decode_seconds: float = 0.0
     fast_batches: int = 0  # chain batches ClickHouse decoded (sink_avro)
     fast_fallbacks: int = 0  # of those, batches the fast insert failed on: redone in Python
+    python_batches: int = 0  # chain batches decoded in Python (not eligible, or a fallback)
     subtree_seconds: float = 0.0  # writing the stored Merkle subtrees (sink/subtrees.py)
 
     def as_dict(self) -> dict[str, float | int]:

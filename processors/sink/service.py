@@ -41,6 +41,7 @@ from processors.integrity.chains import chain_of_origin
 from processors.integrity.checkpoint import parse_checkpoint_note
 from processors.integrity.errors import MalformedCheckpoint
 from processors.sink.fast_path import FastPath, Offset, fast_path_store
+from processors.sink.metrics import SinkMetrics
 from processors.sink.options import SinkOptions, SinkStats
 from processors.sink.rows import (
     ChainBatch,
@@ -57,10 +58,12 @@ from processors.sink_avro import parse_chained
 from schemas.chained import value_record
 from sealtrail.infra import clickhouse, livewire
 from sealtrail.infra.config import Settings
+from sealtrail.infra.consumer_lag import STATS_INTERVAL_MS
 from sealtrail.infra.errors import DecodeError, KafkaUnavailable, SealtrailError
 from sealtrail.infra.kafka import consumer_conf, is_refusal, refused
 from sealtrail.infra.kafka_read import close_quietly
 from sealtrail.infra.liveserver import LiveReadServer
+from sealtrail.infra.metrics_server import MetricsServer
 from sealtrail.infra.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
@@ -96,11 +99,12 @@ class Sink:
         self.options = options or SinkOptions()
         self.stop = stop if stop is not None else StopFlag()  # an unset flag is falsy
         self.stats = SinkStats()
+        self.metrics = SinkMetrics(self.stats)
         # The topic prefix separates deployments sharing a cluster, as for the chainer.
         self.group = self.options.group or settings.groups.sink
         self.chain_topic = settings.topics.chain
         self.checkpoint_topic = settings.topics.checkpoints
-        self.writer = Writer(settings, self.stats, self.stop)
+        self.writer = Writer(settings, self.stats, self.stop, self.metrics)
         self.db = self.writer.db
         self.stored = StoredState(self.writer)
         self._fast, store = fast_path_store(settings.clickhouse_dsn, self.options.avro_fast_path)
@@ -109,6 +113,9 @@ class Sink:
         self._buffers: dict[tuple[str, int], _Buffer] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._committed_since_rebuild = False
+        # (topic, partition) -> offset below which everything is stored and committed, for
+        # the lag metric (it passes the chainer's transaction markers: see _settle_positions).
+        self._done: dict[tuple[str, int], int] = {}
         self.subtrees = SubtreeWriter(self.db)  # Merkle nodes for O(log n) proofs
         self._subtrees_due: set[str] = set()  # chains with rows stored since their last nodes
         self._subtrees_at = 0.0  # when they were last written (monotonic)
@@ -132,11 +139,24 @@ class Sink:
         # wait does not hang in the rebalance. --once assigns partitions itself: no group.
         if not self.options.once:
             conf["group.instance.id"] = f"{self.group}-{socket.gethostname()}"
+        if self.options.metrics_listen is not None:  # the lag per partition comes from these
+            conf["statistics.interval.ms"] = STATS_INTERVAL_MS
+            conf["stats_cb"] = self._on_stats
         consumer = Consumer(conf)
         self._consumer = consumer
         return consumer
 
     def run(self) -> SinkStats:
+        metrics = None
+        if self.options.metrics_listen is not None:
+            metrics = MetricsServer(self.options.metrics_listen, self.metrics.render).start()
+        try:
+            return self._run()
+        finally:
+            if metrics is not None:
+                metrics.stop()
+
+    def _run(self) -> SinkStats:
         _ = self.writer.client  # open and migrate before touching Kafka: a held store fails fast
         self.fast.clear_stale()
         live = self._start_live_reads()
@@ -322,6 +342,7 @@ class Sink:
     def _reset_state(self, partitions: Iterable[TopicPartition]) -> None:
         # Another sink may have written meanwhile: re-read what is stored on every assignment.
         self._assigned = {(tp.topic, tp.partition) for tp in partitions}
+        self._done.clear()  # another sink may have moved the offsets meanwhile
         self._buffers = {key: buf for key, buf in self._buffers.items() if key in self._assigned}
         self.stored.reset()
         self.subtrees.reset()
@@ -347,6 +368,9 @@ class Sink:
             num_messages=min(self.options.batch_rows, 5000), timeout=timeout
         )
         now = time.monotonic()
+        self.stats.consumed += len(messages)
+        if not messages:
+            self._settle_positions(consumer)
         for message in messages:
             error = message.error()
             if error is not None:
@@ -370,6 +394,33 @@ class Sink:
             if len(buffer.messages) >= self.options.batch_rows:
                 self._flush(key)
 
+    def _on_stats(self, stats_json: str) -> None:
+        # Called from inside consume(), on the loop's thread.
+        self.metrics.on_stats(stats_json, lambda topic, p: self._done.get((topic, p)))
+
+    def _settle_positions(self, consumer: Consumer) -> None:
+        """When a poll brought nothing, no batch is buffered or in flight: every record up to
+        the consumer's position is stored and committed. The position also passes the
+        transaction markers that follow the last record, which the committed offset (last
+        record + 1) stops short of; without this an idle sink would show a lag of 1."""
+        if self.fast.busy or self.options.metrics_listen is None:
+            return
+        idle = [
+            TopicPartition(topic, partition)
+            for topic, partition in self._assigned
+            if not (buf := self._buffers.get((topic, partition))) or not buf.messages
+        ]
+        if not idle:
+            return
+        try:
+            positions = consumer.position(idle)
+        except KafkaException:
+            return  # only a metric: try again on the next idle poll
+        for tp in positions:
+            key = (tp.topic, tp.partition)
+            if tp.offset >= 0 and tp.offset > self._done.get(key, -1):
+                self._done[key] = tp.offset
+
     def _flush_due(self) -> None:
         deadline = time.monotonic() - self.options.batch_ms / 1000.0
         for key, buffer in list(self._buffers.items()):
@@ -388,8 +439,10 @@ class Sink:
         messages, buffer.messages = buffer.messages, []
         topic, partition = key
         if topic == self.chain_topic:
+            self.metrics.chain_batch.observe(len(messages))
             self._write_chain_batch(partition, messages)
         else:
+            self.metrics.checkpoint_batch.observe(len(messages))
             self._write_checkpoints(partition, messages)
         self.stats.batches += 1
         offset = Offset(topic, partition, messages[-1].offset())
@@ -405,6 +458,7 @@ class Sink:
                 offsets=[TopicPartition(topic, partition, last_offset + 1)], asynchronous=False
             )
             self._committed_since_rebuild = True
+            self._done[(topic, partition)] = last_offset + 1
         except KafkaException as exc:
             # The rows are in ClickHouse; the next owner skips them by seq, so nothing is lost.
             log.warning(
@@ -538,3 +592,6 @@ class Sink:
         self.writer.insert("checkpoints", CHECKPOINT_COLUMNS, pivot(rows), token)
         self.stored.stored_checkpoints(partition, rows[-1].kafka_offset)
         self.stats.checkpoints += len(rows)
+        for row in rows:  # a few per second: one per chain and checkpoint interval
+            if not row.parse_error:
+                self.metrics.checkpoints.note(row.chain, row.size, row.timestamp)

@@ -17,6 +17,7 @@ from clickhouse_connect.driver.insert import InsertContext
 
 from processors.clickhouse_schema import EVENT_COLUMNS, REJECT_COLUMNS, migrate
 from processors.sink.columns import event_columns
+from processors.sink.metrics import PYTHON, SinkMetrics
 from processors.sink.options import SinkStats
 from processors.sink.rows import ChainBatch, RejectRow, pivot, storable
 from schemas.chained import value_record
@@ -42,9 +43,16 @@ class Writer:
     """The sink's ClickHouse side: one client (opened and migrated on first use), inserts with
     tokens and retries, and reads retried the same way."""
 
-    def __init__(self, settings: Settings, stats: SinkStats, stop: StopFlag) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stats: SinkStats,
+        stop: StopFlag,
+        metrics: SinkMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.stats = stats
+        self.metrics = metrics if metrics is not None else SinkMetrics(stats)
         self.stop = stop
         self.db = clickhouse.validate_identifier(settings.clickhouse_database)
         self._client: Client | None = None
@@ -75,6 +83,7 @@ class Writer:
     ) -> None:
         """Insert one block, retrying with backoff until ClickHouse takes it (or stop)."""
         delays = backoff()
+        first_try = time.perf_counter()
         while True:
             started = time.perf_counter()
             try:
@@ -87,7 +96,9 @@ class Writer:
                 context.settings["insert_deduplication_token"] = token
                 context.data = columns
                 self.client.insert(context=context)
-                self.stats.insert_seconds += time.perf_counter() - started
+                done = time.perf_counter()
+                self.stats.insert_seconds += done - started
+                self.metrics.inserted(table, PYTHON, done - first_try)
                 return
             except (DriverError, OSError) as exc:
                 self._contexts.pop(table, None)
@@ -112,6 +123,7 @@ class Writer:
         """The Python path: decode a chain batch with fastavro and insert it; returns the
         decoding seconds. Undecodable payloads also go to ``rejects``, first: once the events
         rows exist the records are skipped on re-read."""
+        self.stats.python_batches += 1
         t0 = time.perf_counter()
         records = [
             item.record if item.record is not None else storable(value_record(item.value))

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from sealtrail.commands.context import settings_of
+from sealtrail.infra import config
 from sealtrail.infra.kafka import check_login
+from sealtrail.infra.metrics_server import metrics_listen as parse_metrics_listen
 from sealtrail.infra.service import StopFlag
 
 
@@ -48,6 +50,23 @@ def chain(
         Path | None,
         typer.Option(help="Also append every committed checkpoint note to DIR/<chain>.notes."),
     ] = None,
+    metrics_listen: Annotated[
+        str,
+        typer.Option(
+            envvar=config.ENV_CHAIN_METRICS_LISTEN,
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics (loopback only unless "
+            "--metrics-allow-remote); empty: off.",
+        ),
+    ] = "",
+    metrics_allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-allow-remote",
+            envvar=config.ENV_CHAIN_METRICS_ALLOW_REMOTE,
+            help="Let --metrics-listen take a non-loopback address (metrics are "
+            "unauthenticated: only behind a trusted network).",
+        ),
+    ] = False,
 ) -> None:
     """Hash-chain the raw topic into the chain topic, exactly once, with signed checkpoints."""
     from processors.chainer import Chainer, ChainerOptions
@@ -61,6 +80,7 @@ def chain(
         checkpoint_seconds=checkpoint_seconds,
         instance_id=instance_id,
         export_checkpoints=export_checkpoints,
+        metrics_listen=parse_metrics_listen(metrics_listen, metrics_allow_remote),
     )
     settings = settings_of(ctx)
     check_login(settings)  # a refused login is one sentence, not a silent retry loop

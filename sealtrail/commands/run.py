@@ -12,6 +12,7 @@ from sealtrail.commands.context import settings_of
 from sealtrail.infra import config
 from sealtrail.infra.config import parse_listen
 from sealtrail.infra.errors import ConfigError
+from sealtrail.infra.metrics_server import free_loopback_ports
 from sealtrail.infra.service import StopFlag
 from sealtrail.supervisor import Supervisor
 
@@ -96,11 +97,16 @@ def run(
         if cluster:
             webhook += ["--cluster", cluster]
         children.append(("webhook", as_role("producer", producer_kafka_config, webhook)))
-    chain = ["chain"]
+    # Chainer and sink serve their metrics on loopback ports of their own; /metrics here
+    # fetches them, so one scrape shows every stage.
+    chain_port, sink_port = free_loopback_ports(2)
+    chain_metrics, sink_metrics = f"127.0.0.1:{chain_port}", f"127.0.0.1:{sink_port}"
+    chain = ["chain", "--metrics-listen", chain_metrics]
     if signing_key is not None:
         chain += ["--signing-key", str(signing_key)]
     children.append(("chainer", as_role("chainer", chainer_kafka_config, chain)))
-    children.append(("sink", as_role("sink", sink_kafka_config, ["sink"])))
+    sink = ["sink", "--metrics-listen", sink_metrics]
+    children.append(("sink", as_role("sink", sink_kafka_config, sink)))
     scheme = "http" if tls_cert is None else "https"
     if webhook_host in ("0.0.0.0", "::"):
         webhook_host = "127.0.0.1"  # listening everywhere: ask it over loopback
@@ -113,6 +119,7 @@ def run(
         if no_webhook
         else f"{scheme}://{webhook_host}:{webhook_port}/metrics",
         webhook_ca=tls_cert,
+        child_metrics_urls=[f"http://{chain_metrics}/metrics", f"http://{sink_metrics}/metrics"],
     )
     raise typer.Exit(supervisor.run())
 

@@ -21,9 +21,11 @@ from rich.table import Table
 from processors.sink import Sink, SinkOptions
 from sealtrail.commands.context import settings_of
 from sealtrail.commands.verify import KeyOpt, load_keyring
+from sealtrail.infra import config
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import ConfigError
 from sealtrail.infra.kafka import check_login
+from sealtrail.infra.metrics_server import metrics_listen as parse_metrics_listen
 from sealtrail.infra.reader import ReadClient, as_reader, open_reader
 from sealtrail.infra.readonly_sql import require_read_only
 from sealtrail.infra.service import StopFlag
@@ -172,10 +174,33 @@ def sink(
         str,
         typer.Option(help="Kafka consumer group.", show_default="<topic prefix>sealtrail-sink"),
     ] = "",
+    metrics_listen: Annotated[
+        str,
+        typer.Option(
+            envvar=config.ENV_SINK_METRICS_LISTEN,
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics (loopback only unless "
+            "--metrics-allow-remote); empty: off.",
+        ),
+    ] = "",
+    metrics_allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-allow-remote",
+            envvar=config.ENV_SINK_METRICS_ALLOW_REMOTE,
+            help="Let --metrics-listen take a non-loopback address (metrics are "
+            "unauthenticated: only behind a trusted network).",
+        ),
+    ] = False,
 ) -> None:
     """Load the chain and checkpoint topics into ClickHouse, exactly once (until SIGTERM)."""
     settings = settings_of(ctx)
-    options = SinkOptions(batch_rows=batch_rows, batch_ms=batch_ms, once=once, group=group)
+    options = SinkOptions(
+        batch_rows=batch_rows,
+        batch_ms=batch_ms,
+        once=once,
+        group=group,
+        metrics_listen=parse_metrics_listen(metrics_listen, metrics_allow_remote),
+    )
     stop = StopFlag().install()
     check_login(settings)  # a refused login is one sentence, not a silent retry loop
     stats = Sink(settings, options, stop).run()

@@ -7,11 +7,15 @@
 * The audit webhook kubeconfig and the audit policy loaded by k8s.io/apiserver's own loaders
   (tests/tools/auditclient check), as kube-apiserver loads --audit-webhook-config-file and
   --audit-policy-file at start.
+* The Grafana dashboard deploy/grafana/sealtrail.json: it parses, and every metric its PromQL
+  uses is one the code defines (names collected from the registries themselves).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +33,7 @@ from tests.tools.auditclient_build import auditclient_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "sealtrail.json"
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml")) + [DEPLOY / "verifier-cronjob.yaml"]
 KUBECONFIG = DEPLOY / "kubernetes" / "audit-webhook-kubeconfig.yaml"
 POLICY = DEPLOY / "kubernetes" / "audit-policy.yaml"
@@ -149,3 +154,77 @@ def test_audit_policy_loads_as_the_api_server_loads_it(tmp_path: Path) -> None:
     bad.write_text(POLICY.read_text(encoding="utf-8").replace("level: Metadata", "level: All", 1))
     refused = check("--policy", str(bad))
     assert refused.returncode == 1 and 'Unsupported value: "All"' in refused.stderr
+
+
+def defined_metric_names() -> set[str]:
+    """Every series the webhook, chainer, sink and ``sealtrail run`` can expose."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from processors.chainer.metrics import ChainerMetrics
+    from processors.chainer.options import ChainerStats
+    from processors.sink.metrics import SinkMetrics
+    from processors.sink.options import SinkStats
+    from producers.webhook import _Metrics as WebhookMetrics
+    from sealtrail.infra.config import Settings
+    from sealtrail.infra.metrics import exposed_names
+    from sealtrail.infra.service import StopFlag
+    from sealtrail.supervisor import Supervisor
+
+    names = exposed_names(ChainerMetrics(ChainerStats()).registry)
+    names |= exposed_names(SinkMetrics(SinkStats()).registry)
+    names |= exposed_names(WebhookMetrics().registry)
+    run_page = Supervisor(Settings(), [("chainer", [])], None, StopFlag()).metrics()
+    names |= {s.name for f in text_string_to_metric_families(run_page) for s in f.samples}
+    return names
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of the dashboard."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def test_grafana_dashboard_uses_only_metrics_the_code_defines() -> None:
+    defined = defined_metric_names()
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 20
+    used: set[str] = set()
+    for title, expr in exprs:
+        names = set(re.findall(r"\bsealtrail_[a-z0-9_]+", expr))
+        assert names, f"panel {title!r}: {expr} uses no sealtrail metric"
+        assert not names - defined, f"panel {title!r} uses undefined {sorted(names - defined)}"
+        assert expr.count("(") == expr.count(")") and expr.count("[") == expr.count("]"), expr
+        if "histogram_quantile" in expr:
+            assert "_bucket" in expr and "le" in expr, f"panel {title!r}: {expr}"
+        used |= names
+    # What operators need to see, per the dashboard's purpose (docs/METRICS.md).
+    for needed in (
+        "sealtrail_chainer_records_out_total",
+        "sealtrail_sink_records_out_total",
+        "sealtrail_chainer_consumer_lag",
+        "sealtrail_sink_consumer_lag",
+        "sealtrail_chainer_transaction_seconds_bucket",
+        "sealtrail_sink_insert_duration_seconds_bucket",
+        "sealtrail_chainer_checkpoint_age_seconds",
+        "sealtrail_chainer_checkpoint_tree_size",
+        "sealtrail_webhook_rejected_events_total",
+        "sealtrail_sink_fast_path_fallbacks_total",
+    ):
+        assert needed in used, f"the dashboard shows no {needed}"
+
+
+def test_docs_list_every_metric() -> None:
+    """docs/METRICS.md names every metric family the code defines."""
+    doc = (ROOT / "docs" / "METRICS.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"`(sealtrail_[a-z0-9_]+)", doc))
+    families = {
+        re.sub(r"_(total|bucket|sum|count)$", "", name)
+        for name in defined_metric_names()
+        if "_process_" not in name
+    }
+    missing = {f for f in families if f not in listed and f + "_total" not in listed}
+    assert not missing, f"docs/METRICS.md does not list {sorted(missing)}"

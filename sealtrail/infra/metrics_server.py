@@ -1,0 +1,122 @@
+"""A small HTTP server that answers ``GET /metrics`` with Prometheus text, and nothing else.
+
+Used by ``sealtrail chain`` and ``sealtrail sink`` (``--metrics-listen HOST:PORT``). Metrics are
+not authenticated, so the server listens on loopback only unless the operator allows other
+addresses explicitly (docs/SECURITY.md, "Network endpoints").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from sealtrail.infra.config import parse_listen
+from sealtrail.infra.errors import ConfigError
+
+__all__ = ["CONTENT_TYPE", "MetricsServer", "free_loopback_ports", "metrics_listen"]
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def metrics_listen(
+    value: str | None, allow_remote: bool, option: str = "--metrics-listen"
+) -> tuple[str, int] | None:
+    """``HOST:PORT`` -> (host, port), None for no metrics; a non-loopback address only with
+    ``allow_remote`` (the metrics are unauthenticated)."""
+    if not value:
+        return None
+    host, port = parse_listen(value, option)
+    if not allow_remote and not _is_loopback(host):
+        raise ConfigError(
+            f"{option} {value} is not a loopback address and /metrics has no authentication; "
+            f"listen on 127.0.0.1, or add {option.replace('listen', 'allow-remote')} if the "
+            "network in front of it is trusted (docs/SECURITY.md)"
+        )
+    return host, port
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that are free now (for child processes to
+    listen on): all probes stay bound until every port is picked."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            probe = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """``MetricsServer(listen, render).start()`` serves ``render()`` on ``GET /metrics`` from
+    a daemon thread until :meth:`stop`."""
+
+    def __init__(self, listen: tuple[str, int], render: Callable[[], bytes]) -> None:
+        self.listen = listen
+        self._render = render
+        self._http: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._http is not None
+        return int(self._http.server_address[1])
+
+    def start(self) -> MetricsServer:
+        render = self._render
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self._send(404, b"not found; metrics are at /metrics\n", "text/plain")
+                    return
+                self._send(200, render(), CONTENT_TYPE)
+
+            def _send(self, code: int, body: bytes, kind: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return
+
+        host, port = self.listen
+        try:
+            server_class = _V6Server if ":" in host else ThreadingHTTPServer
+            self._http = server_class((host, port), Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
+                "pick a free port for --metrics-listen"
+            ) from None
+        self._http.daemon_threads = True
+        threading.Thread(target=self._http.serve_forever, name="metrics", daemon=True).start()
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
