@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NoReturn
 
-from sealtrail.infra.errors import DecodeError
+import msgspec
 
-_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+from sealtrail.infra.errors import DecodeError
 
 __all__ = [
     "audit_event",
@@ -443,84 +443,281 @@ def _to_datum(
 
 
 # --------------------------------------------------------------------------------------------
-# scanning
+# decoding: msgspec (C) on the fast path, the checks above only to say why an event was refused
+#
+# Each item is decoded straight into the typed structs below. When that fails, or a value breaks
+# a rule the types cannot say (a required field empty, an apiVersion outside audit.k8s.io, an
+# out-of-range code, a bad timestamp), the item is decoded again with the standard library and
+# :func:`_to_datum` names the first problem, so reasons and datums stay those of the checks above.
+
+
+class _User(msgspec.Struct):
+    username: str | None = None
+    uid: str | None = None
+    groups: list[str] | None = None
+    extra: dict[str, list[str] | None] | None = None
+
+
+class _Impersonated(msgspec.Struct):
+    username: str | None = None
+
+
+class _ObjectRef(msgspec.Struct):
+    resource: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    subresource: str | None = None
+    apiGroup: str | None = None  # noqa: N815 - the JSON member's name
+    apiVersion: str | None = None  # noqa: N815
+    uid: str | None = None
+
+
+class _Status(msgspec.Struct):
+    code: int | None = None
+
+
+class _Event(msgspec.Struct):
+    """The members of an audit Event that sealtrail extracts (all others are skipped in C)."""
+
+    kind: str | None = None
+    apiVersion: str | None = None  # noqa: N815
+    auditID: str | None = None  # noqa: N815
+    stage: str | None = None
+    verb: str | None = None
+    level: str | None = None
+    requestURI: str | None = None  # noqa: N815
+    userAgent: str | None = None  # noqa: N815
+    user: _User | None = None
+    impersonatedUser: _Impersonated | None = None  # noqa: N815
+    objectRef: _ObjectRef | None = None  # noqa: N815
+    responseStatus: _Status | None = None  # noqa: N815
+    sourceIPs: list[str] | None = None  # noqa: N815
+    requestReceivedTimestamp: str | None = None  # noqa: N815
+    timestamp: str | None = None
+    stageTimestamp: str | None = None  # noqa: N815
+    annotations: dict[str, str] | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+# Sorted keys, no spaces, UTF-8 (not ASCII-escaped): byte for byte json.dumps(sort_keys=True,
+# separators=(",", ":"), ensure_ascii=False), which wrote generic originals before.
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+_decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_items = msgspec.json.Decoder(list[msgspec.Raw] | None).decode
+_encode_key = msgspec.json.encode
+_EMPTY_REF = _ObjectRef()
+
+
+class _Refused(Exception):  # noqa: N818 - internal signal: the fast path cannot take this item
+    pass
+
+
+def _fast_datum(
+    ev: _Event, raw: bytes, cluster: str, received_at_us: int, list_api: str, in_list: bool
+) -> dict[str, Any]:
+    """The datum of a decoded event, or :class:`_Refused` if a rule beyond the types fails."""
+    kind = ev.kind
+    if kind is None:
+        if not in_list:
+            raise _Refused
+    elif kind != "Event":
+        raise _Refused
+    api_version = ev.apiVersion
+    if api_version is None:
+        api_version = list_api
+    elif not api_version.startswith(AUDIT_GROUP):
+        raise _Refused
+    if not ev.auditID or not ev.stage or not ev.verb:
+        raise _Refused
+    code = None
+    status = ev.responseStatus
+    if status is not None:
+        code = status.code
+        if code is not None and not _INT32_MIN <= code <= _INT32_MAX:
+            raise _Refused
+    try:
+        text = ev.requestReceivedTimestamp
+        if text is None:
+            text = ev.timestamp  # v1alpha1 events carry only "timestamp"
+        received = None if text is None else parse_timestamp(text)
+        text = ev.stageTimestamp
+        stage_at = None if text is None else parse_timestamp(text)
+    except ValueError:
+        raise _Refused from None
+    user = ev.user
+    if user is None:
+        user_name = user_uid = ""
+        groups: list[str] = []
+        extra: dict[str, list[str]] = {}
+    else:
+        user_name = user.username or ""
+        user_uid = user.uid or ""
+        groups = user.groups or []
+        extra = {} if user.extra is None else {k: v or [] for k, v in user.extra.items()}
+    impersonated = ev.impersonatedUser
+    ref = ev.objectRef or _EMPTY_REF
+    return {
+        "cluster": cluster,
+        "source": "k8s",
+        "received_at": received_at_us,
+        "original": raw,
+        "api_version": api_version,
+        "audit_id": ev.auditID,
+        "stage": ev.stage,
+        "level": ev.level or "",
+        "verb": ev.verb,
+        "request_uri": ev.requestURI or "",
+        "user_name": user_name,
+        "user_uid": user_uid,
+        "user_groups": groups,
+        "user_extra": extra,
+        "impersonated_user": None if impersonated is None else impersonated.username or "",
+        "source_ips": ev.sourceIPs or [],
+        "user_agent": ev.userAgent or "",
+        "object_resource": ref.resource or "",
+        "object_namespace": ref.namespace or "",
+        "object_name": ref.name or "",
+        "object_subresource": ref.subresource or "",
+        "object_api_group": ref.apiGroup or "",
+        "object_api_version": ref.apiVersion or "",
+        "object_uid": ref.uid or "",
+        "response_code": code,
+        "request_received_at": received,
+        "stage_at": stage_at,
+        "annotations": ev.annotations or {},
+        "actor": "",
+        "action": "",
+        "resource": "",
+        "outcome": "",
+        "attributes": {},
+    }
 
 
 def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_no_constants)
-_raw_decode = _DECODER.raw_decode
-_WS_MATCH = re.compile(r"[ \t\n\r]*").match
+_loads = json.JSONDecoder(parse_constant=_no_constants).decode
 
 
-def _ws(text: str, i: int) -> int:
-    """Index of the first non-whitespace character at or after ``i``."""
-    m = _WS_MATCH(text, i)
-    return i if m is None else m.end()
+def _item(
+    raw: bytes,
+    cluster: str,
+    received_at_us: int,
+    list_api: str,
+    in_list: bool,
+    max_event_bytes: int,
+    what: str,
+) -> dict[str, Any] | Reject:
+    """One event's exact bytes (an item, a single-Event body or a log line; ``what`` names it
+    in reasons) -> its datum or a Reject."""
+    if len(raw) > max_event_bytes:
+        return Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
+    try:
+        # msgspec checks UTF-8 only in the strings it decodes, not in the ones it skips.
+        if not raw.isascii():
+            raw.decode("utf-8")
+        return _fast_datum(_decode_event(raw), raw, cluster, received_at_us, list_api, in_list)
+    except UnicodeDecodeError:
+        return Reject(f"{what} is not valid UTF-8", raw, kind=RejectKind.MALFORMED)
+    except RecursionError:
+        return Reject(f"{what} JSON is nested too deeply", raw, kind=RejectKind.MALFORMED)
+    except msgspec.ValidationError:
+        pass  # valid JSON of the wrong shape: say which member is wrong, below
+    except msgspec.DecodeError as exc:
+        if "trailing characters" in str(exc):
+            after = "the JSON object" if what == "line" else "its JSON value"
+            return Reject(f"{what} has data after {after}", raw, kind=RejectKind.MALFORMED)
+        return Reject(f"{what} is not valid JSON ({exc})", raw, kind=RejectKind.MALFORMED)
+    except _Refused:
+        pass
+    try:
+        item = _loads(raw.decode("utf-8"))
+    except RecursionError:
+        return Reject(f"{what} JSON is nested too deeply", raw, kind=RejectKind.MALFORMED)
+    except ValueError as exc:  # not reached: msgspec took the syntax; kept for safety
+        return Reject(f"{what} is not valid JSON ({exc})", raw, kind=RejectKind.MALFORMED)
+    if what == "line" and type(item) is dict and item.get("kind") == "EventList":
+        return Reject(
+            "line is an EventList; log files hold one Event per line",
+            raw,
+            kind=RejectKind.WRONG_TYPE,
+        )
+    try:
+        return _to_datum(item, raw, cluster, received_at_us, list_api, in_list)
+    except _Bad as bad:
+        return Reject(str(bad), raw, kind=bad.kind)
 
 
 def _bad_body(message: str) -> NoReturn:
     raise BadRequestBody(message)
 
 
-def _scan_array(text: str, i: int, spans: list[tuple[int, int]], values: list[Any]) -> int:
-    """Scan a JSON array starting at ``text[i] == '['``; record each element's span."""
-    i = _ws(text, i + 1)
-    if text[i] == "]":
-        return i + 1
-    while True:
-        value, end = _raw_decode(text, i)
-        spans.append((i, end))
-        values.append(value)
-        i = _ws(text, end)
-        ch = text[i]
-        if ch == ",":
-            i = _ws(text, i + 1)
-        elif ch == "]":
-            return i + 1
-        else:
-            raise ValueError(f"expected ',' or ']' at character {i}")
+_BOM = b"\xef\xbb\xbf"
+_WS = b" \t\n\r"
 
 
-def _scan_top(text: str, start: int) -> tuple[dict[str, Any], list[tuple[int, int]], int]:
-    """Scan the top-level object at ``text[start] == '{'``.
+def _value_type(raw: bytes) -> str:
+    """The JSON type of a valid JSON value's bytes, as :func:`_jtype` names it."""
+    first = raw[:1]
+    if first == b"{":
+        return "an object"
+    if first == b"[":
+        return "an array"
+    if first == b'"':
+        return "a string"
+    if first in (b"t", b"f"):
+        return "a boolean"
+    if first == b"n":
+        return "null"
+    return "a number"
 
-    Returns the object, the spans of the elements of its ``items`` array (if any), and the end.
-    """
-    obj: dict[str, Any] = {}
-    spans: list[tuple[int, int]] = []
-    i = _ws(text, start + 1)
-    if text[i] == "}":
-        return obj, spans, i + 1
-    while True:
-        if text[i] != '"':
-            raise ValueError(f"expected a property name at character {i}")
-        key, i = _scanstring(text, i + 1, True)
-        i = _ws(text, i)
-        if text[i] != ":":
-            raise ValueError(f"expected ':' at character {i}")
-        i = _ws(text, i + 1)
-        if key == "items":
-            if "items" in obj:
-                _bad_body("Request body has two items arrays; send one EventList per request.")
-            if text[i] == "[":
-                values: list[Any] = []
-                i = _scan_array(text, i, spans, values)
-                obj[key] = values
-            else:
-                obj[key], i = _raw_decode(text, i)
-        else:
-            obj[key], i = _raw_decode(text, i)
-        i = _ws(text, i)
-        ch = text[i]
-        if ch == ",":
-            i = _ws(text, i + 1)
-        elif ch == "}":
-            return obj, spans, i + 1
-        else:
-            raise ValueError(f"expected ',' or '}}' at character {i}")
+
+def _top_members(body: bytes) -> dict[str, msgspec.Raw]:
+    """The top-level object's members as their exact bytes.
+
+    Raises :class:`BadRequestBody` where the body is not one JSON object or has two ``items``
+    members (a JSON decoder keeps only the last of two equal keys: the first array's events
+    would be answered 200 and never produced)."""
+    try:
+        members = _decode_members(body)
+    except RecursionError:
+        _bad_body("Request body JSON is nested too deeply; send audit.k8s.io events.")
+    except msgspec.DecodeError as exc:
+        if "trailing characters" in str(exc):
+            _bad_body("Request body has data after the JSON object; send one object per request.")
+        reason = "unexpected end of data" if "truncated" in str(exc) else str(exc)
+        _bad_body(f"Request body is not valid JSON ({reason}); send audit.k8s.io events.")
+    # No key was dropped when the body is exactly its members written compactly with plain keys
+    # (kube-apiserver's form); anything else is checked key by key below.
+    compact = 1 + max(len(members), 1)  # the braces and the commas
+    for key, value in members.items():
+        spelled = _encode_key(key)
+        if b"\\" in spelled:
+            compact = -1
+            break
+        compact += len(spelled) + 1 + len(memoryview(value))
+    if compact != len(body):
+        _check_one_items_member(body)
+    return members
+
+
+def _check_one_items_member(body: bytes) -> None:
+    """The slow, exact check of :func:`_top_members` for bodies not written compactly."""
+    top: list[list[tuple[str, Any]]] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        top[:] = [pairs]  # the top-level object is the last one finished
+        return {}
+
+    try:
+        json.loads(body, object_pairs_hook=hook, parse_constant=_no_constants)
+    except RecursionError:
+        _bad_body("Request body JSON is nested too deeply; send audit.k8s.io events.")
+    except ValueError as exc:
+        _bad_body(f"Request body is not valid JSON ({exc}); send audit.k8s.io events.")
+    if top and sum(1 for key, _v in top[0] if key == "items") > 1:
+        _bad_body("Request body has two items arrays; send one EventList per request.")
 
 
 def parse_body(
@@ -540,51 +737,53 @@ def parse_body(
     if not isinstance(body, bytes | bytearray | memoryview):
         _bad_body("Request body must be bytes; pass the raw HTTP body.")
     body = bytes(body)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        _bad_body("Request body is not valid UTF-8; send UTF-8 JSON audit events.")
-    ascii_only = len(text) == len(body)
-    i = _ws(text, 1 if text.startswith("\ufeff") else 0)
-    if i >= len(text):
+    # msgspec checks UTF-8 only in the strings it decodes; the items' bytes are only skipped.
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            _bad_body("Request body is not valid UTF-8; send UTF-8 JSON audit events.")
+    start = len(_BOM) if body.startswith(_BOM) else 0
+    body = body[start:].strip(_WS) if start else body.strip(_WS)
+    if not body:
         _bad_body("Request body is empty; send an audit.k8s.io EventList or Event.")
-    if text[i] != "{":
+    if body[0] != 0x7B:  # {
         _bad_body("Request body is not a JSON object; send an audit.k8s.io EventList or Event.")
+    members = _top_members(body)
+    envelope: dict[str, Any] = {
+        key: _loads(bytes(members[key]).decode("utf-8"))
+        for key in ("kind", "apiVersion")
+        if key in members
+    }
+    result = ParseResult()
+    if not is_event_list(envelope):
+        _add(result, _item(body, cluster, received_at_us, "", False, max_event_bytes, "event"))
+        return result
+    list_api = eventlist_api_version(envelope)
+    if "items" not in members:
+        _bad_body("EventList has no items array; send the webhook backend's EventList.")
     try:
-        obj, spans, end = _scan_top(text, i)
-    except BadRequestBody:
-        raise
+        items = _decode_items(members["items"])
+    except msgspec.ValidationError:
+        kind = _value_type(bytes(members["items"]))
+        _bad_body(f"EventList items must be an array, not {kind}.")
     except RecursionError:
         _bad_body("Request body JSON is nested too deeply; send audit.k8s.io events.")
-    except (ValueError, IndexError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        if isinstance(exc, IndexError):
-            reason = "unexpected end of data"
-        _bad_body(f"Request body is not valid JSON ({reason}); send audit.k8s.io events.")
-    if _ws(text, end) != len(text):
-        _bad_body("Request body has data after the JSON object; send one object per request.")
-
-    def raw_of(span: tuple[int, int]) -> bytes:
-        s, e = span
-        return body[s:e] if ascii_only else text[s:e].encode("utf-8")
-
-    result = ParseResult()
-    if is_event_list(obj):
-        list_api = eventlist_api_version(obj)
-        if "items" not in obj:
-            _bad_body("EventList has no items array; send the webhook backend's EventList.")
-        items = obj["items"]
-        if items is None:
-            return result
-        if type(items) is not list:
-            _bad_body(f"EventList items must be an array, not {_jtype(items)}.")
-        for span, item in zip(spans, items, strict=True):
-            _accept(
-                result, item, raw_of(span), cluster, received_at_us, list_api, True, max_event_bytes
-            )
+    if items is None:
         return result
-    _accept(result, obj, raw_of((i, end)), cluster, received_at_us, "", False, max_event_bytes)
+    for raw in items:
+        _add(
+            result,
+            _item(bytes(raw), cluster, received_at_us, list_api, True, max_event_bytes, "event"),
+        )
     return result
+
+
+def _add(result: ParseResult, outcome: dict[str, Any] | Reject) -> None:
+    if type(outcome) is Reject:
+        result.rejects.append(outcome)
+    else:
+        result.events.append(outcome)  # type: ignore[arg-type]
 
 
 def is_event_list(envelope: Mapping[str, Any]) -> bool:
@@ -622,46 +821,7 @@ def parse_item(
     """One EventList item (or a whole single Event) from its exact bytes: a datum or a Reject.
 
     The same checks as :func:`parse_body` makes on the items of a body parsed whole."""
-    if len(raw) > max_event_bytes:
-        return Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return Reject("event is not valid UTF-8", raw, kind=RejectKind.MALFORMED)
-    try:
-        item, end = _raw_decode(text, 0)
-    except RecursionError:
-        return Reject("event JSON is nested too deeply", raw, kind=RejectKind.MALFORMED)
-    except ValueError as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        return Reject(f"event is not valid JSON ({reason})", raw, kind=RejectKind.MALFORMED)
-    if end != len(text):
-        return Reject("event has data after its JSON value", raw, kind=RejectKind.MALFORMED)
-    try:
-        return _to_datum(item, raw, cluster, received_at_us, list_api, in_list)
-    except _Bad as bad:
-        return Reject(str(bad), raw, kind=bad.kind)
-
-
-def _accept(
-    result: ParseResult,
-    item: Any,
-    raw: bytes,
-    cluster: str,
-    received_at_us: int,
-    list_api: str,
-    in_list: bool,
-    max_event_bytes: int,
-) -> None:
-    if len(raw) > max_event_bytes:
-        result.rejects.append(
-            Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
-        )
-        return
-    try:
-        result.events.append(_to_datum(item, raw, cluster, received_at_us, list_api, in_list))
-    except _Bad as bad:
-        result.rejects.append(Reject(str(bad), raw, kind=bad.kind))
+    return _item(raw, cluster, received_at_us, list_api, in_list, max_event_bytes, "event")
 
 
 def parse_line(
@@ -676,32 +836,13 @@ def parse_line(
     ``original`` is the line without surrounding whitespace (and line terminator). Raises
     :class:`RejectError` with the reason and the raw line; callers skip blank lines themselves.
     """
-    raw = bytes(line).strip(b" \t\r\n")
+    raw = bytes(line).strip(_WS)
     if not raw:
         raise RejectError("line is empty", raw, RejectKind.MALFORMED)
-    if len(raw) > max_event_bytes:
-        raise RejectError(over_limit_reason(len(raw), max_event_bytes), raw, RejectKind.TOO_LARGE)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RejectError("line is not valid UTF-8", raw, RejectKind.MALFORMED) from None
-    try:
-        item, end = _raw_decode(text, 0)
-    except RecursionError:
-        raise RejectError("line JSON is nested too deeply", raw, RejectKind.MALFORMED) from None
-    except ValueError as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise RejectError(f"line is not valid JSON ({reason})", raw, RejectKind.MALFORMED) from None
-    if end != len(text):
-        raise RejectError("line has data after the JSON object", raw, RejectKind.MALFORMED)
-    if type(item) is dict and item.get("kind") == "EventList":
-        raise RejectError(
-            "line is an EventList; log files hold one Event per line", raw, RejectKind.WRONG_TYPE
-        )
-    try:
-        return _to_datum(item, raw, cluster, received_at_us, "", False)
-    except _Bad as bad:
-        raise RejectError(str(bad), raw, bad.kind) from None
+    outcome = _item(raw, cluster, received_at_us, "", False, max_event_bytes, "line")
+    if type(outcome) is Reject:
+        raise RejectError(outcome.reason, raw, outcome.kind)
+    return outcome  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -750,7 +891,7 @@ def generic_event(
         received_at_us = time.time_ns() // 1000
     elif type(received_at_us) is not int:
         raise TypeError(f"received_at_us must be an int, not {type(received_at_us).__name__}")
-    original = json.dumps(
+    original = _encode_sorted(
         {
             "action": action,
             "actor": actor,
@@ -759,22 +900,41 @@ def generic_event(
             "outcome": outcome,
             "resource": resource,
             "timestamp_us": timestamp_us,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode("utf-8")
-    return audit_event(
-        cluster,
-        "generic",
-        received_at_us,
-        original,
-        audit_id=event_id,
-        request_received_at=timestamp_us,
-        stage_at=timestamp_us,
-        actor=actor,
-        action=action,
-        resource=resource,
-        outcome=outcome,
-        attributes=attrs,
+        }
     )
+    # The datum spelled out (not audit_event()): this runs once per SDK event.
+    return {
+        "cluster": cluster,
+        "source": "generic",
+        "received_at": received_at_us,
+        "original": original,
+        "api_version": "",
+        "audit_id": event_id,
+        "stage": "",
+        "level": "",
+        "verb": "",
+        "request_uri": "",
+        "user_name": "",
+        "user_uid": "",
+        "user_groups": [],
+        "user_extra": {},
+        "impersonated_user": None,
+        "source_ips": [],
+        "user_agent": "",
+        "object_resource": "",
+        "object_namespace": "",
+        "object_name": "",
+        "object_subresource": "",
+        "object_api_group": "",
+        "object_api_version": "",
+        "object_uid": "",
+        "response_code": None,
+        "request_received_at": timestamp_us,
+        "stage_at": timestamp_us,
+        "annotations": {},
+        "actor": actor,
+        "action": action,
+        "resource": resource,
+        "outcome": outcome,
+        "attributes": attrs,
+    }

@@ -463,12 +463,11 @@ class WebhookServer:
         try:
             if result is None:
                 assert bad is not None
-                producer.produce_reject(batch, bad, SOURCE, cluster, received)
+                values = [_reject_value(bad, cluster, received)]
             else:
-                for event in result.events:
-                    producer.produce(batch, raw_topic, key, encode_audit_event(event))
-                for rej in result.rejects:
-                    producer.produce_reject(batch, rej, SOURCE, cluster, received)
+                values = [encode_audit_event(event) for event in result.events]
+                values += [_reject_value(rej, cluster, received) for rej in result.rejects]
+            producer.produce_many(batch, raw_topic, key, values)
             error = await self._acked(batch, done)
         except Backpressure:
             batch.seal()

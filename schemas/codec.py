@@ -334,6 +334,11 @@ def encode(handle: SchemaHandle, datum: Mapping[str, Any], *, validate: bool = F
 
 def encode_audit_event(datum: Mapping[str, Any], *, validate: bool = False) -> bytes:
     """Encode an AuditEvent datum (raw topic value); see :func:`encode` for ``validate``."""
+    if _audit_fast and not validate:
+        try:
+            return _encode_audit_fast(datum)
+        except (_Slow, KeyError, TypeError, UnicodeError):
+            pass  # fastavro writes it (defaults, coercions) or says what is wrong with it
     return _encode_generic(AUDIT_EVENT, datum, validate)
 
 
@@ -462,6 +467,169 @@ def _encode_chained_fast(datum: Mapping[str, Any]) -> bytes:
     )
 
 
+# AuditEvent fast path: a hand-written writer for the exact version-1 layout (the webhook's,
+# shipper's and SDK's per-event encode). It takes only plain values of the exact types; anything
+# else (a missing field left to its default, a coercion fastavro makes, a value fastavro refuses)
+# goes to fastavro, so the bytes and errors are fastavro's wherever the fast path steps aside.
+_AUDIT_V1_CANONICAL = (
+    '{"name":"dev.sealtrail.AuditEvent","type":"record","fields":['
+    '{"name":"cluster","type":"string"},{"name":"source","type":"string"},'
+    '{"name":"received_at","type":"long"},{"name":"original","type":"bytes"},'
+    '{"name":"api_version","type":"string"},{"name":"audit_id","type":"string"},'
+    '{"name":"stage","type":"string"},{"name":"level","type":"string"},'
+    '{"name":"verb","type":"string"},{"name":"request_uri","type":"string"},'
+    '{"name":"user_name","type":"string"},{"name":"user_uid","type":"string"},'
+    '{"name":"user_groups","type":{"type":"array","items":"string"}},'
+    '{"name":"user_extra","type":{"type":"map","values":{"type":"array","items":"string"}}},'
+    '{"name":"impersonated_user","type":["null","string"]},'
+    '{"name":"source_ips","type":{"type":"array","items":"string"}},'
+    '{"name":"user_agent","type":"string"},{"name":"object_resource","type":"string"},'
+    '{"name":"object_namespace","type":"string"},{"name":"object_name","type":"string"},'
+    '{"name":"object_subresource","type":"string"},{"name":"object_api_group","type":"string"},'
+    '{"name":"object_api_version","type":"string"},{"name":"object_uid","type":"string"},'
+    '{"name":"response_code","type":["null","int"]},'
+    '{"name":"request_received_at","type":["null","long"]},'
+    '{"name":"stage_at","type":["null","long"]},'
+    '{"name":"annotations","type":{"type":"map","values":"string"}},'
+    '{"name":"actor","type":"string"},{"name":"action","type":"string"},'
+    '{"name":"resource","type":"string"},{"name":"outcome","type":"string"},'
+    '{"name":"attributes","type":{"type":"map","values":"string"}}]}'
+)
+_AUDIT_STRINGS_1 = ("api_version", "audit_id", "stage", "level", "verb", "request_uri")
+_AUDIT_STRINGS_2 = (
+    "user_agent",
+    "object_resource",
+    "object_namespace",
+    "object_name",
+    "object_subresource",
+    "object_api_group",
+    "object_api_version",
+    "object_uid",
+)
+_AUDIT_STRINGS_3 = ("actor", "action", "resource", "outcome")
+_INT_MIN = -(1 << 31)
+_INT_MAX = (1 << 31) - 1
+
+
+class _Slow(Exception):  # noqa: N818 - internal signal: leave this datum to fastavro
+    pass
+
+
+_PREFIXES = 4096
+_PREFIX = [avro_long(n) for n in range(_PREFIXES)]
+"""The length prefixes of strings shorter than 4 KiB (most of an event's), precomputed."""
+
+
+def _put_str(out: list[bytes], value: Any) -> None:
+    if type(value) is not str:
+        raise _Slow
+    data = value.encode("utf-8")
+    size = len(data)
+    out.append(_PREFIX[size] if size < _PREFIXES else avro_long(size))
+    out.append(data)
+
+
+def _put_long(out: list[bytes], value: Any) -> None:
+    if type(value) is not int or not _LONG_MIN <= value <= _LONG_MAX:
+        raise _Slow
+    out.append(avro_long(value))
+
+
+def _put_strings(out: list[bytes], values: Any) -> None:
+    if type(values) is not list:
+        raise _Slow
+    if values:
+        out.append(avro_long(len(values)))
+        for value in values:
+            _put_str(out, value)
+    out.append(b"\x00")
+
+
+def _put_str_map(out: list[bytes], values: Any) -> None:
+    if type(values) is not dict:
+        raise _Slow
+    if values:
+        out.append(avro_long(len(values)))
+        for key, value in values.items():
+            _put_str(out, key)
+            _put_str(out, value)
+    out.append(b"\x00")
+
+
+def _put_optional_long(out: list[bytes], value: Any, low: int, high: int) -> None:
+    if value is None:
+        out.append(b"\x00")
+        return
+    if type(value) is not int or not low <= value <= high:
+        raise _Slow
+    out.append(b"\x02")
+    out.append(avro_long(value))
+
+
+def _encode_audit_fast(datum: Mapping[str, Any]) -> bytes:
+    """Raises :class:`_Slow` (or KeyError/TypeError/UnicodeError) to leave it to fastavro."""
+    out: list[bytes] = [_AUDIT_HEADER]
+    app = out.append
+    original = datum["original"]
+    if type(original) is not bytes:
+        raise _Slow
+    for value in (datum["cluster"], datum["source"]):
+        if type(value) is not str:
+            raise _Slow
+        data = value.encode("utf-8")
+        app(_PREFIX[len(data)] if len(data) < _PREFIXES else avro_long(len(data)))
+        app(data)
+    _put_long(out, datum["received_at"])
+    app(avro_long(len(original)))
+    app(original)
+    for name in _AUDIT_STRINGS_1:
+        value = datum[name]
+        if type(value) is not str:
+            raise _Slow
+        data = value.encode("utf-8")
+        app(_PREFIX[len(data)] if len(data) < _PREFIXES else avro_long(len(data)))
+        app(data)
+    _put_str(out, datum["user_name"])
+    _put_str(out, datum["user_uid"])
+    _put_strings(out, datum["user_groups"])
+    extra = datum["user_extra"]
+    if type(extra) is not dict:
+        raise _Slow
+    if extra:
+        app(avro_long(len(extra)))
+        for key, values in extra.items():
+            _put_str(out, key)
+            _put_strings(out, values)
+    app(b"\x00")
+    impersonated = datum["impersonated_user"]
+    if impersonated is None:
+        app(b"\x00")
+    else:
+        app(b"\x02")
+        _put_str(out, impersonated)
+    _put_strings(out, datum["source_ips"])
+    for name in _AUDIT_STRINGS_2:
+        value = datum[name]
+        if type(value) is not str:
+            raise _Slow
+        data = value.encode("utf-8")
+        app(_PREFIX[len(data)] if len(data) < _PREFIXES else avro_long(len(data)))
+        app(data)
+    _put_optional_long(out, datum["response_code"], _INT_MIN, _INT_MAX)
+    _put_optional_long(out, datum["request_received_at"], _LONG_MIN, _LONG_MAX)
+    _put_optional_long(out, datum["stage_at"], _LONG_MIN, _LONG_MAX)
+    _put_str_map(out, datum["annotations"])
+    for name in _AUDIT_STRINGS_3:
+        value = datum[name]
+        if type(value) is not str:
+            raise _Slow
+        data = value.encode("utf-8")
+        app(_PREFIX[len(data)] if len(data) < _PREFIXES else avro_long(len(data)))
+        app(data)
+    _put_str_map(out, datum["attributes"])
+    return b"".join(out)
+
+
 # --------------------------------------------------------------------------------------------
 # the schemas shipped with sealtrail
 
@@ -483,6 +651,8 @@ CHAINED_EVENT: SchemaHandle = _PACKAGED["chained_event.avsc"]
 
 _chained_fast: bool = CHAINED_EVENT.canonical_form == _CHAINED_V1_CANONICAL
 _CHAINED_HEADER: bytes = CHAINED_EVENT.header
+_audit_fast: bool = AUDIT_EVENT.canonical_form == _AUDIT_V1_CANONICAL
+_AUDIT_HEADER: bytes = AUDIT_EVENT.header
 
 
 # The verifier checks fields, not dicts: a tuple in ChainedEvent field order. (A hand-written
