@@ -19,6 +19,8 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
+from confluent_kafka import KafkaError
+
 from producers.k8s import generic_event
 from producers.kafka_writer import Batch, ConfirmedProducer, DeliveryFailed, now_us
 from schemas.codec import EncodeError, encode_audit_event
@@ -154,18 +156,18 @@ class Emitter(_Base):
         return self._send(self._encode_event(event))
 
     def _send(self, value: bytes) -> Future[None]:
+        # One record, one delivery report: the future is completed from librdkafka's callback
+        # directly (no Batch to count a single acknowledgement).
         future: Future[None] = Future()
 
-        def done(error: str | None) -> None:
-            if error is None:
+        def delivered(err: KafkaError | None, _msg: Any) -> None:
+            if err is None:
                 future.set_result(None)
             else:
-                self._record_failure(error)
-                future.set_exception(DeliveryFailed(f"Kafka did not store the event ({error})"))
+                self._record_failure(err.str())
+                future.set_exception(DeliveryFailed(f"Kafka did not store the event ({err.str()})"))
 
-        batch = Batch(done)
-        self._producer.produce(batch, self.topic, self._key, value)
-        batch.seal()
+        self._producer.produce_record(self.topic, self._key, value, delivered)
         return future
 
     def flush(self, timeout: float = 30.0) -> None:

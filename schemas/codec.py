@@ -400,6 +400,20 @@ def avro_long(value: int) -> bytes:
     n = (value << 1) ^ (value >> 63)
     if n < 0x80:
         return _SMALL[n]
+    if n < 0x200000:
+        return _varint(n)
+    # Timestamps (the most common large longs) share their high bits for seconds at a time:
+    # the low three 7-bit groups are computed, the encoding of the rest comes from a cache.
+    high = n >> 21
+    tail = _HIGH.get(high)
+    if tail is None:
+        if len(_HIGH) >= 4096:
+            _HIGH.clear()
+        tail = _HIGH[high] = _varint(high)
+    return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80)) + tail
+
+
+def _varint(n: int) -> bytes:
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -408,6 +422,7 @@ def avro_long(value: int) -> bytes:
     return bytes(out)
 
 
+_HIGH: dict[int, bytes] = {}
 _SMALL = [bytes((i,)) for i in range(0x80)]
 
 
