@@ -356,3 +356,35 @@ def test_generic_original_same_as_json_dumps(
         outcome=outcome,
         attributes=attributes,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# timestamps: the cached Kubernetes form against the reference's regex
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    minute=st.datetimes().map(lambda d: d.strftime("%Y-%m-%dT%H:%M:")),
+    tails=st.lists(
+        st.tuples(
+            st.text("0123456789a\u0661", min_size=2, max_size=2),
+            st.sampled_from([".", ","]),
+            st.text("0123456789\u00b2", min_size=6, max_size=6),
+            st.sampled_from(["Z", "z", "Q"]),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_timestamps_same_as_reference(minute: str, tails: list[tuple[str, ...]]) -> None:
+    for tail in tails * 2:  # the second time from the cache
+        text = minute + "".join(tail)
+        try:
+            expected: int | None = ref.parse_timestamp(text)
+        except ValueError:
+            expected = None
+        try:
+            got: int | None = k8s.parse_timestamp(text)
+        except ValueError:
+            got = None
+        assert got == expected, text
