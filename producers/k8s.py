@@ -888,16 +888,25 @@ def generic_event(
     ``received_at_us`` defaults to now. Raises ``TypeError`` for arguments of the wrong type
     and ``UnicodeEncodeError`` (a ``ValueError``) for strings that are not valid Unicode.
     """
-    for name, value in (
-        ("cluster", cluster),
-        ("actor", actor),
-        ("action", action),
-        ("resource", resource),
-        ("outcome", outcome),
-        ("event_id", event_id),
+    str_ = str
+    if not (
+        type(cluster) is str_
+        and type(actor) is str_
+        and type(action) is str_
+        and type(resource) is str_
+        and type(outcome) is str_
+        and type(event_id) is str_
     ):
-        if type(value) is not str:
-            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        for name, value in (
+            ("cluster", cluster),
+            ("actor", actor),
+            ("action", action),
+            ("resource", resource),
+            ("outcome", outcome),
+            ("event_id", event_id),
+        ):
+            if type(value) is not str:
+                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     if type(timestamp_us) is not int:
         raise TypeError(f"timestamp_us must be an int, not {type(timestamp_us).__name__}")
     attrs: dict[str, str] = {}

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
@@ -510,8 +511,12 @@ _AUDIT_V1_CANONICAL = (
     '{"name":"resource","type":"string"},{"name":"outcome","type":"string"},'
     '{"name":"attributes","type":{"type":"map","values":"string"}}]}'
 )
-_AUDIT_STRINGS_1 = ("api_version", "audit_id", "stage", "level", "verb", "request_uri")
-_AUDIT_STRINGS_2 = (
+# Runs of consecutive fields in schema order (itemgetter: one C call per run).
+_AUDIT_RUN_0 = itemgetter("cluster", "source")
+_AUDIT_RUN_1 = itemgetter("api_version", "audit_id")
+_AUDIT_RUN_2 = itemgetter("stage", "level", "verb", "request_uri", "user_name", "user_uid")
+_AUDIT_USER = itemgetter("user_groups", "user_extra", "impersonated_user", "source_ips")
+_AUDIT_RUN_3 = itemgetter(
     "user_agent",
     "object_resource",
     "object_namespace",
@@ -521,7 +526,7 @@ _AUDIT_STRINGS_2 = (
     "object_api_version",
     "object_uid",
 )
-_AUDIT_STRINGS_3 = ("actor", "action", "resource", "outcome")
+_AUDIT_RUN_4 = itemgetter("actor", "action", "resource", "outcome")
 _INT_MIN = -(1 << 31)
 _INT_MAX = (1 << 31) - 1
 
@@ -581,6 +586,22 @@ def _put_optional_long(out: list[bytes], value: Any, low: int, high: int) -> Non
     out.append(avro_long(value))
 
 
+def _put_run(out: list[bytes], values: tuple[Any, ...], zeros: bytes) -> None:
+    """Consecutive string fields; ``zeros`` (one 0 byte each) when all are "" (a generic event's
+    Kubernetes fields, most of an event's optional ones)."""
+    if values == ("",) * len(zeros):
+        out.append(zeros)
+        return
+    app = out.append
+    for value in values:
+        if type(value) is not str:
+            raise _Slow
+        data = value.encode("utf-8")
+        size = len(data)
+        app(_PREFIX[size] if size < _PREFIXES else avro_long(size))
+        app(data)
+
+
 def _encode_audit_fast(datum: Mapping[str, Any]) -> bytes:
     """Raises :class:`_Slow` (or KeyError/TypeError/UnicodeError) to leave it to fastavro."""
     out: list[bytes] = [_AUDIT_HEADER]
@@ -588,59 +609,39 @@ def _encode_audit_fast(datum: Mapping[str, Any]) -> bytes:
     original = datum["original"]
     if type(original) is not bytes:
         raise _Slow
-    for value in (datum["cluster"], datum["source"]):
-        if type(value) is not str:
-            raise _Slow
-        data = value.encode("utf-8")
-        app(_PREFIX[len(data)] if len(data) < _PREFIXES else avro_long(len(data)))
-        app(data)
+    _put_run(out, _AUDIT_RUN_0(datum), b"\0\0")
     _put_long(out, datum["received_at"])
     app(avro_long(len(original)))
     app(original)
-    for name in _AUDIT_STRINGS_1:
-        value = datum[name]
-        if type(value) is not str:
-            raise _Slow
-        data = value.encode("utf-8")
-        app(_PREFIX[len(data)] if len(data) < _PREFIXES else avro_long(len(data)))
-        app(data)
-    _put_str(out, datum["user_name"])
-    _put_str(out, datum["user_uid"])
-    _put_strings(out, datum["user_groups"])
-    extra = datum["user_extra"]
+    _put_run(out, _AUDIT_RUN_1(datum), b"\0\0")
+    _put_run(out, _AUDIT_RUN_2(datum), b"\0" * 6)
+    user_groups, extra, impersonated, source_ips = _AUDIT_USER(datum)
     if type(extra) is not dict:
         raise _Slow
-    if extra:
-        app(avro_long(len(extra)))
-        for key, values in extra.items():
-            _put_str(out, key)
-            _put_strings(out, values)
-    app(b"\x00")
-    impersonated = datum["impersonated_user"]
-    if impersonated is None:
-        app(b"\x00")
-    else:
-        app(b"\x02")
-        _put_str(out, impersonated)
-    _put_strings(out, datum["source_ips"])
-    for name in _AUDIT_STRINGS_2:
-        value = datum[name]
-        if type(value) is not str:
+    if not user_groups and not extra and impersonated is None and not source_ips:
+        if type(user_groups) is not list or type(source_ips) is not list:
             raise _Slow
-        data = value.encode("utf-8")
-        app(_PREFIX[len(data)] if len(data) < _PREFIXES else avro_long(len(data)))
-        app(data)
+        app(b"\0\0\0\0")  # no groups, no extra, no impersonation, no source IPs
+    else:
+        _put_strings(out, user_groups)
+        if extra:
+            app(avro_long(len(extra)))
+            for key, values in extra.items():
+                _put_str(out, key)
+                _put_strings(out, values)
+        app(b"\x00")
+        if impersonated is None:
+            app(b"\x00")
+        else:
+            app(b"\x02")
+            _put_str(out, impersonated)
+        _put_strings(out, source_ips)
+    _put_run(out, _AUDIT_RUN_3(datum), b"\0" * 8)
     _put_optional_long(out, datum["response_code"], _INT_MIN, _INT_MAX)
     _put_optional_long(out, datum["request_received_at"], _LONG_MIN, _LONG_MAX)
     _put_optional_long(out, datum["stage_at"], _LONG_MIN, _LONG_MAX)
     _put_str_map(out, datum["annotations"])
-    for name in _AUDIT_STRINGS_3:
-        value = datum[name]
-        if type(value) is not str:
-            raise _Slow
-        data = value.encode("utf-8")
-        app(_PREFIX[len(data)] if len(data) < _PREFIXES else avro_long(len(data)))
-        app(data)
+    _put_run(out, _AUDIT_RUN_4(datum), b"\0" * 4)
     _put_str_map(out, datum["attributes"])
     return b"".join(out)
 

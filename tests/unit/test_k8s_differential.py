@@ -193,7 +193,8 @@ def _rendered(draw: st.DrawFn, value: Any, duplicates: bool = True) -> bytes:
     members = []
     for key, v in pairs:
         spelled = dump(key)
-        if draw(st.integers(0, 9)) == 0 and key:
+        # (a letter of the BMP below the surrogates: escaping it yields the same key)
+        if draw(st.integers(0, 9)) == 0 and key and key[0].isalnum() and ord(key[0]) < 0xD800:
             spelled = f'"\\u{ord(key[0]):04x}' + dump(key)[2:]  # the first character escaped
         members.append(f"{spelled}{ws}:{ws}{dump(v)}")
     return ("{" + ws + ("," + ws).join(members) + ws + "}").encode("utf-8")
