@@ -401,8 +401,10 @@ def avro_long(value: int) -> bytes:
     n = (value << 1) ^ (value >> 63)
     if n < 0x80:
         return _SMALL[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     if n < 0x200000:
-        return _varint(n)
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
     # Timestamps (the most common large longs) share their high bits for seconds at a time:
     # the low three 7-bit groups are computed, the encoding of the rest comes from a cache.
     high = n >> 21

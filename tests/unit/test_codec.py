@@ -620,3 +620,23 @@ def test_audit_fast_path_is_active() -> None:
     # A coercion fastavro makes (a str where an array goes) is left to fastavro, unchanged.
     datum = _audit(user_groups="ab")
     assert encode_audit_event(datum) == codec._encode_generic(AUDIT_EVENT, datum)
+
+
+def _varlong_reference(value: int) -> bytes:
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+@given(
+    st.integers(LONG_MIN, LONG_MAX)
+    | st.integers(-(1 << 22), 1 << 22)
+    | st.integers(1_600_000_000_000_000, 1_900_000_000_000_000)
+)
+def test_avro_long_matches_the_spec(value: int) -> None:
+    for _ in range(2):  # the second time from avro_long's cache of high bits
+        assert codec.avro_long(value) == _varlong_reference(value)
