@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from schemas.codec import AuditFastPathOff, audit_k8s_prefix, encode_audit_event, encode_audit_k8s
 from sealtrail.infra.errors import DecodeError
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "REJECT_KEEP_BYTES",
     "REJECT_SOURCE",
     "BadRequestBody",
+    "EncodedBody",
     "ParseResult",
     "Reject",
     "RejectError",
@@ -43,6 +45,7 @@ __all__ = [
     "generic_event",
     "eventlist_api_version",
     "is_event_list",
+    "encode_body",
     "parse_body",
     "parse_item",
     "parse_line",
@@ -533,10 +536,9 @@ class _Refused(Exception):  # noqa: N818 - internal signal: the fast path cannot
     pass
 
 
-def _fast_datum(
-    ev: _Event, raw: bytes, cluster: str, received_at_us: int, list_api: str, in_list: bool
-) -> dict[str, Any]:
-    """The datum of a decoded event, or :class:`_Refused` if a rule beyond the types fails."""
+def _fast_fields(ev: _Event, list_api: str, in_list: bool) -> tuple[Any, ...]:
+    """A decoded event's datum fields from ``api_version`` to ``annotations``, in schema order
+    (:data:`_FIELD_NAMES`), or :class:`_Refused` if a rule beyond the types fails."""
     kind = ev.kind
     if kind is None:
         if not in_list:
@@ -577,41 +579,75 @@ def _fast_datum(
         extra = {} if user.extra is None else {k: v or [] for k, v in user.extra.items()}
     impersonated = ev.impersonatedUser
     ref = ev.objectRef or _EMPTY_REF
-    return {
+    return (
+        api_version,
+        ev.auditID,
+        ev.stage,
+        ev.level or "",
+        ev.verb,
+        ev.requestURI or "",
+        user_name,
+        user_uid,
+        groups,
+        extra,
+        None if impersonated is None else impersonated.username or "",
+        ev.sourceIPs or [],
+        ev.userAgent or "",
+        ref.resource or "",
+        ref.namespace or "",
+        ref.name or "",
+        ref.subresource or "",
+        ref.apiGroup or "",
+        ref.apiVersion or "",
+        ref.uid or "",
+        code,
+        received,
+        stage_at,
+        ev.annotations or {},
+    )
+
+
+_FIELD_NAMES = (
+    "api_version",
+    "audit_id",
+    "stage",
+    "level",
+    "verb",
+    "request_uri",
+    "user_name",
+    "user_uid",
+    "user_groups",
+    "user_extra",
+    "impersonated_user",
+    "source_ips",
+    "user_agent",
+    "object_resource",
+    "object_namespace",
+    "object_name",
+    "object_subresource",
+    "object_api_group",
+    "object_api_version",
+    "object_uid",
+    "response_code",
+    "request_received_at",
+    "stage_at",
+    "annotations",
+)
+
+
+def _fast_datum(
+    ev: _Event, raw: bytes, cluster: str, received_at_us: int, list_api: str, in_list: bool
+) -> dict[str, Any]:
+    """The datum of a decoded event, or :class:`_Refused` if a rule beyond the types fails."""
+    datum: dict[str, Any] = {
         "cluster": cluster,
         "source": "k8s",
         "received_at": received_at_us,
         "original": raw,
-        "api_version": api_version,
-        "audit_id": ev.auditID,
-        "stage": ev.stage,
-        "level": ev.level or "",
-        "verb": ev.verb,
-        "request_uri": ev.requestURI or "",
-        "user_name": user_name,
-        "user_uid": user_uid,
-        "user_groups": groups,
-        "user_extra": extra,
-        "impersonated_user": None if impersonated is None else impersonated.username or "",
-        "source_ips": ev.sourceIPs or [],
-        "user_agent": ev.userAgent or "",
-        "object_resource": ref.resource or "",
-        "object_namespace": ref.namespace or "",
-        "object_name": ref.name or "",
-        "object_subresource": ref.subresource or "",
-        "object_api_group": ref.apiGroup or "",
-        "object_api_version": ref.apiVersion or "",
-        "object_uid": ref.uid or "",
-        "response_code": code,
-        "request_received_at": received,
-        "stage_at": stage_at,
-        "annotations": ev.annotations or {},
-        "actor": "",
-        "action": "",
-        "resource": "",
-        "outcome": "",
-        "attributes": {},
     }
+    datum.update(zip(_FIELD_NAMES, _fast_fields(ev, list_api, in_list), strict=True))
+    datum.update(actor="", action="", resource="", outcome="", attributes={})
+    return datum
 
 
 def _no_constants(name: str) -> NoReturn:
@@ -741,20 +777,9 @@ def _check_one_items_member(body: bytes) -> None:
         _bad_body("Request body has two items arrays; send one EventList per request.")
 
 
-def parse_body(
-    body: bytes,
-    cluster: str,
-    received_at_us: int,
-    *,
-    max_event_bytes: int = MAX_EVENT_BYTES,
-) -> ParseResult:
-    """Parse a request body holding an ``EventList`` or a single ``Event``.
-
-    Every item ends up either in ``events`` (AuditEvent datums stamped with ``cluster`` and
-    ``received_at_us``) or in ``rejects``. Raises :class:`BadRequestBody` if the body as a whole
-    is unusable (not UTF-8 JSON, not an object, a kind other than Event/EventList, an unknown
-    EventList apiVersion, or ``items`` not an array).
-    """
+def _split_body(body: bytes) -> tuple[list[bytes], str, bool]:
+    """A whole body -> (the exact bytes of each event in it, the EventList's apiVersion, whether
+    they are EventList items); a single Event is one event of its own bytes."""
     if not isinstance(body, bytes | bytearray | memoryview):
         _bad_body("Request body must be bytes; pass the raw HTTP body.")
     body = bytes(body)
@@ -776,10 +801,8 @@ def parse_body(
         for key in ("kind", "apiVersion")
         if key in members
     }
-    result = ParseResult()
     if not is_event_list(envelope):
-        _add(result, _item(body, cluster, received_at_us, "", False, max_event_bytes, "event"))
-        return result
+        return [body], "", False
     list_api = eventlist_api_version(envelope)
     if "items" not in members:
         _bad_body("EventList has no items array; send the webhook backend's EventList.")
@@ -790,14 +813,71 @@ def parse_body(
         _bad_body(f"EventList items must be an array, not {kind}.")
     except RecursionError:
         _bad_body("Request body JSON is nested too deeply; send audit.k8s.io events.")
-    if items is None:
-        return result
-    for raw in items:
+    return ([] if items is None else [bytes(raw) for raw in items]), list_api, True
+
+
+def parse_body(
+    body: bytes,
+    cluster: str,
+    received_at_us: int,
+    *,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> ParseResult:
+    """Parse a request body holding an ``EventList`` or a single ``Event``.
+
+    Every item ends up either in ``events`` (AuditEvent datums stamped with ``cluster`` and
+    ``received_at_us``) or in ``rejects``. Raises :class:`BadRequestBody` if the body as a whole
+    is unusable (not UTF-8 JSON, not an object, a kind other than Event/EventList, an unknown
+    EventList apiVersion, or ``items`` not an array).
+    """
+    raws, list_api, in_list = _split_body(body)
+    result = ParseResult()
+    for raw in raws:
         _add(
-            result,
-            _item(bytes(raw), cluster, received_at_us, list_api, True, max_event_bytes, "event"),
+            result, _item(raw, cluster, received_at_us, list_api, in_list, max_event_bytes, "event")
         )
     return result
+
+
+@dataclass(slots=True)
+class EncodedBody:
+    """A body's accepted events as raw topic values, and its rejects, each in body order."""
+
+    values: list[bytes] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def encode_body(
+    body: bytes,
+    cluster: str,
+    received_at_us: int,
+    *,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> EncodedBody:
+    """:func:`parse_body` with each event already encoded: ``values[i]`` is
+    ``encode_audit_event`` of the i-th datum, byte for byte, written straight from the decoded
+    fields (no datum dict) wherever the event is accepted at the first look."""
+    raws, list_api, in_list = _split_body(body)
+    out = EncodedBody()
+    prefix = audit_k8s_prefix(cluster, received_at_us)
+    for raw in raws:
+        if prefix is not None and len(raw) <= max_event_bytes:
+            try:
+                if not raw.isascii():
+                    raw.decode("utf-8")
+                fields = _fast_fields(_decode_event(raw), list_api, in_list)
+                out.values.append(encode_audit_k8s(prefix, raw, fields))
+                continue
+            except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, _Refused):
+                pass  # refused at the first look: _item says why (or accepts it after all)
+            except AuditFastPathOff:
+                pass
+        outcome = _item(raw, cluster, received_at_us, list_api, in_list, max_event_bytes, "event")
+        if type(outcome) is Reject:
+            out.rejects.append(outcome)
+        else:
+            out.values.append(encode_audit_event(outcome))  # type: ignore[arg-type]
+    return out
 
 
 def _add(result: ParseResult, outcome: dict[str, Any] | Reject) -> None:

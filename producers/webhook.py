@@ -31,7 +31,7 @@ from producers.k8s import (
     BadRequestBody,
     Reject,
     RejectKind,
-    parse_body,
+    encode_body,
     reject_event,
 )
 from producers.kafka_writer import (
@@ -451,13 +451,13 @@ class WebhookServer:
         key = cluster.encode("utf-8")
         bad: Reject | None = None
         try:
-            result = parse_body(
+            result = encode_body(
                 body, cluster, received, max_event_bytes=self.options.max_event_bytes
             )
         except BadRequestBody as exc:
             result = None
             bad = _body_reject(str(exc), body, self.options.max_event_bytes)
-        count = 0 if result is None else len(result.events) + len(result.rejects)
+        count = 0 if result is None else len(result.values) + len(result.rejects)
         self._inflight += max(count, 1)
         self.metrics.inflight.set(self._inflight)
         try:
@@ -465,8 +465,9 @@ class WebhookServer:
                 assert bad is not None
                 values = [_reject_value(bad, cluster, received)]
             else:
-                values = [encode_audit_event(event) for event in result.events]
-                values += [_reject_value(rej, cluster, received) for rej in result.rejects]
+                values = result.values + [
+                    _reject_value(rej, cluster, received) for rej in result.rejects
+                ]
             producer.produce_many(batch, raw_topic, key, values)
             error = await self._acked(batch, done)
         except Backpressure:
@@ -486,10 +487,11 @@ class WebhookServer:
             self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
             return web.json_response({"error": bad.reason}, status=400)
         self.metrics.received.inc(count)
-        self.metrics.produced.inc(len(result.events))
+        accepted = count - len(result.rejects)
+        self.metrics.produced.inc(accepted)
         for rej in result.rejects:
             self.metrics.rejected.labels(rej.kind).inc()
-        return web.json_response({"accepted": len(result.events), "rejected": len(result.rejects)})
+        return web.json_response({"accepted": accepted, "rejected": len(result.rejects)})
 
     async def _post_streamed(self, request: web.Request, cluster: str) -> web.Response:
         """A large (or chunked) body: parse and produce item by item as it arrives.

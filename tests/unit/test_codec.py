@@ -640,3 +640,67 @@ def _varlong_reference(value: int) -> bytes:
 def test_avro_long_matches_the_spec(value: int) -> None:
     for _ in range(2):  # the second time from avro_long's cache of high bits
         assert codec.avro_long(value) == _varlong_reference(value)
+
+
+_K8S_FIELDS = (
+    "api_version",
+    "audit_id",
+    "stage",
+    "level",
+    "verb",
+    "request_uri",
+    "user_name",
+    "user_uid",
+    "user_groups",
+    "user_extra",
+    "impersonated_user",
+    "source_ips",
+    "user_agent",
+    "object_resource",
+    "object_namespace",
+    "object_name",
+    "object_subresource",
+    "object_api_group",
+    "object_api_version",
+    "object_uid",
+    "response_code",
+    "request_received_at",
+    "stage_at",
+    "annotations",
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    changes=st.fixed_dictionaries(
+        {},
+        optional={
+            **{k: v for k, v in _audit_values.items() if k not in ("source", "attributes")},
+            **{name: _text for name in _K8S_FIELDS if name not in _audit_values},
+        },
+    )
+)
+def test_encode_audit_k8s_is_encode_audit_event_of_the_datum(changes: dict[str, Any]) -> None:
+    datum = {
+        **_audit(**changes),
+        "source": "k8s",
+        "actor": "",
+        "action": "",
+        "resource": "",
+        "outcome": "",
+        "attributes": {},
+    }
+    prefix = codec.audit_k8s_prefix(datum["cluster"], datum["received_at"])
+    assert prefix is not None
+    fields = tuple(datum[name] for name in _K8S_FIELDS)
+    assert codec.encode_audit_k8s(prefix, datum["original"], fields) == encode_audit_event(datum)
+
+
+def test_encode_audit_k8s_refuses_values_of_other_types() -> None:
+    prefix = codec.audit_k8s_prefix("c", 1)
+    assert prefix is not None
+    fields = tuple(_audit()[name] for name in _K8S_FIELDS)
+    for at, bad in ((0, 5), (8, "ab"), (9, []), (23, {"a": 1}), (20, 1 << 40)):
+        wrong = fields[:at] + (bad,) + fields[at + 1 :]
+        with pytest.raises(codec.AuditFastPathOff):
+            codec.encode_audit_k8s(prefix, b"{}", wrong)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from producers import k8s
+from schemas.codec import encode_audit_event
 from sealtrail.infra.samples import K8S_AUDIT_SAMPLES
 from tests.unit import k8s_reference as ref
 
@@ -58,7 +59,17 @@ def _item(parse: Any, raw: bytes, in_list: bool) -> Any:
 
 
 def assert_same_body(body: bytes, limit: int = k8s.MAX_EVENT_BYTES) -> None:
-    assert _body(k8s.parse_body, body, limit) == _body(ref.parse_body, body, limit)
+    parsed = _body(k8s.parse_body, body, limit)
+    assert parsed == _body(ref.parse_body, body, limit)
+    # encode_body (the webhook's): the encoded datums and the same rejects, without datums.
+    try:
+        encoded = k8s.encode_body(body, CLUSTER, NOW, max_event_bytes=limit)
+    except k8s.BadRequestBody as exc:
+        assert parsed == ("bad body", _reason(str(exc)))
+        return
+    assert parsed[0] == "parsed"
+    assert encoded.values == [encode_audit_event(datum) for datum in parsed[1]]
+    assert _rejects(encoded.rejects) == parsed[2]
 
 
 def assert_same_event(raw: bytes) -> None:
@@ -125,51 +136,78 @@ def _maybe(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 _strs = st.lists(_odd_text, max_size=3)
-_user = st.fixed_dictionaries(
-    {},
-    optional={
-        "username": _maybe(_odd_text),
-        "uid": _maybe(_odd_text),
-        "groups": _maybe(_strs),
-        "extra": _maybe(st.dictionaries(_odd_text, st.none() | _strs, max_size=2)),
-        "other": _json,
-    },
-)
-_ref = st.fixed_dictionaries(
-    {},
-    optional={
-        k: _maybe(_odd_text)
-        for k in ("resource", "namespace", "name", "subresource", "apiGroup", "apiVersion", "uid")
-    },
-)
-_event = st.fixed_dictionaries(
-    {
-        "auditID": _maybe(_odd_text | st.uuids().map(str)),
-        "stage": _maybe(st.sampled_from(["ResponseComplete", "RequestReceived", ""])),
-        "verb": _maybe(st.sampled_from(["get", "create", ""])),
-    },
-    optional={
-        "kind": _maybe(st.sampled_from(["Event", "EventList", "event"])),
-        "apiVersion": _maybe(
-            st.sampled_from(["audit.k8s.io/v1", "audit.k8s.io/v1beta1", "v1", "audit.k8s.io/"])
-        ),
-        "level": _maybe(_odd_text),
-        "requestURI": _maybe(_odd_text),
-        "userAgent": _maybe(_odd_text),
-        "user": _maybe(_user),
-        "impersonatedUser": _maybe(_user),
-        "objectRef": _maybe(_ref),
-        "responseStatus": _maybe(st.fixed_dictionaries({}, optional={"code": _scalar})),
-        "sourceIPs": _maybe(_strs),
-        "requestReceivedTimestamp": _maybe(_ts()),
-        "timestamp": _maybe(_ts()),
-        "stageTimestamp": _maybe(_ts()),
-        "annotations": _maybe(st.dictionaries(_odd_text, _odd_text, max_size=3)),
-        "requestObject": _json,
-        "responseObject": _json,
-        "metadata": _json,
-    },
-)
+_good_ts = st.datetimes().map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def _event_strategy(
+    maybe: Any, ts: st.SearchStrategy[str], valid: bool = False
+) -> st.SearchStrategy[dict[str, Any]]:
+    """Event-shaped dicts; ``maybe`` wraps each well-typed value's strategy (sometimes anything,
+    or always well-typed); ``valid``: values the checks accept, too."""
+    ok = (lambda good, _bad: good) if valid else (lambda good, bad: good | bad)
+    user = st.fixed_dictionaries(
+        {},
+        optional={
+            "username": maybe(_odd_text),
+            "uid": maybe(_odd_text),
+            "groups": maybe(_strs),
+            "extra": maybe(st.dictionaries(_odd_text, st.none() | _strs, max_size=2)),
+            "other": _json,
+        },
+    )
+    ref = st.fixed_dictionaries(
+        {},
+        optional={
+            k: maybe(_odd_text)
+            for k in (
+                "resource",
+                "namespace",
+                "name",
+                "subresource",
+                "apiGroup",
+                "apiVersion",
+                "uid",
+            )
+        },
+    )
+    code = st.integers(-(1 << 31), (1 << 31) - 1) | st.none()
+    return st.fixed_dictionaries(
+        {
+            "auditID": maybe(ok(st.uuids().map(str), _odd_text)),
+            "stage": maybe(
+                ok(st.sampled_from(["ResponseComplete", "RequestReceived"]), st.just(""))
+            ),
+            "verb": maybe(ok(st.sampled_from(["get", "create"]), st.just(""))),
+        },
+        optional={
+            "kind": maybe(ok(st.just("Event"), st.sampled_from(["EventList", "event"]))),
+            "apiVersion": maybe(
+                ok(
+                    st.sampled_from(["audit.k8s.io/v1", "audit.k8s.io/v1beta1"]),
+                    st.sampled_from(["v1", "audit.k8s.io/"]),
+                )
+            ),
+            "level": maybe(_odd_text),
+            "requestURI": maybe(_odd_text),
+            "userAgent": maybe(_odd_text),
+            "user": maybe(user),
+            "impersonatedUser": maybe(user),
+            "objectRef": maybe(ref),
+            "responseStatus": maybe(st.fixed_dictionaries({}, optional={"code": maybe(code)})),
+            "sourceIPs": maybe(_strs),
+            "requestReceivedTimestamp": maybe(ts),
+            "timestamp": maybe(ts),
+            "stageTimestamp": maybe(ts),
+            "annotations": maybe(st.dictionaries(_odd_text, _odd_text, max_size=3)),
+            "requestObject": _json,
+            "responseObject": _json,
+            "metadata": _json,
+        },
+    )
+
+
+# Anything goes, and (half the time) well-typed events, most of which are accepted.
+_event = _event_strategy(_maybe, _ts()) | _event_strategy(lambda good: good, _good_ts, valid=True)
 
 
 @st.composite
@@ -206,6 +244,7 @@ def test_generated_events_same_as_reference(data: st.DataObject) -> None:
     raw = data.draw(_rendered(data.draw(_event)))
     assert_same_event(raw)
     assert_same_body(raw)
+    assert_same_body(b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[%s]}' % raw)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
