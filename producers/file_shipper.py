@@ -26,10 +26,9 @@ from producers.k8s import (
     MAX_EVENT_BYTES,
     REJECT_KEEP_BYTES,
     Reject,
-    RejectError,
     RejectKind,
+    encode_lines,
     over_limit_reason,
-    parse_line,
     reject_event,
 )
 from producers.kafka_writer import Batch, ConfirmedProducer, now_us
@@ -208,22 +207,17 @@ class FileShipper:
         received = now_us()
         values: list[bytes] = []
         events = rejects = 0
-        for line in lines:
-            if not line.strip(b" \t\r\n"):
-                continue
-            try:
-                datum = parse_line(
-                    line, self.cluster, received, max_event_bytes=self.max_event_bytes
-                )
-            except RejectError as rej:
-                reject = Reject(rej.reason, rej.raw, kind=rej.kind)
+        for outcome in encode_lines(
+            lines, self.cluster, received, max_event_bytes=self.max_event_bytes
+        ):
+            if type(outcome) is Reject:
                 values.append(
-                    encode_audit_event(reject_event(reject, self.cluster, SOURCE, received))
+                    encode_audit_event(reject_event(outcome, self.cluster, SOURCE, received))
                 )
                 rejects += 1
-                continue
-            values.append(encode_audit_event(datum))
-            events += 1
+            else:
+                values.append(outcome)  # type: ignore[arg-type]
+                events += 1
         try:
             self.producer.produce_many(batch, self.settings.topics.raw, self.key, values)
         finally:

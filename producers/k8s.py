@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NoReturn
@@ -46,6 +46,7 @@ __all__ = [
     "eventlist_api_version",
     "is_event_list",
     "encode_body",
+    "encode_lines",
     "parse_body",
     "parse_item",
     "parse_line",
@@ -861,23 +862,54 @@ def encode_body(
     out = EncodedBody()
     prefix = audit_k8s_prefix(cluster, received_at_us)
     for raw in raws:
-        if prefix is not None and len(raw) <= max_event_bytes:
-            try:
-                if not raw.isascii():
-                    raw.decode("utf-8")
-                fields = _fast_fields(_decode_event(raw), list_api, in_list)
-                out.values.append(encode_audit_k8s(prefix, raw, fields))
-                continue
-            except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, _Refused):
-                pass  # refused at the first look: _item says why (or accepts it after all)
-            except AuditFastPathOff:
-                pass
+        value = _fast_value(raw, prefix, list_api, in_list, max_event_bytes)
+        if value is not None:
+            out.values.append(value)
+            continue
         outcome = _item(raw, cluster, received_at_us, list_api, in_list, max_event_bytes, "event")
         if type(outcome) is Reject:
             out.rejects.append(outcome)
         else:
             out.values.append(encode_audit_event(outcome))  # type: ignore[arg-type]
     return out
+
+
+def encode_lines(
+    lines: Iterable[bytes],
+    cluster: str,
+    received_at_us: int,
+    *,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> list[bytes | Reject]:
+    """:func:`parse_line` over log lines (blank ones skipped), in order: each event encoded as
+    by :func:`encode_body`, each refused line a Reject (what ``parse_line`` raises, as a value)."""
+    prefix = audit_k8s_prefix(cluster, received_at_us)
+    out: list[bytes | Reject] = []
+    for line in lines:
+        raw = bytes(line).strip(_WS)
+        if not raw:
+            continue
+        value = _fast_value(raw, prefix, "", False, max_event_bytes)
+        if value is not None:
+            out.append(value)
+            continue
+        outcome = _item(raw, cluster, received_at_us, "", False, max_event_bytes, "line")
+        out.append(outcome if type(outcome) is Reject else encode_audit_event(outcome))  # type: ignore[arg-type]
+    return out
+
+
+def _fast_value(
+    raw: bytes, prefix: bytes | None, list_api: str, in_list: bool, max_event_bytes: int
+) -> bytes | None:
+    """An event accepted at the first look, encoded; None for anything :func:`_item` must see."""
+    if prefix is None or len(raw) > max_event_bytes:
+        return None
+    try:
+        if not raw.isascii():
+            raw.decode("utf-8")
+        return encode_audit_k8s(prefix, raw, _fast_fields(_decode_event(raw), list_api, in_list))
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, _Refused, AuditFastPathOff):
+        return None  # refused at the first look: _item says why (or accepts it after all)
 
 
 def _add(result: ParseResult, outcome: dict[str, Any] | Reject) -> None:

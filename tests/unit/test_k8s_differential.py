@@ -73,7 +73,17 @@ def assert_same_body(body: bytes, limit: int = k8s.MAX_EVENT_BYTES) -> None:
 
 
 def assert_same_event(raw: bytes) -> None:
-    assert _line(k8s.parse_line, raw) == _line(ref.parse_line, raw)
+    line = _line(k8s.parse_line, raw)
+    assert line == _line(ref.parse_line, raw)
+    # encode_lines (the file shipper's): the encoded datum, or the reject parse_line raises.
+    encoded = k8s.encode_lines([b"\n", raw + b"\r\n"], CLUSTER, NOW)
+    if not raw.strip(b" \t\r\n"):
+        assert encoded == []
+    elif line[0] == "datum":
+        assert encoded == [encode_audit_event(line[1])]
+    else:
+        assert len(encoded) == 1 and isinstance(encoded[0], k8s.Reject)
+        assert ("reject", encoded[0].kind, _reason(encoded[0].reason), encoded[0].raw) == line
     for in_list in (True, False):
         assert _item(k8s.parse_item, raw, in_list) == _item(ref.parse_item, raw, in_list)
 
