@@ -28,7 +28,13 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from schemas.codec import AuditFastPathOff, audit_k8s_prefix, encode_audit_event, encode_audit_k8s
+from schemas.codec import (
+    AuditFastPathOff,
+    audit_k8s_prefix,
+    encode_audit_event,
+    encode_audit_generic,
+    encode_audit_k8s,
+)
 from sealtrail.infra.errors import DecodeError
 
 __all__ = [
@@ -46,6 +52,7 @@ __all__ = [
     "eventlist_api_version",
     "is_event_list",
     "encode_body",
+    "encode_generic_event",
     "encode_lines",
     "parse_body",
     "parse_item",
@@ -982,7 +989,7 @@ def parse_line(
 # generic (non-Kubernetes) events
 
 
-def generic_event(
+def _generic_parts(
     cluster: str,
     actor: str,
     action: str,
@@ -991,15 +998,9 @@ def generic_event(
     attributes: Mapping[str, str] | None,
     timestamp_us: int,
     event_id: str,
-    *,
-    received_at_us: int | None = None,
-) -> dict[str, Any]:
-    """An AuditEvent datum for a non-Kubernetes source (the SDK).
-
-    ``original`` is the canonical JSON (sorted keys, no spaces, UTF-8) of the given fields.
-    ``received_at_us`` defaults to now. Raises ``TypeError`` for arguments of the wrong type
-    and ``UnicodeEncodeError`` (a ``ValueError``) for strings that are not valid Unicode.
-    """
+    received_at_us: int | None,
+) -> tuple[dict[str, str], bytes, int]:
+    """A generic event's checked attributes, its ``original`` and its received_at."""
     str_ = str
     if not (
         type(cluster) is str_
@@ -1044,6 +1045,38 @@ def generic_event(
             "timestamp_us": timestamp_us,
         }
     )
+    return attrs, original, received_at_us
+
+
+def generic_event(
+    cluster: str,
+    actor: str,
+    action: str,
+    resource: str,
+    outcome: str,
+    attributes: Mapping[str, str] | None,
+    timestamp_us: int,
+    event_id: str,
+    *,
+    received_at_us: int | None = None,
+) -> dict[str, Any]:
+    """An AuditEvent datum for a non-Kubernetes source (the SDK).
+
+    ``original`` is the canonical JSON (sorted keys, no spaces, UTF-8) of the given fields.
+    ``received_at_us`` defaults to now. Raises ``TypeError`` for arguments of the wrong type
+    and ``UnicodeEncodeError`` (a ``ValueError``) for strings that are not valid Unicode.
+    """
+    attrs, original, received_at_us = _generic_parts(
+        cluster,
+        actor,
+        action,
+        resource,
+        outcome,
+        attributes,
+        timestamp_us,
+        event_id,
+        received_at_us,
+    )
     # The datum spelled out (not audit_event()): this runs once per SDK event.
     return {
         "cluster": cluster,
@@ -1080,3 +1113,58 @@ def generic_event(
         "outcome": outcome,
         "attributes": attrs,
     }
+
+
+def encode_generic_event(
+    prefix: bytes | None,
+    cluster: str,
+    actor: str,
+    action: str,
+    resource: str,
+    outcome: str,
+    attributes: Mapping[str, str] | None,
+    timestamp_us: int,
+    event_id: str,
+    *,
+    received_at_us: int | None = None,
+) -> bytes:
+    """``encode_audit_event(generic_event(...))``, written without the datum (the SDK's
+    per-event path); ``prefix`` is ``audit_generic_prefix(cluster)``. Raises as
+    :func:`generic_event` does, or :class:`schemas.codec.EncodeError`."""
+    attrs, original, received_at_us = _generic_parts(
+        cluster,
+        actor,
+        action,
+        resource,
+        outcome,
+        attributes,
+        timestamp_us,
+        event_id,
+        received_at_us,
+    )
+    if prefix is not None:
+        try:
+            return encode_audit_generic(
+                prefix,
+                received_at_us,
+                original,
+                event_id,
+                timestamp_us,
+                (actor, action, resource, outcome),
+                attrs,
+            )
+        except AuditFastPathOff:
+            pass  # e.g. a timestamp outside the Avro long: the encoder says what is wrong
+    return encode_audit_event(
+        generic_event(
+            cluster,
+            actor,
+            action,
+            resource,
+            outcome,
+            attrs,
+            timestamp_us,
+            event_id,
+            received_at_us=received_at_us,
+        )
+    )

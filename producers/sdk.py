@@ -21,9 +21,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from producers.k8s import generic_event
+from producers.k8s import encode_generic_event
 from producers.kafka_writer import Batch, ConfirmedProducer, DeliveryFailed, now_us
-from schemas.codec import EncodeError, encode_audit_event
+from schemas.codec import EncodeError, audit_generic_prefix, encode_audit_event
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import SealtrailError
 
@@ -82,6 +82,7 @@ class _Base:
         self.cluster = cluster
         self.topic = topic or self.settings.topics.raw
         self._key = cluster.encode("utf-8")
+        self._prefix = audit_generic_prefix(cluster)  # written once, not per event
         self._producer = ConfirmedProducer(self.settings, **producer_overrides)
         self._lock = threading.Lock()
         self._failed = 0
@@ -103,7 +104,8 @@ class _Base:
         timestamp: _dt.datetime | int | float | None,
     ) -> bytes:
         try:
-            datum = generic_event(
+            return encode_generic_event(
+                self._prefix,
                 self.cluster,
                 actor,
                 action,
@@ -113,7 +115,6 @@ class _Base:
                 _micros(timestamp),
                 event_id if event_id is not None else _new_event_id(),
             )
-            return encode_audit_event(datum)
         except (TypeError, ValueError, EncodeError) as exc:
             raise InvalidEvent(f"cannot emit this event: {exc}; pass str fields") from None
 

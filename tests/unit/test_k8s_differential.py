@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from producers import k8s
-from schemas.codec import encode_audit_event
+from schemas.codec import EncodeError, audit_generic_prefix, encode_audit_event
 from sealtrail.infra.samples import K8S_AUDIT_SAMPLES
 from tests.unit import k8s_reference as ref
 
@@ -368,7 +368,7 @@ def test_lone_surrogate_escape_is_malformed(raw: bytes) -> None:
 @given(
     fields=st.lists(_odd_text, min_size=5, max_size=5),
     attributes=st.dictionaries(_odd_text, _odd_text, max_size=4),
-    timestamp=st.integers(-(1 << 70), 1 << 70),
+    timestamp=st.integers(-(1 << 63), (1 << 63) - 1) | st.integers(-(1 << 70), 1 << 70),
 )
 def test_generic_original_same_as_json_dumps(
     fields: list[str], attributes: dict[str, str], timestamp: int
@@ -392,6 +392,29 @@ def test_generic_original_same_as_json_dumps(
         ensure_ascii=False,
     ).encode("utf-8")
     assert datum["original"] == expected
+
+    # The SDK's path: the same record, written without the datum (or the encoder's error).
+    def direct() -> bytes:
+        return k8s.encode_generic_event(
+            audit_generic_prefix(CLUSTER),
+            CLUSTER,
+            actor,
+            action,
+            resource,
+            outcome,
+            attributes,
+            timestamp,
+            event_id,
+            received_at_us=datum["received_at"],
+        )
+
+    if -(1 << 63) <= timestamp < 1 << 63:
+        assert direct() == encode_audit_event(datum)
+    else:
+        with pytest.raises(EncodeError):
+            encode_audit_event(datum)
+        with pytest.raises(EncodeError):
+            direct()
     assert datum == k8s.audit_event(
         CLUSTER,
         "generic",
