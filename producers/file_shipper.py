@@ -26,10 +26,10 @@ from producers.k8s import (
     MAX_EVENT_BYTES,
     REJECT_KEEP_BYTES,
     Reject,
-    RejectError,
     RejectKind,
+    encode_lines,
     over_limit_reason,
-    parse_line,
+    reject_event,
 )
 from producers.kafka_writer import Batch, ConfirmedProducer, now_us
 from schemas.codec import encode_audit_event
@@ -201,25 +201,29 @@ class FileShipper:
 
     # -- shipping --------------------------------------------------------------------------
     def _ship_lines(self, lines: list[bytes]) -> Batch:
+        """Parse a chunk's lines (producers.k8s, as the webhook's items) and queue them as one
+        batch, counted once; rejects stay in line order among the events."""
         batch = Batch()
         received = now_us()
-        raw_topic = self.settings.topics.raw
-        for line in lines:
-            if not line.strip(b" \t\r\n"):
-                continue
-            try:
-                datum = parse_line(
-                    line, self.cluster, received, max_event_bytes=self.max_event_bytes
+        values: list[bytes] = []
+        events = rejects = 0
+        for outcome in encode_lines(
+            lines, self.cluster, received, max_event_bytes=self.max_event_bytes
+        ):
+            if type(outcome) is Reject:
+                values.append(
+                    encode_audit_event(reject_event(outcome, self.cluster, SOURCE, received))
                 )
-            except RejectError as rej:
-                self.producer.produce_reject(
-                    batch, Reject(rej.reason, rej.raw, kind=rej.kind), SOURCE, self.cluster
-                )
-                self.stats.rejects += 1
-                continue
-            self.producer.produce(batch, raw_topic, self.key, encode_audit_event(datum))
-            self.stats.events += 1
-        batch.seal()
+                rejects += 1
+            else:
+                values.append(outcome)  # type: ignore[arg-type]
+                events += 1
+        try:
+            self.producer.produce_many(batch, self.settings.topics.raw, self.key, values)
+        finally:
+            batch.seal()
+        self.stats.events += events
+        self.stats.rejects += rejects
         return batch
 
     def _long_line(

@@ -21,14 +21,21 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NoReturn
 
-from sealtrail.infra.errors import DecodeError
+import msgspec
 
-_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+from schemas.codec import (
+    AuditFastPathOff,
+    audit_k8s_prefix,
+    encode_audit_event,
+    encode_audit_generic,
+    encode_audit_k8s,
+)
+from sealtrail.infra.errors import DecodeError
 
 __all__ = [
     "audit_event",
@@ -36,6 +43,7 @@ __all__ = [
     "REJECT_KEEP_BYTES",
     "REJECT_SOURCE",
     "BadRequestBody",
+    "EncodedBody",
     "ParseResult",
     "Reject",
     "RejectError",
@@ -43,6 +51,9 @@ __all__ = [
     "generic_event",
     "eventlist_api_version",
     "is_event_list",
+    "encode_body",
+    "encode_generic_event",
+    "encode_lines",
     "parse_body",
     "parse_item",
     "parse_line",
@@ -223,11 +234,32 @@ _TS_RE = re.compile(
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
 
 
+_MINUTES: dict[str, int] = {}
+"""Seconds since the epoch of "YYYY-MM-DDTHH:MM:" prefixes already seen in a valid timestamp of
+Kubernetes' own form ("2024-11-19T10:00:00.123456Z", RFC3339Micro): events of one batch share
+them, so only the seconds and the fraction are read for the rest."""
+
+
 def parse_timestamp(text: str) -> int:
     """RFC 3339 timestamp -> microseconds since the Unix epoch (fraction truncated to micros).
 
     Raises ``ValueError`` if ``text`` is not an RFC 3339 date-time.
     """
+    if len(text) == 27 and text[19] == "." and (text[26] == "Z" or text[26] == "z"):
+        base = _MINUTES.get(text[:17])
+        if base is not None:
+            digits = text[17:19] + text[20:26]
+            if digits.isascii() and digits.isdigit() and text[17] < "6":
+                return (base + int(digits[:2])) * 1_000_000 + int(digits[2:])
+    micros = _parse_timestamp(text)
+    if len(text) == 27 and text[19] == "." and (text[26] == "Z" or text[26] == "z"):
+        if len(_MINUTES) >= 4096:
+            _MINUTES.clear()
+        _MINUTES[text[:17]] = micros // 1_000_000 - int(text[17:19])
+    return micros
+
+
+def _parse_timestamp(text: str) -> int:
     m = _TS_RE.fullmatch(text)
     if m is None:
         raise ValueError("not an RFC 3339 date-time")
@@ -443,84 +475,353 @@ def _to_datum(
 
 
 # --------------------------------------------------------------------------------------------
-# scanning
+# decoding: msgspec (C) on the fast path, the checks above only to say why an event was refused
+#
+# Each item is decoded straight into the typed structs below. When that fails, or a value breaks
+# a rule the types cannot say (a required field empty, an apiVersion outside audit.k8s.io, an
+# out-of-range code, a bad timestamp), the item is decoded again with the standard library and
+# :func:`_to_datum` names the first problem, so reasons and datums stay those of the checks above.
+
+
+class _User(msgspec.Struct):
+    username: str | None = None
+    uid: str | None = None
+    groups: list[str] | None = None
+    extra: dict[str, list[str] | None] | None = None
+
+
+class _Impersonated(msgspec.Struct):
+    username: str | None = None
+
+
+class _ObjectRef(msgspec.Struct):
+    resource: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    subresource: str | None = None
+    apiGroup: str | None = None  # noqa: N815 - the JSON member's name
+    apiVersion: str | None = None  # noqa: N815
+    uid: str | None = None
+
+
+class _Status(msgspec.Struct):
+    code: int | None = None
+
+
+class _Event(msgspec.Struct):
+    """The members of an audit Event that sealtrail extracts (all others are skipped in C)."""
+
+    kind: str | None = None
+    apiVersion: str | None = None  # noqa: N815
+    auditID: str | None = None  # noqa: N815
+    stage: str | None = None
+    verb: str | None = None
+    level: str | None = None
+    requestURI: str | None = None  # noqa: N815
+    userAgent: str | None = None  # noqa: N815
+    user: _User | None = None
+    impersonatedUser: _Impersonated | None = None  # noqa: N815
+    objectRef: _ObjectRef | None = None  # noqa: N815
+    responseStatus: _Status | None = None  # noqa: N815
+    sourceIPs: list[str] | None = None  # noqa: N815
+    requestReceivedTimestamp: str | None = None  # noqa: N815
+    timestamp: str | None = None
+    stageTimestamp: str | None = None  # noqa: N815
+    annotations: dict[str, str] | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+# Sorted keys, no spaces, UTF-8 (not ASCII-escaped): byte for byte json.dumps(sort_keys=True,
+# separators=(",", ":"), ensure_ascii=False), which wrote generic originals before.
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+_decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_items = msgspec.json.Decoder(list[msgspec.Raw] | None).decode
+_encode_key = msgspec.json.encode
+_EMPTY_REF = _ObjectRef()
+
+
+class _Refused(Exception):  # noqa: N818 - internal signal: the fast path cannot take this item
+    pass
+
+
+def _fast_fields(ev: _Event, list_api: str, in_list: bool) -> tuple[Any, ...]:
+    """A decoded event's datum fields from ``api_version`` to ``annotations``, in schema order
+    (:data:`_FIELD_NAMES`), or :class:`_Refused` if a rule beyond the types fails."""
+    kind = ev.kind
+    if kind is None:
+        if not in_list:
+            raise _Refused
+    elif kind != "Event":
+        raise _Refused
+    api_version = ev.apiVersion
+    if api_version is None:
+        api_version = list_api
+    elif not api_version.startswith(AUDIT_GROUP):
+        raise _Refused
+    if not ev.auditID or not ev.stage or not ev.verb:
+        raise _Refused
+    code = None
+    status = ev.responseStatus
+    if status is not None:
+        code = status.code
+        if code is not None and not _INT32_MIN <= code <= _INT32_MAX:
+            raise _Refused
+    try:
+        text = ev.requestReceivedTimestamp
+        if text is None:
+            text = ev.timestamp  # v1alpha1 events carry only "timestamp"
+        received = None if text is None else parse_timestamp(text)
+        text = ev.stageTimestamp
+        stage_at = None if text is None else parse_timestamp(text)
+    except ValueError:
+        raise _Refused from None
+    user = ev.user
+    if user is None:
+        user_name = user_uid = ""
+        groups: list[str] = []
+        extra: dict[str, list[str]] = {}
+    else:
+        user_name = user.username or ""
+        user_uid = user.uid or ""
+        groups = user.groups or []
+        extra = {} if user.extra is None else {k: v or [] for k, v in user.extra.items()}
+    impersonated = ev.impersonatedUser
+    ref = ev.objectRef or _EMPTY_REF
+    return (
+        api_version,
+        ev.auditID,
+        ev.stage,
+        ev.level or "",
+        ev.verb,
+        ev.requestURI or "",
+        user_name,
+        user_uid,
+        groups,
+        extra,
+        None if impersonated is None else impersonated.username or "",
+        ev.sourceIPs or [],
+        ev.userAgent or "",
+        ref.resource or "",
+        ref.namespace or "",
+        ref.name or "",
+        ref.subresource or "",
+        ref.apiGroup or "",
+        ref.apiVersion or "",
+        ref.uid or "",
+        code,
+        received,
+        stage_at,
+        ev.annotations or {},
+    )
+
+
+_FIELD_NAMES = (
+    "api_version",
+    "audit_id",
+    "stage",
+    "level",
+    "verb",
+    "request_uri",
+    "user_name",
+    "user_uid",
+    "user_groups",
+    "user_extra",
+    "impersonated_user",
+    "source_ips",
+    "user_agent",
+    "object_resource",
+    "object_namespace",
+    "object_name",
+    "object_subresource",
+    "object_api_group",
+    "object_api_version",
+    "object_uid",
+    "response_code",
+    "request_received_at",
+    "stage_at",
+    "annotations",
+)
+
+
+def _fast_datum(
+    ev: _Event, raw: bytes, cluster: str, received_at_us: int, list_api: str, in_list: bool
+) -> dict[str, Any]:
+    """The datum of a decoded event, or :class:`_Refused` if a rule beyond the types fails."""
+    datum: dict[str, Any] = {
+        "cluster": cluster,
+        "source": "k8s",
+        "received_at": received_at_us,
+        "original": raw,
+    }
+    datum.update(zip(_FIELD_NAMES, _fast_fields(ev, list_api, in_list), strict=True))
+    datum.update(actor="", action="", resource="", outcome="", attributes={})
+    return datum
 
 
 def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_no_constants)
-_raw_decode = _DECODER.raw_decode
-_WS_MATCH = re.compile(r"[ \t\n\r]*").match
+_loads = json.JSONDecoder(parse_constant=_no_constants).decode
 
 
-def _ws(text: str, i: int) -> int:
-    """Index of the first non-whitespace character at or after ``i``."""
-    m = _WS_MATCH(text, i)
-    return i if m is None else m.end()
+def _item(
+    raw: bytes,
+    cluster: str,
+    received_at_us: int,
+    list_api: str,
+    in_list: bool,
+    max_event_bytes: int,
+    what: str,
+) -> dict[str, Any] | Reject:
+    """One event's exact bytes (an item, a single-Event body or a log line; ``what`` names it
+    in reasons) -> its datum or a Reject."""
+    if len(raw) > max_event_bytes:
+        return Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
+    try:
+        # msgspec checks UTF-8 only in the strings it decodes, not in the ones it skips.
+        if not raw.isascii():
+            raw.decode("utf-8")
+        return _fast_datum(_decode_event(raw), raw, cluster, received_at_us, list_api, in_list)
+    except UnicodeDecodeError:
+        return Reject(f"{what} is not valid UTF-8", raw, kind=RejectKind.MALFORMED)
+    except RecursionError:
+        return Reject(f"{what} JSON is nested too deeply", raw, kind=RejectKind.MALFORMED)
+    except msgspec.ValidationError:
+        pass  # valid JSON of the wrong shape: say which member is wrong, below
+    except msgspec.DecodeError as exc:
+        if "trailing characters" in str(exc):
+            after = "the JSON object" if what == "line" else "its JSON value"
+            return Reject(f"{what} has data after {after}", raw, kind=RejectKind.MALFORMED)
+        return Reject(f"{what} is not valid JSON ({exc})", raw, kind=RejectKind.MALFORMED)
+    except _Refused:
+        pass
+    try:
+        item = _loads(raw.decode("utf-8"))
+    except RecursionError:
+        return Reject(f"{what} JSON is nested too deeply", raw, kind=RejectKind.MALFORMED)
+    except ValueError as exc:  # not reached: msgspec took the syntax; kept for safety
+        return Reject(f"{what} is not valid JSON ({exc})", raw, kind=RejectKind.MALFORMED)
+    if what == "line" and type(item) is dict and item.get("kind") == "EventList":
+        return Reject(
+            "line is an EventList; log files hold one Event per line",
+            raw,
+            kind=RejectKind.WRONG_TYPE,
+        )
+    try:
+        return _to_datum(item, raw, cluster, received_at_us, list_api, in_list)
+    except _Bad as bad:
+        return Reject(str(bad), raw, kind=bad.kind)
 
 
 def _bad_body(message: str) -> NoReturn:
     raise BadRequestBody(message)
 
 
-def _scan_array(text: str, i: int, spans: list[tuple[int, int]], values: list[Any]) -> int:
-    """Scan a JSON array starting at ``text[i] == '['``; record each element's span."""
-    i = _ws(text, i + 1)
-    if text[i] == "]":
-        return i + 1
-    while True:
-        value, end = _raw_decode(text, i)
-        spans.append((i, end))
-        values.append(value)
-        i = _ws(text, end)
-        ch = text[i]
-        if ch == ",":
-            i = _ws(text, i + 1)
-        elif ch == "]":
-            return i + 1
-        else:
-            raise ValueError(f"expected ',' or ']' at character {i}")
+_BOM = b"\xef\xbb\xbf"
+_WS = b" \t\n\r"
 
 
-def _scan_top(text: str, start: int) -> tuple[dict[str, Any], list[tuple[int, int]], int]:
-    """Scan the top-level object at ``text[start] == '{'``.
+def _value_type(raw: bytes) -> str:
+    """The JSON type of a valid JSON value's bytes, as :func:`_jtype` names it."""
+    first = raw[:1]
+    if first == b"{":
+        return "an object"
+    if first == b"[":
+        return "an array"
+    if first == b'"':
+        return "a string"
+    if first in (b"t", b"f"):
+        return "a boolean"
+    if first == b"n":
+        return "null"
+    return "a number"
 
-    Returns the object, the spans of the elements of its ``items`` array (if any), and the end.
-    """
-    obj: dict[str, Any] = {}
-    spans: list[tuple[int, int]] = []
-    i = _ws(text, start + 1)
-    if text[i] == "}":
-        return obj, spans, i + 1
-    while True:
-        if text[i] != '"':
-            raise ValueError(f"expected a property name at character {i}")
-        key, i = _scanstring(text, i + 1, True)
-        i = _ws(text, i)
-        if text[i] != ":":
-            raise ValueError(f"expected ':' at character {i}")
-        i = _ws(text, i + 1)
-        if key == "items":
-            if "items" in obj:
-                _bad_body("Request body has two items arrays; send one EventList per request.")
-            if text[i] == "[":
-                values: list[Any] = []
-                i = _scan_array(text, i, spans, values)
-                obj[key] = values
-            else:
-                obj[key], i = _raw_decode(text, i)
-        else:
-            obj[key], i = _raw_decode(text, i)
-        i = _ws(text, i)
-        ch = text[i]
-        if ch == ",":
-            i = _ws(text, i + 1)
-        elif ch == "}":
-            return obj, spans, i + 1
-        else:
-            raise ValueError(f"expected ',' or '}}' at character {i}")
+
+def _top_members(body: bytes) -> dict[str, msgspec.Raw]:
+    """The top-level object's members as their exact bytes.
+
+    Raises :class:`BadRequestBody` where the body is not one JSON object or has two ``items``
+    members (a JSON decoder keeps only the last of two equal keys: the first array's events
+    would be answered 200 and never produced)."""
+    try:
+        members = _decode_members(body)
+    except RecursionError:
+        _bad_body("Request body JSON is nested too deeply; send audit.k8s.io events.")
+    except msgspec.DecodeError as exc:
+        if "trailing characters" in str(exc):
+            _bad_body("Request body has data after the JSON object; send one object per request.")
+        reason = "unexpected end of data" if "truncated" in str(exc) else str(exc)
+        _bad_body(f"Request body is not valid JSON ({reason}); send audit.k8s.io events.")
+    # No key was dropped when the body is exactly its members written compactly with plain keys
+    # (kube-apiserver's form); anything else is checked key by key below.
+    compact = 1 + max(len(members), 1)  # the braces and the commas
+    for key, value in members.items():
+        spelled = _encode_key(key)
+        if b"\\" in spelled:
+            compact = -1
+            break
+        compact += len(spelled) + 1 + len(memoryview(value))
+    if compact != len(body):
+        _check_one_items_member(body)
+    return members
+
+
+def _check_one_items_member(body: bytes) -> None:
+    """The slow, exact check of :func:`_top_members` for bodies not written compactly."""
+    top: list[list[tuple[str, Any]]] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        top[:] = [pairs]  # the top-level object is the last one finished
+        return {}
+
+    try:
+        json.loads(body, object_pairs_hook=hook, parse_constant=_no_constants)
+    except RecursionError:
+        _bad_body("Request body JSON is nested too deeply; send audit.k8s.io events.")
+    except ValueError as exc:
+        _bad_body(f"Request body is not valid JSON ({exc}); send audit.k8s.io events.")
+    if top and sum(1 for key, _v in top[0] if key == "items") > 1:
+        _bad_body("Request body has two items arrays; send one EventList per request.")
+
+
+def _split_body(body: bytes) -> tuple[list[bytes], str, bool]:
+    """A whole body -> (the exact bytes of each event in it, the EventList's apiVersion, whether
+    they are EventList items); a single Event is one event of its own bytes."""
+    if not isinstance(body, bytes | bytearray | memoryview):
+        _bad_body("Request body must be bytes; pass the raw HTTP body.")
+    body = bytes(body)
+    # msgspec checks UTF-8 only in the strings it decodes; the items' bytes are only skipped.
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            _bad_body("Request body is not valid UTF-8; send UTF-8 JSON audit events.")
+    start = len(_BOM) if body.startswith(_BOM) else 0
+    body = body[start:].strip(_WS) if start else body.strip(_WS)
+    if not body:
+        _bad_body("Request body is empty; send an audit.k8s.io EventList or Event.")
+    if body[0] != 0x7B:  # {
+        _bad_body("Request body is not a JSON object; send an audit.k8s.io EventList or Event.")
+    members = _top_members(body)
+    envelope: dict[str, Any] = {
+        key: _loads(bytes(members[key]).decode("utf-8"))
+        for key in ("kind", "apiVersion")
+        if key in members
+    }
+    if not is_event_list(envelope):
+        return [body], "", False
+    list_api = eventlist_api_version(envelope)
+    if "items" not in members:
+        _bad_body("EventList has no items array; send the webhook backend's EventList.")
+    try:
+        items = _decode_items(members["items"])
+    except msgspec.ValidationError:
+        kind = _value_type(bytes(members["items"]))
+        _bad_body(f"EventList items must be an array, not {kind}.")
+    except RecursionError:
+        _bad_body("Request body JSON is nested too deeply; send audit.k8s.io events.")
+    return ([] if items is None else [bytes(raw) for raw in items]), list_api, True
 
 
 def parse_body(
@@ -537,54 +838,92 @@ def parse_body(
     is unusable (not UTF-8 JSON, not an object, a kind other than Event/EventList, an unknown
     EventList apiVersion, or ``items`` not an array).
     """
-    if not isinstance(body, bytes | bytearray | memoryview):
-        _bad_body("Request body must be bytes; pass the raw HTTP body.")
-    body = bytes(body)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        _bad_body("Request body is not valid UTF-8; send UTF-8 JSON audit events.")
-    ascii_only = len(text) == len(body)
-    i = _ws(text, 1 if text.startswith("\ufeff") else 0)
-    if i >= len(text):
-        _bad_body("Request body is empty; send an audit.k8s.io EventList or Event.")
-    if text[i] != "{":
-        _bad_body("Request body is not a JSON object; send an audit.k8s.io EventList or Event.")
-    try:
-        obj, spans, end = _scan_top(text, i)
-    except BadRequestBody:
-        raise
-    except RecursionError:
-        _bad_body("Request body JSON is nested too deeply; send audit.k8s.io events.")
-    except (ValueError, IndexError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        if isinstance(exc, IndexError):
-            reason = "unexpected end of data"
-        _bad_body(f"Request body is not valid JSON ({reason}); send audit.k8s.io events.")
-    if _ws(text, end) != len(text):
-        _bad_body("Request body has data after the JSON object; send one object per request.")
-
-    def raw_of(span: tuple[int, int]) -> bytes:
-        s, e = span
-        return body[s:e] if ascii_only else text[s:e].encode("utf-8")
-
+    raws, list_api, in_list = _split_body(body)
     result = ParseResult()
-    if is_event_list(obj):
-        list_api = eventlist_api_version(obj)
-        if "items" not in obj:
-            _bad_body("EventList has no items array; send the webhook backend's EventList.")
-        items = obj["items"]
-        if items is None:
-            return result
-        if type(items) is not list:
-            _bad_body(f"EventList items must be an array, not {_jtype(items)}.")
-        for span, item in zip(spans, items, strict=True):
-            _accept(
-                result, item, raw_of(span), cluster, received_at_us, list_api, True, max_event_bytes
-            )
-        return result
-    _accept(result, obj, raw_of((i, end)), cluster, received_at_us, "", False, max_event_bytes)
+    for raw in raws:
+        _add(
+            result, _item(raw, cluster, received_at_us, list_api, in_list, max_event_bytes, "event")
+        )
     return result
+
+
+@dataclass(slots=True)
+class EncodedBody:
+    """A body's accepted events as raw topic values, and its rejects, each in body order."""
+
+    values: list[bytes] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def encode_body(
+    body: bytes,
+    cluster: str,
+    received_at_us: int,
+    *,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> EncodedBody:
+    """:func:`parse_body` with each event already encoded: ``values[i]`` is
+    ``encode_audit_event`` of the i-th datum, byte for byte, written straight from the decoded
+    fields (no datum dict) wherever the event is accepted at the first look."""
+    raws, list_api, in_list = _split_body(body)
+    out = EncodedBody()
+    prefix = audit_k8s_prefix(cluster, received_at_us)
+    for raw in raws:
+        value = _fast_value(raw, prefix, list_api, in_list, max_event_bytes)
+        if value is not None:
+            out.values.append(value)
+            continue
+        outcome = _item(raw, cluster, received_at_us, list_api, in_list, max_event_bytes, "event")
+        if type(outcome) is Reject:
+            out.rejects.append(outcome)
+        else:
+            out.values.append(encode_audit_event(outcome))  # type: ignore[arg-type]
+    return out
+
+
+def encode_lines(
+    lines: Iterable[bytes],
+    cluster: str,
+    received_at_us: int,
+    *,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> list[bytes | Reject]:
+    """:func:`parse_line` over log lines (blank ones skipped), in order: each event encoded as
+    by :func:`encode_body`, each refused line a Reject (what ``parse_line`` raises, as a value)."""
+    prefix = audit_k8s_prefix(cluster, received_at_us)
+    out: list[bytes | Reject] = []
+    for line in lines:
+        raw = bytes(line).strip(_WS)
+        if not raw:
+            continue
+        value = _fast_value(raw, prefix, "", False, max_event_bytes)
+        if value is not None:
+            out.append(value)
+            continue
+        outcome = _item(raw, cluster, received_at_us, "", False, max_event_bytes, "line")
+        out.append(outcome if type(outcome) is Reject else encode_audit_event(outcome))  # type: ignore[arg-type]
+    return out
+
+
+def _fast_value(
+    raw: bytes, prefix: bytes | None, list_api: str, in_list: bool, max_event_bytes: int
+) -> bytes | None:
+    """An event accepted at the first look, encoded; None for anything :func:`_item` must see."""
+    if prefix is None or len(raw) > max_event_bytes:
+        return None
+    try:
+        if not raw.isascii():
+            raw.decode("utf-8")
+        return encode_audit_k8s(prefix, raw, _fast_fields(_decode_event(raw), list_api, in_list))
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, _Refused, AuditFastPathOff):
+        return None  # refused at the first look: _item says why (or accepts it after all)
+
+
+def _add(result: ParseResult, outcome: dict[str, Any] | Reject) -> None:
+    if type(outcome) is Reject:
+        result.rejects.append(outcome)
+    else:
+        result.events.append(outcome)  # type: ignore[arg-type]
 
 
 def is_event_list(envelope: Mapping[str, Any]) -> bool:
@@ -622,46 +961,7 @@ def parse_item(
     """One EventList item (or a whole single Event) from its exact bytes: a datum or a Reject.
 
     The same checks as :func:`parse_body` makes on the items of a body parsed whole."""
-    if len(raw) > max_event_bytes:
-        return Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return Reject("event is not valid UTF-8", raw, kind=RejectKind.MALFORMED)
-    try:
-        item, end = _raw_decode(text, 0)
-    except RecursionError:
-        return Reject("event JSON is nested too deeply", raw, kind=RejectKind.MALFORMED)
-    except ValueError as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        return Reject(f"event is not valid JSON ({reason})", raw, kind=RejectKind.MALFORMED)
-    if end != len(text):
-        return Reject("event has data after its JSON value", raw, kind=RejectKind.MALFORMED)
-    try:
-        return _to_datum(item, raw, cluster, received_at_us, list_api, in_list)
-    except _Bad as bad:
-        return Reject(str(bad), raw, kind=bad.kind)
-
-
-def _accept(
-    result: ParseResult,
-    item: Any,
-    raw: bytes,
-    cluster: str,
-    received_at_us: int,
-    list_api: str,
-    in_list: bool,
-    max_event_bytes: int,
-) -> None:
-    if len(raw) > max_event_bytes:
-        result.rejects.append(
-            Reject(over_limit_reason(len(raw), max_event_bytes), raw, kind=RejectKind.TOO_LARGE)
-        )
-        return
-    try:
-        result.events.append(_to_datum(item, raw, cluster, received_at_us, list_api, in_list))
-    except _Bad as bad:
-        result.rejects.append(Reject(str(bad), raw, kind=bad.kind))
+    return _item(raw, cluster, received_at_us, list_api, in_list, max_event_bytes, "event")
 
 
 def parse_line(
@@ -676,36 +976,76 @@ def parse_line(
     ``original`` is the line without surrounding whitespace (and line terminator). Raises
     :class:`RejectError` with the reason and the raw line; callers skip blank lines themselves.
     """
-    raw = bytes(line).strip(b" \t\r\n")
+    raw = bytes(line).strip(_WS)
     if not raw:
         raise RejectError("line is empty", raw, RejectKind.MALFORMED)
-    if len(raw) > max_event_bytes:
-        raise RejectError(over_limit_reason(len(raw), max_event_bytes), raw, RejectKind.TOO_LARGE)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RejectError("line is not valid UTF-8", raw, RejectKind.MALFORMED) from None
-    try:
-        item, end = _raw_decode(text, 0)
-    except RecursionError:
-        raise RejectError("line JSON is nested too deeply", raw, RejectKind.MALFORMED) from None
-    except ValueError as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise RejectError(f"line is not valid JSON ({reason})", raw, RejectKind.MALFORMED) from None
-    if end != len(text):
-        raise RejectError("line has data after the JSON object", raw, RejectKind.MALFORMED)
-    if type(item) is dict and item.get("kind") == "EventList":
-        raise RejectError(
-            "line is an EventList; log files hold one Event per line", raw, RejectKind.WRONG_TYPE
-        )
-    try:
-        return _to_datum(item, raw, cluster, received_at_us, "", False)
-    except _Bad as bad:
-        raise RejectError(str(bad), raw, bad.kind) from None
+    outcome = _item(raw, cluster, received_at_us, "", False, max_event_bytes, "line")
+    if type(outcome) is Reject:
+        raise RejectError(outcome.reason, raw, outcome.kind)
+    return outcome  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
 # generic (non-Kubernetes) events
+
+
+def _generic_parts(
+    cluster: str,
+    actor: str,
+    action: str,
+    resource: str,
+    outcome: str,
+    attributes: Mapping[str, str] | None,
+    timestamp_us: int,
+    event_id: str,
+    received_at_us: int | None,
+) -> tuple[dict[str, str], bytes, int]:
+    """A generic event's checked attributes, its ``original`` and its received_at."""
+    str_ = str
+    if not (
+        type(cluster) is str_
+        and type(actor) is str_
+        and type(action) is str_
+        and type(resource) is str_
+        and type(outcome) is str_
+        and type(event_id) is str_
+    ):
+        for name, value in (
+            ("cluster", cluster),
+            ("actor", actor),
+            ("action", action),
+            ("resource", resource),
+            ("outcome", outcome),
+            ("event_id", event_id),
+        ):
+            if type(value) is not str:
+                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if type(timestamp_us) is not int:
+        raise TypeError(f"timestamp_us must be an int, not {type(timestamp_us).__name__}")
+    attrs: dict[str, str] = {}
+    if attributes is not None:
+        if not isinstance(attributes, Mapping):
+            raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
+        for key, value in attributes.items():
+            if type(key) is not str or type(value) is not str:
+                raise TypeError("attributes keys and values must be str")
+            attrs[key] = value
+    if received_at_us is None:
+        received_at_us = time.time_ns() // 1000
+    elif type(received_at_us) is not int:
+        raise TypeError(f"received_at_us must be an int, not {type(received_at_us).__name__}")
+    original = _encode_sorted(
+        {
+            "action": action,
+            "actor": actor,
+            "attributes": attrs,
+            "event_id": event_id,
+            "outcome": outcome,
+            "resource": resource,
+            "timestamp_us": timestamp_us,
+        }
+    )
+    return attrs, original, received_at_us
 
 
 def generic_event(
@@ -726,55 +1066,105 @@ def generic_event(
     ``received_at_us`` defaults to now. Raises ``TypeError`` for arguments of the wrong type
     and ``UnicodeEncodeError`` (a ``ValueError``) for strings that are not valid Unicode.
     """
-    for name, value in (
-        ("cluster", cluster),
-        ("actor", actor),
-        ("action", action),
-        ("resource", resource),
-        ("outcome", outcome),
-        ("event_id", event_id),
-    ):
-        if type(value) is not str:
-            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if type(timestamp_us) is not int:
-        raise TypeError(f"timestamp_us must be an int, not {type(timestamp_us).__name__}")
-    attrs: dict[str, str] = {}
-    if attributes is not None:
-        if not isinstance(attributes, Mapping):
-            raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
-        for key, value in attributes.items():
-            if type(key) is not str or type(value) is not str:
-                raise TypeError("attributes keys and values must be str")
-            attrs[key] = value
-    if received_at_us is None:
-        received_at_us = time.time_ns() // 1000
-    elif type(received_at_us) is not int:
-        raise TypeError(f"received_at_us must be an int, not {type(received_at_us).__name__}")
-    original = json.dumps(
-        {
-            "action": action,
-            "actor": actor,
-            "attributes": attrs,
-            "event_id": event_id,
-            "outcome": outcome,
-            "resource": resource,
-            "timestamp_us": timestamp_us,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode("utf-8")
-    return audit_event(
+    attrs, original, received_at_us = _generic_parts(
         cluster,
-        "generic",
+        actor,
+        action,
+        resource,
+        outcome,
+        attributes,
+        timestamp_us,
+        event_id,
         received_at_us,
-        original,
-        audit_id=event_id,
-        request_received_at=timestamp_us,
-        stage_at=timestamp_us,
-        actor=actor,
-        action=action,
-        resource=resource,
-        outcome=outcome,
-        attributes=attrs,
+    )
+    # The datum spelled out (not audit_event()): this runs once per SDK event.
+    return {
+        "cluster": cluster,
+        "source": "generic",
+        "received_at": received_at_us,
+        "original": original,
+        "api_version": "",
+        "audit_id": event_id,
+        "stage": "",
+        "level": "",
+        "verb": "",
+        "request_uri": "",
+        "user_name": "",
+        "user_uid": "",
+        "user_groups": [],
+        "user_extra": {},
+        "impersonated_user": None,
+        "source_ips": [],
+        "user_agent": "",
+        "object_resource": "",
+        "object_namespace": "",
+        "object_name": "",
+        "object_subresource": "",
+        "object_api_group": "",
+        "object_api_version": "",
+        "object_uid": "",
+        "response_code": None,
+        "request_received_at": timestamp_us,
+        "stage_at": timestamp_us,
+        "annotations": {},
+        "actor": actor,
+        "action": action,
+        "resource": resource,
+        "outcome": outcome,
+        "attributes": attrs,
+    }
+
+
+def encode_generic_event(
+    prefix: bytes | None,
+    cluster: str,
+    actor: str,
+    action: str,
+    resource: str,
+    outcome: str,
+    attributes: Mapping[str, str] | None,
+    timestamp_us: int,
+    event_id: str,
+    *,
+    received_at_us: int | None = None,
+) -> bytes:
+    """``encode_audit_event(generic_event(...))``, written without the datum (the SDK's
+    per-event path); ``prefix`` is ``audit_generic_prefix(cluster)``. Raises as
+    :func:`generic_event` does, or :class:`schemas.codec.EncodeError`."""
+    attrs, original, received_at_us = _generic_parts(
+        cluster,
+        actor,
+        action,
+        resource,
+        outcome,
+        attributes,
+        timestamp_us,
+        event_id,
+        received_at_us,
+    )
+    if prefix is not None:
+        try:
+            return encode_audit_generic(
+                prefix,
+                received_at_us,
+                original,
+                event_id,
+                timestamp_us,
+                (actor, action, resource, outcome),
+                attrs,
+            )
+        except AuditFastPathOff:
+            pass  # e.g. a timestamp outside the Avro long: the encoder says what is wrong
+    return encode_audit_event(
+        generic_event(
+            cluster,
+            actor,
+            action,
+            resource,
+            outcome,
+            attrs,
+            timestamp_us,
+            event_id,
+            received_at_us=received_at_us,
+        )
     )

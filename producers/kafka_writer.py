@@ -69,20 +69,34 @@ class Batch:
         self.refusal: KafkaError | None = None
         self.refused_topic = ""
 
-    def _add(self) -> None:
+    def _add(self, count: int = 1) -> None:
         with self._lock:
-            self._pending += 1
+            self._pending += count
 
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        # Called once per record by librdkafka (there is no per-batch report): keep it short.
         with self._lock:
             self._pending -= 1
             if err is None:
                 self.acked += 1
-            elif self._error is None:
-                self._error = err.str()
-            if err is not None and self.refusal is None and is_refusal(err):
-                self.refusal = err
-                self.refused_topic = (_msg.topic() if _msg is not None else None) or ""
+                if not self._sealed or self._pending:
+                    return
+            else:
+                if self._error is None:
+                    self._error = err.str()
+                if self.refusal is None and is_refusal(err):
+                    self.refusal = err
+                    self.refused_topic = (_msg.topic() if _msg is not None else None) or ""
+                if not self._sealed or self._pending:
+                    return
+        self._finish()
+
+    def _dropped(self, count: int, reason: str) -> None:
+        """``count`` counted records were never queued: they fail the batch."""
+        with self._lock:
+            self._pending -= count
+            if self._error is None:
+                self._error = reason
             finish = self._sealed and self._pending == 0
         if finish:
             self._finish()
@@ -203,6 +217,54 @@ class ConfirmedProducer:
         except Exception as exc:  # noqa: BLE001 - any produce failure fails the batch, not the process
             batch._fail(str(exc))
             batch._delivered(KafkaError(KafkaError._FAIL, str(exc)), None)
+            raise DeliveryFailed(f"could not queue a record for Kafka ({exc})") from None
+
+    def produce_record(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        on_delivery: Callable[[KafkaError | None, Any], None],
+    ) -> None:
+        """Queue one record whose delivery report goes to ``on_delivery`` (err, message);
+        raises like :meth:`produce` (a record not queued gets no report)."""
+        if self.fatal is not None:
+            raise DeliveryFailed(
+                f"the Kafka producer stopped after a fatal error ({self.fatal}); restart it"
+            )
+        try:
+            self._producer.produce(topic, value, key, on_delivery=on_delivery)
+        except BufferError:
+            raise Backpressure(
+                "the Kafka producer queue is full; retry once Kafka catches up"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - any produce failure fails the record, not the process
+            raise DeliveryFailed(f"could not queue a record for Kafka ({exc})") from None
+
+    def produce_many(self, batch: Batch, topic: str, key: bytes, values: list[bytes]) -> None:
+        """Queue records for ``batch``, counted once for all of them (a webhook body's).
+
+        Raises :class:`Backpressure` if the queue fills; the records not queued fail the batch.
+        """
+        if self.fatal is not None:
+            raise DeliveryFailed(
+                f"the Kafka producer stopped after a fatal error ({self.fatal}); restart it"
+            )
+        batch._add(len(values))
+        produce = self._producer.produce
+        delivered = batch._delivered
+        queued = 0
+        try:
+            for value in values:
+                produce(topic, value, key, on_delivery=delivered)
+                queued += 1
+        except BufferError:
+            batch._dropped(len(values) - queued, KafkaError(KafkaError._QUEUE_FULL).str())
+            raise Backpressure(
+                "the Kafka producer queue is full; retry once Kafka catches up"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - any produce failure fails the batch, not the process
+            batch._dropped(len(values) - queued, str(exc))
             raise DeliveryFailed(f"could not queue a record for Kafka ({exc})") from None
 
     def produce_reject(

@@ -38,7 +38,7 @@ from producers.k8s import (
     BadRequestBody,
     Reject,
     RejectKind,
-    parse_body,
+    encode_body,
     reject_event,
 )
 from producers.kafka_writer import (
@@ -461,24 +461,24 @@ class WebhookServer:
         key = cluster.encode("utf-8")
         bad: Reject | None = None
         try:
-            result = parse_body(
+            result = encode_body(
                 body, cluster, received, max_event_bytes=self.options.max_event_bytes
             )
         except BadRequestBody as exc:
             result = None
             bad = _body_reject(str(exc), body, self.options.max_event_bytes)
-        count = 0 if result is None else len(result.events) + len(result.rejects)
+        count = 0 if result is None else len(result.values) + len(result.rejects)
         self._inflight += max(count, 1)
         self.metrics.inflight.set(self._inflight)
         try:
             if result is None:
                 assert bad is not None
-                producer.produce_reject(batch, bad, SOURCE, cluster, received)
+                values = [_reject_value(bad, cluster, received)]
             else:
-                for event in result.events:
-                    producer.produce(batch, raw_topic, key, encode_audit_event(event))
-                for rej in result.rejects:
-                    producer.produce_reject(batch, rej, SOURCE, cluster, received)
+                values = result.values + [
+                    _reject_value(rej, cluster, received) for rej in result.rejects
+                ]
+            producer.produce_many(batch, raw_topic, key, values)
             error = await self._acked(batch, done)
         except Backpressure:
             batch.seal()
@@ -497,10 +497,11 @@ class WebhookServer:
             self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
             return web.json_response({"error": bad.reason}, status=400)
         self.metrics.received.inc(count)
-        self.metrics.produced.inc(len(result.events))
+        accepted = count - len(result.rejects)
+        self.metrics.produced.inc(accepted)
         for rej in result.rejects:
             self.metrics.rejected.labels(rej.kind).inc()
-        return web.json_response({"accepted": len(result.events), "rejected": len(result.rejects)})
+        return web.json_response({"accepted": accepted, "rejected": len(result.rejects)})
 
     async def _post_streamed(self, request: web.Request, cluster: str) -> web.Response:
         """A large (or chunked) body: parse and produce item by item as it arrives.

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,6 +46,7 @@ __all__ = [
     "CHAINED_EVENT",
     "MAGIC",
     "HEADER_SIZE",
+    "AuditFastPathOff",
     "EncodeError",
     "SchemaHandle",
     "CHAINED_TAIL",
@@ -56,7 +58,11 @@ __all__ = [
     "decode_chained_fields",
     "parse_chained_fields",
     "encode",
+    "audit_generic_prefix",
+    "audit_k8s_prefix",
     "encode_audit_event",
+    "encode_audit_generic",
+    "encode_audit_k8s",
     "encode_chained",
     "fingerprint_of",
     "known_schemas",
@@ -337,6 +343,11 @@ def encode(handle: SchemaHandle, datum: Mapping[str, Any], *, validate: bool = F
 
 def encode_audit_event(datum: Mapping[str, Any], *, validate: bool = False) -> bytes:
     """Encode an AuditEvent datum (raw topic value); see :func:`encode` for ``validate``."""
+    if _audit_fast and not validate:
+        try:
+            return _encode_audit_fast(datum)
+        except (_Slow, KeyError, TypeError, UnicodeError):
+            pass  # fastavro writes it (defaults, coercions) or says what is wrong with it
     return _encode_generic(AUDIT_EVENT, datum, validate)
 
 
@@ -398,6 +409,22 @@ def avro_long(value: int) -> bytes:
     n = (value << 1) ^ (value >> 63)
     if n < 0x80:
         return _SMALL[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    # Timestamps (the most common large longs) share their high bits for seconds at a time:
+    # the low three 7-bit groups are computed, the encoding of the rest comes from a cache.
+    high = n >> 21
+    tail = _HIGH.get(high)
+    if tail is None:
+        if len(_HIGH) >= 4096:
+            _HIGH.clear()
+        tail = _HIGH[high] = _varint(high)
+    return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80)) + tail
+
+
+def _varint(n: int) -> bytes:
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -406,6 +433,7 @@ def avro_long(value: int) -> bytes:
     return bytes(out)
 
 
+_HIGH: dict[int, bytes] = {}
 _SMALL = [bytes((i,)) for i in range(0x80)]
 
 
@@ -465,6 +493,329 @@ def _encode_chained_fast(datum: Mapping[str, Any]) -> bytes:
     )
 
 
+# AuditEvent fast path: a hand-written writer for the exact version-1 layout (the webhook's,
+# shipper's and SDK's per-event encode). It takes only plain values of the exact types; anything
+# else (a missing field left to its default, a coercion fastavro makes, a value fastavro refuses)
+# goes to fastavro, so the bytes and errors are fastavro's wherever the fast path steps aside.
+_AUDIT_V1_CANONICAL = (
+    '{"name":"dev.sealtrail.AuditEvent","type":"record","fields":['
+    '{"name":"cluster","type":"string"},{"name":"source","type":"string"},'
+    '{"name":"received_at","type":"long"},{"name":"original","type":"bytes"},'
+    '{"name":"api_version","type":"string"},{"name":"audit_id","type":"string"},'
+    '{"name":"stage","type":"string"},{"name":"level","type":"string"},'
+    '{"name":"verb","type":"string"},{"name":"request_uri","type":"string"},'
+    '{"name":"user_name","type":"string"},{"name":"user_uid","type":"string"},'
+    '{"name":"user_groups","type":{"type":"array","items":"string"}},'
+    '{"name":"user_extra","type":{"type":"map","values":{"type":"array","items":"string"}}},'
+    '{"name":"impersonated_user","type":["null","string"]},'
+    '{"name":"source_ips","type":{"type":"array","items":"string"}},'
+    '{"name":"user_agent","type":"string"},{"name":"object_resource","type":"string"},'
+    '{"name":"object_namespace","type":"string"},{"name":"object_name","type":"string"},'
+    '{"name":"object_subresource","type":"string"},{"name":"object_api_group","type":"string"},'
+    '{"name":"object_api_version","type":"string"},{"name":"object_uid","type":"string"},'
+    '{"name":"response_code","type":["null","int"]},'
+    '{"name":"request_received_at","type":["null","long"]},'
+    '{"name":"stage_at","type":["null","long"]},'
+    '{"name":"annotations","type":{"type":"map","values":"string"}},'
+    '{"name":"actor","type":"string"},{"name":"action","type":"string"},'
+    '{"name":"resource","type":"string"},{"name":"outcome","type":"string"},'
+    '{"name":"attributes","type":{"type":"map","values":"string"}}]}'
+)
+# Runs of consecutive fields in schema order (itemgetter: one C call per run).
+_AUDIT_RUN_0 = itemgetter("cluster", "source")
+_AUDIT_RUN_1 = itemgetter("api_version", "audit_id")
+_AUDIT_RUN_2 = itemgetter("stage", "level", "verb", "request_uri", "user_name", "user_uid")
+_AUDIT_USER = itemgetter("user_groups", "user_extra", "impersonated_user", "source_ips")
+_AUDIT_RUN_3 = itemgetter(
+    "user_agent",
+    "object_resource",
+    "object_namespace",
+    "object_name",
+    "object_subresource",
+    "object_api_group",
+    "object_api_version",
+    "object_uid",
+)
+_AUDIT_RUN_4 = itemgetter("actor", "action", "resource", "outcome")
+_INT_MIN = -(1 << 31)
+_INT_MAX = (1 << 31) - 1
+
+
+class _Slow(Exception):  # noqa: N818 - internal signal: leave this datum to fastavro
+    pass
+
+
+_PREFIXES = 4096
+_PREFIX = [avro_long(n) for n in range(_PREFIXES)]
+"""The length prefixes of strings shorter than 4 KiB (most of an event's), precomputed."""
+
+
+def _put_str(out: list[bytes], value: Any) -> None:
+    if type(value) is not str:
+        raise _Slow
+    data = value.encode("utf-8")
+    size = len(data)
+    out.append(_PREFIX[size] if size < _PREFIXES else avro_long(size))
+    out.append(data)
+
+
+def _put_long(out: list[bytes], value: Any) -> None:
+    if type(value) is not int or not _LONG_MIN <= value <= _LONG_MAX:
+        raise _Slow
+    out.append(avro_long(value))
+
+
+def _put_strings(out: list[bytes], values: Any) -> None:
+    if type(values) is not list:
+        raise _Slow
+    if values:
+        out.append(avro_long(len(values)))
+        for value in values:
+            _put_str(out, value)
+    out.append(b"\x00")
+
+
+def _put_str_map(out: list[bytes], values: Any) -> None:
+    if type(values) is not dict:
+        raise _Slow
+    if values:
+        out.append(avro_long(len(values)))
+        for key, value in values.items():
+            _put_str(out, key)
+            _put_str(out, value)
+    out.append(b"\x00")
+
+
+def _put_optional_long(out: list[bytes], value: Any, low: int, high: int) -> None:
+    if value is None:
+        out.append(b"\x00")
+        return
+    if type(value) is not int or not low <= value <= high:
+        raise _Slow
+    out.append(b"\x02")
+    out.append(avro_long(value))
+
+
+def _put_run(out: list[bytes], values: tuple[Any, ...], zeros: bytes) -> None:
+    """Consecutive string fields; ``zeros`` (one 0 byte each) when all are "" (a generic event's
+    Kubernetes fields, most of an event's optional ones)."""
+    if values == ("",) * len(zeros):
+        out.append(zeros)
+        return
+    app = out.append
+    for value in values:
+        if type(value) is not str:
+            raise _Slow
+        data = value.encode("utf-8")
+        size = len(data)
+        app(_PREFIX[size] if size < _PREFIXES else avro_long(size))
+        app(data)
+
+
+def _encode_audit_fast(datum: Mapping[str, Any]) -> bytes:
+    """Raises :class:`_Slow` (or KeyError/TypeError/UnicodeError) to leave it to fastavro."""
+    out: list[bytes] = [_AUDIT_HEADER]
+    app = out.append
+    original = datum["original"]
+    if type(original) is not bytes:
+        raise _Slow
+    _put_run(out, _AUDIT_RUN_0(datum), b"\0\0")
+    _put_long(out, datum["received_at"])
+    app(avro_long(len(original)))
+    app(original)
+    _put_run(out, _AUDIT_RUN_1(datum), b"\0\0")
+    _put_run(out, _AUDIT_RUN_2(datum), b"\0" * 6)
+    user_groups, extra, impersonated, source_ips = _AUDIT_USER(datum)
+    if type(extra) is not dict:
+        raise _Slow
+    if not user_groups and not extra and impersonated is None and not source_ips:
+        if type(user_groups) is not list or type(source_ips) is not list:
+            raise _Slow
+        app(b"\0\0\0\0")  # no groups, no extra, no impersonation, no source IPs
+    else:
+        _put_strings(out, user_groups)
+        if extra:
+            app(avro_long(len(extra)))
+            for key, values in extra.items():
+                _put_str(out, key)
+                _put_strings(out, values)
+        app(b"\x00")
+        if impersonated is None:
+            app(b"\x00")
+        else:
+            app(b"\x02")
+            _put_str(out, impersonated)
+        _put_strings(out, source_ips)
+    _put_run(out, _AUDIT_RUN_3(datum), b"\0" * 8)
+    _put_optional_long(out, datum["response_code"], _INT_MIN, _INT_MAX)
+    _put_optional_long(out, datum["request_received_at"], _LONG_MIN, _LONG_MAX)
+    _put_optional_long(out, datum["stage_at"], _LONG_MIN, _LONG_MAX)
+    _put_str_map(out, datum["annotations"])
+    _put_run(out, _AUDIT_RUN_4(datum), b"\0" * 4)
+    _put_str_map(out, datum["attributes"])
+    return b"".join(out)
+
+
+class AuditFastPathOff(EncodeError):  # noqa: N818 - a signal as much as an error
+    """The direct AuditEvent writer cannot take these values; encode the datum instead."""
+
+
+def audit_k8s_prefix(cluster: str, received_at: int) -> bytes | None:
+    """The first bytes of every Kubernetes AuditEvent of one request (marker, fingerprint,
+    cluster, source ``"k8s"``, received_at) for :func:`encode_audit_k8s`; None when the
+    AuditEvent schema is not the version-1 layout that writer knows."""
+    if not _audit_fast:
+        return None
+    out: list[bytes] = [_AUDIT_HEADER]
+    try:
+        _put_str(out, cluster)
+        out.append(b"\x06k8s")
+        _put_long(out, received_at)
+    except (_Slow, UnicodeError):
+        return None
+    return b"".join(out)
+
+
+_K8S_TAIL = b"\x00" * 5  # actor, action, resource, outcome: ""; attributes: {}
+
+
+def encode_audit_k8s(prefix: bytes, original: bytes, fields: tuple[Any, ...]) -> bytes:
+    """A Kubernetes AuditEvent written without building its datum (the webhook's per-event
+    path): ``prefix`` from :func:`audit_k8s_prefix`, then ``original`` and ``fields``, the 24
+    values from ``api_version`` to ``annotations`` in schema order; the generic fields empty.
+
+    Byte for byte :func:`encode_audit_event` of the same datum (tests/unit/test_codec.py).
+    Raises :class:`AuditFastPathOff` for a value of another type than the datum's."""
+    (
+        api_version,
+        audit_id,
+        stage,
+        level,
+        verb,
+        request_uri,
+        user_name,
+        user_uid,
+        user_groups,
+        extra,
+        impersonated,
+        source_ips,
+        user_agent,
+        resource,
+        namespace,
+        name,
+        subresource,
+        api_group,
+        object_api_version,
+        uid,
+        code,
+        received,
+        stage_at,
+        annotations,
+    ) = fields
+    out: list[bytes] = [prefix, avro_long(len(original)), original]
+    app = out.append
+    try:
+        for value in (api_version, audit_id, stage, level, verb, request_uri, user_name, user_uid):
+            if type(value) is not str:
+                raise _Slow
+            data = value.encode("utf-8")
+            size = len(data)
+            app(_PREFIX[size] if size < _PREFIXES else avro_long(size))
+            app(data)
+        if user_groups or extra or impersonated is not None or source_ips:
+            _put_strings(out, user_groups)
+            if type(extra) is not dict:
+                raise _Slow
+            if extra:
+                app(avro_long(len(extra)))
+                for key, values in extra.items():
+                    _put_str(out, key)
+                    _put_strings(out, values)
+            app(b"\x00")
+            if impersonated is None:
+                app(b"\x00")
+            else:
+                app(b"\x02")
+                _put_str(out, impersonated)
+            _put_strings(out, source_ips)
+        elif type(user_groups) is not list or type(source_ips) is not list:
+            raise _Slow
+        else:
+            app(b"\x00\x00\x00\x00")
+        _put_run(
+            out,
+            (
+                user_agent,
+                resource,
+                namespace,
+                name,
+                subresource,
+                api_group,
+                object_api_version,
+                uid,
+            ),
+            b"\0" * 8,
+        )
+        _put_optional_long(out, code, _INT_MIN, _INT_MAX)
+        _put_optional_long(out, received, _LONG_MIN, _LONG_MAX)
+        _put_optional_long(out, stage_at, _LONG_MIN, _LONG_MAX)
+        _put_str_map(out, annotations)
+    except (_Slow, TypeError, UnicodeError):
+        raise AuditFastPathOff("these values need the datum encoder") from None
+    app(_K8S_TAIL)
+    return b"".join(out)
+
+
+def audit_generic_prefix(cluster: str) -> bytes | None:
+    """The first bytes of every generic AuditEvent of one emitter (marker, fingerprint, cluster,
+    source ``"generic"``) for :func:`encode_audit_generic`; None as :func:`audit_k8s_prefix`."""
+    if not _audit_fast:
+        return None
+    out: list[bytes] = [_AUDIT_HEADER]
+    try:
+        _put_str(out, cluster)
+    except (_Slow, UnicodeError):
+        return None
+    out.append(b"\x0egeneric")
+    return b"".join(out)
+
+
+# stage .. user_uid (6 strings), groups, extra, impersonated (null), source IPs, user_agent ..
+# object_uid (8 strings), response_code (null): all empty in a generic event.
+_GENERIC_MIDDLE = b"\x00" * 19
+
+
+def encode_audit_generic(
+    prefix: bytes,
+    received_at: int,
+    original: bytes,
+    audit_id: str,
+    timestamp: int,
+    generic: tuple[str, str, str, str],
+    attributes: dict[str, str],
+) -> bytes:
+    """A generic AuditEvent written without its datum (the SDK's per-event path): ``prefix``
+    from :func:`audit_generic_prefix`, ``timestamp`` for both request_received_at and stage_at,
+    ``generic`` = (actor, action, resource, outcome). Byte for byte :func:`encode_audit_event`
+    of ``producers.k8s.generic_event``'s datum (tests). Raises :class:`AuditFastPathOff`."""
+    out: list[bytes] = [prefix]
+    try:
+        _put_long(out, received_at)
+        out.append(avro_long(len(original)))
+        out.append(original)
+        out.append(b"\x00")  # api_version ""
+        _put_str(out, audit_id)
+        out.append(_GENERIC_MIDDLE)
+        _put_optional_long(out, timestamp, _LONG_MIN, _LONG_MAX)
+        _put_optional_long(out, timestamp, _LONG_MIN, _LONG_MAX)
+        out.append(b"\x00")  # annotations {}
+        _put_run(out, generic, b"\0" * 4)
+        _put_str_map(out, attributes)
+    except (_Slow, TypeError, UnicodeError):
+        raise AuditFastPathOff("these values need the datum encoder") from None
+    return b"".join(out)
+
+
 # --------------------------------------------------------------------------------------------
 # the schemas shipped with sealtrail
 
@@ -486,6 +837,8 @@ CHAINED_EVENT: SchemaHandle = _PACKAGED["chained_event.avsc"]
 
 _chained_fast: bool = CHAINED_EVENT.canonical_form == _CHAINED_V1_CANONICAL
 _CHAINED_HEADER: bytes = CHAINED_EVENT.header
+_audit_fast: bool = AUDIT_EVENT.canonical_form == _AUDIT_V1_CANONICAL
+_AUDIT_HEADER: bytes = AUDIT_EVENT.header
 
 
 # The verifier checks fields, not dicts: a tuple in ChainedEvent field order. (A hand-written

@@ -1,0 +1,40 @@
+"""producers.kafka_writer: a body's records counted once, against a real librdkafka producer
+whose broker is unreachable (so nothing is acknowledged and its queue fills)."""
+
+from __future__ import annotations
+
+import pytest
+
+from producers.kafka_writer import Backpressure, Batch, ConfirmedProducer
+from sealtrail.infra.config import Settings
+
+
+def test_produce_many_full_queue_fails_the_batch_once_every_record_is_accounted() -> None:
+    settings = Settings.from_env().with_(kafka="127.0.0.1:1")
+    producer = ConfirmedProducer(
+        settings, message_timeout_s=1.0, **{"queue.buffering.max.messages": 2}
+    )
+    try:
+        batch = Batch()
+        with pytest.raises(Backpressure):
+            producer.produce_many(batch, "raw", b"k", [b"v%d" % i for i in range(5)])
+        batch.seal()
+        # Two records were queued (they time out unacknowledged), three never were.
+        assert batch.wait(30)
+        assert batch.error is not None
+        assert batch.acked == 0
+    finally:
+        producer.close(0)
+
+
+def test_produce_many_empty_batch_is_done_at_seal() -> None:
+    settings = Settings.from_env().with_(kafka="127.0.0.1:1")
+    producer = ConfirmedProducer(settings, message_timeout_s=1.0)
+    try:
+        batch = Batch()
+        producer.produce_many(batch, "raw", b"k", [])
+        batch.seal()
+        assert batch.wait(1)
+        assert batch.error is None
+    finally:
+        producer.close(0)
