@@ -14,8 +14,8 @@ Modules: :mod:`.loop` (the loop, :class:`Chainer`), :mod:`.recovery` (chain stat
 from Kafka), :mod:`.transactions` (the transaction guard and error policy),
 :mod:`.checkpoints` (when a checkpoint is due, signing, offsite copies), :mod:`.state` (a
 chain's in-memory state), :mod:`.options` (options and stats), :mod:`.metrics` (Prometheus
-metrics), :mod:`.names` (group, transactional and chain ids), :mod:`.interrupt` and
-:mod:`.kafka_errors` (small shared parts).
+metrics), :mod:`.names` (group, transactional and chain ids), :mod:`.linker` (linking and encoding a
+run of records in one loop) and :mod:`.interrupt`.
 """
 
 from processors.chainer.checkpoints import RANGE_HEADER

@@ -23,7 +23,6 @@ from processors.chainer.checkpoints import (
     sign_head,
 )
 from processors.chainer.interrupt import Interrupted
-from processors.chainer.kafka_errors import describe, kafka_error
 from processors.chainer.linker import ChainLinker
 from processors.chainer.metrics import ChainerMetrics
 from processors.chainer.names import group_id
@@ -36,7 +35,7 @@ from processors.integrity.note import Signer
 from sealtrail.infra.config import Settings
 from sealtrail.infra.consumer_lag import STATS_INTERVAL_MS
 from sealtrail.infra.errors import KafkaUnavailable, SealtrailError
-from sealtrail.infra.kafka import consumer_conf, is_refusal, refused
+from sealtrail.infra.kafka import consumer_conf, describe, is_refusal, kafka_error, refused
 from sealtrail.infra.kafka_read import close_quietly, watermarks
 from sealtrail.infra.metrics_server import MetricsServer
 from sealtrail.infra.service import StopFlag

@@ -16,7 +16,6 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from processors.chainer.checkpoints import RANGE_HEADER
 from processors.chainer.interrupt import Interrupted
-from processors.chainer.kafka_errors import describe
 from processors.chainer.names import chain_id, group_id
 from processors.chainer.options import ChainerStats
 from processors.chainer.state import ChainState
@@ -29,6 +28,7 @@ from processors.integrity.record import ChainedRecord, ChainHead
 from schemas.chained import value_record
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import KafkaUnavailable, SealtrailError
+from sealtrail.infra.kafka import describe
 from sealtrail.infra.kafka_read import close_quietly, read_range, read_tail, reader
 from sealtrail.infra.service import StopFlag
 

@@ -19,12 +19,11 @@ from typing import NoReturn, TypeVar, cast
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from processors.chainer.interrupt import Interrupted
-from processors.chainer.kafka_errors import describe, kafka_error
 from processors.chainer.names import transactional_id
 from processors.chainer.options import ChainerStats
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import KafkaUnavailable
-from sealtrail.infra.kafka import is_refusal, producer_conf, refused
+from sealtrail.infra.kafka import describe, is_refusal, kafka_error, producer_conf, refused
 from sealtrail.infra.service import StopFlag
 
 __all__ = [

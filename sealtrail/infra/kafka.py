@@ -122,6 +122,18 @@ def _who(settings: Settings | None) -> str:
     return f"the client of {settings.kafka_config} (no sasl.username)"
 
 
+def kafka_error(exc: KafkaException) -> KafkaError | None:
+    """The KafkaError a KafkaException carries (None if it carries something else)."""
+    err = exc.args[0] if exc.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
+def describe(exc: KafkaException) -> str:
+    """A KafkaException in one line."""
+    err = kafka_error(exc)
+    return err.str() if err is not None else str(exc)
+
+
 def is_refusal(error: object) -> TypeGuard[KafkaError]:
     """True if ``error`` (a KafkaError) is the broker refusing an operation or the login."""
     return isinstance(error, KafkaError) and (
