@@ -63,6 +63,11 @@ class Writer:
         if self._client is None:
             self._client = clickhouse.connect(self.settings)
             migrate(self._client, self.db)
+            # The driver imports pandas on its first insert (about a second): here, at start,
+            # not in the first batch's latency.
+            from clickhouse_connect.driver import options
+
+            _ = options.pd
         return self._client
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:

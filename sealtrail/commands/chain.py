@@ -11,7 +11,7 @@ from sealtrail.commands.context import settings_of
 from sealtrail.infra import config
 from sealtrail.infra.kafka import check_login
 from sealtrail.infra.metrics_server import metrics_listen as parse_metrics_listen
-from sealtrail.infra.service import StopFlag
+from sealtrail.infra.service import StopFlag, tune_gc
 
 
 def chain(
@@ -84,6 +84,7 @@ def chain(
     )
     settings = settings_of(ctx)
     check_login(settings)  # a refused login is one sentence, not a silent retry loop
+    tune_gc()
     stats = Chainer(settings, options, StopFlag().install()).run()
     typer.echo(
         f"chained {stats.records} records in {stats.transactions} transactions, "

@@ -12,7 +12,7 @@ from sealtrail.commands import webhook_options
 from sealtrail.commands.context import settings_of
 from sealtrail.infra.errors import ConfigError, KafkaUnavailable
 from sealtrail.infra.kafka import check_login
-from sealtrail.infra.service import StopFlag
+from sealtrail.infra.service import StopFlag, tune_gc
 
 produce_app = typer.Typer(
     help="Producers: the audit webhook, the log file shipper and a load generator.",
@@ -77,6 +77,7 @@ def webhook(
         ),
     )
     stop = StopFlag().install()
+    tune_gc()
     port = server.start()
     typer.echo(f"webhook listening on {server.url()} (port {port})", err=True)
     while not stop.wait(1.0):
@@ -112,6 +113,7 @@ def file(
     shipper = FileShipper(
         settings, path, cluster, follow=follow, position_file=position_file, stop=stop
     )
+    tune_gc()
     stats = shipper.run()
     typer.echo(stats.summary(path))
 

@@ -28,7 +28,7 @@ from sealtrail.infra.kafka import check_login
 from sealtrail.infra.metrics_server import metrics_listen as parse_metrics_listen
 from sealtrail.infra.reader import ReadClient, as_reader, open_reader
 from sealtrail.infra.readonly_sql import require_read_only
-from sealtrail.infra.service import StopFlag
+from sealtrail.infra.service import StopFlag, tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,7 @@ def sink(
     )
     stop = StopFlag().install()
     check_login(settings)  # a refused login is one sentence, not a silent retry loop
+    tune_gc()
     stats = Sink(settings, options, stop).run()
     typer.echo(
         f"stored {stats.inserted} event row(s), {stats.checkpoints} checkpoint(s), "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import random
 import signal
@@ -12,6 +13,22 @@ from collections.abc import Iterator
 from types import FrameType
 
 log = logging.getLogger(__name__)
+
+
+# Collect the youngest generation every this many net allocations (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Fit the garbage collector to a stream processor: batches hold thousands of short-lived
+    objects (Kafka messages, values, rows), and CPython's default of a collection every 700
+    allocations re-scanned them many times per batch (a fifth of the sink's CPU in a profile).
+    What was allocated at start-up (modules, schemas) is frozen out of every collection.
+    Memory stays bounded: reference counting frees everything that is not a cycle, and cycles
+    are still collected, only less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
 
 
 class StopFlag:
