@@ -1,12 +1,15 @@
 """End to end beside a raw pipeline: events in until they are queryable rows (and checkpointed).
 
-Two rows, one after the other on the same broker, with the same JSON event bytes and load shape
+Three runs, one after the other on the same broker, with the same JSON event bytes and load shape
 (``--clients`` concurrent batches of ``--batch`` events, one cluster per batch):
 
 * raw pipeline (bench/raw_pipeline.py): a plain idempotent producer -> one topic -> one consumer
   inserting (cluster, time, body) rows into embedded ClickHouse, as two processes;
 * end to end: ``sealtrail run`` (webhook + chainer + sink, each its own process, signed
-  checkpoints) fed by concurrent clients POSTing EventLists (like the API server).
+  checkpoints) fed by concurrent clients POSTing EventLists (like the API server);
+* end to end, paced: a fresh ``sealtrail run`` offered half the rate the saturated run reached,
+  steadily: the latency users see at a load the pipeline carries (a saturated run's latency is
+  mostly its own backlog).
 
 The last event of every batch carries a marker auditID. A separate observer process
 (bench/observer.py) finds the markers with a bytes search over the raw message values of the topic
@@ -60,6 +63,7 @@ from sealtrail.supervisor import child_env
 
 SAMPLES = K8S_AUDIT_SAMPLES
 STAGES = ("webhook", "chainer", "sink")  # the processes whose CPU counts as sealtrail's
+PACED_FRACTION = 0.5  # the paced run offers this share of the saturated end-to-end rate
 START_TIMEOUT = 120.0  # a loaded 2-core machine can take long to start chdb and join groups
 
 
@@ -112,15 +116,19 @@ async def _post_all(
     clients: int,
     acked: dict[str, float],
     timeout: float,
+    pace: float | None = None,
 ) -> int:
-    """POST every batch (retrying 429/503 as the API server would) within ``timeout`` seconds."""
+    """POST every batch (retrying 429/503 as the API server would) within ``timeout`` seconds;
+    with ``pace`` (events/s), no batch before its turn at that rate."""
     import aiohttp
 
     deadline = time.monotonic() + timeout
 
-    queue: asyncio.Queue[Batch] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[float, Batch]] = asyncio.Queue()
+    due, start = 0.0, time.monotonic()
     for item in batches:
-        queue.put_nowait(item)
+        queue.put_nowait((start + due, item))
+        due += len(item.items) / pace if pace else 0.0
     sent = 0
 
     async def client(number: int) -> None:
@@ -131,7 +139,10 @@ async def _post_all(
         }
         async with aiohttp.ClientSession() as session:
             while not queue.empty():
-                item = queue.get_nowait()
+                turn, item = queue.get_nowait()
+                wait = turn - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 while True:
                     async with session.post(url, data=item.body, headers=headers) as response:
                         await response.read()
@@ -382,8 +393,10 @@ def run_e2e(
     clients: int,
     clusters: int,
     settle_timeout: float,
+    pace: float | None = None,
 ) -> dict[str, Any]:
-    """The end-to-end row: clients -> ``sealtrail run`` (webhook, chainer, sink) -> chdb."""
+    """The end-to-end row: clients -> ``sealtrail run`` (webhook, chainer, sink) -> chdb; with
+    ``pace``, offered at that many events/s instead of as fast as it takes them."""
     work = Path(tempfile.mkdtemp(prefix="sealtrail-e2e-"))
     events = sum(len(b.items) for b in batches)
     settings = fresh_settings(
@@ -435,7 +448,7 @@ def run_e2e(
         load_cpu = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
         url = f"http://127.0.0.1:{port}/"
-        asyncio.run(_post_all(url, list(tokens), batches, clients, acked, settle_timeout))
+        asyncio.run(_post_all(url, list(tokens), batches, clients, acked, settle_timeout, pace))
         posted = time.monotonic()
         after = resource.getrusage(resource.RUSAGE_SELF)
         load_cpu_s = after.ru_utime + after.ru_stime - load_cpu.ru_utime - load_cpu.ru_stime
@@ -494,6 +507,12 @@ def run(
         result = run_e2e(kafka, batches, partitions, clients, clusters, settle_timeout)
         if broker:
             result["broker"] = broker.report(events)
+        # Latency as users see it: the same pipeline offered a steady load it can carry (a
+        # saturated run measures its backlog instead).
+        pace = PACED_FRACTION * result["events_per_second"]
+        paced = run_e2e(kafka, batches, partitions, clients, clusters, settle_timeout, pace)
+        paced["offered_events_per_second"] = pace
+    result["paced"] = paced
     result["raw_pipeline"] = raw
     result["ratio_vs_raw"] = (
         result["events_per_second"] / raw["events_per_second"] if raw["events_per_second"] else None
@@ -501,7 +520,7 @@ def run(
     result["webhook_vs_raw_producer"] = (
         result["webhook_events_per_second"] / raw["producer_events_per_second"]
     )
-    result["complete"] = result["complete"] and raw["complete"]
+    result["complete"] = result["complete"] and raw["complete"] and paced["complete"]
     return result
 
 
@@ -533,6 +552,29 @@ def result_lines(out: dict[str, Any]) -> list[Result]:
             out["events_per_second"],
             p50_ms=out["checkpointed_p50_ms"],
             p99_ms=out["checkpointed_p99_ms"],
+        ),
+        *_paced_lines(out.get("paced")),
+    ]
+
+
+def _paced_lines(paced: dict[str, Any] | None) -> list[Result]:
+    if paced is None:
+        return []
+    offered = paced["offered_events_per_second"]
+    return [
+        Result(
+            f"paced at {offered:,.0f} ev/s: 200 -> queryable",
+            paced["events_per_second"],
+            p50_ms=paced["queryable_p50_ms"],
+            p99_ms=paced["queryable_p99_ms"],
+            cpu_us_per_event=paced["cpu_us_per_event"],
+            peak_rss_mb=max(p["peak_rss_mb"] for p in paced["processes"].values()),
+        ),
+        Result(
+            f"paced at {offered:,.0f} ev/s: 200 -> checkpoint",
+            paced["events_per_second"],
+            p50_ms=paced["checkpointed_p50_ms"],
+            p99_ms=paced["checkpointed_p99_ms"],
         ),
     ]
 

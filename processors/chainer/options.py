@@ -26,10 +26,10 @@ ENV_INSTANCE_ID = "SEALTRAIL_INSTANCE_ID"
 class ChainerOptions:
     once: bool = False
     batch_records: int = 5000
-    batch_ms: int = 200
+    batch_ms: int = 100
     signing_key: Path | None = None
     checkpoint_records: int = 1000
-    checkpoint_seconds: float = 1.0
+    checkpoint_seconds: float = 0.5
     instance_id: str = ""
     export_checkpoints: Path | None = None
     # Static group membership makes a restarted instance take its partitions back at once;

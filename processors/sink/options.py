@@ -10,7 +10,7 @@ from sealtrail.infra.errors import ConfigError
 @dataclass(frozen=True, slots=True)
 class SinkOptions:
     batch_rows: int = 10000
-    batch_ms: int = 500
+    batch_ms: int = 1000
     once: bool = False
     group: str = ""  # default: Settings.groups.sink (<topic prefix>sealtrail-sink)
     # Embedded ClickHouse only: the engine decodes the payloads (processors/sink_avro.py).

@@ -79,6 +79,12 @@ _COORDINATOR_ERRORS = {
 }
 
 
+# With the fast path's worker idle, buffered rows wait this long for company (not --batch-ms).
+EARLY_FLUSH_S = 0.05
+# While an insert is in flight and rows wait, poll this often to start the next one promptly.
+INFLIGHT_POLL_S = 0.02
+
+
 class ConsumerLost(Exception):  # noqa: N818 - a signal: the consumer must be rebuilt
     """The Kafka consumer hit a fatal error (e.g. its static member id was fenced)."""
 
@@ -363,7 +369,14 @@ class Sink:
     # -- reading --------------------------------------------------------------------------------
 
     def _poll(self, consumer: Consumer) -> None:
+        # Wait for records no longer than until the oldest buffered row is due.
         timeout = min(0.2, self.options.batch_ms / 1000.0)
+        pending = [b.since for b in self._buffers.values() if b.messages]
+        if pending:
+            if self._fast and self.fast.busy:
+                timeout = min(timeout, INFLIGHT_POLL_S)  # flush soon after the insert ends
+            due = min(pending) + self._wait_s() - time.monotonic()
+            timeout = max(0.005, min(timeout, due))
         messages = consumer.consume(
             num_messages=min(self.options.batch_rows, 5000), timeout=timeout
         )
@@ -421,10 +434,23 @@ class Sink:
             if tp.offset >= 0 and tp.offset > self._done.get(key, -1):
                 self._done[key] = tp.offset
 
+    def _wait_s(self) -> float:
+        """How long buffered rows wait now. With the fast path's insert worker idle, only
+        ``EARLY_FLUSH_S``: a batch goes as soon as the previous insert is done, so batches are
+        small (fresh rows) under light load and grow up to ``--batch-ms`` / ``--batch-rows``
+        while inserts keep the worker busy (fewer, larger inserts when it counts)."""
+        if self._fast and not self.fast.busy:
+            return min(EARLY_FLUSH_S, self.options.batch_ms / 1000.0)
+        return self.options.batch_ms / 1000.0
+
     def _flush_due(self) -> None:
-        deadline = time.monotonic() - self.options.batch_ms / 1000.0
-        for key, buffer in list(self._buffers.items()):
-            if buffer.messages and buffer.since <= deadline:
+        if self._fast:
+            self.fast.reap()  # a finished insert is committed first and frees the worker
+        now = time.monotonic()
+        # Oldest first: when the worker frees up, the rows that waited longest go next.
+        waiting = sorted((b.since, key) for key, b in self._buffers.items() if b.messages)
+        for since, key in waiting:
+            if since <= now - self._wait_s():
                 self._flush(key)
 
     def _flush_all(self) -> None:

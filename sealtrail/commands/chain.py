@@ -24,7 +24,7 @@ def chain(
     ] = 5000,
     batch_ms: Annotated[
         int, typer.Option(min=1, help="Milliseconds a transaction waits for more records.")
-    ] = 200,
+    ] = 100,
     signing_key: Annotated[
         Path | None,
         typer.Option(
@@ -37,7 +37,7 @@ def chain(
     ] = 1000,
     checkpoint_seconds: Annotated[
         float, typer.Option(min=0.001, help="Checkpoint a chain with new records this often.")
-    ] = 1.0,
+    ] = 0.5,
     instance_id: Annotated[
         str,
         typer.Option(

@@ -168,8 +168,12 @@ def sink(
     ] = False,
     batch_rows: Annotated[int, typer.Option(help="Rows per insert (per partition).")] = 10000,
     batch_ms: Annotated[
-        int, typer.Option(help="Longest a row waits before its insert (ms).")
-    ] = 500,
+        int,
+        typer.Option(
+            help="Longest a row waits before its insert (ms); with the embedded store a batch "
+            "goes as soon as the previous insert is done."
+        ),
+    ] = 1000,
     group: Annotated[
         str,
         typer.Option(help="Kafka consumer group.", show_default="<topic prefix>sealtrail-sink"),
