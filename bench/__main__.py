@@ -5,7 +5,7 @@ table (stage, rate, baseline rate, ratio, p50/p99, CPU-us per event, peak RSS) a
 bench/results/all.json. End to end runs beside a raw pipeline (producer -> topic -> consumer ->
 chdb) on the same broker and prints CPU-us per event of every process (bench/bench_e2e.py).
 
-python -m bench [--tiny] [--only producers,chainer,sink,verify,e2e]
+python -m bench [--tiny] [--only producers,chainer,sink,verify,e2e,memory]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ SIZES = {
     "proofs": (10_000_000, 10_000),
     "clickhouse_check": (1_000_000, 20_000),
     "e2e": (100_000, 2_000),
+    "memory": (1_000_000, 10_000),  # RSS after a tenth of these and after all
 }
 
 
@@ -108,11 +109,18 @@ def _e2e(n: int, kafka: str) -> tuple[list[Result], dict[str, Any]]:
     return bench_e2e.result_lines(out), out
 
 
+def _memory(n: int, kafka: str, pace: float) -> tuple[list[Result], dict[str, Any]]:
+    from bench import bench_e2e
+
+    out = bench_e2e.run_memory(n, n // 10, pace, bootstrap=kafka)
+    return bench_e2e.memory_lines(out), out
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop our children on the way out
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks it runs (CI)")
-    parser.add_argument("--only", default="producers,chainer,sink,verify,e2e")
+    parser.add_argument("--only", default="producers,chainer,sink,verify,e2e,memory")
     args = parser.parse_args(argv)
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     size = {stage: counts[1 if args.tiny else 0] for stage, counts in SIZES.items()}
@@ -142,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             e2e_results, e2e = _e2e(size["e2e"], kafka)
             results.extend(e2e_results)
             extra["e2e"] = e2e
+        if "memory" in wanted:
+            print("\n### memory as the stream grows", flush=True)
+            # At the rate the paced end-to-end run was offered (a load the pipeline carries).
+            pace = extra["e2e"]["paced"]["offered_events_per_second"] if "e2e" in extra else 4000
+            memory_results, memory = _memory(size["memory"], kafka, pace)
+            results.extend(memory_results)
+            extra["memory"] = memory
     extra["seconds"] = round(time.monotonic() - started, 1)
     print("\n## sealtrail benchmark", json.dumps(machine()))
     print_table(results)

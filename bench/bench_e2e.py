@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -394,9 +395,12 @@ def run_e2e(
     clusters: int,
     settle_timeout: float,
     pace: float | None = None,
+    rss_after: int | None = None,
 ) -> dict[str, Any]:
     """The end-to-end row: clients -> ``sealtrail run`` (webhook, chainer, sink) -> chdb; with
-    ``pace``, offered at that many events/s instead of as fast as it takes them."""
+    ``pace``, offered at that many events/s instead of as fast as it takes them. With
+    ``rss_after``, each process's resident memory is also read once that many events were
+    acknowledged and again at the end (memory must stay flat as the stream grows)."""
     work = Path(tempfile.mkdtemp(prefix="sealtrail-e2e-"))
     events = sum(len(b.items) for b in batches)
     settings = fresh_settings(
@@ -445,15 +449,32 @@ def run_e2e(
         for meter in meters.values():
             meter.start()
         acked: dict[str, float] = {}
+        rss_early: dict[str, float] = {}
+        sampled = threading.Event()
+        if rss_after is not None:
+            per_batch = events / len(batches)
+
+            def sample_early() -> None:
+                while not sampled.wait(0.2):
+                    if len(acked) * per_batch >= rss_after:
+                        rss_early.update({n: m.rss_mb() for n, m in meters.items()})
+                        return
+
+            threading.Thread(target=sample_early, daemon=True).start()
         load_cpu = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
         url = f"http://127.0.0.1:{port}/"
         asyncio.run(_post_all(url, list(tokens), batches, clients, acked, settle_timeout, pace))
+        sampled.set()
         posted = time.monotonic()
         after = resource.getrusage(resource.RUSAGE_SELF)
         load_cpu_s = after.ru_utime + after.ru_stime - load_cpu.ru_utime - load_cpu.ru_stime
         observer = _observed(observed, settle_timeout)
         processes = {name: m.report(events) for name, m in meters.items()}
+        if rss_early:
+            for name, meter in meters.items():
+                processes[name]["rss_mb_early"] = round(rss_early.get(name, 0.0), 1)
+                processes[name]["rss_mb_end"] = round(meter.rss_mb(), 1)
     finally:
         if observed is not None:
             _stop(observed.process)
@@ -522,6 +543,55 @@ def run(
     )
     result["complete"] = result["complete"] and raw["complete"] and paced["complete"]
     return result
+
+
+def run_memory(
+    events: int,
+    early: int,
+    pace: float,
+    clients: int = 8,
+    batch: int = 400,
+    partitions: int = 3,
+    bootstrap: str | None = None,
+    settle_timeout: float = 600.0,
+) -> dict[str, Any]:
+    """Memory as the stream grows: ``sealtrail run`` offered ``pace`` events/s for ``events``
+    events; each process's RSS after ``early`` events and at the end."""
+    batches = make_batches(events, batch)
+    with bench_broker(bootstrap=bootstrap) as kafka:
+        out = run_e2e(
+            kafka,
+            batches,
+            partitions,
+            clients,
+            max(partitions, 3),
+            settle_timeout,
+            pace,
+            rss_after=early,
+        )
+    out["early_events"] = early
+    out["offered_events_per_second"] = pace
+    return out
+
+
+def memory_lines(out: dict[str, Any]) -> list[Result]:
+    """One row per stage: RSS at the end over RSS after the early events (goal: within 10%)."""
+    lines = []
+    for name in STAGES:
+        p = out["processes"].get(name)
+        if not p or not p.get("rss_mb_early"):
+            continue
+        lines.append(
+            Result(
+                f"RSS {name}: {out['events']:,} vs {out['early_events']:,} events",
+                p["rss_mb_end"],
+                "MB",
+                f"RSS after {out['early_events']:,}",
+                p["rss_mb_early"],
+                peak_rss_mb=p["peak_rss_mb"],
+            )
+        )
+    return lines
 
 
 def result_lines(out: dict[str, Any]) -> list[Result]:

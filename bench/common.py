@@ -137,6 +137,13 @@ class Metered:
         except (OSError, StopIteration, ValueError):
             return float(self.process.memory_info().rss) / 2**20
 
+    def rss_mb(self) -> float:
+        """Resident memory now (0 once the process is gone)."""
+        try:
+            return float(self.process.memory_info().rss) / 2**20
+        except psutil.Error:
+            return 0.0
+
     def report(self, events: int) -> dict[str, float]:
         """CPU seconds since start(), CPU-us per event and peak RSS, while the process lives."""
         try:

@@ -82,3 +82,11 @@ def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
     assert e2e["observer"]["records_scanned"] >= e2e["events"]
     assert e2e["checkpointed_p99_ms"] is not None
     assert all(r["rate"] > 0 for r in report["results"])
+    # The paced run (latency at a load the pipeline carries) and memory as the stream grows.
+    paced = e2e["paced"]
+    assert paced["complete"] and paced["queryable_p99_ms"] is not None, paced
+    memory = report["memory"]
+    assert memory["complete"], memory
+    for stage in ("webhook", "chainer", "sink"):
+        assert memory["processes"][stage]["rss_mb_early"] > 0, memory["processes"]
+        assert memory["processes"][stage]["rss_mb_end"] > 0, memory["processes"]
