@@ -169,8 +169,10 @@ def _fill_clickhouse(client: Any, db: str, chain: str, head: ChainHead, n: int, 
 
 def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
     """The ClickHouse cross-check of one chain of ``rows`` rows in embedded ClickHouse: in SQL
-    (the default) beside reading the rows into Python (--recompute-outside, on at most
-    ``python_rows`` of them), and an incremental run after 1% new rows beside a full run."""
+    on the read-only session ``sealtrail verify`` opens (the path users run) beside the
+    writable owner session with a scratch file (what this bench measured before), in SQL beside
+    reading the rows into Python (--recompute-outside, on at most ``python_rows`` of them), and
+    an incremental run after 1% new rows beside a full run."""
     import tempfile
     from pathlib import Path
 
@@ -184,6 +186,7 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
     )
     from processors.verifier.rows import verify_rows
     from sealtrail.infra import clickhouse
+    from sealtrail.infra.reader import as_reader
 
     home = Path(tempfile.mkdtemp(prefix="bench-verify-ch-"))
     settings = Settings(clickhouse=f"chdb://{home / 'ch'}", clickhouse_database="bench")
@@ -202,6 +205,14 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
     )
     full_s = time.perf_counter() - t0
     assert full.ok and full.records_verified == rows, full.findings
+    # The CLI's path: a read-only session (readonly=1 after the read limits), as open_reader
+    # gives `sealtrail verify` on an embedded store nobody else holds.
+    reader = as_reader(client, "bench")
+    t0 = time.perf_counter()
+    cli = check_chain(reader, "bench", chain, size=rows, expected_root=cr.root())
+    cli_s = time.perf_counter() - t0
+    reader.close()
+    assert cli.ok and cli.records_verified == rows, cli.findings
     py_n = min(rows, python_rows)
     t0 = time.perf_counter()
     py = verify_rows(
@@ -240,7 +251,15 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
     assert again.ok
     return [
         Result(
-            "verify: ClickHouse check in SQL (hash, links, root, decode)",
+            "verify: ClickHouse check, read-only session as `sealtrail verify` runs it",
+            rows / cli_s,
+            "rows/s",
+            "the same check on the writable owner session with a scratch file",
+            rows / full_s,
+            extra={"rows": rows, "readonly_s": cli_s, "writable_s": full_s},
+        ),
+        Result(
+            "verify: ClickHouse check in SQL, writable session (hash, links, root, decode)",
             rows / full_s,
             "rows/s",
             "the same check reading rows into Python",
