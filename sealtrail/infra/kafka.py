@@ -85,6 +85,10 @@ def consumer_conf(settings: Settings, group: str, **overrides: Any) -> dict[str,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
             "fetch.max.bytes": 52428800,
+            # Once the prefetch queue is full, fetch again this soon after it drains; librdkafka
+            # waits 1 s by default, which stalled any consumer slower than the broker (the
+            # verifier's replay spent more time waiting for fetches than checking records).
+            "fetch.queue.backoff.ms": 10,
             # A fetch answer always holds the next record batch whole, however large.
             "receive.message.max.bytes": RECEIVE_MAX_BYTES,
         }
