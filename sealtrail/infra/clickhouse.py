@@ -90,7 +90,13 @@ def _take_ownership(path: Path) -> None:
     """Hold an exclusive lock naming this process for as long as it lives."""
     if path in _owner_lock_fds:
         return
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ClickHouseError(
+            f"cannot create the owner lock of the embedded ClickHouse at {path} "
+            f"({exc.strerror}); make the directory writable (or free its disk) and start again"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -100,8 +106,11 @@ def _take_ownership(path: Path) -> None:
             "; stop it first, or point SEALTRAIL_CLICKHOUSE at a ClickHouse server"
         ) from None
     command = " ".join(os.path.basename(arg) for arg in sys.argv[:3])
-    os.ftruncate(fd, 0)
-    os.write(fd, f"process {os.getpid()} ({command})".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({command})".encode())
+    except OSError:
+        pass  # e.g. a full disk: the lock is what excludes others; the name only describes us
     _owner_lock_fds[path] = fd
 
 
