@@ -57,8 +57,7 @@ def webhook(
     from producers.webhook import WebhookOptions, WebhookServer
 
     settings = settings_of(ctx)
-    # Short: the webhook also starts (and answers 503) while Kafka is down.
-    check_login(settings, timeout=3.0)
+    # Built first: its options, token file and TLS files are refused before Kafka is touched.
     server = WebhookServer(
         settings,
         WebhookOptions(
@@ -76,6 +75,8 @@ def webhook(
             max_inflight=max_inflight,
         ),
     )
+    # Short: the webhook also starts (and answers 503) while Kafka is down.
+    check_login(settings, timeout=3.0)
     stop = StopFlag().install()
     tune_gc()
     port = server.start()
