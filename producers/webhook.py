@@ -141,6 +141,21 @@ class _Seen:
     body_bytes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Chained:
+    """A reject the chain now holds, as logged: its kind, full size, and its SHA-256 when the
+    chain holds only its first bytes (the rejected bytes themselves are not kept here)."""
+
+    kind: str
+    size: int
+    partial_sha256: str | None
+
+    @classmethod
+    def of(cls, reject: Reject) -> _Chained:
+        partial = reject.digest.hex() if reject.total_size > len(reject.raw) else None
+        return cls(str(reject.kind), reject.total_size, partial)
+
+
 class _BodyTooLarge(Exception):  # noqa: N818 - internal signal: over --max-body-bytes
     pass
 
@@ -174,7 +189,7 @@ class _Metrics:
         )
         self.rejected = Counter(
             "sealtrail_webhook_rejected_events",
-            "Events or bodies sent to the rejects topic.",
+            "Items or bodies chained as rejects (source=reject), once Kafka acknowledged them.",
             ["kind"],
             registry=r,
         )
@@ -417,6 +432,28 @@ class WebhookServer:
         )
         return web.json_response({"error": message}, status=status)
 
+    def _note_rejects(self, request: web.Request, chained: list[_Chained]) -> None:
+        """Count rejects Kafka acknowledged, and log them (one line per request): the API server
+        was answered for them, and one held only in part is an event the chain lacks whole."""
+        if not chained:
+            return
+        kinds: dict[str, int] = {}
+        for item in chained:
+            kinds[item.kind] = kinds.get(item.kind, 0) + 1
+            self.metrics.rejected.labels(item.kind).inc()
+        partial = [c for c in chained if c.partial_sha256 is not None]
+        held = "; ".join(f"{c.size} byte(s), sha256 {c.partial_sha256}" for c in partial[:10])
+        log.warning(
+            "chained %d reject(s) from %s (%s)%s",
+            len(chained),
+            request.remote,
+            ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items())),
+            f"; held only as their first {REJECT_KEEP_BYTES} bytes and SHA-256: {held}"
+            + (f" and {len(partial) - 10} more" if len(partial) > 10 else "")
+            if partial
+            else "",
+        )
+
     async def _acked(self, batch: Batch, done: asyncio.Future[str | None]) -> str | None:
         """Seal the request's batch and wait for Kafka: None once every record is stored."""
         batch.seal()
@@ -557,13 +594,12 @@ class WebhookServer:
             )
         if result is None:
             assert bad is not None
-            self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
+            self._note_rejects(request, [_Chained.of(bad)])
             return web.json_response({"error": bad.reason}, status=400)
         self.metrics.received.inc(count)
         accepted = count - len(result.rejects)
         self.metrics.produced.inc(accepted)
-        for rej in result.rejects:
-            self.metrics.rejected.labels(rej.kind).inc()
+        self._note_rejects(request, [_Chained.of(rej) for rej in result.rejects])
         return web.json_response({"accepted": accepted, "rejected": len(result.rejects)})
 
     async def _post_streamed(self, request: web.Request, cluster: str, seen: _Seen) -> web.Response:
@@ -581,6 +617,7 @@ class WebhookServer:
         raw_topic = self.settings.topics.raw
         key = cluster.encode("utf-8")
         accepted = rejected = 0
+        chained: list[_Chained] = []
         bad: str | None = None
         limit = self.options.max_body_bytes
         counted = 0  # events added to the in-flight count
@@ -621,7 +658,7 @@ class WebhookServer:
                     for outcome in outcomes:
                         if isinstance(outcome, Reject):
                             rejected += 1
-                            self.metrics.rejected.labels(outcome.kind).inc()
+                            chained.append(_Chained.of(outcome))
                             value = _reject_value(outcome, cluster, received)
                         else:
                             accepted += 1
@@ -633,8 +670,9 @@ class WebhookServer:
                 bad = f"{exc} ({accepted + rejected} item(s) before it were taken)"
                 while chunk := await next_chunk():
                     parser.drain(chunk)
-                self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
-                await put(_reject_value(parser.body_reject(bad), cluster, received))
+                body_reject = parser.body_reject(bad)
+                chained.append(_Chained.of(body_reject))
+                await put(_reject_value(body_reject, cluster, received))
             error = await self._acked(batch, done)
         except TimeoutError:
             batch.seal()
@@ -695,6 +733,7 @@ class WebhookServer:
             )
         self.metrics.received.inc(accepted + rejected)
         self.metrics.produced.inc(accepted)
+        self._note_rejects(request, chained)
         if bad is not None:
             return web.json_response(
                 {"error": bad, "accepted": accepted, "rejected": rejected}, status=400

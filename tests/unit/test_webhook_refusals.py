@@ -128,3 +128,57 @@ def test_the_refused_counter_says_where_503s_are_counted() -> None:
     # Its help names the codes it counts; 503s are in _unavailable_total{cause}.
     help_text = webhook_module._Metrics().refused._documentation
     assert "500" in help_text and "503" in help_text and "_unavailable" in help_text
+
+
+class _Storing:
+    """Stands in for ConfirmedProducer: stores every value at once (Kafka acknowledged it)."""
+
+    fatal = None
+
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    def produce_many(self, _batch: Any, _topic: str, _key: bytes, values: list[bytes]) -> None:
+        self.values.extend(values)
+
+    def produce(self, _batch: Any, _topic: str, _key: bytes, value: bytes) -> None:
+        self.values.append(value)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole-body", "streamed"])
+def test_chained_rejects_are_counted_and_logged_with_what_the_chain_holds_in_part(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, chunked: bool
+) -> None:
+    import hashlib
+    import json
+
+    from producers.k8s import REJECT_KEEP_BYTES
+    from schemas.codec import decode_audit_event
+
+    lines = _lines(5)
+    event = json.loads(lines[0])
+    event["requestObject"] = {"blob": "z" * (REJECT_KEEP_BYTES + 512 * 1024)}
+    over = json.dumps(event, separators=(",", ":")).encode()
+    items = [lines[1], over, b'{"kind":"Event","auditID":1}', lines[2]]
+    server = WebhookServer(
+        Settings(home=tmp_path),
+        WebhookOptions(insecure_no_auth=True, cluster="c1", max_event_bytes=REJECT_KEEP_BYTES),
+    )
+    producer = _Storing()
+    server._producer = producer  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="producers.webhook"):
+        status, metrics = asyncio.run(_post(server, event_list(items), chunked))
+    assert status == 200
+    assert 'sealtrail_webhook_rejected_events_total{kind="too_large"} 1.0' in metrics
+    assert 'sealtrail_webhook_rejected_events_total{kind="wrong_type"} 1.0' in metrics
+    chained = [decode_audit_event(v) for v in producer.values]
+    assert [e["original"] for e in chained if e["source"] == "k8s"] == [lines[1], lines[2]]
+    [too_large] = [e for e in chained if e["attributes"].get("kind") == "too_large"]
+    [message] = [r.getMessage() for r in caplog.records if "chained" in r.getMessage()]
+    assert "chained 2 reject(s)" in message and "too_large: 1, wrong_type: 1" in message
+    if chunked:
+        # Streamed, the chain holds its first MiB only: the log names it by size and hash.
+        assert too_large["attributes"]["truncated"] == "true"
+        assert f"{len(over)} byte(s), sha256 {hashlib.sha256(over).hexdigest()}" in message
+    else:
+        assert too_large["original"] == over and "held only" not in message
