@@ -261,9 +261,10 @@ def test_webhook_refuses_loose_token_file(settings: Settings, tmp_path: Path) ->
 
 
 def test_webhook_kafka_down_answers_503_then_stores_exactly_once(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A second broker of our own is stopped; the session broker keeps serving other tests."""
+    """A second broker of our own is stopped; the session broker keeps serving other tests.
+    Each 503 is logged with the request's size and events and counted."""
     from sealtrail.infra.topics import init_topics
     from sealtrail.stack import LocalKafka
     from tests.conftest import free_port_base
@@ -285,9 +286,15 @@ def test_webhook_kafka_down_answers_503_then_stores_exactly_once(
         body = event_list(lines)
         kafka.down()
         started = time.monotonic()
-        status, headers, _ = post(server.url(), body)
+        with caplog.at_level(logging.WARNING, logger="producers.webhook"):
+            status, headers, _ = post(server.url(), body)
         assert status == 503 and int(headers["Retry-After"]) > 0
         assert time.monotonic() - started < 8
+        [logged] = [r.getMessage() for r in caplog.records if "answered 503" in r.getMessage()]
+        assert "(kafka)" in logged and f"{len(body)} body byte(s) read" in logged
+        assert "30 event(s) seen" in logged
+        counted = get(server.url() + "metrics")[1].decode()
+        assert 'sealtrail_webhook_unavailable_total{cause="kafka"} 1.0' in counted
         assert get(server.url() + "healthz")[0] == 503
 
         kafka.up(port=port)
