@@ -134,6 +134,13 @@ def load(
         str | None,
         typer.Option(envvar="SEALTRAIL_WEBHOOK_TOKEN", help="Bearer token for --via webhook."),
     ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA certificate (PEM) an https --url is verified against: the webhook's "
+            "--tls-cert or its CA (default: the system's CAs)."
+        ),
+    ] = None,
 ) -> None:
     """Generate realistic synthetic audit events and send them."""
     from producers.load import send_kafka, send_webhook
@@ -142,7 +149,7 @@ def load(
         check_login(settings_of(ctx))
         stats = send_kafka(settings_of(ctx), count, rate, clusters, seed)
     elif via == "webhook":
-        stats = send_webhook(url, token, count, rate, clusters, seed)
+        stats = send_webhook(url, token, count, rate, clusters, seed, ca=ca)
     else:
         raise ConfigError(f"--via {via!r} is not known; use 'kafka' or 'webhook'")
     typer.echo(stats.summary())

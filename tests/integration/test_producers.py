@@ -457,6 +457,32 @@ def test_load_generator_sends_reproducible_events(settings: Settings) -> None:
     assert {e["original"] for e in events} == expected
 
 
+def test_load_generator_sends_to_a_tls_webhook_with_its_ca(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Tokens need TLS, so the load generator speaks https: verified against --ca."""
+    from producers.load import send_webhook
+    from sealtrail.infra.errors import ConfigError
+    from tests.integration.test_attack_webhook import Pki
+
+    pki = Pki(tmp_path)
+    server = started_webhook(settings, tmp_path, tls_cert=pki.server_cert, tls_key=pki.server_key)
+    try:
+        url = f"https://localhost:{server.port}/"
+        before = len(raw_events(settings))
+        stats = send_webhook(url, TOKEN_A, 120, 0, 2, 11, ca=pki.ca_file, progress=lambda *_: None)
+        assert stats.sent == 120
+        sent = {line for _cluster, line in generate(120, 2, seed=11)}
+        assert {e["original"] for e in raw_events(settings)[before:]} == sent
+        # Without the CA the certificate is not trusted: one sentence that says what to give.
+        with pytest.raises(ConfigError, match="does not trust .*give its CA with --ca"):
+            send_webhook(url, TOKEN_A, 10, 0, 1, 1, progress=lambda *_: None)
+        with pytest.raises(ConfigError, match="cannot load the CA file"):
+            send_webhook(url, TOKEN_A, 10, 0, 1, 1, ca=tmp_path / "absent.pem")
+    finally:
+        server.stop()
+
+
 def _grown(line: bytes, size: int, tag: str) -> bytes:
     """A real event grown to about ``size`` bytes by a large requestObject (as RequestResponse
     events of ConfigMaps and Secrets are), with its own auditID."""
