@@ -11,11 +11,13 @@ import asyncio
 import datetime as _dt
 import json
 import random
+import ssl
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from producers.k8s import Reject, RejectError, parse_line
 from producers.kafka_writer import Backpressure, Batch, ConfirmedProducer, now_us
@@ -268,13 +270,23 @@ def send_webhook(
     batch_size: int = WEBHOOK_BATCH,
     concurrency: int = 4,
     progress: Callable[[LoadStats, int], None] = _progress,
+    ca: Path | None = None,
 ) -> LoadStats:
     """POST generated events to a webhook as EventList batches (retrying 503s like the API server).
 
-    The webhook stamps the cluster from the token, so ``clusters`` only varies the content.
+    The webhook stamps the cluster from the token, so ``clusters`` only varies the content. An
+    https ``url`` is verified against the system's CAs, or against ``ca`` (a PEM file) if given.
     """
+    tls: ssl.SSLContext | bool = True
+    if ca is not None:
+        try:
+            tls = ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the CA file {ca} ({exc}); check --ca") from None
     return asyncio.run(
-        _send_webhook(url, token, count, rate, clusters, seed, batch_size, concurrency, progress)
+        _send_webhook(
+            url, token, count, rate, clusters, seed, batch_size, concurrency, progress, tls
+        )
     )
 
 
@@ -294,6 +306,7 @@ async def _send_webhook(
     batch_size: int,
     concurrency: int,
     progress: Callable[[LoadStats, int], None],
+    tls: ssl.SSLContext | bool,
 ) -> LoadStats:
     import aiohttp
 
@@ -312,15 +325,22 @@ async def _send_webhook(
                 return
             n = body.count(b'"kind":"Event"')
             for _attempt in range(30):
-                async with session.post(url, data=body, headers=headers) as resp:
-                    if resp.status == 200:
-                        break
-                    if resp.status == 503:
-                        await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
-                        continue
+                try:
+                    async with session.post(url, data=body, headers=headers, ssl=tls) as resp:
+                        if resp.status == 200:
+                            break
+                        if resp.status == 503:
+                            await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                            continue
+                        raise ConfigError(
+                            f"the webhook at {url} answered {resp.status}; "
+                            "check the URL and --token"
+                        )
+                except aiohttp.ClientConnectorCertificateError as exc:
                     raise ConfigError(
-                        f"the webhook at {url} answered {resp.status}; check the URL and --token"
-                    )
+                        f"the webhook at {url} presented a certificate this machine does not "
+                        f"trust ({exc.certificate_error}); give its CA with --ca"
+                    ) from None
             else:
                 raise KafkaUnavailable(f"the webhook at {url} kept answering 503; check Kafka")
             stats.sent += n

@@ -133,6 +133,29 @@ def load_tokens(path: Path, default_cluster: str | None) -> list[tuple[bytes, st
     return tokens
 
 
+@dataclass(slots=True)
+class _Seen:
+    """What a request has shown so far: reported when it ends in an unexpected error (500)."""
+
+    events: int = 0
+    body_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Chained:
+    """A reject the chain now holds, as logged: its kind, full size, and its SHA-256 when the
+    chain holds only its first bytes (the rejected bytes themselves are not kept here)."""
+
+    kind: str
+    size: int
+    partial_sha256: str | None
+
+    @classmethod
+    def of(cls, reject: Reject) -> _Chained:
+        partial = reject.digest.hex() if reject.total_size > len(reject.raw) else None
+        return cls(str(reject.kind), reject.total_size, partial)
+
+
 class _BodyTooLarge(Exception):  # noqa: N818 - internal signal: over --max-body-bytes
     pass
 
@@ -166,7 +189,7 @@ class _Metrics:
         )
         self.rejected = Counter(
             "sealtrail_webhook_rejected_events",
-            "Events or bodies sent to the rejects topic.",
+            "Items or bodies chained as rejects (source=reject), once Kafka acknowledged them.",
             ["kind"],
             registry=r,
         )
@@ -201,8 +224,8 @@ class _Metrics:
         )
         self.refused = Counter(
             "sealtrail_webhook_refused_requests",
-            "Requests answered 408, 413 or 5xx after authentication: the client must resend "
-            "them or lose their events.",
+            "Requests answered 408, 413 or 500 after authentication, or whose body broke off "
+            "(503s are in _unavailable): the client must resend them or lose their events.",
             ["code"],
             registry=r,
         )
@@ -347,8 +370,29 @@ class WebhookServer:
         return None
 
     # -- handlers --------------------------------------------------------------------------
-    def _unavailable(self, cause: str, message: str) -> web.Response:
+    def _unavailable(
+        self,
+        cause: str,
+        message: str,
+        request: web.Request,
+        events: int,
+        body_bytes: int,
+        detail: str = "",
+    ) -> web.Response:
+        """A 503 + Retry-After: the client must send the batch again. Logged with the request's
+        size and events, counted in ``_unavailable_total{cause}``."""
         self.metrics.unavailable.labels(cause).inc()
+        log.warning(
+            "answered 503 (%s) to %s: %s%s (%d body byte(s) read, Content-Length %s, "
+            "%d event(s) seen)",
+            cause,
+            request.remote,
+            message,
+            f": {detail}" if detail else "",
+            body_bytes,
+            request.content_length,
+            events,
+        )
         return web.json_response(
             {"error": message},
             status=503,
@@ -388,6 +432,28 @@ class WebhookServer:
         )
         return web.json_response({"error": message}, status=status)
 
+    def _note_rejects(self, request: web.Request, chained: list[_Chained]) -> None:
+        """Count rejects Kafka acknowledged, and log them (one line per request): the API server
+        was answered for them, and one held only in part is an event the chain lacks whole."""
+        if not chained:
+            return
+        kinds: dict[str, int] = {}
+        for item in chained:
+            kinds[item.kind] = kinds.get(item.kind, 0) + 1
+            self.metrics.rejected.labels(item.kind).inc()
+        partial = [c for c in chained if c.partial_sha256 is not None]
+        held = "; ".join(f"{c.size} byte(s), sha256 {c.partial_sha256}" for c in partial[:10])
+        log.warning(
+            "chained %d reject(s) from %s (%s)%s",
+            len(chained),
+            request.remote,
+            ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items())),
+            f"; held only as their first {REJECT_KEEP_BYTES} bytes and SHA-256: {held}"
+            + (f" and {len(partial) - 10} more" if len(partial) > 10 else "")
+            if partial
+            else "",
+        )
+
     async def _acked(self, batch: Batch, done: asyncio.Future[str | None]) -> str | None:
         """Seal the request's batch and wait for Kafka: None once every record is stored."""
         batch.seal()
@@ -398,12 +464,28 @@ class WebhookServer:
 
     async def handle_post(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
+        seen = _Seen()
         try:
-            return await self._post(request)
+            return await self._post(request, seen)
+        except web.HTTPException:
+            raise
+        except Exception:  # noqa: BLE001 - a bug: answered, logged and counted like a refusal
+            log.exception(
+                "answered 500 to %s: unexpected error (%d body byte(s) read, Content-Length %s, "
+                "%d event(s) seen)",
+                request.remote,
+                seen.body_bytes,
+                request.content_length,
+                seen.events,
+            )
+            self.metrics.refused.labels("500").inc()
+            resp = web.json_response({"error": "internal error; retry"}, status=500)
+            resp.force_close()  # the rest of the body may still be on its way
+            return resp
         finally:
             self.metrics.latency.observe(time.perf_counter() - started)
 
-    async def _post(self, request: web.Request) -> web.Response:
+    async def _post(self, request: web.Request, seen: _Seen) -> web.Response:
         cluster = self._cluster_of(request)
         if cluster is None:
             self.metrics.auth_failures.inc()
@@ -420,9 +502,13 @@ class WebhookServer:
                 status=415,
             )
         if self._stopping is not None and self._stopping.is_set():
-            return self._unavailable("stopping", "the webhook is shutting down; retry")
+            return self._unavailable(
+                "stopping", "the webhook is shutting down; retry", request, 0, 0
+            )
         if self._inflight >= self.options.max_inflight:
-            return self._unavailable("backpressure", "too many events wait for Kafka; retry")
+            return self._unavailable(
+                "backpressure", "too many events wait for Kafka; retry", request, 0, 0
+            )
         length = request.content_length
         limit = self.options.max_body_bytes
         if limit and length is not None and length > limit:
@@ -430,7 +516,7 @@ class WebhookServer:
             resp.force_close()  # do not read the rest of an oversize body
             return resp
         if length is None or length > WHOLE_BODY_BYTES:
-            return await self._post_streamed(request, cluster)
+            return await self._post_streamed(request, cluster, seen)
         try:
             body = await asyncio.wait_for(self._read_body(request), self.options.read_timeout)
         except TimeoutError:
@@ -453,6 +539,7 @@ class WebhookServer:
             )
             resp.force_close()  # do not read the rest of an oversize body
             return resp
+        seen.body_bytes = len(body)
         producer = self._usable_producer()
         assert self._loop is not None
         received = now_us()
@@ -468,6 +555,7 @@ class WebhookServer:
             result = None
             bad = _body_reject(str(exc), body, self.options.max_event_bytes)
         count = 0 if result is None else len(result.values) + len(result.rejects)
+        seen.events = count
         self._inflight += max(count, 1)
         self.metrics.inflight.set(self._inflight)
         try:
@@ -482,7 +570,13 @@ class WebhookServer:
             error = await self._acked(batch, done)
         except Backpressure:
             batch.seal()
-            return self._unavailable("backpressure", "the Kafka producer queue is full; retry")
+            return self._unavailable(
+                "backpressure",
+                "the Kafka producer queue is full; retry",
+                request,
+                count,
+                len(body),
+            )
         except DeliveryFailed as exc:
             batch.seal()
             error = str(exc)
@@ -490,20 +584,25 @@ class WebhookServer:
             self._inflight -= max(count, 1)
             self.metrics.inflight.set(self._inflight)
         if error is not None:
-            log.warning("Kafka did not acknowledge a batch of %d event(s): %s", count, error)
-            return self._unavailable("kafka", "Kafka did not acknowledge the events; retry")
+            return self._unavailable(
+                "kafka",
+                "Kafka did not acknowledge the events; retry",
+                request,
+                count,
+                len(body),
+                error,
+            )
         if result is None:
             assert bad is not None
-            self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
+            self._note_rejects(request, [_Chained.of(bad)])
             return web.json_response({"error": bad.reason}, status=400)
         self.metrics.received.inc(count)
         accepted = count - len(result.rejects)
         self.metrics.produced.inc(accepted)
-        for rej in result.rejects:
-            self.metrics.rejected.labels(rej.kind).inc()
+        self._note_rejects(request, [_Chained.of(rej) for rej in result.rejects])
         return web.json_response({"accepted": accepted, "rejected": len(result.rejects)})
 
-    async def _post_streamed(self, request: web.Request, cluster: str) -> web.Response:
+    async def _post_streamed(self, request: web.Request, cluster: str, seen: _Seen) -> web.Response:
         """A large (or chunked) body: parse and produce item by item as it arrives.
 
         Memory holds one item and what Kafka has not acknowledged yet. Items before a break in
@@ -518,6 +617,7 @@ class WebhookServer:
         raw_topic = self.settings.topics.raw
         key = cluster.encode("utf-8")
         accepted = rejected = 0
+        chained: list[_Chained] = []
         bad: str | None = None
         limit = self.options.max_body_bytes
         counted = 0  # events added to the in-flight count
@@ -542,6 +642,7 @@ class WebhookServer:
                 request.content.read(CHUNK_BYTES), self.options.read_timeout
             )
             read += len(chunk)
+            seen.events, seen.body_bytes = parser.items, read
             if limit and read > limit:
                 raise _BodyTooLarge
             return chunk
@@ -557,7 +658,7 @@ class WebhookServer:
                     for outcome in outcomes:
                         if isinstance(outcome, Reject):
                             rejected += 1
-                            self.metrics.rejected.labels(outcome.kind).inc()
+                            chained.append(_Chained.of(outcome))
                             value = _reject_value(outcome, cluster, received)
                         else:
                             accepted += 1
@@ -569,8 +670,9 @@ class WebhookServer:
                 bad = f"{exc} ({accepted + rejected} item(s) before it were taken)"
                 while chunk := await next_chunk():
                     parser.drain(chunk)
-                self.metrics.rejected.labels(RejectKind.BAD_BODY).inc()
-                await put(_reject_value(parser.body_reject(bad), cluster, received))
+                body_reject = parser.body_reject(bad)
+                chained.append(_Chained.of(body_reject))
+                await put(_reject_value(body_reject, cluster, received))
             error = await self._acked(batch, done)
         except TimeoutError:
             batch.seal()
@@ -607,7 +709,13 @@ class WebhookServer:
             return resp
         except Backpressure:
             batch.seal()
-            return self._unavailable("backpressure", "the Kafka producer queue is full; retry")
+            return self._unavailable(
+                "backpressure",
+                "the Kafka producer queue is full; retry",
+                request,
+                parser.items,
+                read,
+            )
         except DeliveryFailed as exc:
             batch.seal()
             error = str(exc)
@@ -615,15 +723,17 @@ class WebhookServer:
             self._inflight -= counted
             self.metrics.inflight.set(self._inflight)
         if error is not None:
-            log.warning(
-                "Kafka did not acknowledge a streamed body of %d byte(s), %d item(s): %s",
-                parser.size,
+            return self._unavailable(
+                "kafka",
+                "Kafka did not acknowledge the events; retry",
+                request,
                 parser.items,
+                read,
                 error,
             )
-            return self._unavailable("kafka", "Kafka did not acknowledge the events; retry")
         self.metrics.received.inc(accepted + rejected)
         self.metrics.produced.inc(accepted)
+        self._note_rejects(request, chained)
         if bad is not None:
             return web.json_response(
                 {"error": bad, "accepted": accepted, "rejected": rejected}, status=400

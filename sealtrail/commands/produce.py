@@ -57,8 +57,7 @@ def webhook(
     from producers.webhook import WebhookOptions, WebhookServer
 
     settings = settings_of(ctx)
-    # Short: the webhook also starts (and answers 503) while Kafka is down.
-    check_login(settings, timeout=3.0)
+    # Built first: its options, token file and TLS files are refused before Kafka is touched.
     server = WebhookServer(
         settings,
         WebhookOptions(
@@ -76,6 +75,8 @@ def webhook(
             max_inflight=max_inflight,
         ),
     )
+    # Short: the webhook also starts (and answers 503) while Kafka is down.
+    check_login(settings, timeout=3.0)
     stop = StopFlag().install()
     tune_gc()
     port = server.start()
@@ -133,6 +134,13 @@ def load(
         str | None,
         typer.Option(envvar="SEALTRAIL_WEBHOOK_TOKEN", help="Bearer token for --via webhook."),
     ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA certificate (PEM) an https --url is verified against: the webhook's "
+            "--tls-cert or its CA (default: the system's CAs)."
+        ),
+    ] = None,
 ) -> None:
     """Generate realistic synthetic audit events and send them."""
     from producers.load import send_kafka, send_webhook
@@ -141,7 +149,7 @@ def load(
         check_login(settings_of(ctx))
         stats = send_kafka(settings_of(ctx), count, rate, clusters, seed)
     elif via == "webhook":
-        stats = send_webhook(url, token, count, rate, clusters, seed)
+        stats = send_webhook(url, token, count, rate, clusters, seed, ca=ca)
     else:
         raise ConfigError(f"--via {via!r} is not known; use 'kafka' or 'webhook'")
     typer.echo(stats.summary())

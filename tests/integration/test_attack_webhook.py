@@ -488,16 +488,25 @@ def test_raw_socket_garbage_and_http_abuse(
 
 
 def test_body_over_a_configured_limit_is_refused_without_reading_it(
-    settings: Settings, tmp_path: Path, good_items: list[bytes]
+    settings: Settings,
+    tmp_path: Path,
+    good_items: list[bytes],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """By default no body is too large (they are streamed); an operator's --max-body-bytes is
-    enforced with 413, and each refusal is logged and counted."""
+    enforced with 413, and each refusal is logged (with its size and events seen) and counted."""
     hook = started_webhook(settings, tmp_path, max_body_bytes=10 * 1024 * 1024)
     try:
-        _refuse_oversize_bodies(settings, hook, good_items)
+        with caplog.at_level(logging.WARNING, logger="producers.webhook"):
+            _refuse_oversize_bodies(settings, hook, good_items)
         assert metric(hook, 'sealtrail_webhook_refused_requests_total{code="413"}') == 2
     finally:
         hook.stop()
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("answered 413")]
+    assert len(logged) == 2, caplog.text
+    announced, chunked = logged
+    assert f"Content-Length {11 * 1024 * 1024}" in announced and "event(s) seen" in announced
+    assert "Content-Length None" in chunked and "body byte(s) read" in chunked
 
 
 def _refuse_oversize_bodies(

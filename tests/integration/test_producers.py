@@ -261,9 +261,10 @@ def test_webhook_refuses_loose_token_file(settings: Settings, tmp_path: Path) ->
 
 
 def test_webhook_kafka_down_answers_503_then_stores_exactly_once(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A second broker of our own is stopped; the session broker keeps serving other tests."""
+    """A second broker of our own is stopped; the session broker keeps serving other tests.
+    Each 503 is logged with the request's size and events and counted."""
     from sealtrail.infra.topics import init_topics
     from sealtrail.stack import LocalKafka
     from tests.conftest import free_port_base
@@ -285,9 +286,15 @@ def test_webhook_kafka_down_answers_503_then_stores_exactly_once(
         body = event_list(lines)
         kafka.down()
         started = time.monotonic()
-        status, headers, _ = post(server.url(), body)
+        with caplog.at_level(logging.WARNING, logger="producers.webhook"):
+            status, headers, _ = post(server.url(), body)
         assert status == 503 and int(headers["Retry-After"]) > 0
         assert time.monotonic() - started < 8
+        [logged] = [r.getMessage() for r in caplog.records if "answered 503" in r.getMessage()]
+        assert "(kafka)" in logged and f"{len(body)} body byte(s) read" in logged
+        assert "30 event(s) seen" in logged
+        counted = get(server.url() + "metrics")[1].decode()
+        assert 'sealtrail_webhook_unavailable_total{cause="kafka"} 1.0' in counted
         assert get(server.url() + "healthz")[0] == 503
 
         kafka.up(port=port)
@@ -448,6 +455,32 @@ def test_load_generator_sends_reproducible_events(settings: Settings) -> None:
     assert {e["cluster"] for e in events} == {"cluster-1", "cluster-2", "cluster-3"}
     expected = {line for _cluster, line in generate(300, 3, seed=7)}
     assert {e["original"] for e in events} == expected
+
+
+def test_load_generator_sends_to_a_tls_webhook_with_its_ca(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Tokens need TLS, so the load generator speaks https: verified against --ca."""
+    from producers.load import send_webhook
+    from sealtrail.infra.errors import ConfigError
+    from tests.integration.test_attack_webhook import Pki
+
+    pki = Pki(tmp_path)
+    server = started_webhook(settings, tmp_path, tls_cert=pki.server_cert, tls_key=pki.server_key)
+    try:
+        url = f"https://localhost:{server.port}/"
+        before = len(raw_events(settings))
+        stats = send_webhook(url, TOKEN_A, 120, 0, 2, 11, ca=pki.ca_file, progress=lambda *_: None)
+        assert stats.sent == 120
+        sent = {line for _cluster, line in generate(120, 2, seed=11)}
+        assert {e["original"] for e in raw_events(settings)[before:]} == sent
+        # Without the CA the certificate is not trusted: one sentence that says what to give.
+        with pytest.raises(ConfigError, match="does not trust .*give its CA with --ca"):
+            send_webhook(url, TOKEN_A, 10, 0, 1, 1, progress=lambda *_: None)
+        with pytest.raises(ConfigError, match="cannot load the CA file"):
+            send_webhook(url, TOKEN_A, 10, 0, 1, 1, ca=tmp_path / "absent.pem")
+    finally:
+        server.stop()
 
 
 def _grown(line: bytes, size: int, tag: str) -> bytes:

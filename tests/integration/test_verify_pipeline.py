@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -11,7 +13,7 @@ from processors.chainer import Chainer, ChainerOptions
 from processors.integrity.keys import write_keypair
 from processors.sink import Sink, SinkOptions
 from producers.k8s import Reject, parse_line, reject_event
-from schemas.codec import encode_audit_event
+from schemas.codec import decode_audit_event, encode_audit_event
 from sealtrail.infra import clickhouse
 from sealtrail.infra.config import Settings
 from sealtrail.infra.kafka import producer_conf
@@ -66,13 +68,17 @@ def test_large_events_and_rejects_are_chained_loaded_and_verified(
     settings: Settings, tmp_path: Path
 ) -> None:
     """Events of 150 KB to 20 MB and a chained reject go through the real chainer and sink
-    (records far over Kafka's 1 MB default) and verify, in Kafka and in ClickHouse."""
+    (records far over Kafka's 1 MB default) and verify, in Kafka and in ClickHouse. The data is
+    base64 of random bytes, as a Secret's would be: lz4 does not shrink it, so the 20 MB record
+    is over the local broker's 12 MiB message.max.bytes and only the topics' limit lets it in."""
     line = json.loads(good_lines()[0])
     sizes = (150_000, 400_000, 900_000, 20_000_000)
+    rng = random.Random(17)
     values = []
     originals = []
     for n in sizes:
-        event = dict(line, auditID=f"large-{n}", requestObject={"data": {"blob": "q" * n}})
+        blob = base64.b64encode(rng.randbytes(n * 3 // 4)).decode()
+        event = dict(line, auditID=f"large-{n}", requestObject={"data": {"blob": blob}})
         raw = json.dumps(event).encode()
         originals.append(raw)
         values.append(encode_audit_event(parse_line(raw, "c1", 1_700_000_000_000_000)))
@@ -95,3 +101,10 @@ def test_large_events_and_rejects_are_chained_loaded_and_verified(
     assert [r[0] for r in rows] == ["k8s"] * 4 + ["reject"]
     assert [r[1] > n for r, n in zip(rows, sizes, strict=False)] == [True] * 4
     assert rows[4][2] == "50000000"
+    # The exact bytes of every event, from the payloads ClickHouse holds.
+    payloads_held = client.query(
+        f"SELECT hex(payload) FROM {settings.clickhouse_database}.events"
+        f" WHERE source = 'k8s' ORDER BY seq"
+    ).result_rows
+    held = [bytes(decode_audit_event(bytes.fromhex(p))["original"]) for (p,) in payloads_held]
+    assert held == originals
