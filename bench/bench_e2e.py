@@ -450,6 +450,8 @@ def run_e2e(
             meter.start()
         acked: dict[str, float] = {}
         rss_early: dict[str, float] = {}
+        clickhouse_early: dict[str, float] = {}
+        clickhouse_end: dict[str, float] = {}
         sampled = threading.Event()
         if rss_after is not None:
             per_batch = events / len(batches)
@@ -458,6 +460,7 @@ def run_e2e(
                 while not sampled.wait(0.2):
                     if len(acked) * per_batch >= rss_after:
                         rss_early.update({n: m.rss_mb() for n, m in meters.items()})
+                        clickhouse_early.update(clickhouse_memory(settings))
                         return
 
             threading.Thread(target=sample_early, daemon=True).start()
@@ -475,6 +478,7 @@ def run_e2e(
             for name, meter in meters.items():
                 processes[name]["rss_mb_early"] = round(rss_early.get(name, 0.0), 1)
                 processes[name]["rss_mb_end"] = round(meter.rss_mb(), 1)
+            clickhouse_end = clickhouse_memory(settings)
     finally:
         if observed is not None:
             _stop(observed.process)
@@ -496,6 +500,7 @@ def run_e2e(
             sum(p["cpu_us_per_event"] for n, p in processes.items() if n in STAGES), 1
         ),
         "processes": processes,
+        "sink_clickhouse_memory": {"early": clickhouse_early, "end": clickhouse_end},
         "observer": _observer_report(observer, events),
         "load_generator": {
             "cpu_seconds": round(load_cpu_s, 3),
@@ -545,6 +550,35 @@ def run(
     return result
 
 
+_CLICKHOUSE_MEMORY_SQL = (
+    "SELECT (SELECT value FROM system.metrics WHERE metric = 'MemoryTracking') AS tracked, "
+    "(SELECT count() FROM system.parts WHERE active) AS parts, "
+    "(SELECT sum(primary_key_bytes_in_memory_allocated) FROM system.parts WHERE active) AS pk, "
+    "(SELECT sum(rows) FROM system.parts WHERE active AND table = 'events') AS event_rows"
+)
+
+
+def clickhouse_memory(settings: Any) -> dict[str, float]:
+    """What the sink's embedded ClickHouse holds in memory (MB tracked by ClickHouse itself,
+    active parts, primary-key bytes), asked once through the sink's read-only socket with
+    ``sealtrail query`` (a second process: a one-off cost, not a watcher). Empty if it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sealtrail.cli", "query", "--format", "json",
+         _CLICKHOUSE_MEMORY_SQL],
+        env=child_env(settings), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    try:
+        row = json.loads(done.stdout)[0]
+        return {
+            "tracked_mb": round(float(row["tracked"]) / 2**20, 1),
+            "active_parts": float(row["parts"]),
+            "primary_key_mb": round(float(row["pk"] or 0) / 2**20, 2),
+            "event_rows": float(row["event_rows"] or 0),
+        }
+    except (ValueError, KeyError, IndexError, TypeError):
+        return {}
+
+
 def run_memory(
     events: int,
     early: int,
@@ -589,6 +623,19 @@ def memory_lines(out: dict[str, Any]) -> list[Result]:
                 f"RSS after {out['early_events']:,}",
                 p["rss_mb_early"],
                 peak_rss_mb=p["peak_rss_mb"],
+            )
+        )
+    ch = out.get("sink_clickhouse_memory") or {}
+    early, end = ch.get("early") or {}, ch.get("end") or {}
+    if early.get("tracked_mb") and end.get("tracked_mb"):
+        lines.append(
+            Result(
+                f"ClickHouse-tracked memory in the sink ({end.get('active_parts', 0):.0f} vs "
+                f"{early.get('active_parts', 0):.0f} active parts)",
+                end["tracked_mb"],
+                "MB",
+                f"after {out['early_events']:,}",
+                early["tracked_mb"],
             )
         )
     return lines

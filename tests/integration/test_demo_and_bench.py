@@ -90,3 +90,7 @@ def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
     for stage in ("webhook", "chainer", "sink"):
         assert memory["processes"][stage]["rss_mb_early"] > 0, memory["processes"]
         assert memory["processes"][stage]["rss_mb_end"] > 0, memory["processes"]
+    # ClickHouse's own account of the sink's memory, read through the sink's read-only socket.
+    for when in ("early", "end"):
+        assert memory["sink_clickhouse_memory"][when]["tracked_mb"] > 0, memory
+    assert memory["sink_clickhouse_memory"]["end"]["event_rows"] >= memory["events"], memory
