@@ -557,3 +557,21 @@ def test_generic_event_type_errors(bad: dict[str, Any]) -> None:
     args.update(bad)
     with pytest.raises(TypeError):
         generic_event(**args)
+
+
+def test_datum_keys_are_the_schema_fields_in_order() -> None:
+    """The one spelling of the AuditEvent keys is the schema's, and every builder uses it."""
+    from producers import k8s
+
+    schema = json.loads(
+        (Path(k8s.__file__).parents[1] / "schemas" / "audit_event.avsc").read_text()
+    )
+    fields = [f["name"] for f in schema["fields"]]
+    assert list(k8s.audit_event("c", "k8s", 1, b"{}")) == fields
+    assert list(generic_event("c", "a", "b", "r", "o", None, 1, "id", received_at_us=2)) == fields
+    parsed = parse_body((K8S_AUDIT_SAMPLES / "attach_pod.json").read_bytes(), "c", 1)
+    assert parsed.events and not parsed.rejects
+    for datum in parsed.events:  # the fast path's datum
+        assert list(datum) == fields
+    with pytest.raises(TypeError, match="no field"):
+        k8s.audit_event("c", "k8s", 1, b"{}", verbb="get")
