@@ -48,7 +48,7 @@ from processors.proofs import (
     verify_proof,
 )
 from processors.verifier.kafka_source import ChainJob, keyring_text, run_job
-from schemas.codec import encode_chained
+from schemas.chained import record_value
 from sealtrail.infra.config import Settings
 from sealtrail.infra.kafka import producer_conf
 from sealtrail.infra.kafka_read import read_range, reader
@@ -69,17 +69,7 @@ def _fill(settings: Settings, n: int, signer: Signer) -> int:
         payload = payloads[i % len(payloads)]
         rec = link(head, i, 1_700_000_000_000_000 + i, payload)
         cr.append(rec.hash)
-        value = encode_chained(
-            {
-                "chain": chain,
-                "seq": rec.seq,
-                "prev_hash": rec.prev_hash,
-                "hash": rec.hash,
-                "source_offset": rec.source_offset,
-                "ingested_at": rec.ingested_at_us,
-                "payload": rec.payload,
-            }
-        )
+        value = record_value(rec)
         total += len(value)
         producer.produce(settings.topics.chain, value, partition=0)
         if (i + 1) % 1000 == 0 or i + 1 == n:

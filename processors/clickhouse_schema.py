@@ -23,8 +23,10 @@ from sealtrail.infra.clickhouse import command, validate_identifier
 
 __all__ = [
     "CHECKPOINT_COLUMNS",
+    "DECODED_COLUMNS",
     "EVENT_COLUMNS",
     "MIGRATIONS",
+    "RECORD_COLUMNS",
     "REJECT_COLUMNS",
     "SUBTREE_COLUMNS",
     "VIEWS",
@@ -33,8 +35,10 @@ __all__ = [
     "migrate",
 ]
 
-# Insert order of the events table (the sink builds its column lists in this order).
-EVENT_COLUMNS: tuple[str, ...] = (
+# The events columns a chained record's own fields fill (what its hash covers, docs/FORMAT.md
+# section 2), then those the sink decodes from its payload; EVENT_COLUMNS is both, in insert
+# order (the sink builds its column lists in this order).
+RECORD_COLUMNS: tuple[str, ...] = (
     "chain",
     "seq",
     "prev_hash",
@@ -42,6 +46,8 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "source_offset",
     "ingested_at",
     "payload",
+)
+DECODED_COLUMNS: tuple[str, ...] = (
     "decode_ok",
     "cluster",
     "source",
@@ -71,6 +77,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "outcome",
     "attributes",
 )
+EVENT_COLUMNS: tuple[str, ...] = RECORD_COLUMNS + DECODED_COLUMNS
 
 REJECT_COLUMNS: tuple[str, ...] = (
     "chain",

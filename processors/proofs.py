@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from processors.integrity import merkle
+from processors.integrity.chains import origin_names_chain
 from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint
 from processors.integrity.errors import (
     ChainBroken,
@@ -241,7 +242,7 @@ def _open(note: Any, ring: KeyRing, chain: str) -> tuple[Checkpoint, str]:
     if not isinstance(note, str):
         raise ProofInvalid("the proof carries no checkpoint note; the file is corrupt")
     cp = open_checkpoint(note, ring)
-    if not cp.origin.endswith("/" + chain):
+    if not origin_names_chain(cp.origin, chain):
         raise ProofInvalid(
             f"the checkpoint is for {cp.origin!r}, not chain {chain!r}; "
             "the proof was tampered with",

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from processors.clickhouse_schema import EVENT_COLUMNS
+from processors.clickhouse_schema import DECODED_COLUMNS, EVENT_COLUMNS
 from processors.integrity import subtrees
 from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, origin_for
 from processors.integrity.errors import IntegrityError
@@ -45,8 +45,6 @@ __all__ = [
 ]
 
 MAX_FALLBACK_LEAVES = 1 << 22  # leaves hashed for nodes the sink has not written yet
-_CHAINED = ("chain", "seq", "prev_hash", "hash", "source_offset", "ingested_at", "payload")
-DECODED = tuple(c for c in EVENT_COLUMNS if c not in _CHAINED)
 _TIMES = {"ingested_at", "event_time", "received_at"}
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -200,7 +198,7 @@ def _check_row(chain: str, row: Mapping[str, Any], shown: Mapping[str, tuple[str
         return "its record hash does not recompute from its columns"
     columns, _failed = event_columns([rec])
     expected = {n: _norm(v[0]) for n, v in zip(EVENT_COLUMNS, columns, strict=True)}
-    for name in DECODED:
+    for name in DECODED_COLUMNS:
         if _norm(_micros(row[name]) if name in _TIMES else row[name]) != expected[name]:
             return f"its column {name} does not match its payload"
     for name, (_type, value) in shown.items():

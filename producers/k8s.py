@@ -132,18 +132,15 @@ def over_limit_reason(size: int, limit: int) -> str:
     return f"event is {size} bytes, over the {limit} byte limit"
 
 
-def audit_event(
-    cluster: str, source: str, received_at_us: int, original: bytes, **fields: Any
-) -> dict[str, Any]:
-    """An AuditEvent datum: ``fields`` over the schema's defaults (schemas/audit_event.avsc).
-
-    The one place the datum's 33 keys are spelled out; a key the schema lacks raises
-    ``TypeError`` (a typo would otherwise be dropped by the encoder)."""
-    datum: dict[str, Any] = {
-        "cluster": cluster,
-        "source": source,
-        "received_at": received_at_us,
-        "original": original,
+def _blank_datum() -> dict[str, Any]:
+    """An AuditEvent datum holding the schema's defaults (schemas/audit_event.avsc), its keys in
+    schema order, with new lists and maps on each call: the one place the datum's 33 keys are
+    spelled out. :func:`audit_event` and the fast path's datum fill it in."""
+    return {
+        "cluster": "",
+        "source": "",
+        "received_at": 0,
+        "original": b"",
         "api_version": "",
         "audit_id": "",
         "stage": "",
@@ -174,9 +171,28 @@ def audit_event(
         "outcome": "",
         "attributes": {},
     }
+
+
+_KEYS = tuple(_blank_datum())
+# The fields the fast path decodes from an event, api_version to annotations, in schema order.
+_FIELD_NAMES = _KEYS[_KEYS.index("api_version") : _KEYS.index("annotations") + 1]
+
+
+def audit_event(
+    cluster: str, source: str, received_at_us: int, original: bytes, **fields: Any
+) -> dict[str, Any]:
+    """An AuditEvent datum: ``fields`` over the schema's defaults (:func:`_blank_datum`).
+
+    A key the schema lacks raises ``TypeError`` (a typo would otherwise be dropped by the
+    encoder)."""
+    datum = _blank_datum()
     unknown = fields.keys() - datum.keys()
     if unknown:
         raise TypeError(f"AuditEvent has no field(s) {', '.join(sorted(unknown))}")
+    datum["cluster"] = cluster
+    datum["source"] = source
+    datum["received_at"] = received_at_us
+    datum["original"] = original
     datum.update(fields)
     return datum
 
@@ -615,46 +631,16 @@ def _fast_fields(ev: _Event, list_api: str, in_list: bool) -> tuple[Any, ...]:
     )
 
 
-_FIELD_NAMES = (
-    "api_version",
-    "audit_id",
-    "stage",
-    "level",
-    "verb",
-    "request_uri",
-    "user_name",
-    "user_uid",
-    "user_groups",
-    "user_extra",
-    "impersonated_user",
-    "source_ips",
-    "user_agent",
-    "object_resource",
-    "object_namespace",
-    "object_name",
-    "object_subresource",
-    "object_api_group",
-    "object_api_version",
-    "object_uid",
-    "response_code",
-    "request_received_at",
-    "stage_at",
-    "annotations",
-)
-
-
 def _fast_datum(
     ev: _Event, raw: bytes, cluster: str, received_at_us: int, list_api: str, in_list: bool
 ) -> dict[str, Any]:
     """The datum of a decoded event, or :class:`_Refused` if a rule beyond the types fails."""
-    datum: dict[str, Any] = {
-        "cluster": cluster,
-        "source": "k8s",
-        "received_at": received_at_us,
-        "original": raw,
-    }
+    datum = _blank_datum()
+    datum["cluster"] = cluster
+    datum["source"] = "k8s"
+    datum["received_at"] = received_at_us
+    datum["original"] = raw
     datum.update(zip(_FIELD_NAMES, _fast_fields(ev, list_api, in_list), strict=True))
-    datum.update(actor="", action="", resource="", outcome="", attributes={})
     return datum
 
 
@@ -1077,42 +1063,20 @@ def generic_event(
         event_id,
         received_at_us,
     )
-    # The datum spelled out (not audit_event()): this runs once per SDK event.
-    return {
-        "cluster": cluster,
-        "source": "generic",
-        "received_at": received_at_us,
-        "original": original,
-        "api_version": "",
-        "audit_id": event_id,
-        "stage": "",
-        "level": "",
-        "verb": "",
-        "request_uri": "",
-        "user_name": "",
-        "user_uid": "",
-        "user_groups": [],
-        "user_extra": {},
-        "impersonated_user": None,
-        "source_ips": [],
-        "user_agent": "",
-        "object_resource": "",
-        "object_namespace": "",
-        "object_name": "",
-        "object_subresource": "",
-        "object_api_group": "",
-        "object_api_version": "",
-        "object_uid": "",
-        "response_code": None,
-        "request_received_at": timestamp_us,
-        "stage_at": timestamp_us,
-        "annotations": {},
-        "actor": actor,
-        "action": action,
-        "resource": resource,
-        "outcome": outcome,
-        "attributes": attrs,
-    }
+    return audit_event(
+        cluster,
+        "generic",
+        received_at_us,
+        original,
+        audit_id=event_id,
+        request_received_at=timestamp_us,
+        stage_at=timestamp_us,
+        actor=actor,
+        action=action,
+        resource=resource,
+        outcome=outcome,
+        attributes=attrs,
+    )
 
 
 def encode_generic_event(

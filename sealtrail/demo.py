@@ -7,6 +7,7 @@ does; each is a real ``sealtrail`` command, so what the demo shows is what a use
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import secrets
@@ -307,38 +308,38 @@ class Demo:
         from confluent_kafka import Producer
 
         from processors.integrity.record import record_hash
-        from schemas import codec
+        from schemas.chained import record_value, value_record
         from sealtrail.infra.kafka_read import read_tail, reader
 
         settings = Settings(kafka=env[config.ENV_KAFKA], topic_prefix=SCRATCH_PREFIX)
         consumer = reader(settings)
-        last = codec.decode_chained(
-            read_tail(consumer, settings.topics.chain, 0, 1)[0].value() or b""
-        )
+        last = value_record(read_tail(consumer, settings.topics.chain, 0, 1)[0].value() or b"")
         consumer.close()
-        payload = b"forged: nothing happened here"
-        seq = last["seq"] + 1
-        forged = dict(
+        seq = last.seq + 1
+        forged = dataclasses.replace(
             last,
             seq=seq,
-            prev_hash=last["hash"],
-            payload=payload,
-            source_offset=last["source_offset"] + 1,
+            prev_hash=last.hash,
+            payload=b"forged: nothing happened here",
+            source_offset=last.source_offset + 1,
         )
         # A right-format record whose hash is computed over different bytes than it carries.
-        forged["hash"] = record_hash(
-            forged["chain"],
-            seq,
-            forged["prev_hash"],
-            forged["source_offset"],
-            forged["ingested_at"],
-            b"original",
+        forged = dataclasses.replace(
+            forged,
+            hash=record_hash(
+                forged.chain,
+                seq,
+                forged.prev_hash,
+                forged.source_offset,
+                forged.ingested_at_us,
+                b"original",
+            ),
         )
         producer = Producer({"bootstrap.servers": settings.kafka})
         producer.produce(
             settings.topics.chain,
-            key=forged["chain"].encode(),
-            value=codec.encode_chained(forged),
+            key=forged.chain.encode(),
+            value=record_value(forged),
             partition=0,
         )
         producer.flush(10)

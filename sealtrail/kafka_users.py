@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sealtrail.infra.acls import DEFAULT_USER_PREFIX, Role, user_name
 from sealtrail.infra.config import read_properties
 from sealtrail.infra.errors import ConfigError, KafkaUnavailable
+from sealtrail.infra.kafka import describe
 from sealtrail.infra.pki import write_secret
 
 if TYPE_CHECKING:
@@ -100,6 +101,6 @@ def upsert_users(client: AdminClient, users: list[RoleClient], timeout: float = 
             future.result()
         except KafkaException as exc:
             raise KafkaUnavailable(
-                f"Kafka refused to set the SCRAM credential of {user} ({exc.args[0].str()}); "
+                f"Kafka refused to set the SCRAM credential of {user} ({describe(exc)}); "
                 "run it as a principal allowed to alter the cluster (the admin role)"
             ) from None

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from processors.integrity.chains import origin_for  # re-exported: origins are named in chains
 from processors.integrity.errors import (
     CheckpointMismatch,
     KeyFileError,
@@ -57,11 +58,6 @@ __all__ = [
 
 HEAD_EXTENSION = "sealtrail-head"
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
-
-
-def origin_for(deployment: str, chain: str) -> str:
-    """The checkpoint origin of ``chain``: ``"<deployment>/<chain>"``."""
-    return f"{deployment}/{chain}"
 
 
 def _b64(raw: bytes) -> str:

@@ -60,7 +60,7 @@ from sealtrail.infra import clickhouse, livewire
 from sealtrail.infra.config import Settings
 from sealtrail.infra.consumer_lag import STATS_INTERVAL_MS
 from sealtrail.infra.errors import DecodeError, KafkaUnavailable, SealtrailError
-from sealtrail.infra.kafka import consumer_conf, is_refusal, refused
+from sealtrail.infra.kafka import consumer_conf, describe, is_refusal, refused
 from sealtrail.infra.kafka_read import close_quietly
 from sealtrail.infra.liveserver import LiveReadServer
 from sealtrail.infra.metrics_server import MetricsServer
@@ -288,7 +288,7 @@ class Sink:
             metadata = consumer.list_topics(timeout=10)
         except KafkaException as exc:
             raise KafkaUnavailable(
-                f"Kafka at {self.settings.kafka} did not answer ({exc.args[0].str()}); "
+                f"Kafka at {self.settings.kafka} did not answer ({describe(exc)}); "
                 "check SEALTRAIL_KAFKA"
             ) from None
         for topic in (self.chain_topic, self.checkpoint_topic):
@@ -492,7 +492,7 @@ class Sink:
                 last_offset + 1,
                 topic,
                 partition,
-                exc.args[0].str(),
+                describe(exc),
             )
 
     # -- writing --------------------------------------------------------------------------------

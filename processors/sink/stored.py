@@ -88,14 +88,14 @@ class StoredState:
         if count == top + 1:
             return StoredSeqs(contiguous=int(top) + 1)
         # A crash inside a multi-part insert left holes: find the first, load the seqs above it.
-        first_missing = client.query(
+        (first_missing,) = client.query(
             f"SELECT min(rn) FROM (SELECT seq, row_number() OVER (ORDER BY seq) - 1 AS rn "
             f"FROM {db}.events WHERE chain = %(chain)s) WHERE seq != rn",
             parameters=params,
-        ).result_rows[0][0]
+        ).result_rows[0]
         above = client.query(
             f"SELECT DISTINCT seq FROM {db}.events WHERE chain = %(chain)s AND seq >= %(lo)s",
             parameters={"chain": chain, "lo": int(first_missing)},
         ).result_rows
         log.info("chain %s has holes from seq %d; filling them", chain, first_missing)
-        return StoredSeqs(contiguous=int(first_missing), extra={int(row[0]) for row in above})
+        return StoredSeqs(contiguous=int(first_missing), extra={int(seq) for (seq,) in above})

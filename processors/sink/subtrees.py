@@ -89,15 +89,15 @@ class SubtreeWriter:
             "AND seq >= {lo:UInt64} AND seq < {hi:UInt64} ORDER BY seq LIMIT 1 BY seq",
             parameters={"chain": chain, "lo": lo, "hi": hi},
         )
-        return [bytes(row[1]) for row in result.result_rows]
+        return [bytes(hash_) for _seq, hash_ in result.result_rows]
 
     def _load(self, client: Client, chain: str) -> _Chain:
-        top = client.query(
+        blocks, count = client.query(
             f"SELECT max(idx) + 1, count() FROM {self.db}.subtrees "
             f"WHERE chain = {{chain:String}} AND height = {MIN_HEIGHT}",
             parameters={"chain": chain},
         ).result_rows[0]
-        through = int(top[0]) * BLOCK if int(top[1]) else 0
+        through = int(blocks) * BLOCK if int(count) else 0
         cover = perfect_cover(0, through)
         nodes = fetch_nodes(client, self.db, chain, cover)
         try:

@@ -13,7 +13,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
-from processors.clickhouse_schema import EVENT_COLUMNS
+from processors.clickhouse_schema import DECODED_COLUMNS, EVENT_COLUMNS
 from processors.integrity.record import ChainedRecord
 from processors.verifier.rows import ChRow
 from sealtrail.infra.clickhouse import validate_identifier
@@ -29,8 +29,6 @@ __all__ = [
 ]
 
 PAGE_ROWS = 20000
-_CHAINED = ("chain", "seq", "prev_hash", "hash", "source_offset", "ingested_at", "payload")
-DECODED = tuple(c for c in EVENT_COLUMNS if c not in _CHAINED)
 _TIME_COLUMNS = {"event_time", "received_at"}
 
 
@@ -68,7 +66,7 @@ def _select_list() -> str:
         "toUnixTimestamp64Micro(ingested_at)",
         "hex(payload)",
     ]
-    for col in DECODED:
+    for col in DECODED_COLUMNS:
         parts.append(f"toUnixTimestamp64Micro({col})" if col in _TIME_COLUMNS else col)
     return ", ".join(parts)
 
@@ -92,7 +90,7 @@ def iter_rows(
                 source_offset=int(r[3]),
                 ingested_at_us=int(r[4]),
                 payload=bytes.fromhex(r[5]),
-                decoded=dict(zip(DECODED, r[6 : 6 + len(DECODED)], strict=True)),
+                decoded=dict(zip(DECODED_COLUMNS, r[6 : 6 + len(DECODED_COLUMNS)], strict=True)),
                 part=str(r[-1]) if with_part else "",
             )
         lo = hi
@@ -116,7 +114,7 @@ def expected_columns(chain: str) -> Any:
         return {
             name: _norm(values[0])
             for name, values in zip(EVENT_COLUMNS, cols, strict=True)
-            if name in DECODED
+            if name in DECODED_COLUMNS
         }
 
     return decode

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from processors.clickhouse_schema import DECODED_COLUMNS
 from processors.integrity.merkle import CompactRange
 from processors.integrity.record import HASH_SIZE, VERSION_TAG, ZERO_HASH
 from processors.sink_avro import (
@@ -39,7 +40,7 @@ from processors.sink_avro import (
     column_expression,
     different_sql,
 )
-from processors.verifier.clickhouse_source import DECODED, expected_columns, iter_rows, query
+from processors.verifier.clickhouse_source import expected_columns, iter_rows, query
 from processors.verifier.core import DEFAULT_MAX_FINDINGS, ChainResult
 from processors.verifier.rows import decoded_difference, mismatch_reporter
 from schemas.codec import HEADER_SIZE, avro_long
@@ -372,7 +373,7 @@ def decoded_sql(database: str, where: str = "1", scratch: str | None = None) -> 
     else:
         container = f"SELECT arrayStringConcat(groupArray(b)) FROM ({_blocks_sql(db, where)})"
         source = f"format('Avro', {_quote(_CHECK_STRUCTURE)}, ({container}))"
-    columns = [c for c in DECODED if c != "decode_ok"]
+    columns = [c for c in DECODED_COLUMNS if c != "decode_ok"]
     decoded = ", ".join(f"{column_expression(c)} AS d_{c}" for c in columns)
     differs = [(c, f"NOT isNotDistinctFrom(t.{c}, d_{c})") for c in columns]
     which = "multiIf(" + ", ".join(f"{cond}, '{c}'" for c, cond in differs) + ", '')"

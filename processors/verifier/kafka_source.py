@@ -23,7 +23,7 @@ from processors.verifier.replay import verify_chain_values
 from schemas.chained import value_record
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import KafkaUnavailable, SealtrailError, TopicError
-from sealtrail.infra.kafka import admin, check_login, is_refusal, refused
+from sealtrail.infra.kafka import admin, check_login, describe, is_refusal, refused
 from sealtrail.infra.kafka_read import read_batches, read_range, reader, watermarks
 
 __all__ = [
@@ -232,7 +232,7 @@ def sink_stored_through(
         committed = probe.committed([TopicPartition(topic, partition)], timeout=timeout)[0].offset
     except KafkaException as exc:
         raise KafkaUnavailable(
-            f"could not read the committed offsets of the sink group {group}: {exc.args[0].str()}"
+            f"could not read the committed offsets of the sink group {group}: {describe(exc)}"
         ) from None
     finally:
         probe.close()

@@ -21,6 +21,7 @@ from processors.verifier import offsite
 from processors.verifier.clickhouse_source import chain_sizes, expected_columns, iter_rows
 from processors.verifier.clickhouse_sql import (
     Remembered,
+    TableParts,
     changed_parts,
     check_chain,
     table_parts,
@@ -80,14 +81,13 @@ def run_verify(
 
     ``progress(total records)`` gives what counts the records as they are verified. The policy
     lives here, not in the CLI: which state a run starts from, what ClickHouse findings mean
-    against the chain and the sink's committed offsets, and what the next run remembers."""
-    o = options
-    state_file, full, offsite_dir, timeout = o.state_file, o.full, o.offsite_dir, o.timeout
-    require_anchored, max_findings, jobs = o.require_anchored, o.max_findings, o.jobs
-    recompute_outside, sink_group = o.recompute_outside, o.sink_group
+    against the chain and the sink's committed offsets, and what the next run remembers. The
+    steps: plan the chains' jobs, replay them, check ClickHouse's rows, save the state."""
     report = Report(deployment=settings.deployment)
-    partitions = chain_partitions(settings, timeout=timeout)
-    states = load_state(state_file, settings.deployment) if state_file is not None else {}
+    partitions = chain_partitions(settings, timeout=options.timeout)
+    states: dict[str, ChainState] = {}
+    if options.state_file is not None:
+        states = load_state(options.state_file, settings.deployment)
     report.clickhouse_checked = client is not None
     ch_sizes: dict[str, int] = {}
     parts_now = None
@@ -95,164 +95,244 @@ def run_verify(
         # Parts first: rows that arrive in between are checked now and again next run.
         parts_now = table_parts(client, settings.clickhouse_database)
         ch_sizes = chain_sizes(client, settings.clickhouse_database)
+    jobs, total = _plan(settings, ring, options, partitions, states, ch_sizes)
+    if options.offsite_dir is not None:
+        known = {chain_id(settings, p) for p in partitions}
+        for chain in offsite.chains_in(options.offsite_dir):
+            if chain not in known:
+                report.warnings.append(f"offsite checkpoints exist for unknown chain {chain}")
+    report.chains = _replay(jobs, total, options.jobs, progress)
+    incremental = _Incremental()
+    if client is not None:
+        if parts_now is not None and not options.recompute_outside:
+            incremental = _incremental(settings, options, parts_now, report)
+        for res in report.chains:
+            _check_rows(
+                settings, client, options, res, ch_sizes.get(res.chain), incremental, report
+            )
+    report.finished = time.time()
+    if options.state_file is not None:
+        _save(settings, options, options.state_file, states, report, incremental.after)
+    return report
+
+
+def _plan(
+    settings: Settings,
+    ring: KeyRing,
+    options: VerifyOptions,
+    partitions: list[int],
+    states: dict[str, ChainState],
+    ch_sizes: dict[str, int],
+) -> tuple[list[ChainJob], int]:
+    """One replay job per chain (from its remembered state unless ``full``), and about how many
+    records they will verify."""
     text = keyring_text(ring)
-    jobs_list = []
+    jobs: list[ChainJob] = []
     total = 0
     consumer = reader(settings)
     try:
         for p in partitions:
             chain = chain_id(settings, p)
-            st = None if full else states.get(chain)
+            st = None if options.full else states.get(chain)
             notes: tuple[str, ...] = ()
-            if offsite_dir is not None:
-                notes = tuple(offsite.read_notes(offsite_dir, chain))
-            probe = ch_sizes.get(chain)
-            jobs_list.append(
+            if options.offsite_dir is not None:
+                notes = tuple(offsite.read_notes(options.offsite_dir, chain))
+            jobs.append(
                 ChainJob(
                     settings,
                     p,
                     text,
                     st,
                     notes,
-                    require_anchored,
-                    probe,
-                    max_findings,
-                    state_check=states.get(chain) if full else None,
+                    options.require_anchored,
+                    ch_sizes.get(chain),
+                    options.max_findings,
+                    state_check=states.get(chain) if options.full else None,
                 )
             )
-            low, high = watermarks(consumer, settings.topics.chain, p, timeout)
+            low, high = watermarks(consumer, settings.topics.chain, p, options.timeout)
             total += max(0, high - (st.offset if st is not None and st.size else low))
     finally:
         consumer.close()
-    if offsite_dir is not None:
-        known = {chain_id(settings, p) for p in partitions}
-        for chain in offsite.chains_in(offsite_dir):
-            if chain not in known:
-                report.warnings.append(f"offsite checkpoints exist for unknown chain {chain}")
+    return jobs, total
 
+
+def _replay(
+    jobs: list[ChainJob], total: int, processes: int, progress: Callable[[int], Progress]
+) -> list[ChainResult]:
+    """Replay every chain, in ``processes`` processes (0: one per CPU, at most one per chain)."""
     bar = progress(total)
     results: list[ChainResult] = []
     try:
-        workers = jobs or min(os.cpu_count() or 1, len(jobs_list))
-        if workers <= 1 or len(jobs_list) <= 1:
-            for job in jobs_list:
+        workers = processes or min(os.cpu_count() or 1, len(jobs))
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
                 results.append(run_job(job, bar.advance))
         else:
             # spawn: a forked child would inherit the parent's chdb and librdkafka threads.
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(run_job, job) for job in jobs_list]
+                futures = [pool.submit(run_job, job) for job in jobs]
                 for fut in futures:
                     res = fut.result()
                     bar.advance(res.records_verified)
                     results.append(res)
     finally:
         bar.close()
-    report.chains = results
+    return results
 
-    ch_before = None
-    changed: list[str] | None = None
-    ch_after: ClickHouseState | None = None
-    if client is not None and parts_now is not None and not recompute_outside:
-        if state_file is not None and not full:
-            ch_before = load_clickhouse_state(state_file)
-        if ch_before is not None and ch_before.table_uuid != parts_now.uuid:
-            report.warnings.append(
-                f"table {settings.clickhouse_database}.events was replaced since the last run "
-                f"(uuid {ch_before.table_uuid} -> {parts_now.uuid}); every row is checked again"
-            )
-            ch_before = None
-        if ch_before is not None:
-            changed = changed_parts(ch_before.parts, parts_now.parts)
-        ch_after = ClickHouseState(table_uuid=parts_now.uuid, parts=parts_now.parts)
-    if client is not None:
-        for res in results:
-            size = ch_sizes.get(res.chain)
-            if size is None:
-                if res.size:
-                    report.warnings.append(f"ClickHouse holds no rows of chain {res.chain} yet")
-                continue
-            if res.ok and size <= res.size and res.probe_root is None:
-                report.warnings.append(
-                    f"ClickHouse rows of chain {res.chain} end below the remembered head, so their "
-                    "hashes were checked row by row but not against the chain root; run --full"
-                )
-            root = res.probe_root if size <= res.size else None
-            if recompute_outside:
-                rows = iter_rows(client, settings.clickhouse_database, res.chain, size)
-                ch_res = verify_rows(
-                    res.chain,
-                    rows,
-                    expected_columns(res.chain),
-                    size=size,
-                    expected_root=root,
-                    max_findings=max_findings,
-                )
-            else:
-                remembered = None
-                if ch_before is not None and res.chain in ch_before.sizes:
-                    remembered = Remembered(
-                        ch_before.sizes[res.chain], ch_before.compacts[res.chain]
-                    )
-                ch_res = check_chain(
-                    client,
-                    settings.clickhouse_database,
-                    res.chain,
-                    size=size,
-                    expected_root=root,
-                    max_findings=max_findings,
-                    changed_parts=changed if remembered is not None else None,
-                    remembered=remembered,
-                )
-                if ch_after is not None:
-                    if ch_res.ok and root is not None and res.probe_compact is not None:
-                        ch_after.sizes[res.chain] = size
-                        ch_after.compacts[res.chain] = res.probe_compact
-                    else:
-                        ch_after = None  # only a wholly clean, rooted check is remembered
-            if size > res.size and res.ok:
-                ch_res.add(
-                    ClickHouseMismatch(
-                        f"ClickHouse holds rows of chain {res.chain} up to seq {size - 1} but the "
-                        f"chain has {res.size} records; rows were inserted",
-                        chain=res.chain,
-                        seq=res.size,
-                        expected=res.size,
-                        found=size,
-                    )
-                )
-            elif size < res.size:
-                claimed = sink_stored_through(
-                    settings, sink_group or settings.groups.sink,
-                    partition_of(res.chain, settings.topics.raw) or 0, timeout,
-                )  # fmt: skip
-                if claimed is not None and claimed >= size:
-                    ch_res.add(
-                        ClickHouseMismatch(
-                            f"ClickHouse holds rows of chain {res.chain} only up to seq "
-                            f"{size - 1}, but the sink committed its Kafka offsets past seq "
-                            f"{claimed} (stored rows only are committed); rows were deleted",
-                            chain=res.chain,
-                            seq=size,
-                            expected=claimed + 1,
-                            found=size,
-                        )
-                    )
-                else:
-                    report.warnings.append(
-                        f"ClickHouse is {res.size - size} record(s) behind chain {res.chain}"
-                    )
-            report.clickhouse.append(ch_res)
 
-    report.finished = time.time()
-    if state_file is not None:
-        new_states: dict[str, ChainState] = dict(states)
-        for res in results:
-            if res.state is not None:
-                new_states[res.chain] = res.state
-        if report.clickhouse_checked and not recompute_outside and report.ok:
-            remember = ch_after
+@dataclass(slots=True)
+class _Incremental:
+    """What the SQL check of ClickHouse's rows starts from, and what the next run's will."""
+
+    before: ClickHouseState | None = None  # the last clean check, if it still applies
+    changed: list[str] | None = None  # the data parts changed since it
+    after: ClickHouseState | None = None  # this check, while every chain is clean and rooted
+
+    def remembered(self, chain: str) -> Remembered | None:
+        if self.before is not None and chain in self.before.sizes:
+            return Remembered(self.before.sizes[chain], self.before.compacts[chain])
+        return None
+
+    def checked(self, chain: str, clean: bool, size: int, compact: bytes | None) -> None:
+        """Remember a chain's check; one that is not clean and rooted remembers nothing."""
+        if self.after is None:
+            return
+        if clean and compact is not None:
+            self.after.sizes[chain] = size
+            self.after.compacts[chain] = compact
         else:
-            remember = None if report.clickhouse_checked else load_clickhouse_state(state_file)
-        save_state(state_file, settings.deployment, new_states, remember)
-    return report
+            self.after = None  # only a wholly clean, rooted check is remembered
+
+
+def _incremental(
+    settings: Settings, options: VerifyOptions, parts_now: TableParts, report: Report
+) -> _Incremental:
+    """The last clean check to start from (unless ``full``, or the table was replaced) and the
+    parts changed since, and this run's state to fill in."""
+    before = None
+    if options.state_file is not None and not options.full:
+        before = load_clickhouse_state(options.state_file)
+    if before is not None and before.table_uuid != parts_now.uuid:
+        report.warnings.append(
+            f"table {settings.clickhouse_database}.events was replaced since the last run "
+            f"(uuid {before.table_uuid} -> {parts_now.uuid}); every row is checked again"
+        )
+        before = None
+    changed = changed_parts(before.parts, parts_now.parts) if before is not None else None
+    after = ClickHouseState(table_uuid=parts_now.uuid, parts=parts_now.parts)
+    return _Incremental(before, changed, after)
+
+
+def _check_rows(
+    settings: Settings,
+    client: Any,
+    options: VerifyOptions,
+    res: ChainResult,
+    size: int | None,
+    incremental: _Incremental,
+    report: Report,
+) -> None:
+    """Check ClickHouse's ``size`` rows of the replayed chain ``res``, then what the number of
+    rows means against the chain and the sink's committed offsets."""
+    if size is None:
+        if res.size:
+            report.warnings.append(f"ClickHouse holds no rows of chain {res.chain} yet")
+        return
+    if res.ok and size <= res.size and res.probe_root is None:
+        report.warnings.append(
+            f"ClickHouse rows of chain {res.chain} end below the remembered head, so their "
+            "hashes were checked row by row but not against the chain root; run --full"
+        )
+    root = res.probe_root if size <= res.size else None
+    database = settings.clickhouse_database
+    if options.recompute_outside:
+        ch_res = verify_rows(
+            res.chain,
+            iter_rows(client, database, res.chain, size),
+            expected_columns(res.chain),
+            size=size,
+            expected_root=root,
+            max_findings=options.max_findings,
+        )
+    else:
+        remembered = incremental.remembered(res.chain)
+        ch_res = check_chain(
+            client,
+            database,
+            res.chain,
+            size=size,
+            expected_root=root,
+            max_findings=options.max_findings,
+            changed_parts=incremental.changed if remembered is not None else None,
+            remembered=remembered,
+        )
+        incremental.checked(res.chain, ch_res.ok and root is not None, size, res.probe_compact)
+    _compare_counts(settings, options, res, size, ch_res, report)
+    report.clickhouse.append(ch_res)
+
+
+def _compare_counts(
+    settings: Settings,
+    options: VerifyOptions,
+    res: ChainResult,
+    size: int,
+    ch_res: ChainResult,
+    report: Report,
+) -> None:
+    """What ClickHouse holding ``size`` rows of a chain of ``res.size`` records means: rows
+    inserted, rows deleted (missing below the sink's committed offsets), or a sink behind."""
+    if size > res.size and res.ok:
+        ch_res.add(
+            ClickHouseMismatch(
+                f"ClickHouse holds rows of chain {res.chain} up to seq {size - 1} but the "
+                f"chain has {res.size} records; rows were inserted",
+                chain=res.chain,
+                seq=res.size,
+                expected=res.size,
+                found=size,
+            )
+        )
+    elif size < res.size:
+        claimed = sink_stored_through(
+            settings, options.sink_group or settings.groups.sink,
+            partition_of(res.chain, settings.topics.raw) or 0, options.timeout,
+        )  # fmt: skip
+        if claimed is not None and claimed >= size:
+            ch_res.add(
+                ClickHouseMismatch(
+                    f"ClickHouse holds rows of chain {res.chain} only up to seq "
+                    f"{size - 1}, but the sink committed its Kafka offsets past seq "
+                    f"{claimed} (stored rows only are committed); rows were deleted",
+                    chain=res.chain,
+                    seq=size,
+                    expected=claimed + 1,
+                    found=size,
+                )
+            )
+        else:
+            report.warnings.append(
+                f"ClickHouse is {res.size - size} record(s) behind chain {res.chain}"
+            )
+
+
+def _save(
+    settings: Settings,
+    options: VerifyOptions,
+    state_file: Path,
+    states: dict[str, ChainState],
+    report: Report,
+    clickhouse_after: ClickHouseState | None,
+) -> None:
+    """Save where each chain's next run starts and, after a clean SQL check, what it proved of
+    ClickHouse (a run that did not check ClickHouse keeps what the last one proved)."""
+    new_states: dict[str, ChainState] = dict(states)
+    for res in report.chains:
+        if res.state is not None:
+            new_states[res.chain] = res.state
+    if report.clickhouse_checked and not options.recompute_outside and report.ok:
+        remember = clickhouse_after
+    else:
+        remember = None if report.clickhouse_checked else load_clickhouse_state(state_file)
+    save_state(state_file, settings.deployment, new_states, remember)

@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, origin_for
-from processors.integrity.errors import IntegrityError
+from processors.integrity.checkpoint import KeyRing
 from processors.integrity.note import Verifier
 from processors.verifier import offsite
 from processors.verifier.report import Report, previous_success, write_metrics
@@ -289,49 +288,6 @@ def verify(
 # ------------------------------------------------------------------------------ proofs
 
 
-def _checkpoints(settings: Settings, chain: str, ring: KeyRing) -> list[tuple[str, Checkpoint]]:
-    """Validly signed checkpoints of ``chain`` from the topic, sorted by size."""
-    from processors.verifier.kafka_source import read_checkpoint_notes
-
-    partition = _partition_of(settings, chain)
-    out: dict[int, tuple[str, Checkpoint]] = {}
-    for item in read_checkpoint_notes(settings, partition, chain):
-        try:
-            cp = open_checkpoint(item.note, ring, origin=origin_for(settings.deployment, chain))
-        except IntegrityError:
-            continue  # 'sealtrail verify' reports bad checkpoints; a proof needs a good one
-        out.setdefault(cp.size, (item.note, cp))
-    return [out[k] for k in sorted(out)]
-
-
-def _partition_of(settings: Settings, chain: str) -> int:
-    from processors.integrity.chains import partition_of
-
-    partition = partition_of(chain, settings.topics.raw)
-    if partition is None:
-        raise ConfigError(
-            f"chain {chain!r} is not '{settings.topics.raw}/<partition>'; check --chain and "
-            "SEALTRAIL_TOPIC_PREFIX"
-        )
-    return partition
-
-
-def _leaves(settings: Settings, chain: str, size: int, keep: tuple[int, ...] = ()) -> Any:
-    from processors.integrity.record import ChainedRecord
-    from processors.proofs import LeafHashes
-    from processors.verifier.kafka_source import iter_records
-
-    _low, _high, items = iter_records(settings, _partition_of(settings, chain))
-
-    def recs() -> Any:
-        for _offset, fields in items:
-            if not isinstance(fields, tuple):
-                raise fields  # a record that is not one: the proof cannot be built
-            yield ChainedRecord(*fields)
-
-    return LeafHashes.from_records(chain, recs(), size, keep)
-
-
 def prove(
     ctx: typer.Context,
     chain: Annotated[str, typer.Option(help="Chain id, e.g. audit.events/0.")],
@@ -345,39 +301,11 @@ def prove(
     out: Annotated[Path | None, typer.Option(help="Write the proof here (default stdout).")] = None,
 ) -> None:
     """Print a JSON inclusion proof (--seq) or consistency proof (--consistency --from --to)."""
-    from processors.proofs import make_consistency, make_inclusion
+    from processors.verifier.prove import make_proof
 
     settings = settings_of(ctx)
     ring = load_keyring(key)
-    stored = _prove_from_store(settings, chain, ring, seq, (from_size, to_size), consistency)
-    if stored is not None:
-        _write_proof(stored, out)
-        return
-    cps = _checkpoints(settings, chain, ring)
-    if consistency:
-        if from_size is None or to_size is None or from_size > to_size:
-            raise ConfigError("--consistency needs --from SIZE1 --to SIZE2 with SIZE1 <= SIZE2")
-        sizes = {cp.size: (note, cp) for note, cp in cps}
-        missing = [s for s in (from_size, to_size) if s not in sizes]
-        if missing:
-            raise ConfigError(
-                f"chain {chain} has no validly signed checkpoint of size {missing[0]}; "
-                f"available: {', '.join(str(s) for s in sorted(sizes)) or 'none'}"
-            )
-        leaves = _leaves(settings, chain, to_size)
-        doc = make_consistency(chain, sizes[from_size], sizes[to_size], leaves)
-    else:
-        if seq is None or seq < 0:
-            raise ConfigError("pass --seq N (the record to prove) or --consistency")
-        later = [(n, cp) for n, cp in cps if cp.size > seq]
-        if not later:
-            raise ConfigError(
-                f"no signed checkpoint of chain {chain} covers seq {seq} yet; wait for the next "
-                "checkpoint and try again"
-            )
-        note, cp = later[-1]
-        leaves = _leaves(settings, chain, cp.size, (seq,))
-        doc = make_inclusion(chain, seq, note, cp, leaves)
+    doc = make_proof(settings, ring, chain, seq, (from_size, to_size), consistency, warn=_say)
     _write_proof(doc, out)
 
 
@@ -390,50 +318,6 @@ def _write_proof(doc: dict[str, Any], out: Path | None) -> None:
 
         write_atomic(out, text)
         _say(f"proof written to {out}")
-
-
-def _prove_from_store(
-    settings: Settings,
-    chain: str,
-    ring: KeyRing,
-    seq: int | None,
-    sizes: tuple[int | None, int | None],
-    consistency: bool,
-) -> dict[str, Any] | None:
-    """The proof built from ClickHouse's stored subtrees in O(log n) reads (through the sink's
-    live-read socket while it runs), checked against the signed roots; None when the store
-    cannot give it (then the chain is read from Kafka, as before)."""
-    from processors.verified_read import signed_checkpoints, stored_consistency, stored_inclusion
-    from sealtrail.infra.reader import open_reader
-
-    incomplete = None in sizes if consistency else seq is None or seq < 0
-    if incomplete:
-        return None  # the Kafka path explains what is missing
-    try:
-        reader = open_reader(settings, wait_s=5.0)
-    except SealtrailError:
-        return None
-    db = settings.clickhouse_database
-    try:
-        cps = signed_checkpoints(reader, db, settings.deployment, chain, ring)
-        if consistency:
-            by_size = {cp.size: (note, cp) for note, cp in cps}
-            if sizes[0] not in by_size or sizes[1] not in by_size:
-                return None
-            return stored_consistency(reader, db, chain, by_size[sizes[0]], by_size[sizes[1]])
-        assert seq is not None
-        covering = [(note, cp) for note, cp in cps if cp.size > seq]
-        if not covering:
-            return None
-        note, cp = covering[0]
-        return stored_inclusion(reader, db, chain, seq, note, cp)
-    except (IntegrityError, LookupError) as exc:
-        _say(f"the proof from ClickHouse does not check ({exc}); reading the chain from Kafka")
-        return None
-    except SealtrailError:
-        return None
-    finally:
-        reader.close()
 
 
 def verify_proof_cmd(

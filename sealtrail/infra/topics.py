@@ -16,7 +16,14 @@ from confluent_kafka.admin import (
 
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import KafkaUnavailable, TopicError
-from sealtrail.infra.kafka import MAX_RECORD_BYTES, admin, check_login, is_refusal, refused
+from sealtrail.infra.kafka import (
+    MAX_RECORD_BYTES,
+    admin,
+    check_login,
+    describe,
+    is_refusal,
+    refused,
+)
 
 MAX_MESSAGE_BYTES = MAX_RECORD_BYTES
 
@@ -155,7 +162,7 @@ def _raise_record_limit(settings: Settings, names: list[str], timeout: float) ->
         except KafkaException as exc:
             raise TopicError(
                 f"could not raise max.message.bytes of topic {resource.name} to "
-                f"{MAX_MESSAGE_BYTES}: {exc.args[0].str()}"
+                f"{MAX_MESSAGE_BYTES}: {describe(exc)}"
             ) from None
 
 

@@ -33,13 +33,13 @@ def prove_from_kafka(
 ) -> dict[str, Any]:
     """The proof the pre-subtree code path makes, reading every record from Kafka."""
     from processors.proofs import make_consistency, make_inclusion
-    from sealtrail.commands.verify import _checkpoints, _leaves
+    from processors.verifier.prove import kafka_checkpoints, kafka_leaves
 
-    cps = {cp.size: (note, cp) for note, cp in _checkpoints(settings, chain, ring)}
+    cps = {cp.size: (note, cp) for note, cp in kafka_checkpoints(settings, chain, ring)}
     if args[0] == "--seq":
         note, cp = cps[SIGNED]
-        return make_inclusion(chain, 300, note, cp, _leaves(settings, chain, SIGNED, (300,)))
-    leaves = _leaves(settings, chain, SIGNED)
+        return make_inclusion(chain, 300, note, cp, kafka_leaves(settings, chain, SIGNED, (300,)))
+    leaves = kafka_leaves(settings, chain, SIGNED)
     return make_consistency(chain, cps[100], cps[SIGNED], leaves)
 
 

@@ -1,12 +1,18 @@
-"""processors.integrity.chains: chain ids built and taken apart in one place."""
+"""processors.integrity.chains: chain ids and origins built and taken apart in one place."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.integrity.chains import chain_id, chain_of_origin, partition_of
-from processors.integrity.checkpoint import origin_for
+from processors.integrity import checkpoint
+from processors.integrity.chains import (
+    chain_id,
+    chain_of_origin,
+    origin_for,
+    origin_names_chain,
+    partition_of,
+)
 
 
 def test_chain_ids_include_the_topic_prefix() -> None:
@@ -27,3 +33,12 @@ def test_chain_of_origin_inverts_origin_for() -> None:
     origin = origin_for("sealtrail.prod", "audit.events/2")
     assert chain_of_origin(origin, "sealtrail.prod") == "audit.events/2"
     assert chain_of_origin(origin, "other") is None
+
+
+def test_origins_name_their_chain_whatever_the_deployment() -> None:
+    assert checkpoint.origin_for is origin_for  # the checkpoint module re-exports it
+    origin = origin_for("example.com/audit", "prod-audit.events/3")
+    assert origin == "example.com/audit/prod-audit.events/3"
+    assert origin_names_chain(origin, "prod-audit.events/3")
+    assert not origin_names_chain(origin, "audit.events/3")  # another prefix
+    assert not origin_names_chain(origin, "prod-audit.events/13")

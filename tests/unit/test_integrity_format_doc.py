@@ -161,6 +161,32 @@ def test_wire_vectors_in_doc() -> None:
         check_record(record, ChainHead(record.chain, record.seq, record.prev_hash))
 
 
+def test_ingested_at_needs_a_plain_long_reader() -> None:
+    """Section 1: a timestamp-micros reader fails on vector 4 (fastavro: OverflowError), the
+    same schema with ingested_at read as a plain long gives the value that was hashed."""
+    import io
+    import json
+
+    import fastavro
+
+    raw = dict(
+        (k.strip(), bytes.fromhex(v.strip()))
+        for k, _, v in (line.partition("=") for line in block("wire").splitlines())
+    )["vector 4"]
+    schema = json.loads(
+        (Path(__file__).resolve().parents[2] / "schemas" / "chained_event.avsc").read_text()
+    )
+    with pytest.raises(OverflowError):
+        fastavro.schemaless_reader(io.BytesIO(raw[10:]), fastavro.parse_schema(schema))
+    for field in schema["fields"]:
+        if field["name"] == "ingested_at":
+            assert field["type"] == {"type": "long", "logicalType": "timestamp-micros"}
+            field["type"] = "long"
+    datum = fastavro.schemaless_reader(io.BytesIO(raw[10:]), fastavro.parse_schema(schema))
+    assert isinstance(datum, dict)
+    assert datum["ingested_at"] == int(vectors()[3]["ingested_at_us"]) == -(2**63)
+
+
 def test_hashes_must_be_exactly_32_bytes() -> None:
     v1, v2 = vectors()[:2]
     head = ChainHead(v1["chain"], 1, bytes.fromhex(v1["hash"]))

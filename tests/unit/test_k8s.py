@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from producers.k8s import (
+    REJECT_KEEP_BYTES,
     BadRequestBody,
     ParseResult,
     Reject,
@@ -21,6 +23,7 @@ from producers.k8s import (
     parse_body,
     parse_line,
     parse_timestamp,
+    reject_event,
 )
 from schemas.codec import decode_audit_event, encode_audit_event
 from sealtrail.infra.errors import DecodeError
@@ -557,3 +560,65 @@ def test_generic_event_type_errors(bad: dict[str, Any]) -> None:
     args.update(bad)
     with pytest.raises(TypeError):
         generic_event(**args)
+
+
+def test_datum_keys_are_the_schema_fields_in_order() -> None:
+    """The one spelling of the AuditEvent keys is the schema's, and every builder uses it."""
+    from producers import k8s
+
+    schema = json.loads(
+        (Path(k8s.__file__).parents[1] / "schemas" / "audit_event.avsc").read_text()
+    )
+    fields = [f["name"] for f in schema["fields"]]
+    assert list(k8s.audit_event("c", "k8s", 1, b"{}")) == fields
+    assert list(generic_event("c", "a", "b", "r", "o", None, 1, "id", received_at_us=2)) == fields
+    parsed = parse_body((K8S_AUDIT_SAMPLES / "attach_pod.json").read_bytes(), "c", 1)
+    assert parsed.events and not parsed.rejects
+    for datum in parsed.events:  # the fast path's datum
+        assert list(datum) == fields
+    with pytest.raises(TypeError, match="no field"):
+        k8s.audit_event("c", "k8s", 1, b"{}", verbb="get")
+
+
+def test_reject_event_chains_what_was_refused_and_proves_it_by_hash() -> None:
+    small = reject_event(Reject("bad", b"abc"), "c1", "file", 5)
+    assert small["source"] == "reject" and small["cluster"] == "c1" and small["actor"] == "file"
+    assert small["original"] == b"abc" and small["received_at"] == 5
+    digest = hashlib.sha256(b"abc").hexdigest()
+    assert small["audit_id"] == f"reject:{digest}"
+    assert small["attributes"] == {
+        "kind": "other",
+        "reason": "bad",
+        "bytes": "3",
+        "sha256": digest,
+        "truncated": "false",
+    }
+    body = b"x" * (REJECT_KEEP_BYTES + 10)
+    kept = Reject("too big", body[:REJECT_KEEP_BYTES], len(body), hashlib.sha256(body).digest())
+    big = reject_event(kept, "c1", "webhook", 5)
+    assert big["original"] == body[:REJECT_KEEP_BYTES]
+    assert big["attributes"]["bytes"] == str(len(body))
+    assert big["attributes"]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert big["attributes"]["truncated"] == "true"
+    # a reject is an ordinary AuditEvent datum: it is encoded, chained and loaded like one
+    assert decode_audit_event(encode_audit_event(big, validate=True)) == big
+
+
+def test_rejects_carry_their_kind_from_where_they_were_refused() -> None:
+    def kinds(items: list[bytes], limit: int = 200) -> list[RejectKind]:
+        body = b'{"kind":"EventList","items":[' + b",".join(items) + b"]}"
+        return [r.kind for r in parse_body(body, "c1", 0, max_event_bytes=limit).rejects]
+
+    good = b'{"auditID":"a","stage":"Panic","verb":"get"}'
+    assert kinds([good[:-1] + b',"x":"' + b"y" * 300 + b'"}']) == [RejectKind.TOO_LARGE]
+    assert kinds([b'{"stage":"Panic","verb":"get"}']) == [RejectKind.MISSING_FIELD]
+    assert kinds([b'{"kind":0,"auditID":"a","stage":"Panic","verb":"get"}']) == [
+        RejectKind.WRONG_TYPE
+    ]
+    assert kinds([b"17"]) == [RejectKind.WRONG_TYPE]
+    with pytest.raises(RejectError) as info:
+        parse_line(b"{not json", "c1", 0)
+    assert info.value.kind == RejectKind.MALFORMED
+    assert set(RejectKind) == {
+        "too_large", "malformed", "missing_field", "wrong_type", "bad_body", "other"
+    }  # fmt: skip
