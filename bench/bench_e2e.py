@@ -450,6 +450,7 @@ def run_e2e(
             meter.start()
         acked: dict[str, float] = {}
         rss_early: dict[str, float] = {}
+        anon_early: dict[str, float] = {}
         clickhouse_early: dict[str, float] = {}
         clickhouse_end: dict[str, float] = {}
         sampled = threading.Event()
@@ -460,6 +461,7 @@ def run_e2e(
                 while not sampled.wait(0.2):
                     if len(acked) * per_batch >= rss_after:
                         rss_early.update({n: m.rss_mb() for n, m in meters.items()})
+                        anon_early.update({n: m.anon_mb() for n, m in meters.items()})
                         clickhouse_early.update(clickhouse_memory(settings))
                         return
 
@@ -478,6 +480,8 @@ def run_e2e(
             for name, meter in meters.items():
                 processes[name]["rss_mb_early"] = round(rss_early.get(name, 0.0), 1)
                 processes[name]["rss_mb_end"] = round(meter.rss_mb(), 1)
+                processes[name]["anon_mb_early"] = round(anon_early.get(name, 0.0), 1)
+                processes[name]["anon_mb_end"] = round(meter.anon_mb(), 1)
             clickhouse_end = clickhouse_memory(settings)
     finally:
         if observed is not None:
@@ -625,6 +629,16 @@ def memory_lines(out: dict[str, Any]) -> list[Result]:
                 peak_rss_mb=p["peak_rss_mb"],
             )
         )
+        if p.get("anon_mb_early"):
+            lines.append(
+                Result(
+                    f"  of it anonymous (no library pages): {name}",
+                    p["anon_mb_end"],
+                    "MB",
+                    f"after {out['early_events']:,}",
+                    p["anon_mb_early"],
+                )
+            )
     ch = out.get("sink_clickhouse_memory") or {}
     early, end = ch.get("early") or {}, ch.get("end") or {}
     if early.get("tracked_mb") and end.get("tracked_mb"):

@@ -144,6 +144,19 @@ class Metered:
         except psutil.Error:
             return 0.0
 
+    def anon_mb(self) -> float:
+        """Anonymous resident memory now (heap, stacks, caches: what a leak grows), without the
+        file-backed pages of shared libraries (chdb's library is hundreds of MB of code whose
+        pages count as resident once touched); 0 if unknown."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        for line in status.splitlines():
+            if line.startswith("RssAnon:"):
+                return float(line.split()[1]) / 1024
+        return 0.0
+
     def report(self, events: int) -> dict[str, float]:
         """CPU seconds since start(), CPU-us per event and peak RSS, while the process lives."""
         try:
