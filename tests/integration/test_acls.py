@@ -294,6 +294,12 @@ def test_each_role_is_refused_what_it_must_not_do(
             consumer.close()
         assert f"write topic {topic}" in _write_refusal(producer, topic)
 
+    # A role that may not see a topic is told so, not that the topic is missing (topics check
+    # is an admin task).
+    line = one_line_error(cli(verifier, "topics", "check"))
+    assert f"refused to let {user.format('verifier')}" in line
+    assert f"describe topic {topics.raw}" in line and "do not exist" not in line
+
     # The chainer does not write the raw topic (through sealtrail's own producer command).
     line = one_line_error(cli(chainer, "produce", "load", "--count", "3"))
     assert f"refused to let {user.format('chainer')}" in line
