@@ -294,11 +294,14 @@ def test_each_role_is_refused_what_it_must_not_do(
             consumer.close()
         assert f"write topic {topic}" in _write_refusal(producer, topic)
 
-    # A role that may not see a topic is told so, not that the topic is missing (topics check
-    # is an admin task).
+    # A role that may not see a topic is told so, not that the topic is missing: topics check
+    # (an admin task) and a one-shot sink under the wrong role.
     line = one_line_error(cli(verifier, "topics", "check"))
     assert f"refused to let {user.format('verifier')}" in line
     assert f"describe topic {topics.raw}" in line and "do not exist" not in line
+    line = one_line_error(cli(producer, "sink", "--once"))
+    assert f"refused to let {user.format('producer')}" in line
+    assert f"read topic {topics.chain}" in line
 
     # The chainer does not write the raw topic (through sealtrail's own producer command).
     line = one_line_error(cli(chainer, "produce", "load", "--count", "3"))
@@ -389,3 +392,14 @@ def test_the_verifier_needs_its_reader_group_row(
     line = one_line_error(cli(verifier, "verify", "--key", str(public), "--no-clickhouse"))
     assert "refused to let user sealtrail-verifier" in line
     assert "consumer group" in line or "Group authorization failed" in line
+
+
+@pytest.mark.slow
+def test_a_one_shot_sink_under_another_role_is_refused_its_group(
+    secure: Settings, secure_stack: SecureStack
+) -> None:
+    """The chainer may read the chain but not use the sink's group: one sentence, not a
+    time-out (the refusal arrives as a consumer event while the offsets query times out)."""
+    line = one_line_error(cli(as_role(secure, secure_stack, Role.CHAINER), "sink", "--once"))
+    assert "refused to let user sealtrail-chainer" in line
+    assert f"group {secure.topic_prefix}sealtrail-sink" in line
