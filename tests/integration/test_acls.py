@@ -284,6 +284,42 @@ def _write_refusal(settings: Settings, topic: str) -> str:
     return str(refused.value)
 
 
+def _webhook_refusal(settings: Settings, tmp_path: Path) -> str:
+    """Run the webhook as ``settings``' principal, post one batch, return its log."""
+    port = free_port_base(1)
+    env = child_env(settings)
+    log_file = tmp_path / "webhook.log"
+    webhook = subprocess.Popen(
+        [
+            sys.executable, "-m", "sealtrail", "produce", "webhook",
+            "--listen", f"127.0.0.1:{port}", "--insecure-no-auth", "--cluster", "c",
+        ],
+        env=env,
+        stdout=log_file.open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    body = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":['
+    body += good_lines()[0] + b"]}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                status = post(f"http://127.0.0.1:{port}/", body)[0]
+            except OSError:
+                status = 0
+            if status == 503 and "refused to let" in log_file.read_text(errors="replace"):
+                break
+            assert status in (0, 503), status  # never stored
+            assert webhook.poll() is None, log_file.read_text(errors="replace")
+            time.sleep(0.3)
+    finally:
+        webhook.send_signal(signal.SIGTERM)
+        webhook.wait(timeout=60)
+    text = log_file.read_text(errors="replace")
+    CLI_OUTPUTS.append(text)
+    return text
+
+
 def _admin_refusals(settings: Settings, topic: str) -> list[int]:
     """Delete records, delete a topic and alter a topic config as ``settings``' principal."""
     client = AdminClient(admin_conf(settings))
@@ -358,6 +394,11 @@ def test_each_role_is_refused_what_it_must_not_do(
             message = _write_refusal(role_settings, topic)
             assert f"refused to let {user.format(role.value)}" in message
             assert f"write topic {topic}" in message or "produce to any topic" in message
+
+    # ... and the webhook run under the sink role says so in its log, in sealtrail's words.
+    logged = _webhook_refusal(sink, tmp_path)
+    assert f"refused to let {user.format('sink')}" in logged
+    assert f"write topic {topics.raw}" in logged or "produce to any topic" in logged
 
     # Nobody but admin deletes records or topics or alters topic configs, or creates topics.
     # (Each on a topic the role may see, so the broker, not the client, says no.)
