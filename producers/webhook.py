@@ -51,7 +51,7 @@ from producers.kafka_writer import (
 )
 from schemas.codec import encode_audit_event
 from sealtrail.infra.config import Settings, parse_listen
-from sealtrail.infra.errors import ConfigError
+from sealtrail.infra.errors import ConfigError, KafkaUnavailable
 from sealtrail.infra.kafka import MAX_EVENT_LIMIT
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,16 @@ class WebhookOptions:
     # Seconds a client may take to send its headers (from connect) or its body; slow clients
     # (slowloris) are cut off instead of holding a connection forever.
     read_timeout: float = 30.0
+
+
+def _refusal(producer: ConfirmedProducer, batch: Batch) -> str | None:
+    """The one-sentence error if the broker refused ``batch`` (or every write) to this
+    principal: it names the user and the topic, where librdkafka's text names neither."""
+    try:
+        producer.raise_if_refused(batch)
+    except KafkaUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def load_tokens(path: Path, default_cluster: str | None) -> list[tuple[bytes, str]]:
@@ -584,6 +594,7 @@ class WebhookServer:
             self._inflight -= max(count, 1)
             self.metrics.inflight.set(self._inflight)
         if error is not None:
+            error = _refusal(producer, batch) or error
             return self._unavailable(
                 "kafka",
                 "Kafka did not acknowledge the events; retry",
@@ -723,6 +734,7 @@ class WebhookServer:
             self._inflight -= counted
             self.metrics.inflight.set(self._inflight)
         if error is not None:
+            error = _refusal(producer, batch) or error
             return self._unavailable(
                 "kafka",
                 "Kafka did not acknowledge the events; retry",

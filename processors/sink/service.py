@@ -25,6 +25,7 @@ batch it refuses or fails on goes through :func:`event_columns` as above, with t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -293,6 +294,12 @@ class Sink:
             ) from None
         for topic in (self.chain_topic, self.checkpoint_topic):
             info = metadata.topics.get(topic)
+            if info is None:
+                # Not listed may mean not allowed: asked by name, the broker says which.
+                with contextlib.suppress(KafkaException):
+                    info = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if info is not None and is_refusal(info.error):
+                raise refused(self.settings, info.error, f"read topic {topic}")
             if info is None or info.error is not None or not info.partitions:
                 raise KafkaUnavailable(
                     f"topic {topic} does not exist; create the topics with 'sealtrail topics init'"
@@ -322,6 +329,14 @@ class Sink:
                 return list(consumer.committed(partitions, timeout=10))
             except KafkaException as exc:
                 error = exc.args[0]
+                # A refused group shows here as a time-out; the refusal itself is an error event
+                # on the consumer (nothing is assigned yet, so no record is taken).
+                for event in consumer.consume(num_messages=100, timeout=0):
+                    refusal = event.error()
+                    if is_refusal(refusal):
+                        raise refused(
+                            self.settings, refusal, f"read the offsets of group {self.group}"
+                        ) from None
                 if not error.retriable() and error.code() not in _COORDINATOR_ERRORS:
                     raise KafkaUnavailable(
                         f"could not read the sink's committed offsets ({error.str()})"

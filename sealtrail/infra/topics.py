@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
+    AdminClient,
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
@@ -19,6 +20,7 @@ from sealtrail.infra.errors import KafkaUnavailable, TopicError
 from sealtrail.infra.kafka import (
     MAX_RECORD_BYTES,
     admin,
+    admin_conf,
     check_login,
     describe,
     is_refusal,
@@ -179,11 +181,13 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
             f"Kafka at {settings.kafka} did not answer ({exc.args[0]}); "
             "start it with 'sealtrail stack up' or set SEALTRAIL_KAFKA"
         ) from None
+    absent = [n for n in wanted if n not in metadata]
+    errors = {name: metadata[name].error for name in wanted if name in metadata}
+    errors |= _named_errors(settings, absent, timeout)
     for name in wanted:
-        error = metadata[name].error if name in metadata else None
+        error = errors.get(name)
         if is_refusal(error):
             raise refused(settings, error, f"describe topic {name}")
-    absent = [n for n in wanted if n not in metadata]
     if absent:
         raise TopicError(f"topic(s) {', '.join(absent)} do not exist; run 'sealtrail topics init'")
     futures = client.describe_configs(
@@ -211,6 +215,27 @@ def check_topics(settings: Settings, timeout: float = 30.0) -> None:
                 f"topic {name} has {len(metadata[name].partitions)} partitions but {names.raw} "
                 f"has {raw_partitions}; they must match partition for partition"
             )
+
+
+def _named_errors(
+    settings: Settings, names: list[str], timeout: float
+) -> dict[str, KafkaError | None]:
+    """The error of each topic in ``names``, asked for by name. A listing of every topic leaves
+    out the topics this principal may not describe, so "not listed" may mean "not allowed"
+    rather than "absent"; asked by name, the broker says which (TOPIC_AUTHORIZATION_FAILED or
+    UNKNOWN_TOPIC_OR_PART). The question never creates a topic, whatever the broker's
+    auto.create.topics.enable."""
+    if not names:
+        return {}
+    probe = AdminClient(admin_conf(settings, **{"allow.auto.create.topics": False}))
+    errors: dict[str, KafkaError | None] = {}
+    for name in names:
+        try:
+            shown = probe.list_topics(topic=name, timeout=timeout).topics.get(name)
+        except KafkaException:
+            shown = None  # reported as absent, as before
+        errors[name] = shown.error if shown is not None else None
+    return errors
 
 
 def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -70,8 +71,12 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureSta
         kafka.down()
 
 
+# The output of every command run through cli(), checked for passwords after each test.
+CLI_OUTPUTS: list[str] = []
+
+
 @pytest.fixture
-def secure(secure_stack: SecureStack, chdb_dsn: str, tmp_path: Path) -> Settings:
+def secure(secure_stack: SecureStack, chdb_dsn: str, tmp_path: Path) -> Iterator[Settings]:
     """Settings without credentials for one test's topics, created (and their ACLs applied)
     by the admin role through the CLI."""
     tag = uuid.uuid4().hex[:10]
@@ -87,7 +92,11 @@ def secure(secure_stack: SecureStack, chdb_dsn: str, tmp_path: Path) -> Settings
     for command in (["topics", "init", "--partitions", "2"], ["acls", "apply"]):
         result = cli(as_admin, *command)
         assert result.returncode == 0, result.stderr
-    return base
+    yield base
+    # Whatever the test ran, no command printed a password, nor did a broker log one.
+    seen = list(CLI_OUTPUTS)
+    CLI_OUTPUTS.clear()
+    assert_no_password(secure_stack, *seen, broker_logs(secure_stack))
 
 
 def as_role(settings: Settings, stack: SecureStack, role: Role) -> Settings:
@@ -98,13 +107,38 @@ def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.Comp
     env = child_env(settings)
     if settings.kafka_config is None:
         env.pop("SEALTRAIL_KAFKA_CONFIG", None)
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "sealtrail", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+    )
+    CLI_OUTPUTS.append(result.stdout + result.stderr)
+    return result
+
+
+def passwords(stack: SecureStack) -> list[str]:
+    """Every role's SCRAM password, read from its client file."""
+    found = []
+    for role in Role:
+        for line in stack.file(role).read_text().splitlines():
+            if line.startswith("sasl.password="):
+                found.append(line.split("=", 1)[1])
+    assert len(found) == len(Role) and all(len(p) >= 24 for p in found)
+    return found
+
+
+def assert_no_password(stack: SecureStack, *texts: str) -> None:
+    for password in passwords(stack):
+        for text in texts:
+            assert password not in text
+
+
+def broker_logs(stack: SecureStack) -> str:
+    return "".join(
+        log.read_text(errors="replace") for log in sorted(stack.home.glob("kafka/node-*/*.log"))
     )
 
 
@@ -222,6 +256,16 @@ def test_pipeline_runs_with_one_role_per_component(
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"OK: {expected} records" in result.stdout + result.stderr
+    # The offsite checkpoint export runs on the verifier's read-only credential too
+    # (deploy/verifier-cronjob.yaml).
+    exported = cli(
+        as_role(secure, secure_stack, Role.VERIFIER),
+        "checkpoints", "export", "--to", str(tmp_path / "offsite"),
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert "exported" in exported.stdout and any((tmp_path / "offsite").iterdir())
+    # No password in what the components wrote (the commands' output: see the fixture).
+    assert_no_password(secure_stack, run_log.read_text(errors="replace"))
 
 
 def _write_refusal(settings: Settings, topic: str) -> str:
@@ -238,6 +282,42 @@ def _write_refusal(settings: Settings, topic: str) -> str:
     finally:
         producer.close(5)
     return str(refused.value)
+
+
+def _webhook_refusal(settings: Settings, tmp_path: Path) -> str:
+    """Run the webhook as ``settings``' principal, post one batch, return its log."""
+    port = free_port_base(1)
+    env = child_env(settings)
+    log_file = tmp_path / "webhook.log"
+    webhook = subprocess.Popen(
+        [
+            sys.executable, "-m", "sealtrail", "produce", "webhook",
+            "--listen", f"127.0.0.1:{port}", "--insecure-no-auth", "--cluster", "c",
+        ],
+        env=env,
+        stdout=log_file.open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    body = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":['
+    body += good_lines()[0] + b"]}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                status = post(f"http://127.0.0.1:{port}/", body)[0]
+            except OSError:
+                status = 0
+            if status == 503 and "refused to let" in log_file.read_text(errors="replace"):
+                break
+            assert status in (0, 503), status  # never stored
+            assert webhook.poll() is None, log_file.read_text(errors="replace")
+            time.sleep(0.3)
+    finally:
+        webhook.send_signal(signal.SIGTERM)
+        webhook.wait(timeout=60)
+    text = log_file.read_text(errors="replace")
+    CLI_OUTPUTS.append(text)
+    return text
 
 
 def _admin_refusals(settings: Settings, topic: str) -> list[int]:
@@ -294,6 +374,15 @@ def test_each_role_is_refused_what_it_must_not_do(
             consumer.close()
         assert f"write topic {topic}" in _write_refusal(producer, topic)
 
+    # A role that may not see a topic is told so, not that the topic is missing: topics check
+    # (an admin task) and a one-shot sink under the wrong role.
+    line = one_line_error(cli(verifier, "topics", "check"))
+    assert f"refused to let {user.format('verifier')}" in line
+    assert f"describe topic {topics.raw}" in line and "do not exist" not in line
+    line = one_line_error(cli(producer, "sink", "--once"))
+    assert f"refused to let {user.format('producer')}" in line
+    assert f"read topic {topics.chain}" in line
+
     # The chainer does not write the raw topic (through sealtrail's own producer command).
     line = one_line_error(cli(chainer, "produce", "load", "--count", "3"))
     assert f"refused to let {user.format('chainer')}" in line
@@ -305,6 +394,11 @@ def test_each_role_is_refused_what_it_must_not_do(
             message = _write_refusal(role_settings, topic)
             assert f"refused to let {user.format(role.value)}" in message
             assert f"write topic {topic}" in message or "produce to any topic" in message
+
+    # ... and the webhook run under the sink role says so in its log, in sealtrail's words.
+    logged = _webhook_refusal(sink, tmp_path)
+    assert f"refused to let {user.format('sink')}" in logged
+    assert f"write topic {topics.raw}" in logged or "produce to any topic" in logged
 
     # Nobody but admin deletes records or topics or alters topic configs, or creates topics.
     # (Each on a topic the role may see, so the broker, not the client, says no.)
@@ -383,3 +477,99 @@ def test_the_verifier_needs_its_reader_group_row(
     line = one_line_error(cli(verifier, "verify", "--key", str(public), "--no-clickhouse"))
     assert "refused to let user sealtrail-verifier" in line
     assert "consumer group" in line or "Group authorization failed" in line
+
+
+def test_stack_up_secure_and_status_through_the_cli(
+    secure_stack: SecureStack, tmp_path: Path
+) -> None:
+    """`sealtrail stack up --secure` on the running secured stack: it brings the users, ACLs and
+    client files up to date, creates the topics as admin, and `stack status` lists the roles."""
+    port = secure_stack.bootstrap.rsplit(":", 1)[1]
+    prefix = f"u{uuid.uuid4().hex[:8]}."
+    here = Settings(
+        kafka=secure_stack.bootstrap, home=secure_stack.home, topic_prefix=prefix,
+        clickhouse=f"chdb://{tmp_path / 'ch'}",
+    )  # fmt: skip
+    before = passwords(secure_stack)
+    up = cli(here, "stack", "up", "--secure", "--port", port, "--partitions", "2")
+    assert up.returncode == 0, up.stderr
+    assert "already running" in up.stderr and f"topic {prefix}audit.chain" in up.stderr
+    assert up.stdout.strip() == secure_stack.bootstrap
+    assert f"SEALTRAIL_KAFKA_CONFIG={secure_stack.file(Role.CHAINER)}" in up.stderr
+    assert passwords(secure_stack) == before  # running clients keep working
+    # The prefix's ACLs came with it: the producer role writes its raw topic.
+    with Emitter(as_role(here, secure_stack, Role.PRODUCER), cluster="c") as audit:
+        audit.emit(actor="alice", action="login", resource="console", outcome="success")
+    assert total_end(as_role(here, secure_stack, Role.ADMIN), f"{prefix}audit.events") == 1
+
+    status = cli(here, "stack", "status")
+    assert status.returncode == 0, status.stderr
+    assert "security: SASL_SSL (SCRAM-SHA-512), StandardAuthorizer" in status.stdout
+    for role in Role:
+        path = secure_stack.file(role)
+        assert f"role {role.value}: {path}" in status.stdout
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secure_stack.clients.stat().st_mode) == 0o700
+    for key in ("ca.key", "broker.key", "broker-keystore.pem"):
+        assert stat.S_IMODE((secure_stack.home / "tls" / key).stat().st_mode) == 0o600
+
+    # The same stack without --secure is another shape: refused, not silently opened up.
+    plain = cli(here, "stack", "up", "--port", port, "--no-topics")
+    line = one_line_error(plain)
+    assert "already runs" in line and "(secured)" in line
+    assert_no_password(secure_stack, *CLI_OUTPUTS)
+    CLI_OUTPUTS.clear()
+
+
+@pytest.mark.slow
+def test_a_one_shot_sink_under_another_role_is_refused_its_group(
+    secure: Settings, secure_stack: SecureStack
+) -> None:
+    """The chainer may read the chain but not use the sink's group: one sentence, not a
+    time-out (the refusal arrives as a consumer event while the offsets query times out)."""
+    line = one_line_error(cli(as_role(secure, secure_stack, Role.CHAINER), "sink", "--once"))
+    assert "refused to let user sealtrail-chainer" in line
+    assert f"group {secure.topic_prefix}sealtrail-sink" in line
+
+
+@pytest.mark.slow
+def test_three_secured_brokers(tmp_path: Path) -> None:
+    """`stack up --secure --brokers 3`: every broker takes the role users, and each component
+    runs on its own role across the quorum."""
+    home = tmp_path / "home"
+    port = free_port_base(3, offsets=(0, 100, 200))
+    base = Settings(
+        kafka=f"127.0.0.1:{port}", home=home, clickhouse=f"chdb://{tmp_path / 'ch'}",
+        deployment="sealtrail.test",
+    )  # fmt: skip
+    stack = SecureStack(home, "")
+    try:
+        up = cli(base, "stack", "up", "--secure", "--brokers", "3", "--port", str(port),
+                 "--partitions", "2", timeout=400)  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        stack.bootstrap = up.stdout.strip()
+        assert stack.bootstrap == ",".join(f"127.0.0.1:{port + i}" for i in range(3))
+        settings = base.with_(kafka=stack.bootstrap)
+        status = cli(settings, "stack", "status")
+        assert status.stdout.count(" running (pid ") == 3, status.stdout
+        assert all(f"role {role.value}: " in status.stdout for role in Role)
+
+        keys = tmp_path / "keys"
+        assert cli(settings, "keys", "generate", "--name", "k3", "--out", str(keys)).returncode == 0
+        steps = [
+            (Role.PRODUCER, ["produce", "load", "--count", "20"]),
+            (Role.CHAINER, ["chain", "--once", "--signing-key", str(keys / "k3.key")]),
+            (Role.VERIFIER, ["verify", "--key", str(keys / "k3.pub"), "--no-clickhouse"]),
+        ]
+        for role, args in steps:
+            result = cli(as_role(settings, stack, role), *args, timeout=300)
+            assert result.returncode == 0, (role, result.stdout, result.stderr)
+        assert "OK: 20 records" in result.stdout + result.stderr
+        line = one_line_error(cli(as_role(settings, stack, Role.PRODUCER), "topics", "check"))
+        assert "refused to let user sealtrail-producer describe topic" in line.replace(
+            f" ({stack.file(Role.PRODUCER)})", ""
+        )
+        assert_no_password(stack, *CLI_OUTPUTS, broker_logs(stack))
+    finally:
+        CLI_OUTPUTS.clear()
+        LocalKafka(home).down()

@@ -228,3 +228,64 @@ def test_docs_list_every_metric() -> None:
     }
     missing = {f for f in families if f not in listed and f + "_total" not in listed}
     assert not missing, f"docs/METRICS.md does not list {sorted(missing)}"
+
+
+# Which Kafka role (docs/SECURITY.md) each component logs in as in the deploy files.
+COMPONENT_ROLES = {
+    "webhook": "producer",
+    "chainer": "chainer",
+    "sink": "sink",
+    "verifier": "verifier",
+    "verify": "verifier",
+    "export": "verifier",
+}
+
+
+def test_compose_gives_each_component_its_own_kafka_credential() -> None:
+    services = documents(ROOT / "compose.yaml")[0]["services"]
+    kafka = services["kafka"]["environment"]
+    assert "CLIENT:SASL_SSL" in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith(".StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    for name, service in services.items():
+        kafka_secrets = {
+            s if isinstance(s, str) else s["source"]
+            for s in service.get("secrets", [])
+            if (s if isinstance(s, str) else s["source"]).startswith("kafka_")
+        }
+        if name in COMPONENT_ROLES:
+            role = COMPONENT_ROLES[name]
+            env = service["environment"]
+            assert env["SEALTRAIL_KAFKA"] == "kafka:9092", name  # the SASL_SSL listener
+            assert env["SEALTRAIL_KAFKA_CONFIG"] == f"/run/secrets/kafka_{role}", name
+            assert kafka_secrets == {f"kafka_{role}", "kafka_ca"}, name
+        elif name not in ("kafka", "topics-init"):
+            assert not kafka_secrets, f"{name} holds Kafka credentials {kafka_secrets}"
+
+
+def test_kubernetes_workloads_each_mount_their_own_kafka_credential() -> None:
+    docs = [doc for path in MANIFESTS for doc in documents(path)]
+    settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    config = Path(settings["SEALTRAIL_KAFKA_CONFIG"])
+    seen = set()
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            pod = doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "CronJob":
+            pod = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        else:
+            continue
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            role = COMPONENT_ROLES[container["name"]]
+            assert {"configMapRef": {"name": "sealtrail-settings"}} in container["envFrom"]
+            mounts = {m["name"]: m for m in container["volumeMounts"]}
+            mount = mounts["kafka-client"]
+            assert mount["mountPath"] == str(config.parent) and mount["readOnly"] is True
+            secret = volumes["kafka-client"]["secret"]["secretName"]
+            assert secret == f"sealtrail-kafka-{role}", (doc["metadata"]["name"], secret)
+            seen.add(role)
+    assert seen == {"producer", "chainer", "sink", "verifier"}
+    text = " ".join(path.read_text(encoding="utf-8") for path in MANIFESTS)
+    assert "sealtrail-kafka-admin" not in text  # the admin credential stays out of the cluster
