@@ -5,9 +5,9 @@ For each shown row, identified by ``(chain, seq)``, :func:`verify_rows` checks
 
 1. the stored ``events`` row: exactly one for that seq; its record hash recomputes from its own
    columns (docs/FORMAT.md section 2); its decoded columns equal what its payload decodes to
-   (the sink's own mapping, :func:`processors.sink.event_columns`); and any shown column named
-   like an ``events`` column, with the same type, equals the stored value (a view edited to show
-   something else is caught);
+   (the sink's own mapping, :func:`processors.sink.event_columns`); and every shown column named
+   like an ``events`` column, whatever type the query gave it, holds the stored value (a view
+   edited to show something else is caught, also under another type);
 2. its inclusion in a signed checkpoint: the checkpoints of the chain from the newest down to the
    first whose records are all stored must each open under the key ring (a forged one fails
    every row of its chain), and the RFC 6962 inclusion proof of the row's hash, built from the
@@ -202,9 +202,35 @@ def _check_row(chain: str, row: Mapping[str, Any], shown: Mapping[str, tuple[str
         if _norm(_micros(row[name]) if name in _TIMES else row[name]) != expected[name]:
             return f"its column {name} does not match its payload"
     for name, (_type, value) in shown.items():
-        if _norm(value) != _norm(row[name]):
-            return f"the shown {name} differs from the stored row"
+        if not _same_value(value, row[name]):
+            return (
+                f"the shown {name} is not the stored value (select the column unchanged, or "
+                "name the expression otherwise)"
+            )
     return ""
+
+
+def _same_value(shown: Any, stored: Any) -> bool:
+    """Whether a shown cell is the stored value, in whatever type the query gave it: equal
+    values (an Enum, Nullable or String copy of a LowCardinality value is still the value), and
+    a String column's bytes as the driver hands them over (text, or hex if not UTF-8)."""
+    shown, stored = _norm(shown), _norm(stored)
+    if isinstance(stored, bytes) and isinstance(shown, str):
+        try:
+            return shown == stored.decode("utf-8")
+        except UnicodeDecodeError:
+            return shown == stored.hex()
+    return bool(shown == stored) and type(shown) is type(stored) or _same_number(shown, stored)
+
+
+def _same_number(shown: Any, stored: Any) -> bool:
+    numbers = (int, float)
+    return (
+        isinstance(shown, numbers)
+        and isinstance(stored, numbers)
+        and not isinstance(shown, bool)
+        and shown == stored
+    )
 
 
 def verify_rows(
@@ -217,8 +243,8 @@ def verify_rows(
     types: Mapping[str, str] | None = None,
 ) -> list[Verdict]:
     """One verdict per ``(chain, seq)`` in ``keys``. ``shown[i]`` maps the columns row ``i``
-    displays (name -> (ClickHouse type, value)); those named and typed like an ``events``
-    column are compared with the stored row."""
+    displays (name -> (ClickHouse type, value)); those named like an ``events`` column must hold
+    the stored value, whatever their type."""
     verdicts: list[Verdict | None] = [None] * len(keys)
     by_chain: dict[str, list[int]] = {}
     for i, (chain, _seq) in enumerate(keys):
@@ -246,7 +272,7 @@ def verify_rows(
             display = {
                 name: (t, v)
                 for name, (t, v) in (shown[i] if shown else {}).items()
-                if name in stored_types and stored_types[name] == t and name not in ("chain",)
+                if name in stored_types and name not in ("chain", "seq")
             }
             verdicts[i] = _verdict(chain, seq, stored.get(seq, []), display, checkpoint, tree)
     return [v if v is not None else Verdict(False, "not checked") for v in verdicts]

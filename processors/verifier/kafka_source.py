@@ -211,15 +211,13 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
 _CLAIM_WINDOW = 1024
 
 
-def sink_stored_through(
-    settings: Settings, group: str, partition: int, timeout: float = 10.0
-) -> int | None:
-    """The highest seq of chain partition ``partition`` that the sink's consumer group committed
-    past, i.e. that the sink says ClickHouse holds; None when the group committed nothing there.
-
-    The sink commits an offset only after ClickHouse acknowledged the rows below it, so rows
-    missing below this seq were deleted, not merely not loaded yet.
-    """
+def sink_committed(
+    settings: Settings, group: str, partitions: list[int], timeout: float = 10.0
+) -> dict[int, int | None]:
+    """The offset the sink's consumer group committed on each chain partition of ``partitions``
+    (None where it committed nothing). Read it *before* counting ClickHouse's rows: the sink
+    commits only after ClickHouse acknowledged the rows below, so every record below an offset
+    read earlier is in the table when it is counted, even while the sink runs on."""
     from confluent_kafka import TopicPartition
 
     from sealtrail.infra.kafka import consumer_conf
@@ -229,15 +227,26 @@ def sink_stored_through(
     # group, so the running sink is not disturbed.
     probe = Consumer(consumer_conf(settings, group))
     try:
-        committed = probe.committed([TopicPartition(topic, partition)], timeout=timeout)[0].offset
+        found = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
     except KafkaException as exc:
         raise KafkaUnavailable(
             f"could not read the committed offsets of the sink group {group}: {describe(exc)}"
         ) from None
     finally:
         probe.close()
+    out: dict[int, int | None] = dict.fromkeys(partitions)
+    for tp in found:
+        out[tp.partition] = tp.offset if tp.offset is not None and tp.offset > 0 else None
+    return out
+
+
+def seq_below(settings: Settings, partition: int, committed: int | None) -> int | None:
+    """The seq of the last chained record of chain partition ``partition`` below offset
+    ``committed`` (what a sink that committed ``committed`` says ClickHouse holds); None when
+    nothing was committed or no chained record is below it."""
     if committed is None or committed <= 0:
         return None
+    topic = settings.topics.chain
     rdr = reader(settings)
     try:
         below = list(

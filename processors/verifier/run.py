@@ -33,7 +33,8 @@ from processors.verifier.kafka_source import (
     chain_partitions,
     keyring_text,
     run_job,
-    sink_stored_through,
+    seq_below,
+    sink_committed,
 )
 from processors.verifier.report import Report
 from processors.verifier.rows import verify_rows
@@ -44,6 +45,7 @@ from processors.verifier.state import (
     save_state,
 )
 from sealtrail.infra.config import Settings
+from sealtrail.infra.errors import KafkaUnavailable
 from sealtrail.infra.kafka_read import reader, watermarks
 
 __all__ = ["Progress", "VerifyOptions", "run_verify"]
@@ -91,7 +93,17 @@ def run_verify(
     report.clickhouse_checked = client is not None
     ch_sizes: dict[str, int] = {}
     parts_now = None
+    committed: dict[int, int | None] | KafkaUnavailable = {}
     if client is not None:
+        # The sink's committed offsets before ClickHouse's row counts: rows below them were
+        # stored before the counts were taken, so a running sink that stores and commits more
+        # meanwhile is not mistaken for deleted rows. Needed only if ClickHouse is behind.
+        try:
+            committed = sink_committed(
+                settings, options.sink_group or settings.groups.sink, partitions, options.timeout
+            )
+        except KafkaUnavailable as exc:
+            committed = exc
         # Parts first: rows that arrive in between are checked now and again next run.
         parts_now = table_parts(client, settings.clickhouse_database)
         ch_sizes = chain_sizes(client, settings.clickhouse_database)
@@ -108,7 +120,14 @@ def run_verify(
             incremental = _incremental(settings, options, parts_now, report)
         for res in report.chains:
             _check_rows(
-                settings, client, options, res, ch_sizes.get(res.chain), incremental, report
+                settings,
+                client,
+                options,
+                res,
+                ch_sizes.get(res.chain),
+                incremental,
+                report,
+                committed,
             )
     report.finished = time.time()
     if options.state_file is not None:
@@ -233,9 +252,11 @@ def _check_rows(
     size: int | None,
     incremental: _Incremental,
     report: Report,
+    committed: dict[int, int | None] | KafkaUnavailable,
 ) -> None:
     """Check ClickHouse's ``size`` rows of the replayed chain ``res``, then what the number of
-    rows means against the chain and the sink's committed offsets."""
+    rows means against the chain and the sink's offsets ``committed`` (read before the rows
+    were counted)."""
     if size is None:
         if res.size:
             report.warnings.append(f"ClickHouse holds no rows of chain {res.chain} yet")
@@ -269,20 +290,21 @@ def _check_rows(
             remembered=remembered,
         )
         incremental.checked(res.chain, ch_res.ok and root is not None, size, res.probe_compact)
-    _compare_counts(settings, options, res, size, ch_res, report)
+    _compare_counts(settings, res, size, ch_res, report, committed)
     report.clickhouse.append(ch_res)
 
 
 def _compare_counts(
     settings: Settings,
-    options: VerifyOptions,
     res: ChainResult,
     size: int,
     ch_res: ChainResult,
     report: Report,
+    committed: dict[int, int | None] | KafkaUnavailable,
 ) -> None:
     """What ClickHouse holding ``size`` rows of a chain of ``res.size`` records means: rows
-    inserted, rows deleted (missing below the sink's committed offsets), or a sink behind."""
+    inserted, rows deleted (missing below the sink's offsets ``committed`` before the rows were
+    counted), or a sink behind."""
     if size > res.size and res.ok:
         ch_res.add(
             ClickHouseMismatch(
@@ -295,10 +317,10 @@ def _compare_counts(
             )
         )
     elif size < res.size:
-        claimed = sink_stored_through(
-            settings, options.sink_group or settings.groups.sink,
-            partition_of(res.chain, settings.topics.raw) or 0, options.timeout,
-        )  # fmt: skip
+        if isinstance(committed, KafkaUnavailable):
+            raise committed
+        partition = partition_of(res.chain, settings.topics.raw) or 0
+        claimed = seq_below(settings, partition, committed.get(partition))
         if claimed is not None and claimed >= size:
             ch_res.add(
                 ClickHouseMismatch(

@@ -89,6 +89,20 @@ def test_query_and_verified_history_while_run_ingests(settings: Settings, tmp_pa
         assert sender.poll() is None, "the load ended before the verified read: not mid-ingest"
         assert _wait(lambda: any(r["verified"] for r in json.loads(
             cli("history", *args, "--format", "json").stdout)), 60)  # fmt: skip
+        # The cron verifier's ClickHouse cross-check and a proof, also through the live path.
+        checked = cli("verify", "--quiet", "--clickhouse-required")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        rows_checked = checked.stdout.split("ClickHouse rows checked: ")[1].split()[0]
+        assert int(rows_checked) > 0, checked.stdout
+        proven = next(r for r in json.loads(cli("history", *args, "--format", "json").stdout)
+                      if r["verified"])  # fmt: skip
+        made = cli("prove", "--chain", proven["chain"], "--seq", str(proven["seq"]),
+                   "--out", str(tmp_path / "proof.json"))  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        assert "reading the chain from Kafka" not in made.stderr
+        offline = cli("verify-proof", str(tmp_path / "proof.json"))
+        assert offline.returncode == 0 and "PROVED" in offline.stdout, offline.stderr
+        assert sender.poll() is None, "the load ended before verify and prove: not mid-ingest"
         # The K9s plugin's command line, in a real terminal (tmux): the pane shows the verdicts.
         if shutil.which("tmux") is None:
             pytest.skip("tmux is not installed")

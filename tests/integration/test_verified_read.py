@@ -104,6 +104,32 @@ def test_verified_rows_tampering_pending_and_forged_checkpoint(
         parameters={"v": rows[1]["verb"]},
         settings={"mutations_sync": 2},
     )
+    # A view redefined to show another value under an events column's name is caught whatever
+    # type the view gives it (a String literal, Enum, Nullable: not the stored LowCardinality);
+    # the same value in another type is still the stored value.
+    client.command(
+        f"CREATE OR REPLACE VIEW {db}.forged AS SELECT chain, seq, 'forged' AS verb, "
+        "CAST('forged' AS Enum8('forged' = 1)) AS subresource, "
+        f"toNullable(user_name) AS user_name, toString(event_time) AS event_time FROM {db}.events"
+    )
+    view_sql = "SELECT chain, seq, {} FROM forged WHERE seq IN (5, 300) ORDER BY seq"
+    for column, reason in (
+        ("verb", "the shown verb is not the stored value"),
+        ("subresource", "the shown subresource is not the stored value"),
+        ("event_time", "the shown event_time is not the stored value"),
+    ):
+        forged_view = cli(settings, "query", "--verify", *key, "--format", "json",
+                          view_sql.format(column))  # fmt: skip
+        assert forged_view.exit_code == 1, (column, forged_view.output)
+        assert all(r["verified"] is False and r["reason"].startswith(reason)
+                   for r in _json(forged_view)), (column, forged_view.output)  # fmt: skip
+    same = cli(settings, "query", "--verify", *key, "--format", "json",
+               view_sql.format("user_name"))  # fmt: skip
+    assert same.exit_code == 0 and [r["verified"] for r in _json(same)] == [True, True]
+    raw = cli(settings, "query", "--verify", *key, "--format", "json",
+              "SELECT chain, seq, hash, payload, annotations, event_time FROM events "
+              "WHERE seq IN (5, 300)")  # fmt: skip
+    assert raw.exit_code == 0 and [r["verified"] for r in _json(raw)] == [True, True], raw.output
     resource, name, namespace = client.query(
         f"SELECT resource, name, namespace FROM {db}.events WHERE seq = 519"
     ).result_rows[0]
