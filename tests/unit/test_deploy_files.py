@@ -251,26 +251,58 @@ COMPONENT_ROLES = {
 }
 
 
+def compose_services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = documents(ROOT / "compose.yaml")[0]["services"]
+    return services
+
+
+def compose_secret_files(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """For each service, {path in its container: compose secret}: the secrets it mounts itself
+    and the copies secrets-init made in the volumes it mounts."""
+    init = services["secrets-init"]
+    copy_volumes = {}
+    for spec in init["volumes"]:
+        volume, target = spec.split(":")
+        assert Path(target).parent == Path(COPIES), spec
+        copy_volumes[Path(target).name] = volume
+    copied: dict[str, dict[str, str]] = {volume: {} for volume in copy_volumes.values()}
+    for secret in init["secrets"]:
+        target = Path(secret["target"])
+        assert target.parent.parent == Path(SECRETS), secret
+        copied[copy_volumes[target.parent.name]][target.name] = secret["source"]
+    files: dict[str, dict[str, str]] = {}
+    for name, service in services.items():
+        files[name] = {}
+        for s in service.get("secrets", []):
+            source, target = (s, s) if isinstance(s, str) else (s["source"], s.get("target"))
+            path = target if target.startswith("/") else f"/run/secrets/{target}"
+            files[name][path] = source
+        if name != "secrets-init":
+            for spec in service.get("volumes", []):
+                volume, target = spec.split(":")[:2]
+                for file, source in copied.get(volume, {}).items():
+                    files[name][f"{target}/{file}"] = source
+    return files
+
+
 def test_compose_gives_each_component_its_own_kafka_credential() -> None:
-    services = documents(ROOT / "compose.yaml")[0]["services"]
+    services = compose_services()
     kafka = services["kafka"]["environment"]
     assert "CLIENT:SASL_SSL" in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
     assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
     assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith(".StandardAuthorizer")
     assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    files = compose_secret_files(services)
     for name, service in services.items():
-        kafka_secrets = {
-            s if isinstance(s, str) else s["source"]
-            for s in service.get("secrets", [])
-            if (s if isinstance(s, str) else s["source"]).startswith("kafka_")
-        }
+        kafka_secrets = {s for s in files[name].values() if s.startswith("kafka_")}
         if name in COMPONENT_ROLES:
             role = COMPONENT_ROLES[name]
             env = service["environment"]
             assert env["SEALTRAIL_KAFKA"] == "kafka:9092", name  # the SASL_SSL listener
             assert env["SEALTRAIL_KAFKA_CONFIG"] == f"/run/secrets/kafka_{role}", name
+            assert files[name][env["SEALTRAIL_KAFKA_CONFIG"]] == f"kafka_{role}", name
             assert kafka_secrets == {f"kafka_{role}", "kafka_ca"}, name
-        elif name not in ("kafka", "topics-init"):
+        elif name not in ("kafka", "topics-init", "secrets-init"):  # the last only copies them
             assert not kafka_secrets, f"{name} holds Kafka credentials {kafka_secrets}"
 
 
@@ -461,3 +493,55 @@ def test_copy_script_gives_sealtrail_owner_only_files(tmp_path: Path) -> None:
     (copies / "tokens" / "tokens.txt").chmod(0o440)
     with pytest.raises(ConfigError, match="readable by group or others"):
         load_tokens(copies / "tokens" / "tokens.txt", None)
+
+
+def test_compose_services_read_their_credentials_from_owner_only_copies() -> None:
+    """A file secret keeps the host file's owner and mode (docker/compose#9648), so the
+    sealtrail services (the image's uid 10001) mount none: secrets-init, the only sealtrail
+    container run as root, copies each into the reader's volume, owned by 10001, mode 0600."""
+    services = compose_services()
+    files = compose_secret_files(services)
+    init = services["secrets-init"]
+    assert init["build"] == "." and init["user"] == "0:0"
+    assert init["entrypoint"] == ["sh", "-c"] and len(init["command"]) == 1
+    script = init["command"][0]
+    assert "$" not in script.replace("$$", ""), "compose would interpolate a single $"
+    assert script.replace("$$", "$") == copy_script()  # the Kubernetes init containers' script
+    assert init["cap_drop"] == ["ALL"]
+    # DAC_READ_SEARCH: root reads a 0600 file the host user owns, without write access.
+    assert sorted(init["cap_add"]) == ["CHOWN", "DAC_READ_SEARCH", "FOWNER"]
+    assert init["security_opt"] == ["no-new-privileges:true"]
+    assert init["read_only"] is True and init["network_mode"] == "none"
+    assert init["restart"] == "no" and "depends_on" not in init and "ports" not in init
+    copy_volumes = {spec.split(":")[0] for spec in init["volumes"]}
+    readers: dict[str, list[str]] = {volume: [] for volume in copy_volumes}
+    sealtrail = [n for n, s in services.items() if s.get("build") == "." and n != "secrets-init"]
+    assert sorted(sealtrail) == ["chainer", "sink", "topics-init", "verifier", "webhook"]
+    for name in sealtrail:
+        service = services[name]
+        assert "user" not in service, name  # the image's USER sealtrail (uid 10001)
+        assert "secrets" not in service, f"{name} mounts a host-owned secret file"
+        assert service["depends_on"]["secrets-init"] == {
+            "condition": "service_completed_successfully"
+        }, name
+        for spec in service.get("volumes", []):
+            volume, *_, mode = spec.split(":")
+            if volume in copy_volumes:
+                assert mode == "ro", (name, spec)
+                readers[volume].append(name)
+        # Every path under /run it is given (environment, command, healthcheck) is a copy.
+        text = json.dumps([service.get("environment"), service.get("command")])
+        text += json.dumps(service.get("healthcheck", {}))
+        for path in set(re.findall(r"/run/[A-Za-z0-9_./-]+", text)):
+            assert any(f == path or f.startswith(path + "/") for f in files[name]), (name, path)
+        assert files[name], name
+    assert all(len(names) == 1 for names in readers.values()), readers  # one reader each
+    assert {n for n, s in services.items() if "secrets" in s} == {"secrets-init", "kafka"}
+    # The broker (its own image and user) mounts its files itself; every secret is used.
+    declared = set(documents(ROOT / "compose.yaml")[0]["secrets"])
+    used = {s for name in services for s in files[name].values()}
+    assert used == declared
+    # topics-init sees every role's client file where 'acls users --out' reads them.
+    clients = {p for p in files["topics-init"] if p.startswith("/run/kafka-clients/")}
+    roles = ["admin", "producer", "chainer", "sink", "verifier"]
+    assert clients == {f"/run/kafka-clients/{role}.properties" for role in roles}
