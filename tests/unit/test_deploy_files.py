@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sealtrail.infra.errors import ConfigError
 from tests.tools.auditclient_build import auditclient_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +41,12 @@ DASHBOARD = DEPLOY / "grafana" / "sealtrail.json"
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml")) + [DEPLOY / "verifier-cronjob.yaml"]
 KUBECONFIG = DEPLOY / "kubernetes" / "audit-webhook-kubeconfig.yaml"
 POLICY = DEPLOY / "kubernetes" / "audit-policy.yaml"
+
+# The image's user (Dockerfile) and where the copy-secrets init containers read each Secret and
+# write its owner-only copy (docs/DEPLOY.md, "Secret files and uid 10001").
+IMAGE_UID = 10001
+SECRETS = "/secrets"
+COPIES = "/copies"
 
 # The Kubernetes versions docs/DEPLOY.md claims (each is a schema set kubernetes-validate ships).
 KUBERNETES_VERSIONS = ("1.34", "1.35", "1.36", "1.37")
@@ -241,27 +251,83 @@ COMPONENT_ROLES = {
 }
 
 
+def compose_services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = documents(ROOT / "compose.yaml")[0]["services"]
+    return services
+
+
+def compose_secret_files(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """For each service, {path in its container: compose secret}: the secrets it mounts itself
+    and the copies secrets-init made in the volumes it mounts."""
+    init = services["secrets-init"]
+    copy_volumes = {}
+    for spec in init["volumes"]:
+        volume, target = spec.split(":")
+        assert Path(target).parent == Path(COPIES), spec
+        copy_volumes[Path(target).name] = volume
+    copied: dict[str, dict[str, str]] = {volume: {} for volume in copy_volumes.values()}
+    for secret in init["secrets"]:
+        target = Path(secret["target"])
+        assert target.parent.parent == Path(SECRETS), secret
+        copied[copy_volumes[target.parent.name]][target.name] = secret["source"]
+    files: dict[str, dict[str, str]] = {}
+    for name, service in services.items():
+        files[name] = {}
+        for s in service.get("secrets", []):
+            source, target = (s, s) if isinstance(s, str) else (s["source"], s.get("target"))
+            path = target if target.startswith("/") else f"/run/secrets/{target}"
+            files[name][path] = source
+        if name != "secrets-init":
+            for spec in service.get("volumes", []):
+                volume, target = spec.split(":")[:2]
+                for file, source in copied.get(volume, {}).items():
+                    files[name][f"{target}/{file}"] = source
+    return files
+
+
 def test_compose_gives_each_component_its_own_kafka_credential() -> None:
-    services = documents(ROOT / "compose.yaml")[0]["services"]
+    services = compose_services()
     kafka = services["kafka"]["environment"]
     assert "CLIENT:SASL_SSL" in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
     assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
     assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith(".StandardAuthorizer")
     assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    files = compose_secret_files(services)
     for name, service in services.items():
-        kafka_secrets = {
-            s if isinstance(s, str) else s["source"]
-            for s in service.get("secrets", [])
-            if (s if isinstance(s, str) else s["source"]).startswith("kafka_")
-        }
+        kafka_secrets = {s for s in files[name].values() if s.startswith("kafka_")}
         if name in COMPONENT_ROLES:
             role = COMPONENT_ROLES[name]
             env = service["environment"]
             assert env["SEALTRAIL_KAFKA"] == "kafka:9092", name  # the SASL_SSL listener
             assert env["SEALTRAIL_KAFKA_CONFIG"] == f"/run/secrets/kafka_{role}", name
+            assert files[name][env["SEALTRAIL_KAFKA_CONFIG"]] == f"kafka_{role}", name
             assert kafka_secrets == {f"kafka_{role}", "kafka_ca"}, name
-        elif name not in ("kafka", "topics-init"):
+        elif name not in ("kafka", "topics-init", "secrets-init"):  # the last only copies them
             assert not kafka_secrets, f"{name} holds Kafka credentials {kafka_secrets}"
+
+
+def pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    """(workload name, pod spec) of every Deployment, StatefulSet and CronJob."""
+    pods = []
+    for path in MANIFESTS:
+        for doc in documents(path):
+            if doc["kind"] in ("Deployment", "StatefulSet"):
+                pods.append((doc["metadata"]["name"], doc["spec"]["template"]["spec"]))
+            elif doc["kind"] == "CronJob":
+                template = doc["spec"]["jobTemplate"]["spec"]["template"]
+                pods.append((doc["metadata"]["name"], template["spec"]))
+    return pods
+
+
+def copied_secret(pod: dict[str, Any], volume: str) -> str:
+    """The Secret whose files the pod's copy-secrets init container copies into ``volume``."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[volume].get("emptyDir", {}).get("medium") == "Memory", volume
+    (init,) = pod["initContainers"]
+    mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    (directory,) = [Path(p).name for p, name in mounts.items() if name == volume]
+    assert mounts[f"{COPIES}/{directory}"] == volume
+    return str(volumes[mounts[f"{SECRETS}/{directory}"]]["secret"]["secretName"])
 
 
 def test_kubernetes_workloads_each_mount_their_own_kafka_credential() -> None:
@@ -269,23 +335,213 @@ def test_kubernetes_workloads_each_mount_their_own_kafka_credential() -> None:
     settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     config = Path(settings["SEALTRAIL_KAFKA_CONFIG"])
     seen = set()
-    for doc in docs:
-        if doc["kind"] in ("Deployment", "StatefulSet"):
-            pod = doc["spec"]["template"]["spec"]
-        elif doc["kind"] == "CronJob":
-            pod = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-        else:
-            continue
-        volumes = {v["name"]: v for v in pod["volumes"]}
+    for name, pod in pod_specs():
         for container in pod["containers"]:
             role = COMPONENT_ROLES[container["name"]]
             assert {"configMapRef": {"name": "sealtrail-settings"}} in container["envFrom"]
             mounts = {m["name"]: m for m in container["volumeMounts"]}
             mount = mounts["kafka-client"]
             assert mount["mountPath"] == str(config.parent) and mount["readOnly"] is True
-            secret = volumes["kafka-client"]["secret"]["secretName"]
-            assert secret == f"sealtrail-kafka-{role}", (doc["metadata"]["name"], secret)
+            secret = copied_secret(pod, "kafka-client")
+            assert secret == f"sealtrail-kafka-{role}", (name, secret)
             seen.add(role)
     assert seen == {"producer", "chainer", "sink", "verifier"}
     text = " ".join(path.read_text(encoding="utf-8") for path in MANIFESTS)
     assert "sealtrail-kafka-admin" not in text  # the admin credential stays out of the cluster
+
+
+def copy_script() -> str:
+    """The shell script of every copy-secrets init container (one text for all)."""
+    scripts = set()
+    for name, pod in pod_specs():
+        for init in pod.get("initContainers", []):
+            assert init["command"][:2] == ["sh", "-c"] and len(init["command"]) == 3, name
+            scripts.add(init["command"][2])
+    (script,) = scripts
+    return str(script)
+
+
+def test_kubernetes_secrets_reach_uid_10001_only_as_owner_only_copies() -> None:
+    """No container running as the image's user mounts a Secret: a root init container that
+    may only chown and chmod copies each Secret into memory, owned by that user, mode 0600;
+    sealtrail's owner-only checks refuse the 0440 files fsGroup would give (kubernetes#57923)."""
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert f"useradd --create-home --uid {IMAGE_UID} sealtrail" in dockerfile
+    assert "\nUSER sealtrail\n" in dockerfile
+    script = copy_script()
+    assert f"install -o {IMAGE_UID} -g {IMAGE_UID} -m 0600 " in script
+    checked = 0
+    for name, pod in pod_specs():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        secret_volumes = {n for n, v in volumes.items() if "secret" in v or "projected" in v}
+        assert pod["securityContext"]["runAsUser"] == IMAGE_UID, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for container in pod["containers"]:
+            context = container.get("securityContext", {})
+            assert context.get("runAsUser", IMAGE_UID) == IMAGE_UID, (name, container["name"])
+            assert context.get("runAsNonRoot", True) is True, (name, container["name"])
+            for mount in container["volumeMounts"]:
+                assert mount["name"] not in secret_volumes, (name, mount)
+                if "emptyDir" in volumes[mount["name"]]:
+                    assert mount["readOnly"] is True, (name, mount)
+                    assert copied_secret(pod, mount["name"]).startswith("sealtrail-"), name
+        # The one container that runs as root: it copies and may do nothing else.
+        (init,) = pod["initContainers"]
+        assert init["name"] == "copy-secrets" and init["image"] == pod["containers"][0]["image"]
+        assert init["command"][2] == script
+        context = init["securityContext"]
+        assert context["runAsUser"] == 0 and context["runAsNonRoot"] is False, name
+        assert context["allowPrivilegeEscalation"] is False, name
+        assert context["readOnlyRootFilesystem"] is True, name
+        assert context["capabilities"]["drop"] == ["ALL"], name
+        # CHOWN to give the copy to the image's user, FOWNER to chmod (and replace) a file it
+        # no longer owns; root reads the 0400 Secret files as their owner, so no DAC_OVERRIDE.
+        assert sorted(context["capabilities"]["add"]) == ["CHOWN", "FOWNER"], name
+        mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+        copied = set()
+        for path, mount in mounts.items():
+            parent, directory = str(Path(path).parent), Path(path).name
+            if parent == SECRETS:
+                assert mount["name"] in secret_volumes and mount["readOnly"] is True, name
+                assert mounts[f"{COPIES}/{directory}"]["name"] != mount["name"], name
+                copied.add(mount["name"])
+            else:
+                assert parent == COPIES and "emptyDir" in volumes[mount["name"]], (name, path)
+                assert f"{SECRETS}/{directory}" in mounts, (name, path)
+        assert copied == secret_volumes, f"{name}: Secrets {secret_volumes - copied} not copied"
+        checked += 1
+    assert checked == 6  # webhook, chainer, sink, export, verify, verify-full
+
+
+def run_copy_script(script: str, root: Path) -> list[list[str]]:
+    """Run ``script`` with its /secrets and /copies under ``root``; ``install`` is wrapped to
+    record its arguments and, unless this is root, to leave out the owner it may not give."""
+    assert script.count(f"{SECRETS}/") == 1 and script.count(f"{COPIES}/") == 2, script
+    bindir = root / "bin"
+    bindir.mkdir()
+    log = root / "install.log"
+    real = shutil.which("install")
+    assert real is not None
+    wrapper = bindir / "install"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\0" "$@" >> {log}; echo >> {log}\n'
+        + ("" if os.geteuid() == 0 else 'while [ "$1" = -o ] || [ "$1" = -g ]; do shift 2; done\n')
+        + f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    here = script.replace(f"{SECRETS}/", f"{root}{SECRETS}/").replace(
+        f"{COPIES}/", f"{root}{COPIES}/"
+    )
+    result = subprocess.run(
+        ["sh", "-c", here],
+        capture_output=True,
+        text=True,
+        env={"PATH": f"{bindir}:/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [line.rstrip("\0").split("\0") for line in log.read_text().split("\n") if line]
+
+
+def secret_volume(directory: Path, files: dict[str, bytes]) -> None:
+    """A Secret volume as the kubelet writes it: the files in a timestamped directory, ..data
+    pointing at it, and one symlink per key through ..data; mode 0400."""
+    stamp = directory / "..2026_01_01_00_00_00.000000001"
+    stamp.mkdir(parents=True)
+    (directory / "..data").symlink_to(stamp.name)
+    for name, data in files.items():
+        (stamp / name).write_bytes(data)
+        (stamp / name).chmod(0o400)
+        (directory / name).symlink_to(f"..data/{name}")
+
+
+def test_copy_script_gives_sealtrail_owner_only_files(tmp_path: Path) -> None:
+    from processors.integrity.keys import load_signer, write_keypair
+    from producers.webhook import load_tokens
+
+    private, _ = write_keypair("sealtrail.example.com/log", tmp_path / "keys")
+    files = {
+        "signing": {"sealtrail.key": private.read_bytes()},
+        "tokens": {"tokens.txt": b"0123456789abcdef0123456789abcdef prod\n"},
+        "kafka-client": {"client.properties": b"sasl.password=x\n", "ca.crt": b"CA\n"},
+    }
+    for directory, content in files.items():
+        secret_volume(tmp_path / SECRETS.strip("/") / directory, content)
+        (tmp_path / COPIES.strip("/") / directory).mkdir(parents=True)
+    stale = tmp_path / COPIES.strip("/") / "tokens" / "old-tokens.txt"
+    stale.write_bytes(b"a removed key\n")
+    calls = run_copy_script(copy_script(), tmp_path)
+    assert len(calls) == 4  # one per key: not ..data, not the timestamped directory
+    for call in calls:
+        assert call[:6] == ["-o", str(IMAGE_UID), "-g", str(IMAGE_UID), "-m", "0600"], call
+    assert not stale.exists()  # a key no longer in the Secret leaves no copy behind
+    for directory, content in files.items():
+        copies = tmp_path / COPIES.strip("/") / directory
+        assert sorted(p.name for p in copies.iterdir()) == sorted(content)
+        for name, data in content.items():
+            info = (copies / name).lstat()
+            assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+            if os.geteuid() == 0:
+                assert (info.st_uid, info.st_gid) == (IMAGE_UID, IMAGE_UID)
+            assert (copies / name).read_bytes() == data
+    # sealtrail's owner-only checks accept the copies (and refuse what fsGroup would give).
+    copies = tmp_path / COPIES.strip("/")
+    assert load_tokens(copies / "tokens" / "tokens.txt", None)
+    load_signer(copies / "signing" / "sealtrail.key")
+    (copies / "tokens" / "tokens.txt").chmod(0o440)
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        load_tokens(copies / "tokens" / "tokens.txt", None)
+
+
+def test_compose_services_read_their_credentials_from_owner_only_copies() -> None:
+    """A file secret keeps the host file's owner and mode (docker/compose#9648), so the
+    sealtrail services (the image's uid 10001) mount none: secrets-init, the only sealtrail
+    container run as root, copies each into the reader's volume, owned by 10001, mode 0600."""
+    services = compose_services()
+    files = compose_secret_files(services)
+    init = services["secrets-init"]
+    assert init["build"] == "." and init["user"] == "0:0"
+    assert init["entrypoint"] == ["sh", "-c"] and len(init["command"]) == 1
+    script = init["command"][0]
+    assert "$" not in script.replace("$$", ""), "compose would interpolate a single $"
+    assert script.replace("$$", "$") == copy_script()  # the Kubernetes init containers' script
+    assert init["cap_drop"] == ["ALL"]
+    # DAC_READ_SEARCH: root reads a 0600 file the host user owns, without write access.
+    assert sorted(init["cap_add"]) == ["CHOWN", "DAC_READ_SEARCH", "FOWNER"]
+    assert init["security_opt"] == ["no-new-privileges:true"]
+    assert init["read_only"] is True and init["network_mode"] == "none"
+    assert init["restart"] == "no" and "depends_on" not in init and "ports" not in init
+    copy_volumes = {spec.split(":")[0] for spec in init["volumes"]}
+    readers: dict[str, list[str]] = {volume: [] for volume in copy_volumes}
+    sealtrail = [n for n, s in services.items() if s.get("build") == "." and n != "secrets-init"]
+    assert sorted(sealtrail) == ["chainer", "sink", "topics-init", "verifier", "webhook"]
+    for name in sealtrail:
+        service = services[name]
+        assert "user" not in service, name  # the image's USER sealtrail (uid 10001)
+        assert "secrets" not in service, f"{name} mounts a host-owned secret file"
+        assert service["depends_on"]["secrets-init"] == {
+            "condition": "service_completed_successfully"
+        }, name
+        for spec in service.get("volumes", []):
+            volume, *_, mode = spec.split(":")
+            if volume in copy_volumes:
+                assert mode == "ro", (name, spec)
+                readers[volume].append(name)
+        # Every path under /run it is given (environment, command, healthcheck) is a copy.
+        text = json.dumps([service.get("environment"), service.get("command")])
+        text += json.dumps(service.get("healthcheck", {}))
+        for path in set(re.findall(r"/run/[A-Za-z0-9_./-]+", text)):
+            assert any(f == path or f.startswith(path + "/") for f in files[name]), (name, path)
+        assert files[name], name
+    assert all(len(names) == 1 for names in readers.values()), readers  # one reader each
+    assert {n for n, s in services.items() if "secrets" in s} == {"secrets-init", "kafka"}
+    # The broker (its own image and user) mounts its files itself; every secret is used.
+    declared = set(documents(ROOT / "compose.yaml")[0]["secrets"])
+    used = {s for name in services for s in files[name].values()}
+    assert used == declared
+    # topics-init sees every role's client file where 'acls users --out' reads them.
+    clients = {p for p in files["topics-init"] if p.startswith("/run/kafka-clients/")}
+    roles = ["admin", "producer", "chainer", "sink", "verifier"]
+    assert clients == {f"/run/kafka-clients/{role}.properties" for role in roles}
