@@ -89,3 +89,20 @@ def test_embedded_store_held_by_other_process(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_python_m_sealtrail_runs_the_cli_only_as_the_main_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spawned worker (verify --jobs) imports the parent's main module as __mp_main__: it
+    must not run the CLI again."""
+    import runpy
+
+    import sealtrail.cli
+
+    calls: list[str] = []
+    monkeypatch.setattr(sealtrail.cli, "main", lambda: calls.append("main"))
+    runpy.run_module("sealtrail.__main__", run_name="__mp_main__")
+    assert calls == []
+    runpy.run_module("sealtrail.__main__", run_name="__main__")
+    assert calls == ["main"]
