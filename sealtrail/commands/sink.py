@@ -20,7 +20,7 @@ from rich.table import Table
 
 from processors.sink import Sink, SinkOptions
 from sealtrail.commands.context import settings_of
-from sealtrail.commands.verify import KeyOpt, load_keyring
+from sealtrail.commands.key_options import KeyOpt, load_keyring
 from sealtrail.infra import config
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import ConfigError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -12,49 +11,18 @@ from typing import Annotated, Any
 import typer
 
 from processors.integrity.checkpoint import KeyRing
-from processors.integrity.note import Verifier
 from processors.verifier import offsite
 from processors.verifier.report import Report, previous_success, write_metrics
 from sealtrail.commands.context import settings_of
+from sealtrail.commands.key_options import KeyOpt, load_keyring
 from sealtrail.infra.config import Settings
-from sealtrail.infra.errors import ClickHouseError, ConfigError, KeyFileError, SealtrailError
+from sealtrail.infra.errors import ClickHouseError, ConfigError, SealtrailError
 
-ENV_VERIFIER_KEYS = "SEALTRAIL_VERIFIER_KEYS"
 SHOW_FINDINGS = 10
 
 
 def _say(message: str) -> None:
     typer.echo(message, err=True)
-
-
-_VERIFIER_KEY = re.compile(r"[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+=*")
-
-
-def load_keyring(value: str | None) -> KeyRing:
-    """A key ring from a file path (key ring or .pub) or a verifier key string."""
-    if not value:
-        raise KeyFileError(
-            f"no verifier key given; pass --key FILE (a .pub file or key ring) or set "
-            f"{ENV_VERIFIER_KEYS}"
-        )
-    path = Path(value)
-    # A key name may contain '/' (example.com/audit), so only the key's shape tells it from a path.
-    if path.exists() or not _VERIFIER_KEY.fullmatch(value.strip()):
-        return KeyRing.load(path)
-    ring = KeyRing()
-    ring.add(Verifier.from_verifier_key(value))
-    return ring
-
-
-KeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--key",
-        envvar=ENV_VERIFIER_KEYS,
-        help="Trusted verifier key(s): a key ring file, a .pub file or a verifier key string.",
-        show_envvar=True,
-    ),
-]
 
 
 # ------------------------------------------------------------------------------ verify

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from processors.integrity.keys import load_signer
 from sealtrail.cli import app
-from sealtrail.commands.verify import load_keyring
+from sealtrail.commands.key_options import load_keyring
 
 runner = CliRunner()
 

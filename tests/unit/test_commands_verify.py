@@ -10,7 +10,7 @@ from tests.unit.verifier_support import SIGNER
 
 
 def test_keyring_from_file_or_key_string(tmp_path: Path) -> None:
-    from sealtrail.commands.verify import load_keyring
+    from sealtrail.commands.key_options import load_keyring
     from sealtrail.infra.errors import KeyFileError
 
     pub = SIGNER.verifier.verifier_key()
