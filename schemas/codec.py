@@ -575,6 +575,33 @@ def _put_strings(out: list[bytes], values: Any) -> None:
     out.append(b"\x00")
 
 
+def _put_user(
+    out: list[bytes], user_groups: Any, extra: Any, impersonated: Any, source_ips: Any
+) -> None:
+    """user_groups, user_extra, impersonated_user and source_ips (consecutive in the schema):
+    four 0 bytes when all are empty, as in most events."""
+    if type(extra) is not dict:
+        raise _Slow
+    if not user_groups and not extra and impersonated is None and not source_ips:
+        if type(user_groups) is not list or type(source_ips) is not list:
+            raise _Slow
+        out.append(b"\0\0\0\0")
+        return
+    _put_strings(out, user_groups)
+    if extra:
+        out.append(avro_long(len(extra)))
+        for key, values in extra.items():
+            _put_str(out, key)
+            _put_strings(out, values)
+    out.append(b"\x00")
+    if impersonated is None:
+        out.append(b"\x00")
+    else:
+        out.append(b"\x02")
+        _put_str(out, impersonated)
+    _put_strings(out, source_ips)
+
+
 def _put_str_map(out: list[bytes], values: Any) -> None:
     if type(values) is not dict:
         raise _Slow
@@ -625,27 +652,7 @@ def _encode_audit_fast(datum: Mapping[str, Any]) -> bytes:
     app(original)
     _put_run(out, _AUDIT_RUN_1(datum), b"\0\0")
     _put_run(out, _AUDIT_RUN_2(datum), b"\0" * 6)
-    user_groups, extra, impersonated, source_ips = _AUDIT_USER(datum)
-    if type(extra) is not dict:
-        raise _Slow
-    if not user_groups and not extra and impersonated is None and not source_ips:
-        if type(user_groups) is not list or type(source_ips) is not list:
-            raise _Slow
-        app(b"\0\0\0\0")  # no groups, no extra, no impersonation, no source IPs
-    else:
-        _put_strings(out, user_groups)
-        if extra:
-            app(avro_long(len(extra)))
-            for key, values in extra.items():
-                _put_str(out, key)
-                _put_strings(out, values)
-        app(b"\x00")
-        if impersonated is None:
-            app(b"\x00")
-        else:
-            app(b"\x02")
-            _put_str(out, impersonated)
-        _put_strings(out, source_ips)
+    _put_user(out, *_AUDIT_USER(datum))
     _put_run(out, _AUDIT_RUN_3(datum), b"\0" * 8)
     _put_optional_long(out, datum["response_code"], _INT_MIN, _INT_MAX)
     _put_optional_long(out, datum["request_received_at"], _LONG_MIN, _LONG_MAX)
@@ -722,26 +729,7 @@ def encode_audit_k8s(prefix: bytes, original: bytes, fields: tuple[Any, ...]) ->
             size = len(data)
             app(_PREFIX[size] if size < _PREFIXES else avro_long(size))
             app(data)
-        if user_groups or extra or impersonated is not None or source_ips:
-            _put_strings(out, user_groups)
-            if type(extra) is not dict:
-                raise _Slow
-            if extra:
-                app(avro_long(len(extra)))
-                for key, values in extra.items():
-                    _put_str(out, key)
-                    _put_strings(out, values)
-            app(b"\x00")
-            if impersonated is None:
-                app(b"\x00")
-            else:
-                app(b"\x02")
-                _put_str(out, impersonated)
-            _put_strings(out, source_ips)
-        elif type(user_groups) is not list or type(source_ips) is not list:
-            raise _Slow
-        else:
-            app(b"\x00\x00\x00\x00")
+        _put_user(out, user_groups, extra, impersonated, source_ips)
         _put_run(
             out,
             (
