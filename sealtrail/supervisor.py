@@ -20,11 +20,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from sealtrail.infra import config
 from sealtrail.infra.config import Settings
+from sealtrail.infra.metrics_server import PlainHandler
 from sealtrail.infra.service import StopFlag, backoff
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class Supervisor:
             return
         supervisor = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(PlainHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 if self.path == "/healthz":
                     down = [c.name for c in supervisor.children if not c.up]
@@ -114,16 +115,6 @@ class Supervisor:
                     self._send(200, supervisor.metrics().encode(), "text/plain; version=0.0.4")
                 else:
                     self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, code: int, body: bytes, kind: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                return
 
         self.http = ThreadingHTTPServer(self.health_listen, Handler)
         self.health_port = self.http.server_address[1]

@@ -18,11 +18,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from sealtrail.infra.config import parse_listen
 from sealtrail.infra.errors import ConfigError
 
-__all__ = ["CONTENT_TYPE", "MetricsServer", "free_loopback_ports", "metrics_listen"]
+__all__ = ["CONTENT_TYPE", "MetricsServer", "PlainHandler", "free_loopback_ports", "metrics_listen"]
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class PlainHandler(BaseHTTPRequestHandler):
+    """A request handler that answers whole bodies and logs nothing (a scrape every few
+    seconds would fill the logs); subclasses write ``do_GET``."""
+
+    def _send(self, code: int, body: bytes, kind: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        return
 
 
 def _is_loopback(host: str) -> bool:
@@ -84,22 +99,12 @@ class MetricsServer:
     def start(self) -> MetricsServer:
         render = self._render
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(PlainHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 if self.path.split("?", 1)[0] != "/metrics":
                     self._send(404, b"not found; metrics are at /metrics\n", "text/plain")
                     return
                 self._send(200, render(), CONTENT_TYPE)
-
-            def _send(self, code: int, body: bytes, kind: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                return
 
         host, port = self.listen
         try:
