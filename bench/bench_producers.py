@@ -49,20 +49,10 @@ def _raw(settings: Settings, values: list[tuple[bytes, bytes]]) -> float:
     return len(values) / took
 
 
-def _webhook(settings: Settings, bodies: list[bytes], events: int, home: Path) -> float:
+def post_event_lists(url: str, bodies: list[bytes], clients: int = CLIENTS) -> float:
+    """POST every body to the webhook from ``clients`` concurrent clients (again after a 503);
+    returns the seconds it took."""
     import aiohttp
-
-    tokens = home / "bench-tokens"
-    tokens.parent.mkdir(parents=True, exist_ok=True)
-    tokens.write_text("bench-token bench\n", encoding="utf-8")
-    tokens.chmod(0o600)
-    # Plain http on loopback: the bench measures parsing and producing, not TLS.
-    server = WebhookServer(
-        settings,
-        WebhookOptions(listen="127.0.0.1:0", tokens=tokens, allow_plain_http_tokens=True),
-    )
-    server.start()
-    url = server.url()
 
     async def go() -> float:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -84,11 +74,25 @@ def _webhook(settings: Settings, bodies: list[bytes], events: int, home: Path) -
 
         async with aiohttp.ClientSession() as session:
             started = time.perf_counter()
-            await asyncio.gather(*(client(session) for _ in range(CLIENTS)))
-            return events / (time.perf_counter() - started)
+            await asyncio.gather(*(client(session) for _ in range(clients)))
+            return time.perf_counter() - started
 
+    return asyncio.run(go())
+
+
+def _webhook(settings: Settings, bodies: list[bytes], events: int, home: Path) -> float:
+    tokens = home / "bench-tokens"
+    tokens.parent.mkdir(parents=True, exist_ok=True)
+    tokens.write_text("bench-token bench\n", encoding="utf-8")
+    tokens.chmod(0o600)
+    # Plain http on loopback: the bench measures parsing and producing, not TLS.
+    server = WebhookServer(
+        settings,
+        WebhookOptions(listen="127.0.0.1:0", tokens=tokens, allow_plain_http_tokens=True),
+    )
+    server.start()
     try:
-        return asyncio.run(go())
+        return events / post_event_lists(server.url(), bodies)
     finally:
         server.stop()
 

@@ -12,7 +12,6 @@ Run it under a sampling profiler to see the bound; the clients stay out of the p
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.bench_producers import post_event_lists
 from bench.common import bench_broker, fresh_settings
 from producers.load import event_list, generate
 from producers.webhook import WebhookOptions, WebhookServer
@@ -35,32 +35,7 @@ def _bodies(events: int) -> list[bytes]:
 
 
 def _clients(url: str, events: int) -> None:
-    import aiohttp
-
-    bodies = _bodies(events)
-
-    async def go() -> None:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for body in bodies:
-            queue.put_nowait(body)
-        headers = {"Authorization": "Bearer bench-token", "Content-Type": "application/json"}
-
-        async def client(session: aiohttp.ClientSession) -> None:
-            while not queue.empty():
-                body = queue.get_nowait()
-                while True:
-                    async with session.post(url, data=body, headers=headers) as resp:
-                        await resp.read()
-                        if resp.status == 200:
-                            break
-                        if resp.status != 503:
-                            raise RuntimeError(f"webhook answered {resp.status}")
-                        await asyncio.sleep(0.1)
-
-        async with aiohttp.ClientSession() as session:
-            await asyncio.gather(*(client(session) for _ in range(CLIENTS)))
-
-    asyncio.run(go())
+    post_event_lists(url, _bodies(events), CLIENTS)
 
 
 def _serve(events: int) -> None:
