@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from sealtrail.commands import metrics_options
 from sealtrail.commands.context import settings_of
 from sealtrail.infra import config
 from sealtrail.infra.kafka import check_login
@@ -51,21 +52,10 @@ def chain(
         typer.Option(help="Also append every committed checkpoint note to DIR/<chain>.notes."),
     ] = None,
     metrics_listen: Annotated[
-        str,
-        typer.Option(
-            envvar=config.ENV_CHAIN_METRICS_LISTEN,
-            help="Serve Prometheus metrics on http://HOST:PORT/metrics (loopback only unless "
-            "--metrics-allow-remote); empty: off.",
-        ),
+        str, metrics_options.listen_option(config.ENV_CHAIN_METRICS_LISTEN)
     ] = "",
     metrics_allow_remote: Annotated[
-        bool,
-        typer.Option(
-            "--metrics-allow-remote",
-            envvar=config.ENV_CHAIN_METRICS_ALLOW_REMOTE,
-            help="Let --metrics-listen take a non-loopback address (metrics are "
-            "unauthenticated: only behind a trusted network).",
-        ),
+        bool, metrics_options.allow_remote_option(config.ENV_CHAIN_METRICS_ALLOW_REMOTE)
     ] = False,
 ) -> None:
     """Hash-chain the raw topic into the chain topic, exactly once, with signed checkpoints."""

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from processors.sink import Sink, SinkOptions
+from sealtrail.commands import metrics_options
 from sealtrail.commands.context import settings_of
 from sealtrail.commands.key_options import KeyOpt, load_keyring
 from sealtrail.infra import config
@@ -179,21 +180,10 @@ def sink(
         typer.Option(help="Kafka consumer group.", show_default="<topic prefix>sealtrail-sink"),
     ] = "",
     metrics_listen: Annotated[
-        str,
-        typer.Option(
-            envvar=config.ENV_SINK_METRICS_LISTEN,
-            help="Serve Prometheus metrics on http://HOST:PORT/metrics (loopback only unless "
-            "--metrics-allow-remote); empty: off.",
-        ),
+        str, metrics_options.listen_option(config.ENV_SINK_METRICS_LISTEN)
     ] = "",
     metrics_allow_remote: Annotated[
-        bool,
-        typer.Option(
-            "--metrics-allow-remote",
-            envvar=config.ENV_SINK_METRICS_ALLOW_REMOTE,
-            help="Let --metrics-listen take a non-loopback address (metrics are "
-            "unauthenticated: only behind a trusted network).",
-        ),
+        bool, metrics_options.allow_remote_option(config.ENV_SINK_METRICS_ALLOW_REMOTE)
     ] = False,
 ) -> None:
     """Load the chain and checkpoint topics into ClickHouse, exactly once (until SIGTERM)."""

@@ -1,0 +1,25 @@
+"""The ``--metrics-listen`` and ``--metrics-allow-remote`` options of ``sealtrail chain`` and
+``sealtrail sink`` (each with its own environment variables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+
+def listen_option(envvar: str) -> Any:
+    return typer.Option(
+        envvar=envvar,
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics (loopback only unless "
+        "--metrics-allow-remote); empty: off.",
+    )
+
+
+def allow_remote_option(envvar: str) -> Any:
+    return typer.Option(
+        "--metrics-allow-remote",
+        envvar=envvar,
+        help="Let --metrics-listen take a non-loopback address (metrics are "
+        "unauthenticated: only behind a trusted network).",
+    )
