@@ -214,7 +214,9 @@ def bench_broker(home: Path | None = None, bootstrap: str | None = None) -> Iter
                 return False
         return True
 
-    base = next(p for p in range(39092, 39900, 7) if free(p) and free(p + 100))
+    # Below the kernel's ephemeral ports (32768 and up): a port there can be taken by an
+    # outgoing connection before the broker binds it.
+    base = next(p for p in range(29092, 29900, 7) if free(p) and free(p + 100))
     directory = home or Path(tempfile.mkdtemp(prefix="sealtrail-bench-"))
     kafka = LocalKafka(directory)
     state = kafka.up(port=base, brokers=1)
