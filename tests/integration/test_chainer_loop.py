@@ -48,6 +48,7 @@ def test_once_chains_everything_then_continues_without_fork(
         settings,
         signing_key=keypair[0],
         checkpoint_records=40,
+        checkpoint_seconds=3600,  # by count only: a slow run must not add a timed one
         batch_records=64,
         export_checkpoints=exports,
     )
@@ -63,7 +64,11 @@ def test_once_chains_everything_then_continues_without_fork(
 
     produce_raw(settings, mixed_payloads(300, 150))
     second = run_chainer(
-        settings, signing_key=keypair[0], checkpoint_records=40, export_checkpoints=exports
+        settings,
+        signing_key=keypair[0],
+        checkpoint_records=40,
+        checkpoint_seconds=3600,
+        export_checkpoints=exports,
     )
     assert second.stats.records == 150
     for p in range(PARTITIONS):
