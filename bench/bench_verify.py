@@ -177,6 +177,7 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
     from processors.verifier.rows import verify_rows
     from sealtrail.infra import clickhouse
     from sealtrail.infra.reader import as_reader
+    from sealtrail.infra.scratch_session import ScratchSession
 
     home = Path(tempfile.mkdtemp(prefix="bench-verify-ch-"))
     settings = Settings(clickhouse=f"chdb://{home / 'ch'}", clickhouse_database="bench")
@@ -187,19 +188,20 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
     step = 100_000
     for lo in range(0, rows, step):
         _fill_clickhouse(client, "bench", chain, head, min(step, rows - lo), cr)
-    scratch = home / "scratch"
-    scratch.mkdir()
+    (home / "scratch").mkdir()
+    scratch = ScratchSession.over(client, home / "scratch")
     t0 = time.perf_counter()
-    full = check_chain(
-        client, "bench", chain, size=rows, expected_root=cr.root(), scratch_dir=scratch
-    )
+    full = check_chain(client, "bench", chain, size=rows, expected_root=cr.root(), scratch=scratch)
     full_s = time.perf_counter() - t0
     assert full.ok and full.records_verified == rows, full.findings
-    # The CLI's path: a read-only session (readonly=1 after the read limits), as open_reader
-    # gives `sealtrail verify` on an embedded store nobody else holds.
+    # The CLI's path: a read-only session (readonly=1 after the read limits) and its scratch
+    # session (readonly=2), as open_reader gives `sealtrail verify` on an embedded store nobody
+    # else holds.
     reader = as_reader(client, "bench")
     t0 = time.perf_counter()
-    cli = check_chain(reader, "bench", chain, size=rows, expected_root=cr.root())
+    cli = check_chain(
+        reader, "bench", chain, size=rows, expected_root=cr.root(), scratch=reader.scratch()
+    )
     cli_s = time.perf_counter() - t0
     reader.close()
     assert cli.ok and cli.records_verified == rows, cli.findings
@@ -227,7 +229,7 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
         chain,
         size=rows + new,
         expected_root=cr.root(),
-        scratch_dir=scratch,
+        scratch=scratch,
         changed_parts=changed,
         remembered=remembered,
     )
@@ -235,7 +237,7 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
     assert inc.ok and inc.records_verified == new, inc.findings
     t0 = time.perf_counter()
     again = check_chain(
-        client, "bench", chain, size=rows + new, expected_root=cr.root(), scratch_dir=scratch
+        client, "bench", chain, size=rows + new, expected_root=cr.root(), scratch=scratch
     )
     full2_s = time.perf_counter() - t0
     assert again.ok

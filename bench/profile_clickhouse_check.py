@@ -5,7 +5,8 @@
 Fills one chain of N rows into an embedded store (kept in ``--store`` for the next run), opens
 it read-only as the CLI does (:func:`sealtrail.infra.reader.open_reader`), runs
 :func:`processors.verifier.clickhouse_sql.check_chain` and prints each statement's wall time
-(timing around each call), biggest first. ``--writable`` runs it on the owner's session instead.
+(timing around each call, the scratch session's included), biggest first. ``--writable`` runs it
+on the owner's session instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,13 @@ class Timed:
             return self.client.query(sql, parameters=parameters, **kw)
         finally:
             self.calls.append((_kind(sql), time.perf_counter() - t0))
+
+    def append(self, path: Any, sql: str, parameters: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.client.append(path, sql, parameters)
+        finally:
+            self.calls.append(("INTO OUTFILE: " + _kind(sql), time.perf_counter() - t0))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
@@ -72,6 +81,7 @@ def main() -> None:
     from sealtrail.infra import clickhouse
     from sealtrail.infra.config import Settings
     from sealtrail.infra.reader import open_reader
+    from sealtrail.infra.scratch_session import ScratchSession
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -86,8 +96,17 @@ def main() -> None:
         else open_reader(settings)
     )
     timed = Timed(client)
+    if args.writable:
+        scratch_dir = Path(tempfile.mkdtemp(prefix="profile-ch-check-"))
+        scratch = ScratchSession.over(client, scratch_dir)
+    else:
+        scratch = client.scratch()
+    timed_scratch = Timed(scratch)
+    timed_scratch.calls = timed.calls
     t0 = time.perf_counter()
-    result = check_chain(timed, "bench", CHAIN, size=args.rows, expected_root=root)
+    result = check_chain(
+        timed, "bench", CHAIN, size=args.rows, expected_root=root, scratch=timed_scratch
+    )
     total = time.perf_counter() - t0
     assert result.ok and result.records_verified == args.rows, result.findings[:3]
     by: dict[str, list[float]] = {}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +45,11 @@ from processors.verifier.rows import decoded_difference, mismatch_reporter
 from schemas.codec import HEADER_SIZE, avro_long
 from sealtrail.infra.clickhouse import validate_identifier
 from sealtrail.infra.errors import ClickHouseError, WriteRefused
+from sealtrail.infra.scratch_session import ScratchSession
 
 __all__ = [
     "DECODE_PAGE_ROWS",
+    "FILES_PER_PAGE",
     "ChainCounts",
     "DecodedProblem",
     "RowProblem",
@@ -68,8 +69,10 @@ __all__ = [
     "row_problems",
 ]
 
-DECODE_PAGE_ROWS = 20000
-"""Rows decoded per query: the page's Avro container is built in memory by ClickHouse."""
+DECODE_PAGE_ROWS = 100_000
+"""Rows decoded per query (their payloads are in the scratch files, or in memory for format())."""
+FILES_PER_PAGE = 2
+"""Scratch files a page is written to: ClickHouse parses one file per thread."""
 
 
 def _be64(expr: str) -> str:
@@ -343,7 +346,8 @@ def _rows_where(where: str) -> str:
 
 def _blocks_sql(database: str, where: str) -> str:
     """The page's rows as Avro container blocks, one block per row (so a row that parses
-    wrongly cannot shift the rows after it), in seq order, the file's start first."""
+    wrongly cannot shift the rows after it), in no particular order (each carries its seq);
+    the file's start (:data:`_FILE_START`, which ends with the marker) goes before them."""
     db = validate_identifier(database)
     marker = _MARKER.hex()
     size = f"(2 * (8 + length(payload) - {HEADER_SIZE} + {len(_MARKER)}))"
@@ -351,27 +355,27 @@ def _blocks_sql(database: str, where: str) -> str:
         f"concat(unhex('02'), {_varint_sql(size)}, {_be64('seq')}, "
         f"substring(payload, {HEADER_SIZE + 1}), unhex('{marker}'), unhex('{marker}'))"
     )
-    return (
-        f"SELECT b FROM (SELECT 0 AS k, toUInt64(0) AS seq, unhex('{_FILE_START.hex()}') AS b "
-        f"UNION ALL SELECT 1 AS k, seq, {block} AS b FROM {db}.events "
-        f"WHERE {_rows_where(where)}) ORDER BY k, seq"
-    )
+    return f"SELECT {block} AS b FROM {db}.events WHERE {_rows_where(where)}"
 
 
 def decoded_sql(database: str, where: str = "1", scratch: str | None = None) -> str:
     """SQL comparing the decoded columns of ``{chain:String}`` rows seq in [lo, hi) with their
     payloads decoded by ClickHouse's Avro reader. Returns one row per differing row.
 
-    The payloads are read from ``scratch`` (an Avro file that :func:`decoded_problems` has
-    ClickHouse write with :func:`_blocks_sql`) or, without one, from a ``format()`` table
-    function over the same blocks built in the query (no write, but ClickHouse evaluates that
-    constant more than once: several times slower).
+    The payloads are read from ``scratch`` (a glob of Avro files that :func:`decoded_problems`
+    has ClickHouse write with :func:`_blocks_sql`; ClickHouse parses the files in parallel) or,
+    without one, from a ``format()`` table function over the same blocks built in the query (no
+    file, but ClickHouse evaluates that constant more than once: several times slower).
     """
     db = validate_identifier(database)
     if scratch is not None:
         source = f"file({_quote(scratch)}, 'Avro', {_quote(_CHECK_STRUCTURE)})"
     else:
-        container = f"SELECT arrayStringConcat(groupArray(b)) FROM ({_blocks_sql(db, where)})"
+        header = f"unhex('{_FILE_START.hex()}')"
+        container = (
+            f"SELECT concat({header}, arrayStringConcat(groupArray(b))) "
+            f"FROM ({_blocks_sql(db, where)})"
+        )
         source = f"format('Avro', {_quote(_CHECK_STRUCTURE)}, ({container}))"
     columns = [c for c in DECODED_COLUMNS if c != "decode_ok"]
     decoded = ", ".join(f"{column_expression(c)} AS d_{c}" for c in columns)
@@ -402,34 +406,40 @@ def decoded_problems(
     *,
     limit: int,
     where: str = "1",
-    scratch_dir: Path | None = None,
+    scratch: ScratchSession | None = None,
 ) -> list[DecodedProblem]:
     """Rows of seq in [lo, hi) of ``chain`` whose decoded columns differ from their payload.
 
-    ``scratch_dir``: a directory of the verifier's own where ClickHouse may write the page's
-    payloads as a temporary Avro file (only for the embedded store, which runs in this
-    process; the file is removed after the query). Without it (a server), ``format()``.
+    ``scratch``: a session of the embedded store with a directory of the verifier's own, where
+    ClickHouse writes the page's payloads as Avro files (:data:`FILES_PER_PAGE` of them, parsed
+    in parallel) and reads them back; the files are removed after the query. Without it (a
+    server), ``format()`` on ``client``.
 
     Raises :class:`~sealtrail.infra.errors.ClickHouseError` if ClickHouse cannot parse a payload of
     the page; callers then decode that page in Python (which names the row).
     """
     params = {"chain": chain, "lo": lo, "hi": hi, "limit": limit}
-    scratch: Path | None = None
-    if scratch_dir is not None:
-        scratch = scratch_dir / f"page-{uuid.uuid4().hex}.avro"
-        query(
-            client,
-            f"INSERT INTO FUNCTION file({_quote(str(scratch))}, 'RawBLOB', 'b String') "
-            f"{_blocks_sql(database, where)}",
-            params,
-        )
-    try:
-        rows = query(
-            client, decoded_sql(database, where, None if scratch is None else str(scratch)), params
-        )
-    finally:
-        if scratch is not None:
-            scratch.unlink(missing_ok=True)
+    if scratch is None:
+        rows = query(client, decoded_sql(database, where), params)
+    else:
+        files: list[Path] = []
+        try:
+            step = max(1, -(-(hi - lo) // FILES_PER_PAGE))
+            for flo in range(lo, hi, step):
+                path = scratch.new_file(_FILE_START)
+                files.append(path)
+                fparams = {**params, "lo": flo, "hi": min(hi, flo + step)}
+                scratch.append(path, _blocks_sql(database, where), fparams)
+            rows = []
+            if files:
+                names = ",".join(p.stem for p in files)
+                one = len(files) == 1
+                pattern = str(files[0]) if one else f"{scratch.directory}/{{{names}}}.avro"
+                sql = decoded_sql(database, where, pattern)
+                rows = list(scratch.query(sql, params).result_rows)
+        finally:
+            for path in files:
+                path.unlink(missing_ok=True)
     out: list[DecodedProblem] = []
     for r in rows:
         column = str(r[1])
@@ -479,7 +489,7 @@ def check_chain(
     size: int,
     expected_root: bytes | None,
     max_findings: int = DEFAULT_MAX_FINDINGS,
-    scratch_dir: Path | None = None,
+    scratch: ScratchSession | None = None,
     changed_parts: Sequence[str] | None = None,
     remembered: Remembered | None = None,
 ) -> ChainResult:
@@ -521,7 +531,7 @@ def check_chain(
             size=size,
             expected_root=expected_root,
             max_findings=max_findings,
-            scratch_dir=scratch_dir,
+            scratch=scratch,
         )
     gaps = False
     if incremental:
@@ -609,7 +619,7 @@ def check_chain(
                 phi,
                 limit=max_findings,
                 where=scope,
-                scratch_dir=scratch_dir,
+                scratch=scratch,
             )
         except WriteRefused:
             # A read-only connection (readonly=1) refuses the format() table function: the

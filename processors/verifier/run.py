@@ -279,6 +279,9 @@ def _check_rows(
         )
     else:
         remembered = incremental.remembered(res.chain)
+        # The embedded store opened here: ClickHouse decodes the payloads from scratch files
+        # (a server, or the owner's socket: the decoded columns are compared in Python).
+        scratch_of = getattr(client, "scratch", None)
         ch_res = check_chain(
             client,
             database,
@@ -288,6 +291,7 @@ def _check_rows(
             max_findings=options.max_findings,
             changed_parts=incremental.changed if remembered is not None else None,
             remembered=remembered,
+            scratch=scratch_of() if callable(scratch_of) else None,
         )
         incremental.checked(res.chain, ch_res.ok and root is not None, size, res.probe_compact)
     _compare_counts(settings, res, size, ch_res, report, committed)

@@ -31,6 +31,7 @@ from sealtrail.infra import clickhouse, livewire
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import ClickHouseError, WriteRefused
 from sealtrail.infra.readonly_sql import require_read_only
+from sealtrail.infra.scratch_session import ScratchSession
 
 __all__ = [
     "OWNER_WAIT_S",
@@ -88,6 +89,11 @@ class ReadClient(Protocol):
         query_formats: Mapping[str, str] | None = None,
     ) -> ReadResult: ...
 
+    def scratch(self) -> ScratchSession | None:
+        """A session for the verifier's own checks that need scratch files (the embedded store
+        opened by this process), else ``None``; closed with the reader."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -129,11 +135,21 @@ class DirectReader:
     (:func:`sealtrail.infra.clickhouse.read_session`) or any client, then every query carries
     ``readonly=1`` (a server DSN, or a client a test hands in)."""
 
-    def __init__(self, client: Client, database: str, *, session_read_only: bool, via: str) -> None:
+    def __init__(
+        self,
+        client: Client,
+        database: str,
+        *,
+        session_read_only: bool,
+        via: str,
+        store_dsn: str | None = None,
+    ) -> None:
         self.client = client
+        self.store_dsn = store_dsn  # the embedded store this process opened (via "direct")
         self.database = clickhouse.validate_identifier(database)
         self.via = via
         self._session_read_only = session_read_only
+        self._scratch: ScratchSession | None = None
 
     @staticmethod
     def query_settings(session_read_only: bool) -> dict[str, Any]:
@@ -168,7 +184,17 @@ class DirectReader:
             tuple(result.column_names), tuple(t.name for t in result.column_types), rows
         )
 
+    def scratch(self) -> ScratchSession | None:
+        if self.store_dsn is None:
+            return None
+        if self._scratch is None:
+            self._scratch = ScratchSession.open(self.store_dsn)
+        return self._scratch
+
     def close(self) -> None:
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
         if self._session_read_only:
             with contextlib.suppress(Exception):
                 self.client.close()
@@ -236,6 +262,9 @@ class SocketReader:
             [tuple(row) for row in doc["rows"]],
         )
 
+    def scratch(self) -> ScratchSession | None:
+        return None  # the owner's process holds the store: the decode check runs in Python
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
@@ -250,7 +279,11 @@ def as_reader(client: Client | ReadClient, database: str) -> ReadClient:
     if dsn is not None and clickhouse.chdb_path(dsn) is not None:
         # Not through the owner's own session (see clickhouse.read_session).
         return DirectReader(
-            clickhouse.read_session(dsn), database, session_read_only=True, via="direct"
+            clickhouse.read_session(dsn),
+            database,
+            session_read_only=True,
+            via="direct",
+            store_dsn=dsn,
         )
     return DirectReader(client, database, session_read_only=False, via="server")
 
@@ -266,7 +299,11 @@ def open_reader(settings: Settings, *, wait_s: float = OWNER_WAIT_S) -> ReadClie
     if clickhouse.owns(store):  # this process (a test, the sink's own code) opened it
         clickhouse.connect(settings, create_database=False)
         return DirectReader(
-            clickhouse.read_session(dsn), database, session_read_only=True, via="direct"
+            clickhouse.read_session(dsn),
+            database,
+            session_read_only=True,
+            via="direct",
+            store_dsn=dsn,
         )
     if not (store / "metadata").exists() and clickhouse.holder_of(store) is None:
         raise ClickHouseError(
@@ -285,7 +322,11 @@ def open_reader(settings: Settings, *, wait_s: float = OWNER_WAIT_S) -> ReadClie
                     continue  # a sink took the store meanwhile: use its socket
                 raise
             return DirectReader(
-                clickhouse.read_session(dsn), database, session_read_only=True, via="direct"
+                clickhouse.read_session(dsn),
+                database,
+                session_read_only=True,
+                via="direct",
+                store_dsn=dsn,
             )
         try:
             return SocketReader.connect(path, database)

@@ -30,6 +30,7 @@ from schemas.codec import encode_audit_event
 from sealtrail.infra import clickhouse
 from sealtrail.infra.config import Settings
 from sealtrail.infra.reader import as_reader
+from sealtrail.infra.scratch_session import ScratchSession
 from tests.conftest import K8S_SAMPLES
 from tests.unit.test_integrity_format_doc import payload_of, vectors
 
@@ -124,18 +125,24 @@ def test_leaf_hashes_keep_trailing_zero_bytes(ch: tuple[Any, str]) -> None:
 def both(client: Any, db: str, size: int, root: bytes) -> tuple[set[int | None], set[int | None]]:
     """Seqs of the findings of the SQL check and of the Python check on the same rows."""
     sql = check_chain(client, db, CHAIN, size=size, expected_root=root)
-    scratch = Path(tempfile.mkdtemp())
-    in_file = check_chain(client, db, CHAIN, size=size, expected_root=root, scratch_dir=scratch)
+    scratch = ScratchSession.over(client, Path(tempfile.mkdtemp()))
+    in_file = check_chain(client, db, CHAIN, size=size, expected_root=root, scratch=scratch)
     assert [f.evidence() for f in in_file.findings] == [f.evidence() for f in sql.findings]
-    assert not list(scratch.iterdir())  # the page files are removed
-    # The read-only session `sealtrail verify` opens (readonly = 1 refuses format(), so the
-    # decoded columns are compared in Python there): the same findings. Only the rendering of
-    # a decoded column's values differs (Python values there, ClickHouse tuples here).
+    assert not list(scratch.directory.iterdir())  # the page files are removed
+    # The read-only session `sealtrail verify` opens: its scratch session (readonly = 2) gives
+    # the same findings; without one (readonly = 1 refuses format(), so the decoded columns are
+    # compared in Python) too. Only the rendering of a decoded column's values differs (Python
+    # values there, ClickHouse tuples here).
     reader = as_reader(client, db)
     try:
+        own = reader.scratch()
+        assert own is not None
+        readonly_sql = check_chain(reader, db, CHAIN, size=size, expected_root=root, scratch=own)
+        assert [f.evidence() for f in readonly_sql.findings] == [f.evidence() for f in sql.findings]
         readonly = check_chain(reader, db, CHAIN, size=size, expected_root=root)
     finally:
         reader.close()
+    assert not own.directory.exists()  # removed with the reader
 
     def told(findings: list[Any]) -> list[tuple[Any, ...]]:
         return [(f.evidence()["kind"], f.evidence()["message"], f.seq) for f in findings]
@@ -214,8 +221,8 @@ def test_clickhouse_itself_decodes_the_payloads(ch: tuple[Any, str], tmp_path: P
     insert(client, db, records(N, garbage_at=7))
     run(client, db, "ALTER TABLE {db}.events UPDATE verb = 'get', user_agent = 'x' WHERE seq = 3")
     run(client, db, "ALTER TABLE {db}.events UPDATE annotations = map('a', 'b') WHERE seq = 9")
-    for scratch in (tmp_path, None):
-        found = decoded_problems(client, db, CHAIN, 0, N, limit=10, scratch_dir=scratch)
+    for scratch in (ScratchSession.over(client, tmp_path), None):
+        found = decoded_problems(client, db, CHAIN, 0, N, limit=10, scratch=scratch)
         assert [(d.seq, d.column) for d in found] == [(3, "verb"), (9, "annotations")]
         assert found[0].found == "('get')"
 

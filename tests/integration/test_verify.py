@@ -346,6 +346,19 @@ def test_clickhouse_tampering(sunk: Case, sql: str, seq: int) -> None:
     assert seq in {f["seq"] for f in doc["findings"] if f["kind"] == "clickhouse_mismatch"}
 
 
+def test_the_cli_has_clickhouse_decode_the_payloads(case: Case) -> None:
+    """`sealtrail verify` on an embedded store it opens compares the decoded columns in
+    ClickHouse (its scratch session), not in Python: the evidence is ClickHouse's rendering."""
+    from processors.sink import Sink, SinkOptions
+
+    Sink(case.settings, SinkOptions(once=True)).run()
+    _ch(case, "ALTER TABLE {db}.events UPDATE verb = 'get' WHERE seq = 3")
+    doc = expect(case, "clickhouse_mismatch")
+    found = [f for f in doc["findings"] if f["seq"] == 3]
+    assert found and "decoded column verb" in found[0]["message"]
+    assert found[0]["found"] == "('get')", found[0]  # a ClickHouse tuple (Python would say get)
+
+
 def test_deleted_newest_rows_are_told_from_a_sink_that_lags(sunk: Case) -> None:
     _ch(sunk, f"ALTER TABLE {{db}}.events DELETE WHERE seq >= {N - 2}")
     # The sink committed its offsets past the last record, so the missing rows were deleted.

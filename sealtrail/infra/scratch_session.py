@@ -1,0 +1,113 @@
+"""A session on the embedded store for the verifier's own SQL checks that need scratch files.
+
+ClickHouse decodes Avro only from a file or a ``format()`` constant, and a ``readonly=1``
+session may use neither. A :class:`ScratchSession` is a chdb session set ``readonly=2`` (table
+functions allowed, no write to any table, and nothing else: ``INSERT``, ``ALTER``, ``CREATE``
+and ``DROP`` of the store's tables are refused as before) plus a private 0700 directory. Its
+files are written with ``SELECT ... INTO OUTFILE ... APPEND`` (the engine writes them, no row
+passes through Python) and read back with ``file()``; they are removed by the caller, and the
+directory on :meth:`ScratchSession.close`.
+
+Only fixed SQL built by the verifier runs here, never a user's statement: user SQL goes through
+:mod:`sealtrail.infra.reader`, whose sessions stay ``readonly=1`` and refuse ``INTO OUTFILE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+
+from sealtrail.infra import clickhouse
+from sealtrail.infra.errors import ClickHouseError
+
+__all__ = ["ScratchSession"]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _failure(exc: DriverError) -> ClickHouseError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return ClickHouseError(f"ClickHouse refused a verifier query: {first}")
+
+
+class ScratchSession:
+    """See the module docstring. Build one with :meth:`open` (a new ``readonly=2`` session on
+    an embedded store this process owns) or :meth:`over` (an existing session, e.g. the owner's
+    writable one in tests and benches)."""
+
+    def __init__(
+        self, client: Client, directory: Path, *, owns_client: bool, owns_directory: bool
+    ) -> None:
+        self.client = client
+        self.directory = directory
+        self._owns_client = owns_client
+        self._owns_directory = owns_directory
+
+    @classmethod
+    def open(cls, dsn: str) -> ScratchSession:
+        path = clickhouse.chdb_path(dsn)
+        if path is None or not clickhouse.owns(path):
+            raise ClickHouseError(f"a scratch session needs the embedded store {dsn} opened first")
+        try:
+            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+            client.command("SET readonly = 2")
+        except DriverError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ClickHouseError(
+                f"cannot open a check session on the embedded ClickHouse at {path}: {first}"
+            ) from None
+        directory = Path(tempfile.mkdtemp(prefix="sealtrail-check-"))  # 0700
+        return cls(client, directory, owns_client=True, owns_directory=True)
+
+    @classmethod
+    def over(cls, client: Client, directory: Path) -> ScratchSession:
+        return cls(client, directory, owns_client=False, owns_directory=False)
+
+    def new_file(self, header: bytes, suffix: str = ".avro") -> Path:
+        """A new file of this session's directory (0600) holding ``header``."""
+        path = self.directory / f"{uuid.uuid4().hex}{suffix}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, header)
+        finally:
+            os.close(fd)
+        return path
+
+    def append(self, path: Path, sql: str, parameters: Mapping[str, Any]) -> None:
+        """Append the single String column of ``sql``'s rows to ``path``, bytes as they are."""
+        if path.parent != self.directory:
+            raise ClickHouseError(f"{path} is not a file of the check session's directory")
+        try:
+            self.client.raw_query(
+                f"{sql} INTO OUTFILE {_quote(str(path))} APPEND",
+                parameters=dict(parameters),
+                fmt="RawBLOB",
+            )
+        except DriverError as exc:
+            raise _failure(exc) from None
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Run ``sql`` (clickhouse-connect's result: ``.result_rows``)."""
+        try:
+            return self.client.query(sql, parameters=dict(parameters or {}))
+        except DriverError as exc:
+            raise _failure(exc) from None
+
+    def close(self) -> None:
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self.client.close()
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
