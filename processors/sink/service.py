@@ -185,13 +185,18 @@ class Sink:
         return self.stats
 
     def _start_live_reads(self) -> LiveReadServer | None:
-        """The owner of an embedded store serves read-only queries while it runs."""
+        """The owner of an embedded store serves read-only queries while it runs, and the
+        verifier's decoded-column check (which needs scratch files)."""
         store = clickhouse.chdb_path(self.settings.clickhouse_dsn)
         if store is None or not self.options.serve_reads:
             return None
+        # Imported here: the verifier's modules import the sink's row mapping.
+        from processors.verifier.clickhouse_sql import DECODE_CHECK, serve_decoded_problems
+
         try:
             path = livewire.socket_path(self.settings, store)
-            return LiveReadServer(self.settings.clickhouse_dsn, path).start()
+            checks = {DECODE_CHECK: serve_decoded_problems}
+            return LiveReadServer(self.settings.clickhouse_dsn, path, checks=checks).start()
         except (SealtrailError, OSError) as exc:
             # Storing matters more than live reads: go on without them.
             log.warning("not serving live reads (%s); readers must wait for the sink to stop", exc)

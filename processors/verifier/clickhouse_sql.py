@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,11 @@ from processors.verifier.rows import decoded_difference, mismatch_reporter
 from schemas.codec import HEADER_SIZE, avro_long
 from sealtrail.infra.clickhouse import validate_identifier
 from sealtrail.infra.errors import ClickHouseError, WriteRefused
+from sealtrail.infra.reader import SocketReader
 from sealtrail.infra.scratch_session import ScratchSession
 
 __all__ = [
+    "DECODE_CHECK",
     "DECODE_PAGE_ROWS",
     "FILES_PER_PAGE",
     "ChainCounts",
@@ -67,6 +69,7 @@ __all__ = [
     "record_hash_sql",
     "seq_pages",
     "row_problems",
+    "serve_decoded_problems",
 ]
 
 DECODE_PAGE_ROWS = 100_000
@@ -397,6 +400,10 @@ LIMIT {{limit:UInt64}}
 """
 
 
+DECODE_CHECK = "decoded_problems"
+"""The name the embedded store's owner serves :func:`serve_decoded_problems` under."""
+
+
 def decoded_problems(
     client: Any,
     database: str,
@@ -406,18 +413,34 @@ def decoded_problems(
     *,
     limit: int,
     where: str = "1",
-    scratch: ScratchSession | None = None,
+    parts: Sequence[str] | None = None,
+    scratch: ScratchSession | SocketReader | None = None,
 ) -> list[DecodedProblem]:
     """Rows of seq in [lo, hi) of ``chain`` whose decoded columns differ from their payload.
 
     ``scratch``: a session of the embedded store with a directory of the verifier's own, where
     ClickHouse writes the page's payloads as Avro files (:data:`FILES_PER_PAGE` of them, parsed
-    in parallel) and reads them back; the files are removed after the query. Without it (a
-    server), ``format()`` on ``client``.
+    in parallel) and reads them back; the files are removed after the query. A socket reader:
+    the store's owner runs the same check (:func:`serve_decoded_problems`; ``parts``, the data
+    parts ``where`` selects, is sent instead of ``where``). Without it (a server), ``format()``
+    on ``client``.
 
     Raises :class:`~sealtrail.infra.errors.ClickHouseError` if ClickHouse cannot parse a payload of
     the page; callers then decode that page in Python (which names the row).
     """
+    if isinstance(scratch, SocketReader):
+        arguments = {
+            "database": database,
+            "chain": chain,
+            "lo": lo,
+            "hi": hi,
+            "limit": limit,
+            "parts": None if parts is None else list(parts),
+        }
+        answer = scratch.check(DECODE_CHECK, arguments)
+        return [
+            DecodedProblem(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in answer.result_rows
+        ]
     params = {"chain": chain, "lo": lo, "hi": hi, "limit": limit}
     if scratch is None:
         rows = query(client, decoded_sql(database, where), params)
@@ -448,6 +471,39 @@ def decoded_problems(
         else:
             out.append(DecodedProblem(int(r[0]), column, str(r[2]), str(r[3])))
     return out
+
+
+_MAX_CHECK_FINDINGS = 100_000
+
+
+def serve_decoded_problems(
+    scratch: ScratchSession, arguments: Mapping[str, Any]
+) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
+    """The owner's side of :func:`decoded_problems` for a socket reader (registered with the
+    live-read server as :data:`DECODE_CHECK`). Takes values only, checked here: a database
+    name, a chain, a seq range of at most :data:`DECODE_PAGE_ROWS`, a findings limit and
+    optional data part names; raises :class:`ValueError` for anything else."""
+    database = validate_identifier(str(arguments.get("database")))
+    chain, lo, hi, limit = (arguments.get(k) for k in ("chain", "lo", "hi", "limit"))
+    parts = arguments.get("parts")
+    if not isinstance(chain, str) or not all(type(v) is int for v in (lo, hi, limit)):
+        raise ValueError("chain must be a string and lo, hi, limit integers")
+    assert isinstance(lo, int) and isinstance(hi, int) and isinstance(limit, int)
+    if not (0 <= lo <= hi and hi - lo <= DECODE_PAGE_ROWS and 0 < limit <= _MAX_CHECK_FINDINGS):
+        raise ValueError(
+            f"lo..hi must be a seq range of at most {DECODE_PAGE_ROWS} rows and limit "
+            f"1..{_MAX_CHECK_FINDINGS}"
+        )
+    if parts is not None and not (
+        isinstance(parts, list) and all(isinstance(p, str) for p in parts)
+    ):
+        raise ValueError("parts must be a list of data part names")
+    where = "1" if parts is None else part_filter(parts)
+    found = decoded_problems(
+        scratch.client, database, chain, lo, hi, limit=limit, where=where, scratch=scratch
+    )
+    rows = [(d.seq, d.column, d.expected, d.found) for d in found]
+    return ["seq", "column", "expected", "found"], ["UInt64", "String", "String", "String"], rows
 
 
 def decodable_count(client: Any, database: str, chain: str, lo: int, hi: int) -> int:
@@ -489,7 +545,7 @@ def check_chain(
     size: int,
     expected_root: bytes | None,
     max_findings: int = DEFAULT_MAX_FINDINGS,
-    scratch: ScratchSession | None = None,
+    scratch: ScratchSession | SocketReader | None = None,
     changed_parts: Sequence[str] | None = None,
     remembered: Remembered | None = None,
 ) -> ChainResult:
@@ -619,6 +675,7 @@ def check_chain(
                 phi,
                 limit=max_findings,
                 where=scope,
+                parts=changed_parts,
                 scratch=scratch,
             )
         except WriteRefused:

@@ -10,6 +10,12 @@ The embedded engine admits one process per store, so while ``sealtrail sink`` (a
   sink's session is untouched;
 * answers at most :data:`sealtrail.infra.livewire.MAX_RESPONSE_BYTES`.
 
+Besides SQL, a request may name one of the owner's *checks* (``{"check": name, "arguments":
+{...}}``): fixed work the application registered, run with a
+:class:`~sealtrail.infra.scratch_session.ScratchSession` of the owner's (the verifier's decoded-
+column check, which needs scratch files that a ``readonly=1`` session cannot have). A check
+takes only values (it validates them), never SQL.
+
 Authentication is the file system: the socket is mode 0600 in a 0700 directory under
 ``$SEALTRAIL_HOME``, so only the owner's user (and root) can connect. A socket left by a killed
 owner is replaced by the next owner, which holds the store's lock and so is the only one serving.
@@ -24,6 +30,7 @@ import queue
 import socket
 import stat
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +41,15 @@ from sealtrail.infra import clickhouse, livewire
 from sealtrail.infra.errors import SealtrailError, WriteRefused
 from sealtrail.infra.reader import driver_error
 from sealtrail.infra.readonly_sql import require_read_only
+from sealtrail.infra.scratch_session import ScratchSession
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LiveReadServer"]
+__all__ = ["Check", "CheckResult", "LiveReadServer"]
+
+CheckResult = tuple[list[str], list[str], list[tuple[Any, ...]]]
+"""A check's answer: column names, ClickHouse type names, rows."""
+Check = Callable[[ScratchSession, Mapping[str, Any]], CheckResult]
 
 SESSIONS = 2  # concurrent queries; more clients wait for a session
 MAX_CONNECTIONS = 16
@@ -47,9 +59,18 @@ IDLE_TIMEOUT_S = 600.0
 class LiveReadServer:
     """``LiveReadServer(dsn, path).start()`` ... ``.stop()``; the process must own ``dsn``."""
 
-    def __init__(self, dsn: str, path: Path, sessions: int = SESSIONS) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        path: Path,
+        sessions: int = SESSIONS,
+        checks: Mapping[str, Check] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.path = path
+        self._checks = dict(checks or {})
+        self._scratch: ScratchSession | None = None
+        self._scratch_lock = threading.Lock()  # one check at a time: they use both cores
         self._sessions: queue.Queue[Client] = queue.Queue()
         self._session_budget = sessions
         self._budget_lock = threading.Lock()
@@ -113,6 +134,10 @@ class LiveReadServer:
         while not self._sessions.empty():
             with contextlib.suppress(Exception):
                 self._sessions.get_nowait().close()
+        with self._scratch_lock:
+            if self._scratch is not None:
+                self._scratch.close()
+                self._scratch = None
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -166,6 +191,8 @@ class LiveReadServer:
     def _answer(self, payload: bytes) -> dict[str, Any]:
         try:
             request = livewire.decode(payload)
+            if "check" in request:
+                return self._run_check(request)
             sql = request.get("sql")
             if not isinstance(sql, str):
                 return _error("bad", "the request has no SQL")
@@ -202,6 +229,28 @@ class LiveReadServer:
         return {
             "ok": True,
             "columns": list(result.column_names),
+            "types": types,
+            "rows": livewire.encode_rows(rows, types),
+        }
+
+    def _run_check(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        name = request.get("check")
+        check = self._checks.get(name) if isinstance(name, str) else None
+        if check is None:
+            return _error("bad", f"the sink has no check named {name!r}; update the sink")
+        arguments = request.get("arguments")
+        if not isinstance(arguments, Mapping):
+            return _error("bad", "the check request has no arguments")
+        with self._scratch_lock:
+            if self._closing.is_set():
+                return _error("clickhouse", "the sink is stopping; run the command again")
+            if self._scratch is None:
+                self._scratch = ScratchSession.open(self.dsn)
+            columns, types, rows = check(self._scratch, arguments)
+        self.queries += 1
+        return {
+            "ok": True,
+            "columns": columns,
             "types": types,
             "rows": livewire.encode_rows(rows, types),
         }

@@ -89,9 +89,10 @@ class ReadClient(Protocol):
         query_formats: Mapping[str, str] | None = None,
     ) -> ReadResult: ...
 
-    def scratch(self) -> ScratchSession | None:
-        """A session for the verifier's own checks that need scratch files (the embedded store
-        opened by this process), else ``None``; closed with the reader."""
+    def scratch(self) -> ScratchSession | SocketReader | None:
+        """Where the verifier's checks that need scratch files run: a session of the embedded
+        store this process opened (closed with the reader), the owner's process (a socket
+        reader, through :meth:`SocketReader.check`), else ``None`` (a server)."""
         ...
 
     def close(self) -> None: ...
@@ -230,15 +231,23 @@ class SocketReader:
         query_formats: Mapping[str, str] | None = None,
     ) -> ReadResult:
         require_read_only(sql)
-        request = {
-            "sql": sql,
-            "database": self.database,
-            "parameters": parameters,
-            "column_formats": dict(column_formats or {}),
-            "query_formats": dict(query_formats or {}),
-        }
+        return self._ask(
+            {
+                "sql": sql,
+                "database": self.database,
+                "parameters": parameters,
+                "column_formats": dict(column_formats or {}),
+                "query_formats": dict(query_formats or {}),
+            }
+        )
+
+    def check(self, name: str, arguments: Mapping[str, Any]) -> ReadResult:
+        """Run the owner's check ``name`` (see :mod:`sealtrail.infra.liveserver`)."""
+        return self._ask({"check": name, "arguments": dict(arguments)})
+
+    def _ask(self, request: Mapping[str, Any]) -> ReadResult:
         try:
-            livewire.write_frame(self._sock, livewire.encode(request))
+            livewire.write_frame(self._sock, livewire.encode(dict(request)))
             payload = livewire.read_frame(self._sock, livewire.MAX_RESPONSE_BYTES)
         except (OSError, ConnectionError) as exc:
             raise ClickHouseError(
@@ -262,8 +271,9 @@ class SocketReader:
             [tuple(row) for row in doc["rows"]],
         )
 
-    def scratch(self) -> ScratchSession | None:
-        return None  # the owner's process holds the store: the decode check runs in Python
+    def scratch(self) -> SocketReader:
+        """The owner holds the store: checks that need scratch files run there (:meth:`check`)."""
+        return self
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -18,18 +18,22 @@ from processors.integrity.record import ChainedRecord, ChainHead, link, record_h
 from processors.sink import event_columns
 from processors.verifier.clickhouse_source import expected_columns, iter_rows
 from processors.verifier.clickhouse_sql import (
+    DECODE_CHECK,
     check_chain,
     decoded_problems,
     leaf_hashes,
     merkle_root,
     record_hash_sql,
+    serve_decoded_problems,
 )
 from processors.verifier.rows import verify_rows
 from producers.k8s import parse_line
 from schemas.codec import encode_audit_event
 from sealtrail.infra import clickhouse
 from sealtrail.infra.config import Settings
-from sealtrail.infra.reader import as_reader
+from sealtrail.infra.errors import ClickHouseError
+from sealtrail.infra.liveserver import LiveReadServer
+from sealtrail.infra.reader import SocketReader, as_reader
 from sealtrail.infra.scratch_session import ScratchSession
 from tests.conftest import K8S_SAMPLES
 from tests.unit.test_integrity_format_doc import payload_of, vectors
@@ -244,3 +248,49 @@ def test_consistent_rewrite_is_found_by_the_root(ch: tuple[Any, str]) -> None:
     sql = check_chain(client, db, CHAIN, size=N, expected_root=cr.root())
     assert [f.seq for f in sql.findings] == [None]
     assert "rewritten consistently" in str(sql.findings[0])
+
+
+def test_the_owner_runs_the_decode_check_for_a_socket_reader(ch: tuple[Any, str]) -> None:
+    """A reader of a store another process owns gets the decoded-column check run by the
+    owner (the live-read server's check), with the same findings; it takes values only."""
+    client, db = ch
+    recs = records(N, garbage_at=7)
+    insert(client, db, recs)
+    cr = CompactRange()
+    for r in recs:
+        cr.append(r.hash)
+    run(client, db, "ALTER TABLE {db}.events UPDATE verb = 'get' WHERE seq = 3")
+    dsn = clickhouse.dsn_of(client)
+    assert dsn is not None
+    path = Path(tempfile.mkdtemp(prefix="st-")) / "live" / "s.sock"
+    server = LiveReadServer(dsn, path, checks={DECODE_CHECK: serve_decoded_problems}).start()
+    reader = SocketReader.connect(path, db)
+    try:
+        assert reader.scratch() is reader
+        found = decoded_problems(reader, db, CHAIN, 0, N, limit=10, scratch=reader)
+        assert [(d.seq, d.column, d.found) for d in found] == [(3, "verb", "('get')")]
+        over_socket = check_chain(
+            reader, db, CHAIN, size=N, expected_root=cr.root(), scratch=reader
+        )
+        scratch = ScratchSession.over(client, Path(tempfile.mkdtemp()))
+        owner = check_chain(client, db, CHAIN, size=N, expected_root=cr.root(), scratch=scratch)
+        assert [f.evidence() for f in over_socket.findings] == [
+            f.evidence() for f in owner.findings
+        ]
+        assert 3 in {f.seq for f in over_socket.findings}
+        good = {"database": db, "chain": CHAIN, "lo": 0, "hi": N, "limit": 10, "parts": None}
+        for bad, says in [
+            ({**good, "database": "x; DROP TABLE events"}, "database name"),
+            ({**good, "hi": 10**7}, "at most"),
+            ({**good, "lo": "0 OR 1"}, "integers"),
+            ({**good, "parts": ["all_1_1_0') OR (1"]}, "part name"),
+        ]:
+            with pytest.raises(ClickHouseError, match=says):
+                reader.check(DECODE_CHECK, bad)
+        with pytest.raises(ClickHouseError, match="no check named"):
+            reader.check("drop_everything", good)
+        # The connection stays usable after refusals.
+        assert [r[:2] for r in reader.check(DECODE_CHECK, good).result_rows] == [(3, "verb")]
+    finally:
+        reader.close()
+        server.stop()
