@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,8 @@ from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import ClickHouseError, WriteRefused
 from sealtrail.infra.readonly_sql import require_read_only
 from sealtrail.infra.scratch_session import ScratchSession
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "OWNER_WAIT_S",
@@ -151,6 +154,7 @@ class DirectReader:
         self.via = via
         self._session_read_only = session_read_only
         self._scratch: ScratchSession | None = None
+        self._scratch_failed = False
 
     @staticmethod
     def query_settings(session_read_only: bool) -> dict[str, Any]:
@@ -186,10 +190,16 @@ class DirectReader:
         )
 
     def scratch(self) -> ScratchSession | None:
-        if self.store_dsn is None:
+        if self.store_dsn is None or self._scratch_failed:
             return None
         if self._scratch is None:
-            self._scratch = ScratchSession.open(self.store_dsn)
+            try:
+                self._scratch = ScratchSession.open(self.store_dsn)
+            except ClickHouseError as exc:
+                # The check still runs: the decoded columns are then compared in Python.
+                log.warning("comparing decoded columns in Python: %s", exc)
+                self._scratch_failed = True
+                return None
         return self._scratch
 
     def close(self) -> None:

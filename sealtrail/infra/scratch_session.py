@@ -68,7 +68,15 @@ class ScratchSession:
             raise ClickHouseError(
                 f"cannot open a check session on the embedded ClickHouse at {path}: {first}"
             ) from None
-        directory = Path(tempfile.mkdtemp(prefix="sealtrail-check-"))  # 0700
+        try:
+            directory = Path(tempfile.mkdtemp(prefix="sealtrail-check-"))  # 0700
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                client.close()
+            raise ClickHouseError(
+                f"cannot make a scratch directory in {tempfile.gettempdir()} ({exc.strerror}); "
+                "set TMPDIR to a writable directory"
+            ) from None
         return cls(client, directory, owns_client=True, owns_directory=True)
 
     @classmethod
@@ -78,11 +86,18 @@ class ScratchSession:
     def new_file(self, header: bytes, suffix: str = ".avro") -> Path:
         """A new file of this session's directory (0600) holding ``header``."""
         path = self.directory / f"{uuid.uuid4().hex}{suffix}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, header)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                if os.write(fd, header) != len(header):
+                    raise OSError(0, "short write")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise ClickHouseError(
+                f"cannot write a scratch file in {self.directory} ({exc.strerror})"
+            ) from None
         return path
 
     def append(self, path: Path, sql: str, parameters: Mapping[str, Any]) -> None:

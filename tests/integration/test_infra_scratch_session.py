@@ -4,6 +4,7 @@ only its own files, reads them back, and cannot change the store."""
 from __future__ import annotations
 
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,22 @@ def test_only_the_owner_of_the_store_opens_one(tmp_path: Path) -> None:
         ScratchSession.open(f"chdb://{tmp_path / 'nobody'}")
     with pytest.raises(ClickHouseError, match="opened first"):
         ScratchSession.open("http://localhost:8123")
+
+
+def test_no_usable_temp_dir_means_python_not_a_crash(
+    base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = clickhouse.connect(base_settings)
+    migrate(client, base_settings.clickhouse_database)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(ClickHouseError, match="set TMPDIR to a writable directory"):
+        ScratchSession.open(base_settings.clickhouse_dsn)
+    reader = open_reader(base_settings)
+    try:
+        assert reader.scratch() is None  # the decoded columns are compared in Python then
+    finally:
+        reader.close()
+    # A directory that went away: one sentence, which the check turns into Python for the page.
+    session = ScratchSession.over(client, tmp_path / "gone")
+    with pytest.raises(ClickHouseError, match="cannot write a scratch file"):
+        session.new_file(b"x")

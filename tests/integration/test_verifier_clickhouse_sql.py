@@ -294,3 +294,18 @@ def test_the_owner_runs_the_decode_check_for_a_socket_reader(ch: tuple[Any, str]
     finally:
         reader.close()
         server.stop()
+
+
+def test_a_scratch_file_that_cannot_be_written_leaves_the_page_to_python(
+    ch: tuple[Any, str], tmp_path: Path
+) -> None:
+    client, db = ch
+    recs = records(N)
+    insert(client, db, recs)
+    cr = CompactRange()
+    for r in recs:
+        cr.append(r.hash)
+    run(client, db, "ALTER TABLE {db}.events UPDATE verb = 'get' WHERE seq = 3")
+    broken = ScratchSession.over(client, tmp_path / "gone")
+    result = check_chain(client, db, CHAIN, size=N, expected_root=cr.root(), scratch=broken)
+    assert [(f.seq, f.evidence()["found"]) for f in result.findings] == [(3, "get")]
