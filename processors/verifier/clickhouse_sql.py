@@ -50,6 +50,7 @@ from sealtrail.infra.scratch_session import ScratchSession
 
 __all__ = [
     "DECODE_CHECK",
+    "DECODE_PAGE_BYTES",
     "DECODE_PAGE_ROWS",
     "FILES_PER_PAGE",
     "ChainCounts",
@@ -62,6 +63,7 @@ __all__ = [
     "part_filter",
     "table_parts",
     "check_chain",
+    "decode_pages",
     "decoded_problems",
     "leaf_hashes",
     "merkle_root",
@@ -521,6 +523,51 @@ def seq_pages(size: int, page: int = DECODE_PAGE_ROWS) -> Sequence[tuple[int, in
     return [(lo, min(size, lo + page)) for lo in range(0, size, page)]
 
 
+DECODE_PAGE_BYTES = 256 << 20
+"""Payload bytes a decode page holds at most (its scratch files, or format()'s constant)."""
+_BUCKET_ROWS = 1000
+
+
+def decode_pages(
+    client: Any,
+    database: str,
+    chain: str,
+    lo: int,
+    hi: int,
+    where: str = "1",
+    *,
+    rows: int = DECODE_PAGE_ROWS,
+    max_bytes: int = DECODE_PAGE_BYTES,
+    bucket: int = _BUCKET_ROWS,
+) -> list[tuple[int, int]]:
+    """Seq ranges covering [lo, hi) of ``chain``, each of at most ``rows`` seqs and, unless one
+    bucket of ``bucket`` seqs is bigger, ``max_bytes`` payload bytes of the rows ``where``
+    selects (large events make short pages: the scratch files stay bounded). Only the payloads'
+    lengths are read."""
+    if hi <= lo:
+        return []
+    db = validate_identifier(database)
+    sizes = query(
+        client,
+        f"SELECT intDiv(seq, {int(bucket)}) AS b, sum(length(payload)) FROM {db}.events "
+        "WHERE chain = {chain:String} AND seq >= {lo:UInt64} AND seq < {hi:UInt64} "
+        f"AND ({where}) GROUP BY b ORDER BY b",
+        {"chain": chain, "lo": lo, "hi": hi},
+    )
+    pages: list[tuple[int, int]] = []
+    start, held = lo, 0
+    for index, nbytes in sizes:
+        b_lo = max(lo, int(index) * bucket)
+        b_hi = min(hi, b_lo - b_lo % bucket + bucket)
+        if b_lo > start and (held + int(nbytes) > max_bytes or b_hi - start > rows):
+            pages.append((start, b_lo))
+            start, held = b_lo, 0
+        held += int(nbytes)
+    for plo in range(start, hi, rows):  # the rest, in pages of at most ``rows``
+        pages.append((plo, min(hi, plo + rows)))
+    return pages
+
+
 # --------------------------------------------------------------------------------------------
 # one chain, as findings
 
@@ -657,10 +704,9 @@ def check_chain(
                 p.computed,
                 p.hash,
             )
-    pages = seq_pages(hi_seq + 1 - lo_seq) if rows else []
+    pages = decode_pages(client, db, chain, lo_seq, hi_seq + 1, scope) if rows else []
     sql_decode = True
     for plo, phi in pages:
-        plo, phi = plo + lo_seq, phi + lo_seq
         if not sql_decode:
             odd_lo = min(odd_lo, plo) if odd else plo
             odd_hi = max(odd_hi, phi - 1) if odd else phi - 1

@@ -20,6 +20,7 @@ from processors.verifier.clickhouse_source import expected_columns, iter_rows
 from processors.verifier.clickhouse_sql import (
     DECODE_CHECK,
     check_chain,
+    decode_pages,
     decoded_problems,
     leaf_hashes,
     merkle_root,
@@ -309,3 +310,25 @@ def test_a_scratch_file_that_cannot_be_written_leaves_the_page_to_python(
     broken = ScratchSession.over(client, tmp_path / "gone")
     result = check_chain(client, db, CHAIN, size=N, expected_root=cr.root(), scratch=broken)
     assert [(f.seq, f.evidence()["found"]) for f in result.findings] == [(3, "get")]
+
+
+def test_decode_pages_bound_rows_and_payload_bytes(ch: tuple[Any, str]) -> None:
+    client, db = ch
+    recs = records(N)
+    insert(client, db, recs)
+    assert decode_pages(client, db, CHAIN, 0, N, rows=10) == [(0, 10), (10, 20), (20, 30)]
+    assert decode_pages(client, db, CHAIN, 5, 5) == []
+    # Buckets of 4 seqs; a page ends before the bucket that would take it over the bytes.
+    sizes = [len(r.payload) for r in recs]
+    limit = sum(sizes[0:8]) + 1  # two buckets fit, a third does not
+    pages = decode_pages(client, db, CHAIN, 0, N, max_bytes=limit, bucket=4)
+    assert pages[0] == (0, 8)
+    assert [p for page in pages for p in range(*page)] == list(range(N))  # covers each once
+    for plo, phi in pages:
+        assert sum(sizes[plo:phi]) <= limit or phi - plo <= 4
+    # A bucket bigger than the limit is a page of its own (a page never splits a bucket).
+    assert decode_pages(client, db, CHAIN, 2, 11, max_bytes=1, bucket=4) == [
+        (2, 4),
+        (4, 8),
+        (8, 11),
+    ]
