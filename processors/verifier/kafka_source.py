@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException
@@ -167,11 +169,18 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
     settings = job.settings
     chain = chain_id(settings, job.partition)
     ring = KeyRing.parse(job.keyring_text, "key ring")
-    cps = read_checkpoint_notes(settings, job.partition, chain)
-    cps += [SourceCheckpoint(n, None, "offsite") for n in job.offsite_notes]
     incremental = job.state is not None and job.state.size > 0
     start = job.state.offset if job.state is not None and incremental else None
-    low, _high, batches = iter_values(settings, job.partition, start)
+    # The checkpoint topic is read while the chain's first batch is fetched (each read waits
+    # mostly on the broker and on closing its consumer).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        notes = pool.submit(read_checkpoint_notes, settings, job.partition, chain)
+        low, _high, batches = iter_values(settings, job.partition, start)
+        first = next(batches, None)
+        cps = notes.result()
+    cps += [SourceCheckpoint(n, None, "offsite") for n in job.offsite_notes]
+    if first is not None:
+        batches = itertools.chain([first], batches)
     result = verify_chain_values(
         chain,
         batches,
