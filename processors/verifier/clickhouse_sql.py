@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -595,6 +595,7 @@ def check_chain(
     scratch: ScratchSession | SocketReader | None = None,
     changed_parts: Sequence[str] | None = None,
     remembered: Remembered | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> ChainResult:
     """The rows of ``chain`` with seq < ``size`` checked in ClickHouse, as the findings
     :func:`processors.verifier.core.verify_rows` gives for the same rows (kind
@@ -607,6 +608,8 @@ def check_chain(
     were unique); the root is the remembered compact range extended by the new rows' hashes
     when all changed rows are new (seq >= remembered size), else computed again in SQL.
     A chain whose row count is not its size is checked in full (that names the gap).
+
+    ``on_rows(n)`` is told the seqs of each page once its decoded columns are checked.
     """
     result = ChainResult(chain=chain)
     db = validate_identifier(database)
@@ -635,6 +638,7 @@ def check_chain(
             expected_root=expected_root,
             max_findings=max_findings,
             scratch=scratch,
+            on_rows=on_rows,
         )
     gaps = False
     if incremental:
@@ -739,6 +743,8 @@ def check_chain(
             odd_hi = max(odd_hi, phi - 1) if odd else phi - 1
             odd += 1
             found = []
+        if on_rows is not None:
+            on_rows(phi - plo)
         for d in found:
             mismatch(
                 "payload does not decode the way the sink stores it (decode_ok = 1)"

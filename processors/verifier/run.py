@@ -9,10 +9,10 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from processors.integrity.chains import partition_of
 from processors.integrity.checkpoint import KeyRing
@@ -48,15 +48,24 @@ from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import KafkaUnavailable
 from sealtrail.infra.kafka_read import reader, watermarks
 
+T = TypeVar("T")
+
 __all__ = ["Progress", "VerifyOptions", "run_verify"]
 
 
 class Progress(Protocol):
-    """Counts verified records (a progress bar, or nothing)."""
+    """Counts verified records or checked ClickHouse rows (a progress bar, or nothing)."""
 
     def advance(self, n: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+class ProgressFactory(Protocol):
+    """``progress(total, what)``: a :class:`Progress` for ``total`` of ``what`` ("records" of
+    the Kafka replay, "rows" of the ClickHouse check)."""
+
+    def __call__(self, total: int, what: str = "records") -> Progress: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +86,12 @@ def run_verify(
     ring: KeyRing,
     client: Any,
     options: VerifyOptions,
-    progress: Callable[[int], Progress],
+    progress: ProgressFactory,
 ) -> Report:
     """Verify every chain in Kafka and, with a ClickHouse ``client`` (read-only), its rows.
 
-    ``progress(total records)`` gives what counts the records as they are verified. The policy
+    ``progress(total, what)`` gives what counts the records as they are verified, then the
+    ClickHouse rows as they are checked. The policy
     lives here, not in the CLI: which state a run starts from, what ClickHouse findings mean
     against the chain and the sink's committed offsets, and what the next run remembers. The
     steps: plan the chains' jobs, replay them, check ClickHouse's rows, save the state."""
@@ -118,17 +128,22 @@ def run_verify(
     if client is not None:
         if parts_now is not None and not options.recompute_outside:
             incremental = _incremental(settings, options, parts_now, report)
-        for res in report.chains:
-            _check_rows(
-                settings,
-                client,
-                options,
-                res,
-                ch_sizes.get(res.chain),
-                incremental,
-                report,
-                committed,
-            )
+        rows_bar = progress(sum(ch_sizes.get(r.chain) or 0 for r in report.chains), "rows")
+        try:
+            for res in report.chains:
+                _check_rows(
+                    settings,
+                    client,
+                    options,
+                    res,
+                    ch_sizes.get(res.chain),
+                    incremental,
+                    report,
+                    committed,
+                    rows_bar,
+                )
+        finally:
+            rows_bar.close()
     report.finished = time.time()
     if options.state_file is not None:
         _save(settings, options, options.state_file, states, report, incremental.after)
@@ -177,7 +192,7 @@ def _plan(
 
 
 def _replay(
-    jobs: list[ChainJob], total: int, processes: int, progress: Callable[[int], Progress]
+    jobs: list[ChainJob], total: int, processes: int, progress: ProgressFactory
 ) -> list[ChainResult]:
     """Replay every chain, in ``processes`` processes (0: one per CPU, at most one per chain)."""
     bar = progress(total)
@@ -253,10 +268,11 @@ def _check_rows(
     incremental: _Incremental,
     report: Report,
     committed: dict[int, int | None] | KafkaUnavailable,
+    bar: Progress,
 ) -> None:
     """Check ClickHouse's ``size`` rows of the replayed chain ``res``, then what the number of
     rows means against the chain and the sink's offsets ``committed`` (read before the rows
-    were counted)."""
+    were counted). ``bar`` counts the rows as their pages are checked."""
     if size is None:
         if res.size:
             report.warnings.append(f"ClickHouse holds no rows of chain {res.chain} yet")
@@ -268,10 +284,17 @@ def _check_rows(
         )
     root = res.probe_root if size <= res.size else None
     database = settings.clickhouse_database
+    counted = 0
+
+    def advance(n: int) -> None:
+        nonlocal counted
+        counted += n
+        bar.advance(n)
+
     if options.recompute_outside:
         ch_res = verify_rows(
             res.chain,
-            iter_rows(client, database, res.chain, size),
+            _counting(iter_rows(client, database, res.chain, size), advance),
             expected_columns(res.chain),
             size=size,
             expected_root=root,
@@ -292,10 +315,29 @@ def _check_rows(
             changed_parts=incremental.changed if remembered is not None else None,
             remembered=remembered,
             scratch=scratch_of() if callable(scratch_of) else None,
+            on_rows=advance,
         )
         incremental.checked(res.chain, ch_res.ok and root is not None, size, res.probe_compact)
+    if counted < size:
+        bar.advance(size - counted)  # rows an incremental run proved unchanged
     _compare_counts(settings, res, size, ch_res, report, committed)
     report.clickhouse.append(ch_res)
+
+
+_COUNT_EVERY = 1000
+
+
+def _counting(rows: Iterable[T], advance: Callable[[int], None]) -> Iterator[T]:
+    """``rows``, telling ``advance`` every :data:`_COUNT_EVERY` of them."""
+    n = 0
+    for row in rows:
+        yield row
+        n += 1
+        if n == _COUNT_EVERY:
+            advance(n)
+            n = 0
+    if n:
+        advance(n)
 
 
 def _compare_counts(

@@ -31,8 +31,10 @@ def _say(message: str) -> None:
 class _Progress:
     """A rich progress bar on a terminal, plain lines every few seconds otherwise."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, what: str = "records") -> None:
         self.total = total
+        self.what = what
+        unit = "rec/s" if what == "records" else "rows/s"
         self.done = 0
         self._bar: Any = None
         self._last = time.monotonic()
@@ -50,11 +52,11 @@ class _Progress:
             )
 
             self._bar = Progress(
-                TextColumn("verifying"),
+                TextColumn("verifying" if what == "records" else "checking ClickHouse rows"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TaskProgressColumn(),
-                TextColumn("{task.fields[rate]:>8.0f} rec/s"),
+                TextColumn(f"{{task.fields[rate]:>8.0f}} {unit}"),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
             )
@@ -71,7 +73,10 @@ class _Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, rate=rate)
         elif self.enabled:
-            _say(f"verified {self.done} of ~{self.total} records ({rate:.0f} records/s)")
+            if self.what == "records":
+                _say(f"verified {self.done} of ~{self.total} records ({rate:.0f} records/s)")
+            else:
+                _say(f"checked {self.done} of {self.total} ClickHouse rows ({rate:.0f} rows/s)")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -136,7 +141,7 @@ def run_verify(
         ring,
         client,
         VerifyOptions(**options),
-        lambda total: _Progress(total, progress),
+        lambda total, what="records": _Progress(total, progress, what),
     )
 
 

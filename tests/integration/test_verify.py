@@ -359,6 +359,49 @@ def test_the_cli_has_clickhouse_decode_the_payloads(case: Case) -> None:
     assert found[0]["found"] == "('get')", found[0]  # a ClickHouse tuple (Python would say get)
 
 
+def test_progress_counts_records_then_clickhouse_rows(case: Case) -> None:
+    """The progress factory gets the Kafka records, then the ClickHouse rows, each counted up
+    to its total (a bar, or plain lines, in the CLI)."""
+    from processors.integrity.checkpoint import KeyRing
+    from processors.sink import Sink, SinkOptions
+    from processors.verifier.run import VerifyOptions, run_verify
+    from sealtrail.infra.reader import open_reader
+
+    Sink(case.settings, SinkOptions(once=True)).run()
+    seen: list[tuple[str, int, int]] = []
+
+    class Bar:
+        def __init__(self, total: int, what: str) -> None:
+            self.total, self.what, self.done = total, what, 0
+
+        def advance(self, n: int) -> None:
+            self.done += n
+
+        def close(self) -> None:
+            seen.append((self.what, self.total, self.done))
+
+    ring = KeyRing()
+    ring.add(case.signer.verifier)
+    for outside in (False, True):
+        seen.clear()
+        reader = open_reader(case.settings)
+        try:
+            report = run_verify(
+                case.settings,
+                ring,
+                reader,
+                VerifyOptions(recompute_outside=outside),
+                lambda total, what="records": Bar(total, what),
+            )
+        finally:
+            reader.close()
+        assert report.ok, report.findings()
+        # The records' total is the offsets to read (transaction markers take some): ~N.
+        (what, total, done), rows = seen
+        assert (what, done) == ("records", N) and total >= N, (outside, seen)
+        assert rows == ("rows", N, N), (outside, seen)
+
+
 def test_deleted_newest_rows_are_told_from_a_sink_that_lags(sunk: Case) -> None:
     _ch(sunk, f"ALTER TABLE {{db}}.events DELETE WHERE seq >= {N - 2}")
     # The sink committed its offsets past the last record, so the missing rows were deleted.
