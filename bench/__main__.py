@@ -26,6 +26,7 @@ SIZES = {
     "chainer": (40_000, 2_000),
     "sink": (60_000, 2_000),
     "verify": (50_000, 2_000),
+    "verify_chains": (200_000, 2_000),  # in 2 chains, as the CLI verifies a deployment
     "proofs": (10_000_000, 10_000),
     "clickhouse_check": (1_000_000, 20_000),
     "e2e": (100_000, 2_000),
@@ -92,10 +93,12 @@ def _sink(n: int, kafka: str) -> list[Result]:
     ]
 
 
-def _verify(n: int, proof_n: int, ch_rows: int) -> tuple[list[Result], dict[str, Any]]:
+def _verify(
+    n: int, proof_n: int, ch_rows: int, chains_n: int
+) -> tuple[list[Result], dict[str, Any]]:
     from bench import bench_verify
 
-    out = bench_verify.run(n, proof_n, ch_rows)
+    out = bench_verify.run(n, proof_n, ch_rows, chains_n)
     results = [Result(**{k: v for k, v in r.items() if k != "ratio"}) for r in out["results"]]
     return results, out["proofs"]
 
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if "verify" in wanted:
             print("\n### verify", flush=True)
             verify_results, proofs = _verify(
-                size["verify"], size["proofs"], size["clickhouse_check"]
+                size["verify"], size["proofs"], size["clickhouse_check"], size["verify_chains"]
             )
             results.extend(verify_results)
             extra["proofs"] = proofs

@@ -8,6 +8,10 @@
   baseline reads the partition (read_committed, the same reader) and SHA-256es every value; the
   verifier (`run_job`, what `sealtrail verify` runs per chain) decodes, re-hashes, links and
   checks the checkpoints. Goal: verifier rate >= 0.7 x baseline.
+* Deployment part (``--deployment-records``, 200,000 by default): the setup the issue measured,
+  records in 2 chains verified as ``sealtrail verify --full --no-clickhouse`` does
+  (``run_verify``: one process per chain up to the CPU count), beside one consumer reading both
+  partitions + SHA-256 of every value.
 * Proofs: the leaf hashes of a chain of ``--proof-records`` records are computed synthetically
   in memory (SHA-256 of the index, as record hashes), not produced to Kafka: the proof code only
   ever sees the 32-byte-per-leaf array ``prove`` builds from the topic. Measured: root
@@ -54,10 +58,10 @@ from sealtrail.infra.kafka import producer_conf
 from sealtrail.infra.kafka_read import read_range, reader
 
 
-def _fill(settings: Settings, n: int, signer: Signer) -> int:
-    """Produce n chained records and their checkpoints; return the payload bytes."""
+def _fill(settings: Settings, n: int, signer: Signer, partition: int = 0) -> int:
+    """Produce n chained records of one chain and their checkpoints; return the value bytes."""
     payloads = sample_payloads()
-    chain = f"{settings.topics.raw}/0"
+    chain = f"{settings.topics.raw}/{partition}"
     origin = origin_for(settings.deployment, chain)
     producer = Producer(producer_conf(settings, **{"transactional.id": f"bench-{uuid.uuid4()}"}))
     producer.init_transactions(30)
@@ -71,14 +75,14 @@ def _fill(settings: Settings, n: int, signer: Signer) -> int:
         cr.append(rec.hash)
         value = record_value(rec)
         total += len(value)
-        producer.produce(settings.topics.chain, value, partition=0)
+        producer.produce(settings.topics.chain, value, partition=partition)
         if (i + 1) % 1000 == 0 or i + 1 == n:
             cp = Checkpoint(origin, cr.size, cr.root(), rec.hash, 1_700_000_000_000_000 + i)
             producer.produce(
                 settings.topics.checkpoints,
                 sign_checkpoint(cp, signer).encode(),
                 key=chain.encode(),
-                partition=0,
+                partition=partition,
             )
             producer.commit_transaction(30)
             producer.begin_transaction()
@@ -87,16 +91,65 @@ def _fill(settings: Settings, n: int, signer: Signer) -> int:
     return total
 
 
-def _raw_read(settings: Settings) -> int:
+def _raw_read(settings: Settings, partitions: int = 1) -> int:
+    """Read the chain topic's partitions one after another, SHA-256 of every value."""
     consumer = reader(settings)
     count = 0
     try:
-        for msg in read_range(consumer, settings.topics.chain, 0):
-            hashlib.sha256(msg.value() or b"").digest()
-            count += 1
+        for partition in range(partitions):
+            for msg in read_range(consumer, settings.topics.chain, partition):
+                hashlib.sha256(msg.value() or b"").digest()
+                count += 1
     finally:
         consumer.close()
     return count
+
+
+class _NoProgress:
+    def advance(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def deployment_part(records: int, chains: int = 2) -> Result:
+    """The issue's own setup: ``records`` in ``chains`` chains, verified as `sealtrail verify
+    --full --no-clickhouse` does (:func:`processors.verifier.run.run_verify`: one process per
+    chain up to the CPU count) beside one consumer reading the chain topic + SHA-256."""
+    from processors.verifier.run import VerifyOptions, run_verify
+
+    priv, _pub = generate_key("bench")
+    signer = Signer.from_private_key(priv)
+    ring = KeyRing()
+    ring.add(signer.verifier)
+    with bench_broker() as bootstrap:
+        settings = fresh_settings(bootstrap, partitions=chains, deployment="bench")
+        per = records // chains
+        for p in range(chains):
+            _fill(settings, per, signer, partition=p)
+        _raw_read(settings, chains)  # warm the page cache for both contenders alike
+        t0 = time.perf_counter()
+        raw = _raw_read(settings, chains)
+        raw_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report = run_verify(
+            settings,
+            ring,
+            None,
+            VerifyOptions(full=True),
+            lambda total, what="records": _NoProgress(),
+        )
+        ver_s = time.perf_counter() - t0
+    assert raw == per * chains and report.ok and report.records_verified == raw
+    return Result(
+        f"verify: {chains} chains as `verify --full --no-clickhouse` runs them",
+        raw / ver_s,
+        "records/s",
+        "one consumer reading the chain topic + SHA-256 of the values",
+        raw / raw_s,
+        extra={"records": raw, "chains": chains, "verify_s": ver_s, "raw_s": raw_s},
+    )
 
 
 def kafka_part(records: int) -> list[Result]:
@@ -363,10 +416,15 @@ def proof_part(size: int) -> dict[str, Any]:
 
 
 def run(
-    records: int = 50_000, proof_records: int = 10_000_000, clickhouse_rows: int = 1_000_000
+    records: int = 50_000,
+    proof_records: int = 10_000_000,
+    clickhouse_rows: int = 1_000_000,
+    deployment_records: int = 200_000,
 ) -> dict[str, Any]:
     """Run the parts; return a JSON-able dict (also written to bench/results/verify.json)."""
     results = kafka_part(records) if records > 0 else []
+    if deployment_records > 0:
+        results.append(deployment_part(deployment_records))
     if clickhouse_rows > 0:
         # In a child: one process can open one embedded store, and `python -m bench` has
         # opened the sink stage's already.
@@ -387,8 +445,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--proof-records", type=int, default=10_000_000)
     parser.add_argument("--clickhouse-rows", type=int, default=1_000_000)
+    parser.add_argument("--deployment-records", type=int, default=200_000)
     args = parser.parse_args()
-    out = run(args.records, args.proof_records, args.clickhouse_rows)
+    out = run(args.records, args.proof_records, args.clickhouse_rows, args.deployment_records)
     if out["results"]:
         print_table(
             [Result(**{k: v for k, v in r.items() if k != "ratio"}) for r in out["results"]]

@@ -101,7 +101,7 @@ def main() -> None:
         scratch = ScratchSession.over(client, scratch_dir)
     else:
         scratch = client.scratch()
-    timed_scratch = Timed(scratch)
+    timed_scratch: Any = Timed(scratch)
     timed_scratch.calls = timed.calls
     t0 = time.perf_counter()
     result = check_chain(
