@@ -67,6 +67,8 @@ def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
         "sink: chain topic -> ClickHouse (chdb)",
         "end to end: webhook 200 -> row queryable",
         "raw pipeline: producer -> topic -> chdb",
+        "verify: 2 chains as `verify --full --no-clickhouse` runs them",
+        "verify: ClickHouse check, read-only session as `sealtrail verify` runs it",
     ):
         assert expected in stages, stages
     e2e = report["e2e"]
