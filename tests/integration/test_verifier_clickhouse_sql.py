@@ -280,6 +280,13 @@ def test_the_owner_runs_the_decode_check_for_a_socket_reader(ch: tuple[Any, str]
         ]
         assert 3 in {f.seq for f in over_socket.findings}
         good = {"database": db, "chain": CHAIN, "lo": 0, "hi": N, "limit": 10, "parts": None}
+        # An incremental run sends the changed parts' names: only their rows are decoded.
+        part = client.query(
+            f"SELECT _part FROM {db}.events WHERE chain = '{CHAIN}' AND seq = 3"
+        ).result_rows[0][0]
+        only = reader.check(DECODE_CHECK, {**good, "parts": [part]}).result_rows
+        assert [r[:2] for r in only] == [(3, "verb")]
+        assert reader.check(DECODE_CHECK, {**good, "parts": []}).result_rows == []
         for bad, says in [
             ({**good, "database": "x; DROP TABLE events"}, "database name"),
             ({**good, "hi": 10**7}, "at most"),
