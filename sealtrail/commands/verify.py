@@ -349,8 +349,15 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+_VERIFY_EPILOG = (
+    "On an embedded store nobody else holds, ClickHouse decodes the stored payloads from "
+    "temporary files in TMPDIR (a private directory, up to about 256 MiB at a time, removed "
+    "after each page); a running sink does that for it."
+)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("verify")(verify)
+    app.command("verify", epilog=_VERIFY_EPILOG)(verify)
     app.command("prove")(prove)
     app.command("verify-proof")(verify_proof_cmd)
     app.add_typer(checkpoints_app, name="checkpoints")
