@@ -185,10 +185,11 @@ WHERE (rn = 1 AND NOT {first_ok})
 ORDER BY seq
 LIMIT {int(limit)}
 """
+    # Compared as bytes (FixedString(32) both); hex only for the rows that differ.
     hashes = f"""
-SELECT seq, hex(prev_hash), hex(hash), hex({record_hash_sql()}) AS computed FROM {db}.events
+SELECT seq, hex(prev_hash), hex(hash), hex(computed) FROM {db}.events
 WHERE chain = {{chain:String}} AND seq < {{below:UInt64}} AND ({where})
-  AND computed != hex(hash)
+  AND (({record_hash_sql()}) AS computed) != hash
 ORDER BY seq
 LIMIT 1 BY seq
 LIMIT {int(limit)}
