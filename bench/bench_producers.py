@@ -80,17 +80,23 @@ def post_event_lists(url: str, bodies: list[bytes], clients: int = CLIENTS) -> f
     return asyncio.run(go())
 
 
-def _webhook(settings: Settings, bodies: list[bytes], events: int, home: Path) -> float:
+def start_bench_webhook(settings: Settings, home: Path) -> WebhookServer:
+    """A started webhook on a loopback port taking the token ``bench-token``, over plain HTTP:
+    the benches measure parsing and producing, not TLS."""
     tokens = home / "bench-tokens"
     tokens.parent.mkdir(parents=True, exist_ok=True)
     tokens.write_text("bench-token bench\n", encoding="utf-8")
     tokens.chmod(0o600)
-    # Plain http on loopback: the bench measures parsing and producing, not TLS.
     server = WebhookServer(
         settings,
         WebhookOptions(listen="127.0.0.1:0", tokens=tokens, allow_plain_http_tokens=True),
     )
     server.start()
+    return server
+
+
+def _webhook(settings: Settings, bodies: list[bytes], events: int, home: Path) -> float:
+    server = start_bench_webhook(settings, home)
     try:
         return events / post_event_lists(server.url(), bodies)
     finally:

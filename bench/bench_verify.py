@@ -119,10 +119,7 @@ def deployment_part(records: int, chains: int = 2) -> Result:
     chain up to the CPU count) beside one consumer reading the chain topic + SHA-256."""
     from processors.verifier.run import VerifyOptions, run_verify
 
-    priv, _pub = generate_key("bench")
-    signer = Signer.from_private_key(priv)
-    ring = KeyRing()
-    ring.add(signer.verifier)
+    signer, ring = _signer_and_ring()
     with bench_broker() as bootstrap:
         settings = fresh_settings(bootstrap, partitions=chains, deployment="bench")
         per = records // chains
@@ -152,11 +149,17 @@ def deployment_part(records: int, chains: int = 2) -> Result:
     )
 
 
-def kafka_part(records: int) -> list[Result]:
-    priv, pub = generate_key("bench")
+def _signer_and_ring() -> tuple[Signer, KeyRing]:
+    """A fresh checkpoint key and the key ring that trusts it."""
+    priv, _pub = generate_key("bench")
     signer = Signer.from_private_key(priv)
     ring = KeyRing()
     ring.add(signer.verifier)
+    return signer, ring
+
+
+def kafka_part(records: int) -> list[Result]:
+    signer, ring = _signer_and_ring()
     with bench_broker() as bootstrap:
         settings = fresh_settings(bootstrap, partitions=1, deployment="bench")
         nbytes = _fill(settings, records, signer)
@@ -331,10 +334,7 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
 
 def proof_part(size: int) -> dict[str, Any]:
     """Proof generation/verification over a synthetic chain of ``size`` leaves."""
-    priv, _pub = generate_key("bench")
-    signer = Signer.from_private_key(priv)
-    ring = KeyRing()
-    ring.add(signer.verifier)
+    signer, ring = _signer_and_ring()
     sha = hashlib.sha256
 
     def record_hash(i: int) -> bytes:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import psutil
 
-from bench.bench_producers import post_event_lists
+from bench.bench_producers import post_event_lists, start_bench_webhook
 from bench.common import bench_broker, fresh_settings
 from producers.load import event_list, generate
-from producers.webhook import WebhookOptions, WebhookServer
 
 CLIENTS = 8
 BATCH = 400
@@ -43,14 +42,7 @@ def _serve(events: int) -> None:
         settings = fresh_settings(servers)
         home = Path(f"/tmp/sealtrail-profile-{time.time_ns()}")
         home.mkdir(parents=True)
-        tokens = home / "tokens"
-        tokens.write_text("bench-token bench\n", encoding="utf-8")
-        tokens.chmod(0o600)
-        server = WebhookServer(
-            settings,
-            WebhookOptions(listen="127.0.0.1:0", tokens=tokens, allow_plain_http_tokens=True),
-        )
-        server.start()
+        server = start_bench_webhook(settings, home)
         me = psutil.Process()
         args = [sys.executable, "-m", "bench.profile_webhook", "--events", str(events)]
         # A warm-up round (connections, metadata), then the measured one.

@@ -33,6 +33,7 @@ from typing import Any
 
 from processors.clickhouse_schema import EVENT_COLUMNS
 from schemas.codec import AUDIT_EVENT, CHAINED_EVENT, HEADER_SIZE, avro_long
+from sealtrail.infra.clickhouse import quote
 
 __all__ = [
     "AUDIT_HEADER",
@@ -297,10 +298,6 @@ _DIFFERENT = " OR ".join(
 )
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 # Largest batch (bytes of its rows' values, about half the file) for this path. The check
 # runs before the rows reach the table, and ClickHouse squashes the rows of an insert into one
 # block up to min_insert_block_size_bytes (256 MiB): below that, a refused insert writes nothing,
@@ -321,7 +318,7 @@ def insert_sql(db: str, path: str, marker: bytes, token: str) -> str:
     different = different_sql(marker)
     return (
         f"INSERT INTO {db}.events ({columns}) "
-        f"SETTINGS insert_deduplication_token = {_quote(token)} "
-        f"SELECT {_SELECT} FROM file({_quote(path)}, 'Avro', {_quote(_STRUCTURE)}) "
-        f"WHERE throwIf({different}, {_quote(REFUSED)}) = 0"
+        f"SETTINGS insert_deduplication_token = {quote(token)} "
+        f"SELECT {_SELECT} FROM file({quote(path)}, 'Avro', {quote(_STRUCTURE)}) "
+        f"WHERE throwIf({different}, {quote(REFUSED)}) = 0"
     )

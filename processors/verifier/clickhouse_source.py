@@ -16,7 +16,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from processors.clickhouse_schema import DECODED_COLUMNS, EVENT_COLUMNS
 from processors.integrity.record import ChainedRecord
 from processors.verifier.rows import ChRow
-from sealtrail.infra.clickhouse import validate_identifier
+from sealtrail.infra.clickhouse import first_line, validate_identifier
 from sealtrail.infra.errors import ClickHouseError
 
 __all__ = [
@@ -36,8 +36,7 @@ def query(client: Client, sql: str, params: dict[str, Any] | None = None) -> lis
     try:
         return list(client.query(sql, parameters=params or {}).result_rows)
     except DriverError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ClickHouseError(f"ClickHouse refused a verifier query: {first}") from None
+        raise ClickHouseError(f"ClickHouse refused a verifier query: {first_line(exc)}") from None
 
 
 def events_table_exists(client: Client, database: str) -> bool:

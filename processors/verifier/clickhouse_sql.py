@@ -43,7 +43,7 @@ from processors.verifier.clickhouse_source import expected_columns, iter_rows, q
 from processors.verifier.core import DEFAULT_MAX_FINDINGS, ChainResult
 from processors.verifier.rows import decoded_difference, mismatch_reporter
 from schemas.codec import HEADER_SIZE, avro_long
-from sealtrail.infra.clickhouse import validate_identifier
+from sealtrail.infra.clickhouse import quote, validate_identifier
 from sealtrail.infra.errors import ClickHouseError, WriteRefused
 from sealtrail.infra.reader import SocketReader
 from sealtrail.infra.scratch_session import ScratchSession
@@ -69,7 +69,6 @@ __all__ = [
     "merkle_root",
     "merkle_root_sql",
     "record_hash_sql",
-    "seq_pages",
     "row_problems",
     "serve_decoded_problems",
 ]
@@ -329,10 +328,6 @@ def _varint_sql(v: str) -> str:
     return "char(" + ", ".join(f"bitOr({g}, 128)" for g in groups[:4]) + f", {groups[4]})"
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 @dataclass(frozen=True, slots=True)
 class DecodedProblem:
     """A row whose decoded columns are not what its payload decodes to."""
@@ -375,14 +370,14 @@ def decoded_sql(database: str, where: str = "1", scratch: str | None = None) -> 
     """
     db = validate_identifier(database)
     if scratch is not None:
-        source = f"file({_quote(scratch)}, 'Avro', {_quote(_CHECK_STRUCTURE)})"
+        source = f"file({quote(scratch)}, 'Avro', {quote(_CHECK_STRUCTURE)})"
     else:
         header = f"unhex('{_FILE_START.hex()}')"
         container = (
             f"SELECT concat({header}, arrayStringConcat(groupArray(b))) "
             f"FROM ({_blocks_sql(db, where)})"
         )
-        source = f"format('Avro', {_quote(_CHECK_STRUCTURE)}, ({container}))"
+        source = f"format('Avro', {quote(_CHECK_STRUCTURE)}, ({container}))"
     columns = [c for c in DECODED_COLUMNS if c != "decode_ok"]
     decoded = ", ".join(f"{column_expression(c)} AS d_{c}" for c in columns)
     differs = [(c, f"NOT isNotDistinctFrom(t.{c}, d_{c})") for c in columns]
@@ -518,10 +513,6 @@ def decodable_count(client: Any, database: str, chain: str, lo: int, hi: int) ->
         {"chain": chain, "lo": lo, "hi": hi},
     )
     return int(rows[0][0]) if rows else 0
-
-
-def seq_pages(size: int, page: int = DECODE_PAGE_ROWS) -> Sequence[tuple[int, int]]:
-    return [(lo, min(size, lo + page)) for lo in range(0, size, page)]
 
 
 DECODE_PAGE_BYTES = 256 << 20

@@ -166,14 +166,14 @@ def _connect_dsn(dsn: str) -> Client:
                     "or point SEALTRAIL_CLICKHOUSE at a ClickHouse server"
                 ) from None
             raise ClickHouseError(
-                f"cannot open the embedded ClickHouse at {path}: {_first_line(exc)}"
+                f"cannot open the embedded ClickHouse at {path}: {first_line(exc)}"
             ) from None
     elif dsn.startswith(("http://", "https://", "clickhouse://", "clickhouses://")):
         try:
             client = clickhouse_connect.get_client(dsn=dsn, compress="lz4", connect_timeout=10)
         except DriverError as exc:
             raise ClickHouseError(
-                f"cannot reach ClickHouse at {redact(dsn)}: {_first_line(exc)}; "
+                f"cannot reach ClickHouse at {redact(dsn)}: {first_line(exc)}; "
                 "check SEALTRAIL_CLICKHOUSE"
             ) from None
         except (TypeError, ValueError) as exc:
@@ -191,9 +191,15 @@ def _connect_dsn(dsn: str) -> Client:
     return client
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver error (at most 300 characters), for one-sentence messages."""
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+def quote(text: str) -> str:
+    """``text`` as a ClickHouse string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def command(client: Client, sql: str, **kwargs: Any) -> Any:
@@ -201,7 +207,7 @@ def command(client: Client, sql: str, **kwargs: Any) -> Any:
     try:
         return client.command(sql, **kwargs)
     except DriverError as exc:
-        raise ClickHouseError(f"ClickHouse refused a statement: {_first_line(exc)}") from None
+        raise ClickHouseError(f"ClickHouse refused a statement: {first_line(exc)}") from None
 
 
 # Limits of a read-only session (live reads and reading tools on the embedded store).
@@ -232,6 +238,6 @@ def read_session(dsn: str) -> Client:
             client.command(statement)
     except DriverError as exc:
         raise ClickHouseError(
-            f"cannot open a read session on the embedded ClickHouse at {path}: {_first_line(exc)}"
+            f"cannot open a read session on the embedded ClickHouse at {path}: {first_line(exc)}"
         ) from None
     return client

@@ -224,11 +224,14 @@ class LiveReadServer:
         except Exception as exc:  # noqa: BLE001 - a reader's query must never stop the sink
             log.warning("live-read query failed: %s", type(exc).__name__)
             return _error("clickhouse", f"the query failed ({type(exc).__name__}); check the SQL")
+        return self._rows(list(result.column_names), [t.name for t in result.column_types], rows)
+
+    def _rows(self, columns: list[str], types: list[str], rows: Any) -> dict[str, Any]:
+        """A successful answer (a query's or a check's), counted."""
         self.queries += 1
-        types = [t.name for t in result.column_types]
         return {
             "ok": True,
-            "columns": list(result.column_names),
+            "columns": columns,
             "types": types,
             "rows": livewire.encode_rows(rows, types),
         }
@@ -247,13 +250,7 @@ class LiveReadServer:
             if self._scratch is None:
                 self._scratch = ScratchSession.open(self.dsn)
             columns, types, rows = check(self._scratch, arguments)
-        self.queries += 1
-        return {
-            "ok": True,
-            "columns": columns,
-            "types": types,
-            "rows": livewire.encode_rows(rows, types),
-        }
+        return self._rows(columns, types, rows)
 
     def _release(self, session: Client, healthy: bool) -> None:
         """Back to the pool; a session whose query failed may hold a broken stream: a new one

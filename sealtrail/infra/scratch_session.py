@@ -33,13 +33,8 @@ from sealtrail.infra.errors import ClickHouseError
 __all__ = ["ScratchSession"]
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _failure(exc: DriverError) -> ClickHouseError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return ClickHouseError(f"ClickHouse refused a verifier query: {first}")
+    return ClickHouseError(f"ClickHouse refused a verifier query: {clickhouse.first_line(exc)}")
 
 
 class ScratchSession:
@@ -64,9 +59,9 @@ class ScratchSession:
             client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
             client.command("SET readonly = 2")
         except DriverError as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ClickHouseError(
-                f"cannot open a check session on the embedded ClickHouse at {path}: {first}"
+                f"cannot open a check session on the embedded ClickHouse at {path}: "
+                f"{clickhouse.first_line(exc)}"
             ) from None
         try:
             directory = Path(tempfile.mkdtemp(prefix="sealtrail-check-"))  # 0700
@@ -106,7 +101,7 @@ class ScratchSession:
             raise ClickHouseError(f"{path} is not a file of the check session's directory")
         try:
             self.client.raw_query(
-                f"{sql} INTO OUTFILE {_quote(str(path))} APPEND",
+                f"{sql} INTO OUTFILE {clickhouse.quote(str(path))} APPEND",
                 parameters=dict(parameters),
                 fmt="RawBLOB",
             )

@@ -70,6 +70,19 @@ def insert(client: Any, db: str, recs: list[ChainedRecord]) -> None:
     client.insert(f"{db}.events", list(zip(*cols, strict=True)), column_names=list(EVENT_COLUMNS))
 
 
+def stored(client: Any, db: str, recs: list[ChainedRecord]) -> bytes:
+    """Insert ``recs`` as the sink stores them; return their Merkle root."""
+    insert(client, db, recs)
+    return root_of(recs)
+
+
+def root_of(recs: list[ChainedRecord]) -> bytes:
+    cr = CompactRange()
+    for r in recs:
+        cr.append(r.hash)
+    return cr.root()
+
+
 def run(client: Any, db: str, sql: str) -> None:
     clickhouse.command(client, sql.format(db=db), settings={"mutations_sync": 2})
 
@@ -141,7 +154,7 @@ def both(client: Any, db: str, size: int, root: bytes) -> tuple[set[int | None],
     reader = as_reader(client, db)
     try:
         own = reader.scratch()
-        assert own is not None
+        assert isinstance(own, ScratchSession)
         readonly_sql = check_chain(reader, db, CHAIN, size=size, expected_root=root, scratch=own)
         assert [f.evidence() for f in readonly_sql.findings] == [f.evidence() for f in sql.findings]
         readonly = check_chain(reader, db, CHAIN, size=size, expected_root=root)
@@ -207,14 +220,10 @@ def test_sql_check_finds_what_the_python_check_finds(
     ch: tuple[Any, str], sql: str, seqs: set[int]
 ) -> None:
     client, db = ch
-    recs = records(N, garbage_at=7)
-    insert(client, db, recs)
-    cr = CompactRange()
-    for r in recs:
-        cr.append(r.hash)
+    root = stored(client, db, records(N, garbage_at=7))
     if sql:
         run(client, db, sql)
-    found_sql, found_py = both(client, db, N, cr.root())
+    found_sql, found_py = both(client, db, N, root)
     assert seqs <= found_sql
     assert found_sql == found_py
 
@@ -235,9 +244,7 @@ def test_clickhouse_itself_decodes_the_payloads(ch: tuple[Any, str], tmp_path: P
 def test_consistent_rewrite_is_found_by_the_root(ch: tuple[Any, str]) -> None:
     client, db = ch
     recs = records(N)
-    cr = CompactRange()
-    for r in recs:
-        cr.append(r.hash)
+    root = root_of(recs)
     # A rewritten history that links and recomputes: only the root gives it away.
     forged = records(N)
     head = ChainHead(CHAIN)
@@ -246,7 +253,7 @@ def test_consistent_rewrite_is_found_by_the_root(ch: tuple[Any, str]) -> None:
         for r in forged
     ]
     insert(client, db, forged)
-    sql = check_chain(client, db, CHAIN, size=N, expected_root=cr.root())
+    sql = check_chain(client, db, CHAIN, size=N, expected_root=root)
     assert [f.seq for f in sql.findings] == [None]
     assert "rewritten consistently" in str(sql.findings[0])
 
@@ -255,11 +262,7 @@ def test_the_owner_runs_the_decode_check_for_a_socket_reader(ch: tuple[Any, str]
     """A reader of a store another process owns gets the decoded-column check run by the
     owner (the live-read server's check), with the same findings; it takes values only."""
     client, db = ch
-    recs = records(N, garbage_at=7)
-    insert(client, db, recs)
-    cr = CompactRange()
-    for r in recs:
-        cr.append(r.hash)
+    root = stored(client, db, records(N, garbage_at=7))
     run(client, db, "ALTER TABLE {db}.events UPDATE verb = 'get' WHERE seq = 3")
     dsn = clickhouse.dsn_of(client)
     assert dsn is not None
@@ -270,11 +273,9 @@ def test_the_owner_runs_the_decode_check_for_a_socket_reader(ch: tuple[Any, str]
         assert reader.scratch() is reader
         found = decoded_problems(reader, db, CHAIN, 0, N, limit=10, scratch=reader)
         assert [(d.seq, d.column, d.found) for d in found] == [(3, "verb", "('get')")]
-        over_socket = check_chain(
-            reader, db, CHAIN, size=N, expected_root=cr.root(), scratch=reader
-        )
+        over_socket = check_chain(reader, db, CHAIN, size=N, expected_root=root, scratch=reader)
         scratch = ScratchSession.over(client, Path(tempfile.mkdtemp()))
-        owner = check_chain(client, db, CHAIN, size=N, expected_root=cr.root(), scratch=scratch)
+        owner = check_chain(client, db, CHAIN, size=N, expected_root=root, scratch=scratch)
         assert [f.evidence() for f in over_socket.findings] == [
             f.evidence() for f in owner.findings
         ]
@@ -308,14 +309,10 @@ def test_a_scratch_file_that_cannot_be_written_leaves_the_page_to_python(
     ch: tuple[Any, str], tmp_path: Path
 ) -> None:
     client, db = ch
-    recs = records(N)
-    insert(client, db, recs)
-    cr = CompactRange()
-    for r in recs:
-        cr.append(r.hash)
+    root = stored(client, db, records(N))
     run(client, db, "ALTER TABLE {db}.events UPDATE verb = 'get' WHERE seq = 3")
     broken = ScratchSession.over(client, tmp_path / "gone")
-    result = check_chain(client, db, CHAIN, size=N, expected_root=cr.root(), scratch=broken)
+    result = check_chain(client, db, CHAIN, size=N, expected_root=root, scratch=broken)
     assert [(f.seq, f.evidence()["found"]) for f in result.findings] == [(3, "get")]
 
 

@@ -69,17 +69,30 @@ async def _post(server: WebhookServer, body: bytes, chunked: bool = False) -> tu
     return status, metrics
 
 
+def _answered(
+    server: WebhookServer,
+    body: bytes,
+    caplog: pytest.LogCaptureFixture,
+    code: int,
+    chunked: bool = False,
+) -> tuple[int, str, logging.LogRecord]:
+    """POST ``body``; returns (status, /metrics text, the one record logged as ``answered
+    <code>``)."""
+    with caplog.at_level(logging.WARNING, logger="producers.webhook"):
+        status, metrics = asyncio.run(_post(server, body, chunked))
+    [record] = [r for r in caplog.records if f"answered {code}" in r.getMessage()]
+    return status, metrics, record
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["whole-body", "streamed"])
 def test_a_503_is_logged_with_size_and_events_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, chunked: bool
 ) -> None:
     server = _server(tmp_path, Backpressure("queue full"))
     body = event_list(_lines(40))
-    with caplog.at_level(logging.WARNING, logger="producers.webhook"):
-        status, metrics = asyncio.run(_post(server, body, chunked))
+    status, metrics, record = _answered(server, body, caplog, 503, chunked)
     assert status == 503
     assert 'sealtrail_webhook_unavailable_total{cause="backpressure"} 1.0' in metrics
-    [record] = [r for r in caplog.records if "answered 503" in r.getMessage()]
     message = record.getMessage()
     assert "backpressure" in message and "event(s) seen" in message
     if chunked:
@@ -97,11 +110,10 @@ def test_a_503_before_the_body_is_read_is_logged_and_counted(
     server = _server(tmp_path, Backpressure("unused"), max_inflight=1)
     server._inflight = 1  # another request's events wait for Kafka
     body = event_list(_lines(3))
-    with caplog.at_level(logging.WARNING, logger="producers.webhook"):
-        status, metrics = asyncio.run(_post(server, body))
+    status, metrics, record = _answered(server, body, caplog, 503)
     assert status == 503
     assert 'sealtrail_webhook_unavailable_total{cause="backpressure"} 1.0' in metrics
-    [message] = [r.getMessage() for r in caplog.records if "answered 503" in r.getMessage()]
+    message = record.getMessage()
     assert f"Content-Length {len(body)}" in message and "0 event(s) seen" in message
 
 
@@ -111,11 +123,9 @@ def test_an_unexpected_error_is_a_500_logged_with_size_and_events_and_counted(
 ) -> None:
     server = _server(tmp_path, RuntimeError("a bug"))
     body = event_list(_lines(25))
-    with caplog.at_level(logging.WARNING, logger="producers.webhook"):
-        status, metrics = asyncio.run(_post(server, body, chunked))
+    status, metrics, record = _answered(server, body, caplog, 500, chunked)
     assert status == 500
     assert 'sealtrail_webhook_refused_requests_total{code="500"} 1.0' in metrics
-    [record] = [r for r in caplog.records if "answered 500" in r.getMessage()]
     message = record.getMessage()
     assert record.exc_info is not None and "a bug" in str(record.exc_info[1])
     if chunked:
