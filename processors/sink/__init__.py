@@ -9,12 +9,12 @@ exactly-once holds.
 """
 
 from processors.sink.columns import event_columns, event_row
-from processors.sink.fast_path import AVRO_FILE_NAME
+from processors.sink.fast_path import AVRO_FILE_NAMES
 from processors.sink.options import SinkOptions, SinkStats
 from processors.sink.service import Sink
 
 __all__ = [
-    "AVRO_FILE_NAME",
+    "AVRO_FILE_NAMES",
     "Sink",
     "SinkOptions",
     "SinkStats",

@@ -31,7 +31,8 @@ from sealtrail.infra.service import backoff
 
 log = logging.getLogger(__name__)
 
-AVRO_FILE_NAME = ".sealtrail-sink.avro"  # the container file, inside the chdb store
+AVRO_FILE_NAMES = (".sealtrail-sink.avro", ".sealtrail-sink-2.avro")
+"""The container files, inside the chdb store: one is written while the other is inserted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,9 @@ class FastPath:
         self.store = store
         self._python_insert = python_insert
         self._commit = commit
-        self._avro_file: tuple[int, str] | None = None  # reused from batch to batch
+        # (fd, path) of each container file, reused from batch to batch; _slot: the last written
+        self._files: list[tuple[int, str] | None] = [None, None]
+        self._slot = 1
         self._worker: ThreadPoolExecutor | None = None
         self._inflight: Inflight | None = None
 
@@ -84,25 +87,45 @@ class FastPath:
         return True
 
     def start(self, batch: ChainBatch) -> None:
+        """Write ``batch``'s container file, finish the insert in flight, then insert the file on
+        the worker. The file is written here, while the previous insert runs on the worker
+        (into the other of two files): on the worker this Python code waited for the GIL while
+        this thread parsed the next batch, at several times its own cost."""
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-insert")
-        rows = [(item.value, item.payload_start) for item in batch.items]
-        future = self._worker.submit(self._insert, rows, batch.token)
+        started = time.perf_counter()
+        try:
+            path, marker = self._write_file(batch)
+        except OSError as exc:
+            self.finish()
+            self._fall_back(batch, exc)
+            return
+        written = time.perf_counter() - started
+        self.finish()
+        future = self._worker.submit(self._insert, path, marker, batch.token, written)
         self._inflight = Inflight(future, batch)
 
-    def _insert(self, rows: list[tuple[bytes, int]], token: str) -> float:
-        """On the worker: write the container file and insert it; returns the seconds taken."""
-        started = time.perf_counter()
-        if self._avro_file is None:
-            # Inside the embedded store, which one process owns: a fixed name that a sink
-            # killed mid-batch leaves behind once (clear_stale removes it on the next start).
-            path = str((self.store or Path(tempfile.gettempdir())) / AVRO_FILE_NAME)
-            self._avro_file = (os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path)
-        fd, path = self._avro_file
+    def _write_file(self, batch: ChainBatch) -> tuple[str, bytes]:
+        """Write the batch into the file the insert in flight (if any) is not reading."""
+        self._slot = 1 - self._slot
+        opened = self._files[self._slot]
+        if opened is None:
+            # Inside the embedded store, which one process owns: fixed names that a sink
+            # killed mid-batch leaves behind once (clear_stale removes them on the next start).
+            path = str((self.store or Path(tempfile.gettempdir())) / AVRO_FILE_NAMES[self._slot])
+            opened = self._files[self._slot] = (os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path)
+        fd, path = opened
         marker = sink_avro.new_marker()
+        rows = [(item.value, item.payload_start) for item in batch.items]
         sink_avro.write_container(fd, rows, marker)
+        return path, marker
+
+    def _insert(self, path: str, marker: bytes, token: str, written: float) -> float:
+        """On the worker: insert the container file; returns the seconds taken, the file's
+        writing (``written``) included."""
+        started = time.perf_counter()
         self.writer.client.command(sink_avro.insert_sql(self.writer.db, path, marker, token))
-        return time.perf_counter() - started
+        return written + time.perf_counter() - started
 
     def reap(self) -> None:
         """Finish the insert in flight if it is done (an idle sink still commits)."""
@@ -111,9 +134,7 @@ class FastPath:
 
     def finish(self, commit: bool = True) -> None:
         """Wait for the insert in flight, if any, and commit its batch. If it failed the batch
-        goes the Python way, whose retry loop also outlasts a transient failure: the attempt
-        wrote nothing or, if ClickHouse failed between the parts of a batch spanning months,
-        parts that the Python insert with the same token then skips."""
+        goes the Python way (:meth:`_fall_back`)."""
         job = self._inflight
         if job is None:
             return
@@ -121,29 +142,7 @@ class FastPath:
         try:
             seconds = job.future.result()
         except (DriverError, OSError) as exc:
-            self.stats.fast_fallbacks += 1
-            if getattr(exc, "code", None) in sink_avro.BAD_DATA_CODES:
-                log.info(
-                    "batch %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
-                    "decoding it in Python",
-                    job.batch.token,
-                    first_line(exc)[:120],
-                )
-            else:
-                # Maybe transient (disk full, ...): count it and back off once like an insert.
-                self.stats.retries += 1
-                delay = next(backoff())
-                log.warning(
-                    "the fast insert of %d row(s) into %s.events failed (%s); retrying in %.1fs",
-                    len(job.batch.items),
-                    self.writer.db,
-                    first_line(exc),
-                    delay,
-                )
-                self.close_file()  # a new file next time, in case this one is the trouble
-                if self.writer.stop.wait(delay):
-                    raise Stopped from None
-            self.stats.decode_seconds += self._python_insert(job.batch)
+            self._fall_back(job.batch, exc)
         else:
             self.stats.insert_seconds += seconds
             self.writer.metrics.inserted("events", FAST, seconds)
@@ -151,6 +150,35 @@ class FastPath:
             self.stats.inserted += len(job.batch.items)
         if commit and job.commit is not None:
             self._commit(job.commit)
+
+    def _fall_back(self, batch: ChainBatch, exc: DriverError | OSError) -> None:
+        """Insert ``batch`` the Python way after its fast insert (or file) failed. That path's
+        retry loop also outlasts a transient failure: the attempt wrote nothing or, if
+        ClickHouse failed between the parts of a batch spanning months, parts that the Python
+        insert with the same token then skips."""
+        self.stats.fast_fallbacks += 1
+        if getattr(exc, "code", None) in sink_avro.BAD_DATA_CODES:
+            log.info(
+                "batch %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
+                "decoding it in Python",
+                batch.token,
+                first_line(exc)[:120],
+            )
+        else:
+            # Maybe transient (disk full, ...): count it and back off once like an insert.
+            self.stats.retries += 1
+            delay = next(backoff())
+            log.warning(
+                "the fast insert of %d row(s) into %s.events failed (%s); retrying in %.1fs",
+                len(batch.items),
+                self.writer.db,
+                first_line(exc),
+                delay,
+            )
+            self.close_files()  # new files next time, in case one is the trouble
+            if self.writer.stop.wait(delay):
+                raise Stopped from None
+        self.stats.decode_seconds += self._python_insert(batch)
 
     def abandon(self) -> None:
         """On the way out after an error: let the insert in flight end, commit nothing (its
@@ -165,30 +193,32 @@ class FastPath:
         if self._worker is not None:
             self._worker.shutdown()
             self._worker = None
-        self.close_file()
+        self.close_files()
 
     def clear_stale(self) -> None:
-        """Remove the container file a killed sink left in the store.
+        """Remove the container files a killed sink left in the store.
 
         Called once this process owns the store (the client is open), so no other sink can be
-        writing the file. Without this a run that inserts nothing would leave it behind."""
+        writing them. Without this a run that inserts nothing would leave them behind."""
         if self.store is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            (self.store / AVRO_FILE_NAME).unlink()
-            log.info(
-                "removed the fast-path file %s left by a sink that did not exit cleanly",
-                self.store / AVRO_FILE_NAME,
-            )
+        for name in AVRO_FILE_NAMES:
+            with contextlib.suppress(FileNotFoundError):
+                (self.store / name).unlink()
+                log.info(
+                    "removed the fast-path file %s left by a sink that did not exit cleanly",
+                    self.store / name,
+                )
 
-    def close_file(self) -> None:
-        if self._avro_file is not None:
-            fd, path = self._avro_file
-            self._avro_file = None
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+    def close_files(self) -> None:
+        for slot, opened in enumerate(self._files):
+            if opened is not None:
+                fd, path = opened
+                self._files[slot] = None
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 def fast_path_store(settings_dsn: str, wanted: bool) -> tuple[bool, Path | None]:

@@ -550,7 +550,9 @@ class Sink:
                 )
                 continue
             by_chain.setdefault(record.chain, []).append(ChainItem(record.seq, record, value, -1))
-        self.fast.finish()  # the previous batch's insert ran while this one was read
+        # The previous batch's insert may still run: its seqs are in ``stored`` already, and
+        # nothing below touches ClickHouse before fast.finish() but the seqs of a chain not
+        # seen before (a read).
         for chain, items in by_chain.items():
             stored = self.stored.seqs(chain)
             fresh: list[ChainItem] = []
@@ -563,6 +565,7 @@ class Sink:
                 fresh.append(item)
             by_chain[chain] = fresh
         if bad:
+            self.fast.finish()
             first, last = bad[0].kafka_offset, bad[-1].kafka_offset
             self.writer.insert_rejects(
                 bad, f"rejects:{self.chain_topic}/{partition}:{first}-{last}"
@@ -573,15 +576,17 @@ class Sink:
                 continue
             token = f"{chain}:{items[0].seq}-{items[-1].seq}"
             batch = ChainBatch(chain, partition, items, token, now_us)
-            self.fast.finish()  # one insert at a time, in order
-            # One insert per token either way: a batch with any row ClickHouse cannot load goes
-            # the Python way whole, and so does one the fast insert fails on.
+            # One insert at a time, in order, and one per token either way: a batch with any
+            # row ClickHouse cannot load goes the Python way whole, and so does one the fast
+            # insert fails on. start() writes the batch's file while the previous insert runs,
+            # then finishes that insert before it starts this one.
             if (
                 all(item.record is None for item in items)
                 and sum(len(item.value) for item in items) <= sink_avro.MAX_BATCH_BYTES
             ):
                 self.fast.start(batch)
             else:
+                self.fast.finish()
                 decode_s += self._insert_python(batch)
             # For a fast insert in flight this holds once fast.finish returns; until then
             # nothing is committed and nothing else is inserted.

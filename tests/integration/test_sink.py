@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from processors.integrity.checkpoint import Checkpoint
 from processors.integrity.merkle import EMPTY_ROOT
 from processors.integrity.record import ZERO_HASH, record_hash
-from processors.sink import AVRO_FILE_NAME, Sink, SinkOptions
+from processors.sink import AVRO_FILE_NAMES, Sink, SinkOptions
 from producers.k8s import Reject, reject_event
 from schemas.codec import encode_audit_event
 from sealtrail.cli import app
@@ -276,8 +276,8 @@ def _kill_loop(settings: Settings, tmp_path: Path, kills: int) -> None:
         [SEALTRAIL, "sink", "--once"], env=env, capture_output=True, text=True, timeout=180
     )
     assert final.returncode == 0, final.stderr
-    # A killed sink leaves its fast-path file in the store; a clean exit removes it.
-    assert not (store / AVRO_FILE_NAME).exists()
+    # A killed sink leaves its fast-path files in the store; a clean exit removes them.
+    assert not [name for name in AVRO_FILE_NAMES if (store / name).exists()]
     counts = subprocess.run(
         [
             SEALTRAIL,
@@ -304,11 +304,12 @@ def test_sink_survives_kill_9(settings: Settings, tmp_path: Path) -> None:
 
 
 def test_starting_sink_removes_a_stale_fast_path_file(settings: Settings, tmp_path: Path) -> None:
-    """A sink killed mid-batch leaves its container file in the store; the next sink that owns
-    the store removes it even when it has nothing to insert (the kill test's last run)."""
+    """A sink killed mid-batch leaves its container files in the store; the next sink that owns
+    the store removes them even when it has nothing to insert (the kill test's last run)."""
     store = tmp_path / "stale-store"
     store.mkdir()
-    (store / AVRO_FILE_NAME).write_bytes(b"Obj\x01 left by a killed sink")
+    for name in AVRO_FILE_NAMES:
+        (store / name).write_bytes(b"Obj\x01 left by a killed sink")
     done = subprocess.run(
         [SEALTRAIL, "sink", "--once"],
         env=_env(settings, store),
@@ -317,7 +318,7 @@ def test_starting_sink_removes_a_stale_fast_path_file(settings: Settings, tmp_pa
         timeout=180,
     )
     assert done.returncode == 0, done.stderr
-    assert not (store / AVRO_FILE_NAME).exists()
+    assert not [name for name in AVRO_FILE_NAMES if (store / name).exists()]
 
 
 @pytest.mark.slow

@@ -375,9 +375,9 @@ def test_rebalance_with_an_insert_in_flight_stays_exact(settings: Settings) -> N
     sink.fast.finish = counting_finish  # type: ignore[method-assign]
     insert = sink.fast._insert
 
-    def slow_insert(rows: list[tuple[bytes, int]], token: str) -> float:
+    def slow_insert(path: str, marker: bytes, token: str, written: float) -> float:
         time.sleep(0.3)  # keep an insert in flight most of the time
-        return insert(rows, token)
+        return insert(path, marker, token, written)
 
     sink.fast._insert = slow_insert  # type: ignore[method-assign]
     thread = threading.Thread(target=sink.run, name="sink-rebalanced")
