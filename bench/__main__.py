@@ -24,7 +24,7 @@ SIZES = {
     # stage: (normal, tiny)
     "producers": (40_000, 2_000),
     "chainer": (40_000, 2_000),
-    "sink": (60_000, 2_000),
+    "sink": (200_000, 2_000),
     "verify": (50_000, 2_000),
     "verify_chains": (200_000, 2_000),  # in 2 chains, as the CLI verifies a deployment
     "proofs": (10_000_000, 10_000),

@@ -10,6 +10,7 @@ insert path alone (decode + column build + insert, without Kafka) against the sa
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -32,6 +33,7 @@ from processors.sink import Sink, SinkOptions, event_columns
 from schemas.chained import record_value
 from sealtrail.infra import clickhouse
 from sealtrail.infra.kafka import producer_conf
+from sealtrail.infra.service import tune_gc
 
 
 def _fill(settings: Any, rows: int, partitions: int) -> list[ChainedRecord]:
@@ -60,6 +62,19 @@ def _fill(settings: Any, rows: int, partitions: int) -> list[ChainedRecord]:
     return records
 
 
+def _settle(client: Any, db: str, limit_s: float = 60.0) -> None:
+    """Wait for the background merges of ``db``'s tables to end, so that the next measurement
+    does not share the cores with the previous one's merges."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        (running,) = client.query(
+            "SELECT count() FROM system.merges WHERE database = {db:String}", parameters={"db": db}
+        ).result_rows[0]
+        if not running:
+            return
+        time.sleep(0.1)
+
+
 def run(
     rows: int = 100_000, batch_rows: int = 10_000, partitions: int = 3, bootstrap: str | None = None
 ) -> dict[str, Any]:
@@ -74,13 +89,20 @@ def run(
         # Open the embedded engine and migrate before the clock starts: the baseline below
         # inserts into an open store too, so both measure steady-state rows/s.
         _ = sink.client
+        # The garbage collector as `sealtrail sink` sets it; the baselines run with
+        # CPython's defaults, as a plain clickhouse-connect program does.
+        thresholds = gc.get_threshold()
+        tune_gc()
         started = time.perf_counter()
         stats = sink.run()
         sink_s = time.perf_counter() - started
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
         assert stats.inserted == rows, stats
 
         client = clickhouse.connect(settings)
         db = settings.clickhouse_database
+        _settle(client, db)
         by_chain: dict[str, list[ChainedRecord]] = {}
         for record in records:
             by_chain.setdefault(record.chain, []).append(record)
@@ -101,6 +123,7 @@ def run(
                 f"{db}.events_raw", columns, column_names=list(EVENT_COLUMNS), column_oriented=True
             )
         raw_s = time.perf_counter() - started
+        _settle(client, db)
 
         # The sink's insert path without Kafka: decode + pivot + insert with dedup tokens.
         client.command(f"CREATE TABLE {db}.events_path AS {db}.events")

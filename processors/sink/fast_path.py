@@ -116,7 +116,7 @@ class FastPath:
             opened = self._files[self._slot] = (os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path)
         fd, path = opened
         marker = sink_avro.new_marker()
-        rows = [(item.value, item.payload_start) for item in batch.items]
+        rows = [(value, start) for _seq, _record, value, start in batch.items]
         sink_avro.write_container(fd, rows, marker)
         return path, marker
 

@@ -523,6 +523,7 @@ class Sink:
         # accepts (record None until needed); the others are decoded here (payload start -1).
         by_chain: dict[str, list[ChainItem]] = {}
         bad: list[RejectRow] = []
+        python_chains: set[str] = set()  # chains with records decoded here
         now_us = time.time_ns() // 1000
         fast = self._fast
         for message in messages:
@@ -550,11 +551,19 @@ class Sink:
                 )
                 continue
             by_chain.setdefault(record.chain, []).append(ChainItem(record.seq, record, value, -1))
+            python_chains.add(record.chain)
         # The previous batch's insert may still run: its seqs are in ``stored`` already, and
         # nothing below touches ClickHouse before fast.finish() but the seqs of a chain not
         # seen before (a read).
+        runs: set[str] = set()  # chains whose items are one run of seqs, none stored
         for chain, items in by_chain.items():
             stored = self.stored.seqs(chain)
+            first = items[0].seq
+            if stored.none_from(first) and [i.seq for i in items] == list(
+                range(first, first + len(items))
+            ):
+                runs.add(chain)  # the usual case, checked in C
+                continue
             fresh: list[ChainItem] = []
             seen: set[int] = set()
             for item in items:
@@ -580,17 +589,19 @@ class Sink:
             # row ClickHouse cannot load goes the Python way whole, and so does one the fast
             # insert fails on. start() writes the batch's file while the previous insert runs,
             # then finishes that insert before it starts this one.
-            if (
-                all(item.record is None for item in items)
-                and sum(len(item.value) for item in items) <= sink_avro.MAX_BATCH_BYTES
-            ):
+            fast = chain not in python_chains or all(item.record is None for item in items)
+            if fast and sum(map(len, [i.value for i in items])) <= sink_avro.MAX_BATCH_BYTES:
                 self.fast.start(batch)
             else:
                 self.fast.finish()
                 decode_s += self._insert_python(batch)
             # For a fast insert in flight this holds once fast.finish returns; until then
             # nothing is committed and nothing else is inserted.
-            self.stored.seqs(chain).add(item.seq for item in items)
+            stored = self.stored.seqs(chain)
+            if chain in runs:
+                stored.add_run(items[0].seq, len(items))
+            else:
+                stored.add(item.seq for item in items)
             self._subtrees_due.add(chain)
         self.stats.decode_seconds += decode_s
 

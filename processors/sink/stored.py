@@ -27,6 +27,17 @@ class StoredSeqs:
     def has(self, seq: int) -> bool:
         return seq < self.contiguous or seq in self.extra
 
+    def none_from(self, seq: int) -> bool:
+        """No seq from ``seq`` on is stored."""
+        return seq >= self.contiguous and (not self.extra or seq > max(self.extra))
+
+    def add_run(self, first: int, count: int) -> None:
+        """Add ``first``, ``first + 1``, ... ``first + count - 1``."""
+        if first == self.contiguous and not self.extra:
+            self.contiguous += count
+        else:
+            self.add(range(first, first + count))
+
     def add(self, seqs: Iterable[int]) -> None:
         for seq in seqs:
             if seq == self.contiguous:
