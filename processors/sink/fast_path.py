@@ -50,6 +50,7 @@ class Inflight:
 
     future: Future[float]
     batch: ChainBatch
+    slot: int  # which of the container files it reads
     commit: Offset | None = None
 
 
@@ -98,12 +99,12 @@ class FastPath:
             path, marker = self._write_file(batch)
         except OSError as exc:
             self.finish()
-            self._fall_back(batch, exc)
+            self._fall_back(batch, exc, self._slot)
             return
         written = time.perf_counter() - started
         self.finish()
         future = self._worker.submit(self._insert, path, marker, batch.token, written)
-        self._inflight = Inflight(future, batch)
+        self._inflight = Inflight(future, batch, self._slot)
 
     def _write_file(self, batch: ChainBatch) -> tuple[str, bytes]:
         """Write the batch into the file the insert in flight (if any) is not reading."""
@@ -142,7 +143,7 @@ class FastPath:
         try:
             seconds = job.future.result()
         except (DriverError, OSError) as exc:
-            self._fall_back(job.batch, exc)
+            self._fall_back(job.batch, exc, job.slot)
         else:
             self.stats.insert_seconds += seconds
             self.writer.metrics.inserted("events", FAST, seconds)
@@ -151,7 +152,7 @@ class FastPath:
         if commit and job.commit is not None:
             self._commit(job.commit)
 
-    def _fall_back(self, batch: ChainBatch, exc: DriverError | OSError) -> None:
+    def _fall_back(self, batch: ChainBatch, exc: DriverError | OSError, slot: int) -> None:
         """Insert ``batch`` the Python way after its fast insert (or file) failed. That path's
         retry loop also outlasts a transient failure: the attempt wrote nothing or, if
         ClickHouse failed between the parts of a batch spanning months, parts that the Python
@@ -175,7 +176,9 @@ class FastPath:
                 first_line(exc),
                 delay,
             )
-            self.close_files()  # new files next time, in case one is the trouble
+            # A new file next time, in case this one is the trouble (not the other: start()
+            # may have written the next batch into it already).
+            self._close_file(slot)
             if self.writer.stop.wait(delay):
                 raise Stopped from None
         self.stats.decode_seconds += self._python_insert(batch)
@@ -211,14 +214,17 @@ class FastPath:
                 )
 
     def close_files(self) -> None:
-        for slot, opened in enumerate(self._files):
-            if opened is not None:
-                fd, path = opened
-                self._files[slot] = None
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        for slot in range(len(self._files)):
+            self._close_file(slot)
+
+    def _close_file(self, slot: int) -> None:
+        opened, self._files[slot] = self._files[slot], None
+        if opened is not None:
+            fd, path = opened
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def fast_path_store(settings_dsn: str, wanted: bool) -> tuple[bool, Path | None]:

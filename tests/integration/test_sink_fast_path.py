@@ -1,0 +1,123 @@
+"""processors.sink.fast_path: two container files, one written while the other is inserted, in
+real chdb (no Kafka: the batches are built here)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processors import sink_avro
+from processors.integrity.record import ChainHead, link
+from processors.sink.fast_path import AVRO_FILE_NAMES, FastPath, Offset
+from processors.sink.options import SinkStats
+from processors.sink.rows import ChainBatch, ChainItem
+from processors.sink.writer import Writer
+from schemas.chained import record_value
+from schemas.codec import encode_audit_event
+from sealtrail.infra.config import Settings
+from sealtrail.infra.service import StopFlag
+from tests.integration.sink_support import sample_events
+
+CHAIN = "audit.events/0"
+
+
+def _batches(sizes: list[int]) -> list[ChainBatch]:
+    payloads = [encode_audit_event(e) for e in sample_events()]
+    head, out, seq = ChainHead(CHAIN), [], 0
+    for size in sizes:
+        items = []
+        for _ in range(size):
+            value = record_value(link(head, seq, 1_700_000_000_000_000 + seq, payloads[seq % 7]))
+            parsed = sink_avro.parse_chained(value)
+            assert parsed is not None
+            items.append(ChainItem(seq, None, value, parsed[2]))
+            seq += 1
+        token = f"{CHAIN}:{items[0].seq}-{items[-1].seq}"
+        out.append(ChainBatch(CHAIN, 0, items, token, 0))
+    return out
+
+
+@pytest.fixture
+def writer(chdb_dsn: str) -> Writer:
+    db = f"fast_path_{uuid.uuid4().hex[:10]}"
+    settings = Settings(kafka="127.0.0.1:1", clickhouse=chdb_dsn, clickhouse_database=db)
+    return Writer(settings, SinkStats(), StopFlag())
+
+
+def _stored(writer: Writer) -> tuple[Any, ...]:
+    sql = f"SELECT count(), uniqExact(seq) FROM {writer.db}.events"
+    return tuple(writer.client.query(sql).result_rows[0])
+
+
+def test_the_next_batch_is_written_while_an_insert_runs_and_each_commits_once_stored(
+    writer: Writer, tmp_path: Path
+) -> None:
+    commits: list[Offset] = []
+    fast = FastPath(writer, tmp_path, lambda b: writer.insert_decoded(b, "chain"), commits.append)
+    first, second, third = _batches([30, 20, 25])
+    fast.start(first)
+    fast.defer_commit(Offset("chain", 0, 29))
+    fast.start(second)  # written into the other file while the first may still be inserted
+    assert commits == [Offset("chain", 0, 29)]  # start() finished the first before the second
+    fast.defer_commit(Offset("chain", 0, 49))
+    fast.start(third)
+    fast.finish()
+    assert commits == [Offset("chain", 0, 29), Offset("chain", 0, 49)]
+    assert writer.stats.fast_batches == 3 and writer.stats.fast_fallbacks == 0
+    assert _stored(writer) == (75, 75)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(AVRO_FILE_NAMES)
+    fast.shutdown()
+    assert not list(tmp_path.iterdir())  # a clean stop removes both files
+
+
+def test_a_failed_insert_leaves_the_next_batch_on_the_fast_path(
+    writer: Writer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The insert in flight fails (not about the data) after the next batch's file is written:
+    it goes the Python way and its file is replaced, while the next batch's file is kept and
+    inserted by ClickHouse."""
+    sql = sink_avro.insert_sql
+    calls = {"n": 0}
+
+    def first_fails(db: str, path: str, marker: bytes, token: str) -> str:
+        calls["n"] += 1
+        return sql("no_such_database" if calls["n"] == 1 else db, path, marker, token)
+
+    monkeypatch.setattr(sink_avro, "insert_sql", first_fails)
+    python: list[str] = []
+
+    def python_insert(batch: ChainBatch) -> float:
+        python.append(batch.token)
+        return writer.insert_decoded(batch, "chain")
+
+    fast = FastPath(writer, tmp_path, python_insert, lambda _offset: None)
+    first, second = _batches([30, 20])
+    _ = writer.client  # migrated before the clock of the first insert starts
+    fast.start(first)
+    fast.start(second)  # written before the first insert's failure is seen
+    fast.finish()
+    assert python == [first.token]
+    assert writer.stats.fast_fallbacks == 1 and writer.stats.fast_batches == 1
+    assert _stored(writer) == (50, 50)
+    fast.shutdown()
+
+
+def test_a_file_that_cannot_be_written_sends_its_batch_the_python_way(
+    writer: Writer, tmp_path: Path
+) -> None:
+    python: list[str] = []
+
+    def python_insert(batch: ChainBatch) -> float:
+        python.append(batch.token)
+        return writer.insert_decoded(batch, "chain")
+
+    fast = FastPath(writer, tmp_path / "missing", python_insert, lambda _offset: None)
+    (batch,) = _batches([10])
+    fast.start(batch)
+    fast.finish()
+    assert python == [batch.token] and writer.stats.fast_fallbacks == 1
+    assert _stored(writer) == (10, 10)
+    fast.shutdown()
