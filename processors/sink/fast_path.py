@@ -3,9 +3,11 @@
 On the embedded store, a batch whose records all carry the current schema versions is written
 to an Avro object container file and loaded with one ``INSERT ... SELECT ... FROM file()``
 (:mod:`processors.sink_avro`). The insert runs on one worker thread (chdb releases the GIL)
-while the sink reads and parses the next batch. At most one is in flight, and it is finished,
-its offset committed, before anything else touches ClickHouse or the offsets. A batch the insert
-refuses, or fails on, goes the Python way whole with the same token.
+while the sink reads and parses the next batch and writes it into a second file; the worker
+runs no Python of its own, which would wait for the GIL. At most one insert is in flight, and
+it is finished, its offset committed, before anything else touches ClickHouse or the offsets
+(the seqs of a chain seen for the first time are read meanwhile). A batch the insert refuses,
+or fails on, goes the Python way whole with the same token.
 """
 
 from __future__ import annotations
