@@ -1,19 +1,17 @@
 """The sink's stored Merkle subtrees: after each events insert, the nodes its records complete.
 
 Per chain the writer knows ``through``: the leaves (whole 256-leaf blocks) whose nodes are in the
-``subtrees`` table. Once the sink's stored rows reach past another block, ClickHouse hashes those
-blocks from the record hashes in ``events`` (what ClickHouse holds is what proofs will read),
-leaf hashes and the 255 nodes inside each block, in SQL: 0.08-0.11 s per 65,536 records against
-0.17 s reading the hashes into Python and hashing them there. The blocks' roots go to
-:class:`processors.integrity.subtrees.NodeBuilder`, which links them into the higher nodes, and
-the completed nodes are inserted in one block with a deduplication token naming the leaf range.
-``through`` is re-read from the table on start and on every partition assignment, so a crash
-between the events insert and this one is caught up (reading what is missing), and a retried
-insert is stored once.
+``subtrees`` table. Once the sink's stored rows reach past another block, it reads those blocks'
+record hashes back from ``events`` (what ClickHouse holds is what proofs will read), feeds them
+to :class:`processors.integrity.subtrees.NodeBuilder` and inserts the completed nodes in one
+block with a deduplication token naming the leaf range. ``through`` is re-read from the table
+on start and on every partition assignment, so a crash between the events insert and this one
+is caught up (reading what is missing), and a retried insert is stored once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from processors.integrity.subtrees import MIN_HEIGHT, MissingNode, Node, NodeBui
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PAGE_LEAVES", "SubtreeWriter", "block_roots_sql"]
+__all__ = ["PAGE_LEAVES", "SubtreeWriter"]
 
 BLOCK = 1 << MIN_HEIGHT
 PAGE_LEAVES = 256 * BLOCK  # record hashes read per round (8 MiB)
@@ -61,18 +59,21 @@ class SubtreeWriter:
         while state.through < target:
             lo = state.through
             hi = min(target, lo + PAGE_LEAVES)
-            roots = self._block_roots(client, chain, lo, hi)
-            if len(roots) != (hi - lo) // BLOCK:
+            hashes = self._record_hashes(client, chain, lo, hi)
+            if len(hashes) != hi - lo:
                 log.warning(
-                    "chain %s: ClickHouse does not hold all of the records %d..%d; subtrees wait",
+                    "chain %s: ClickHouse holds %d of the records %d..%d; subtrees wait",
                     chain,
+                    len(hashes),
                     lo,
                     hi - 1,
                 )
                 return
             rows: list[list[Any]] = []
-            for root in roots:
-                for node, value in state.builder.append_block(root):
+            for record_hash in hashes:
+                for node, value in state.builder.append(
+                    hashlib.sha256(b"\x00" + record_hash).digest()
+                ):
                     rows.append([chain, node.height, node.index, value])
             insert(
                 "subtrees",
@@ -82,19 +83,13 @@ class SubtreeWriter:
             )
             self.nodes_written += len(rows)
 
-    def _block_roots(self, client: Client, chain: str, lo: int, hi: int) -> list[bytes]:
-        """The roots of the whole blocks in seq [lo, hi) (``lo`` at a block boundary), in order,
-        up to the first block of which ClickHouse does not hold every record."""
+    def _record_hashes(self, client: Client, chain: str, lo: int, hi: int) -> list[bytes]:
         result = client.query(
-            block_roots_sql(self.db),
+            f"SELECT seq, hash FROM {self.db}.events WHERE chain = {{chain:String}} "
+            "AND seq >= {lo:UInt64} AND seq < {hi:UInt64} ORDER BY seq LIMIT 1 BY seq",
             parameters={"chain": chain, "lo": lo, "hi": hi},
         )
-        roots: list[bytes] = []
-        for index, leaves, root in result.result_rows:
-            if int(index) != lo // BLOCK + len(roots) or int(leaves) != BLOCK:
-                break
-            roots.append(bytes(root))
-        return roots
+        return [bytes(hash_) for _seq, hash_ in result.result_rows]
 
     def _load(self, client: Client, chain: str) -> _Chain:
         blocks, count = client.query(
@@ -111,27 +106,6 @@ class SubtreeWriter:
             # Someone deleted rows: write them all again (identical rows; readers dedupe).
             log.warning("chain %s: %s; rewriting the chain's subtrees", chain, exc)
             return _Chain(NodeBuilder())
-
-
-def block_roots_sql(database: str) -> str:
-    """SQL giving, per block of ``BLOCK`` seqs in [``{lo:UInt64}``, ``{hi:UInt64}``) of
-    ``{chain:String}`` (``lo`` at a block boundary), its index, how many of its seqs are stored
-    and, when all are, its RFC 6962 root: level 0 is SHA256(0x00 || hash) per seq (one row of a
-    repeated seq), level k+1 pairs level k by index / 2 as SHA256(0x01 || left || right). The
-    unit tests hold it equal to :func:`processors.integrity.subtrees.perfect_root`."""
-    sql = (
-        "SELECT seq AS i0, 1 AS n0, SHA256(concat(unhex('00'), any(hash))) AS h0 "
-        f"FROM {database}.events WHERE chain = {{chain:String}} "
-        "AND seq >= {lo:UInt64} AND seq < {hi:UInt64} GROUP BY seq"
-    )
-    for level in range(MIN_HEIGHT):
-        i, n, h, up = f"i{level}", f"n{level}", f"h{level}", level + 1
-        sql = (
-            f"SELECT intDiv({i}, 2) AS i{up}, sum({n}) AS n{up}, "
-            f"SHA256(concat(unhex('01'), argMin({h}, {i}), argMax({h}, {i}))) AS h{up} "
-            f"FROM ({sql}) GROUP BY i{up}"
-        )
-    return f"SELECT i{MIN_HEIGHT}, n{MIN_HEIGHT}, h{MIN_HEIGHT} FROM ({sql}) ORDER BY i{MIN_HEIGHT}"
 
 
 def fetch_nodes(client: Any, database: str, chain: str, nodes: Sequence[Node]) -> dict[Node, bytes]:
