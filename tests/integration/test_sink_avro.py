@@ -203,7 +203,12 @@ def _with_marker(encoded: bytes, old: bytes, new: bytes) -> bytes:
 def _crafted() -> dict[str, bytes]:
     base = dict(sample_events()[0])
     event = dict(base)
-    event.update(annotations={"kkkkA": "1", "kkkkB": "2"}, user_name="uuuuuu")
+    event.update(
+        annotations={"kkkkA": "aaaa1", "kkkkB": "2"},
+        user_name="uuuuuu",
+        user_uid="vvvvvv",
+        user_groups=["gggga", "ggggb"],
+    )
     good = encode_audit_event(event)
     # Extra bytes after a valid datum; a second copy of the payload's tail as the extra bytes;
     # a whole second datum as the extra bytes; one extra byte.
@@ -215,6 +220,17 @@ def _crafted() -> dict[str, bytes]:
         "surrogate": _with_marker(good, b"uuuuuu", b"u\xed\xa0\x80uu"),
         "overlong": _with_marker(good, b"uuuuuu", b"u\xc0\xafuuu"),
         "dup-key": _with_marker(good, b"kkkkB", b"kkkkA"),
+        # Invalid UTF-8 in an array element, a map key and a map value; and sequences split
+        # across two strings (each invalid alone, one valid character if the two were joined).
+        "bad-utf8-array": _with_marker(good, b"gggga", b"ggg\xffa"),
+        "bad-utf8-map-key": _with_marker(good, b"kkkkB", b"kk\xfekB"),
+        "bad-utf8-map-value": _with_marker(good, b"aaaa1", b"aa\xff\xfe1"),
+        "split-utf8-array": _with_marker(
+            _with_marker(good, b"gggga", b"gggg\xc3"), b"ggggb", b"\xa9gggg"
+        ),
+        "split-utf8-fields": _with_marker(
+            _with_marker(good, b"uuuuuu", b"uuuuu\xc3"), b"vvvvvv", b"\xa9vvvvv"
+        ),
         "truncated": good[:-5],
         "garbage": sink_avro.AUDIT_HEADER + b"\xff" * 40,
         "bad-union": _with_marker(
