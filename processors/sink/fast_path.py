@@ -27,7 +27,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from processors import sink_avro
 from processors.sink.metrics import FAST
 from processors.sink.rows import ChainBatch
-from processors.sink.writer import Stopped, Writer, first_line
+from processors.sink.writer import Stopped, Writer
 from sealtrail.infra import clickhouse
 from sealtrail.infra.service import backoff
 
@@ -165,7 +165,7 @@ class FastPath:
                 "batch %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
                 "decoding it in Python",
                 batch.token,
-                first_line(exc)[:120],
+                clickhouse.first_line(exc)[:120],
             )
         else:
             # Maybe transient (disk full, ...): count it and back off once like an insert.
@@ -175,7 +175,7 @@ class FastPath:
                 "the fast insert of %d row(s) into %s.events failed (%s); retrying in %.1fs",
                 len(batch.items),
                 self.writer.db,
-                first_line(exc),
+                clickhouse.first_line(exc),
                 delay,
             )
             # A new file next time, in case this one is the trouble (not the other: start()

@@ -589,8 +589,8 @@ class Sink:
             # row ClickHouse cannot load goes the Python way whole, and so does one the fast
             # insert fails on. start() writes the batch's file while the previous insert runs,
             # then finishes that insert before it starts this one.
-            fast = chain not in python_chains or all(item.record is None for item in items)
-            if fast and sum(map(len, [i.value for i in items])) <= sink_avro.MAX_BATCH_BYTES:
+            eligible = chain not in python_chains or all(item.record is None for item in items)
+            if eligible and sum(map(len, [i.value for i in items])) <= sink_avro.MAX_BATCH_BYTES:
                 self.fast.start(batch)
             else:
                 self.fast.finish()

@@ -34,11 +34,6 @@ class Stopped(Exception):  # noqa: N818 - a signal, not a failure
     """Stop was requested while waiting to retry a ClickHouse call: exit without committing."""
 
 
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
 class Writer:
     """The sink's ClickHouse side: one client (opened and migrated on first use), inserts with
     tokens and retries, and reads retried the same way."""
@@ -79,7 +74,8 @@ class Writer:
             except (DriverError, OSError) as exc:
                 self.stats.retries += 1
                 delay = next(delays)
-                log.warning("%s failed (%s); retrying in %.1fs", what, first_line(exc), delay)
+                reason = clickhouse.first_line(exc)
+                log.warning("%s failed (%s); retrying in %.1fs", what, reason, delay)
                 if self.stop.wait(delay):
                     raise Stopped from None
 
@@ -114,7 +110,7 @@ class Writer:
                     len(columns[0]) if columns else 0,
                     self.db,
                     table,
-                    first_line(exc),
+                    clickhouse.first_line(exc),
                     delay,
                 )
                 if self.stop.wait(delay):

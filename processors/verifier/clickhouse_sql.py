@@ -702,11 +702,17 @@ def check_chain(
             )
     pages = decode_pages(client, db, chain, lo_seq, hi_seq + 1, scope) if rows else []
     sql_decode = True
+
+    def leave_to_python(plo: int, phi: int) -> None:
+        """Widen the seq range whose decoded columns Python compares to take in a page."""
+        nonlocal odd, odd_lo, odd_hi
+        odd_lo = min(odd_lo, plo) if odd else plo
+        odd_hi = max(odd_hi, phi - 1) if odd else phi - 1
+        odd += 1
+
     for plo, phi in pages:
         if not sql_decode:
-            odd_lo = min(odd_lo, plo) if odd else plo
-            odd_hi = max(odd_hi, phi - 1) if odd else phi - 1
-            odd += 1
+            leave_to_python(plo, phi)
             continue
         try:
             found = decoded_problems(
@@ -725,15 +731,11 @@ def check_chain(
             # decoded columns are then compared in Python, every page (hashes, links and root
             # stay in SQL).
             sql_decode = False
-            odd_lo = min(odd_lo, plo) if odd else plo
-            odd_hi = max(odd_hi, phi - 1) if odd else phi - 1
-            odd += 1
+            leave_to_python(plo, phi)
             found = []
         except ClickHouseError:
             # ClickHouse could not parse a payload stored as decoded: Python names the row.
-            odd_lo = min(odd_lo, plo) if odd else plo
-            odd_hi = max(odd_hi, phi - 1) if odd else phi - 1
-            odd += 1
+            leave_to_python(plo, phi)
             found = []
         if on_rows is not None:
             on_rows(phi - plo)

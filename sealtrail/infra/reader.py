@@ -290,6 +290,13 @@ class SocketReader:
             self._sock.close()
 
 
+def _embedded(dsn: str, database: str) -> DirectReader:
+    """A reader over a read-only session of the embedded store ``dsn`` this process opened."""
+    return DirectReader(
+        clickhouse.read_session(dsn), database, session_read_only=True, via="direct", store_dsn=dsn
+    )
+
+
 def as_reader(client: Client | ReadClient, database: str) -> ReadClient:
     """A read client for ``client``: itself if it is one, else a per-query ``readonly`` one."""
     if isinstance(client, DirectReader | SocketReader):
@@ -298,13 +305,7 @@ def as_reader(client: Client | ReadClient, database: str) -> ReadClient:
     dsn = clickhouse.dsn_of(client)
     if dsn is not None and clickhouse.chdb_path(dsn) is not None:
         # Not through the owner's own session (see clickhouse.read_session).
-        return DirectReader(
-            clickhouse.read_session(dsn),
-            database,
-            session_read_only=True,
-            via="direct",
-            store_dsn=dsn,
-        )
+        return _embedded(dsn, database)
     return DirectReader(client, database, session_read_only=False, via="server")
 
 
@@ -318,13 +319,7 @@ def open_reader(settings: Settings, *, wait_s: float = OWNER_WAIT_S) -> ReadClie
         return DirectReader(client, database, session_read_only=False, via="server")
     if clickhouse.owns(store):  # this process (a test, the sink's own code) opened it
         clickhouse.connect(settings, create_database=False)
-        return DirectReader(
-            clickhouse.read_session(dsn),
-            database,
-            session_read_only=True,
-            via="direct",
-            store_dsn=dsn,
-        )
+        return _embedded(dsn, database)
     if not (store / "metadata").exists() and clickhouse.holder_of(store) is None:
         raise ClickHouseError(
             f"there is no embedded ClickHouse store at {store} yet; run 'sealtrail sink' or "
@@ -341,13 +336,7 @@ def open_reader(settings: Settings, *, wait_s: float = OWNER_WAIT_S) -> ReadClie
                 if clickhouse.holder_of(store) is not None:
                     continue  # a sink took the store meanwhile: use its socket
                 raise
-            return DirectReader(
-                clickhouse.read_session(dsn),
-                database,
-                session_read_only=True,
-                via="direct",
-                store_dsn=dsn,
-            )
+            return _embedded(dsn, database)
         try:
             return SocketReader.connect(path, database)
         except OSError as exc:
