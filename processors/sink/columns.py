@@ -14,7 +14,7 @@ from processors.sink.rows import EventRow, pivot
 from schemas.codec import decode_audit_event
 from sealtrail.infra.errors import DecodeError
 
-__all__ = ["event_columns", "event_row"]
+__all__ = ["as_columns", "event_columns", "event_row", "event_rows"]
 
 
 def event_row(record: ChainedRecord) -> tuple[EventRow, str | None]:
@@ -74,11 +74,11 @@ def event_row(record: ChainedRecord) -> tuple[EventRow, str | None]:
     ), None
 
 
-def event_columns(
+def event_rows(
     records: Sequence[ChainedRecord],
-) -> tuple[list[list[Any]], list[tuple[ChainedRecord, str]]]:
-    """The ``events`` columns (in ``EVENT_COLUMNS`` order) for ``records``, and the records
-    whose payload did not decode with the reason (they still get a ``decode_ok = 0`` row)."""
+) -> tuple[list[EventRow], list[tuple[ChainedRecord, str]]]:
+    """The ``events`` rows of ``records``, and the records whose payload did not decode with
+    the reason (they still get a ``decode_ok = 0`` row)."""
     rows: list[EventRow] = []
     failed: list[tuple[ChainedRecord, str]] = []
     for record in records:
@@ -86,6 +86,20 @@ def event_columns(
         rows.append(row)
         if error is not None:
             failed.append((record, error))
+    return rows, failed
+
+
+def as_columns(rows: Sequence[EventRow]) -> list[list[Any]]:
+    """``events`` rows -> the columns of a column-oriented insert (``EVENT_COLUMNS`` order)."""
     if not rows:
-        return [[] for _ in EventRow._fields], failed
-    return pivot(rows), failed
+        return [[] for _ in EventRow._fields]
+    return pivot(rows)
+
+
+def event_columns(
+    records: Sequence[ChainedRecord],
+) -> tuple[list[list[Any]], list[tuple[ChainedRecord, str]]]:
+    """The ``events`` columns (in ``EVENT_COLUMNS`` order) for ``records``, and the records
+    whose payload did not decode with the reason (they still get a ``decode_ok = 0`` row)."""
+    rows, failed = event_rows(records)
+    return as_columns(rows), failed

@@ -1,13 +1,14 @@
-"""The sink's fast path: ClickHouse decodes a chain batch itself, on a worker thread.
+"""The sink's fast path: ClickHouse decodes chain batches itself, on a worker thread.
 
-On the embedded store, a batch whose records all carry the current schema versions is written
-to an Avro object container file and loaded with one ``INSERT ... SELECT ... FROM file()``
-(:mod:`processors.sink_avro`). The insert runs on one worker thread (chdb releases the GIL)
-while the sink reads and parses the next batch and writes it into a second file; the worker
-runs no Python of its own, which would wait for the GIL. At most one insert is in flight, and
-it is finished, its offset committed, before anything else touches ClickHouse or the offsets
-(the seqs of a chain seen for the first time are read meanwhile). A batch the insert refuses,
-or fails on, goes the Python way whole with the same token.
+On the embedded store, chain batches whose records all carry the current schema versions are
+written to an Avro object container file and loaded with one ``INSERT ... SELECT ... FROM
+file()`` (:mod:`processors.sink_avro`): one insert for every chain flushed in a round. The
+insert runs on one worker thread (chdb releases the GIL) while the sink reads and parses the
+next round and writes it into a second file; the worker runs no Python of its own, which would
+wait for the GIL. At most one insert is in flight, and it is finished, its offsets committed,
+before anything else touches ClickHouse or the offsets (the seqs of a chain seen for the first
+time are read meanwhile). An insert ClickHouse refuses, or fails on, goes the Python way whole
+with the same token.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
 from processors import sink_avro
 from processors.sink.metrics import FAST
-from processors.sink.rows import ChainBatch
+from processors.sink.rows import EventsInsert
 from processors.sink.writer import Stopped, Writer
 from sealtrail.infra import clickhouse
 from sealtrail.infra.service import backoff
@@ -48,24 +49,25 @@ class Offset:
 
 @dataclass(slots=True)
 class Inflight:
-    """A fast insert running on the worker, and the offset to commit once it is stored."""
+    """A fast insert running on the worker, and the offsets to commit once it is stored."""
 
     future: Future[float]
-    batch: ChainBatch
+    insert: EventsInsert
     slot: int  # which of the container files it reads
-    commit: Offset | None = None
+    commit: list[Offset] | None = None
 
 
 class FastPath:
-    """Starts fast inserts and finishes them: ``start`` hands a batch to the worker, ``finish``
-    waits for it, falls back to the Python path if it failed, and commits its offset."""
+    """Starts fast inserts and finishes them: ``start`` hands an insert to the worker,
+    ``finish`` waits for it, falls back to the Python path if it failed, and commits its
+    offsets."""
 
     def __init__(
         self,
         writer: Writer,
         store: Path | None,
-        python_insert: Callable[[ChainBatch], float],
-        commit: Callable[[Offset], None],
+        python_insert: Callable[[EventsInsert], float],
+        commit: Callable[[list[Offset]], None],
     ) -> None:
         self.writer = writer
         self.stats = writer.stats
@@ -82,34 +84,34 @@ class FastPath:
     def busy(self) -> bool:
         return self._inflight is not None
 
-    def defer_commit(self, offset: Offset) -> bool:
-        """Commit ``offset`` once the insert in flight is stored; False if none is in flight."""
+    def defer_commit(self, offsets: list[Offset]) -> bool:
+        """Commit ``offsets`` once the insert in flight is stored; False if none is in flight."""
         if self._inflight is None:
             return False
-        self._inflight.commit = offset
+        self._inflight.commit = (self._inflight.commit or []) + offsets
         return True
 
-    def start(self, batch: ChainBatch) -> None:
-        """Write ``batch``'s container file, finish the insert in flight, then insert the file on
-        the worker. The file is written here, while the previous insert runs on the worker
+    def start(self, insert: EventsInsert) -> None:
+        """Write ``insert``'s container file, finish the insert in flight, then insert the file
+        on the worker. The file is written here, while the previous insert runs on the worker
         (into the other of two files): on the worker this Python code waited for the GIL while
         this thread parsed the next batch, at several times its own cost."""
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-insert")
         started = time.perf_counter()
         try:
-            path, marker = self._write_file(batch)
+            path, marker = self._write_file(insert)
         except OSError as exc:
             self.finish()
-            self._fall_back(batch, exc, self._slot)
+            self._fall_back(insert, exc, self._slot)
             return
         written = time.perf_counter() - started
         self.finish()
-        future = self._worker.submit(self._insert, path, marker, batch.token, written)
-        self._inflight = Inflight(future, batch, self._slot)
+        future = self._worker.submit(self._insert, path, marker, insert.token, written)
+        self._inflight = Inflight(future, insert, self._slot)
 
-    def _write_file(self, batch: ChainBatch) -> tuple[str, bytes]:
-        """Write the batch into the file the insert in flight (if any) is not reading."""
+    def _write_file(self, insert: EventsInsert) -> tuple[str, bytes]:
+        """Write the insert's rows into the file the insert in flight (if any) is not reading."""
         self._slot = 1 - self._slot
         opened = self._files[self._slot]
         if opened is None:
@@ -119,7 +121,11 @@ class FastPath:
             opened = self._files[self._slot] = (os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path)
         fd, path = opened
         marker = sink_avro.new_marker()
-        rows = [(value, start) for _seq, _record, value, start in batch.items]
+        rows = [
+            (value, start)
+            for batch in insert.batches
+            for _seq, _record, value, start in batch.items
+        ]
         sink_avro.write_container(fd, rows, marker)
         return path, marker
 
@@ -136,8 +142,8 @@ class FastPath:
             self.finish()
 
     def finish(self, commit: bool = True) -> None:
-        """Wait for the insert in flight, if any, and commit its batch. If it failed the batch
-        goes the Python way (:meth:`_fall_back`)."""
+        """Wait for the insert in flight, if any, and commit its offsets. If it failed its
+        batches go the Python way (:meth:`_fall_back`)."""
         job = self._inflight
         if job is None:
             return
@@ -145,26 +151,26 @@ class FastPath:
         try:
             seconds = job.future.result()
         except (DriverError, OSError) as exc:
-            self._fall_back(job.batch, exc, job.slot)
+            self._fall_back(job.insert, exc, job.slot)
         else:
             self.stats.insert_seconds += seconds
             self.writer.metrics.inserted("events", FAST, seconds)
             self.stats.fast_batches += 1
-            self.stats.inserted += len(job.batch.items)
+            self.stats.inserted += job.insert.rows
         if commit and job.commit is not None:
             self._commit(job.commit)
 
-    def _fall_back(self, batch: ChainBatch, exc: DriverError | OSError, slot: int) -> None:
-        """Insert ``batch`` the Python way after its fast insert (or file) failed. That path's
+    def _fall_back(self, insert: EventsInsert, exc: DriverError | OSError, slot: int) -> None:
+        """Redo ``insert`` the Python way after its fast insert (or file) failed. That path's
         retry loop also outlasts a transient failure: the attempt wrote nothing or, if
-        ClickHouse failed between the parts of a batch spanning months, parts that the Python
+        ClickHouse failed between the parts of an insert spanning months, parts that the Python
         insert with the same token then skips."""
         self.stats.fast_fallbacks += 1
         if getattr(exc, "code", None) in sink_avro.BAD_DATA_CODES:
             log.info(
-                "batch %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
+                "insert %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
                 "decoding it in Python",
-                batch.token,
+                insert.token,
                 clickhouse.first_line(exc)[:120],
             )
         else:
@@ -173,7 +179,7 @@ class FastPath:
             delay = next(backoff())
             log.warning(
                 "the fast insert of %d row(s) into %s.events failed (%s); retrying in %.1fs",
-                len(batch.items),
+                insert.rows,
                 self.writer.db,
                 clickhouse.first_line(exc),
                 delay,
@@ -183,7 +189,7 @@ class FastPath:
             self._close_file(slot)
             if self.writer.stop.wait(delay):
                 raise Stopped from None
-        self.stats.decode_seconds += self._python_insert(batch)
+        self.stats.decode_seconds += self._python_insert(insert)
 
     def abandon(self) -> None:
         """On the way out after an error: let the insert in flight end, commit nothing (its

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -95,14 +96,41 @@ class ChainItem(NamedTuple):
 
 
 class ChainBatch(NamedTuple):
-    """One insert into ``events``: a chain's fresh records from one partition batch, with the
-    insert's deduplication token (``<chain>:<first>-<last>``)."""
+    """A chain's fresh records from one partition batch, with the token that names them
+    (``<chain>:<first>-<last>``)."""
 
     chain: str
     partition: int
     items: list[ChainItem]
     token: str
     now_us: int
+
+
+# A longer joined token is replaced by its SHA-256: it is a setting sent with every insert.
+MAX_JOINED_TOKEN = 512
+
+
+class EventsInsert(NamedTuple):
+    """One insert into ``events``: the batches of one or more chains (all those flushed in one
+    round, so the cost ClickHouse pays per insert is paid once), with the insert's
+    deduplication token (:func:`events_insert`)."""
+
+    batches: list[ChainBatch]
+    token: str
+
+    @property
+    def rows(self) -> int:
+        return sum(len(batch.items) for batch in self.batches)
+
+
+def events_insert(batches: list[ChainBatch]) -> EventsInsert:
+    """The insert of ``batches``. Its token names every chain's range (``+``-joined, or the
+    SHA-256 of that when long): a retry of the same insert, on either path, is stored once,
+    and no other insert can carry it."""
+    token = "+".join(batch.token for batch in batches)
+    if len(token) > MAX_JOINED_TOKEN:
+        token = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+    return EventsInsert(batches, token)
 
 
 def pivot(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:

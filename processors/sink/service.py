@@ -2,11 +2,12 @@
 
 How "exactly once" holds without a transaction spanning Kafka and ClickHouse:
 
-* records are read ``read_committed`` and batched per chain-topic partition;
-* each batch is one insert block per chain and seq range, with
-  ``insert_deduplication_token = "<chain>:<first>-<last>"`` (the tables keep a
-  ``non_replicated_deduplication_window``), so a retried insert is stored once;
-* the offset is committed only after ClickHouse acknowledged the insert;
+* records are read ``read_committed`` and buffered per chain-topic partition;
+* the buffers flushed together (a round) are one insert block, with an
+  ``insert_deduplication_token`` naming each chain's seq range (``"<chain>:<first>-<last>"``,
+  ``+``-joined; the tables keep a ``non_replicated_deduplication_window``), so a retried insert
+  is stored once;
+* the offsets are committed only after ClickHouse acknowledged the insert;
 * before filtering a batch the sink knows which seqs of the chain are already stored (loaded on
   start-up and on every assignment, then tracked), so records re-read after a crash between the
   insert and the commit, or a re-run from offset 0, add nothing. A block that spans several
@@ -20,7 +21,7 @@ columns) so the store holds every seq of every chain; the bytes and the reason a
 
 With the embedded ClickHouse, a chain batch whose records all carry the current schema versions
 is decoded by ClickHouse itself (:mod:`processors.sink_avro`); it yields the same rows, and any
-batch it refuses or fails on goes through :func:`event_columns` as above, with the same token.
+insert it refuses or fails on goes through :func:`event_columns` as above, with the same token.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ from processors.sink.rows import (
     ChainBatch,
     ChainItem,
     CheckpointRow,
+    EventsInsert,
     RejectRow,
+    events_insert,
     pivot,
     storable,
 )
@@ -115,7 +118,7 @@ class Sink:
         self.db = self.writer.db
         self.stored = StoredState(self.writer)
         self._fast, store = fast_path_store(settings.clickhouse_dsn, self.options.avro_fast_path)
-        self.fast = FastPath(self.writer, store, self._insert_python, self._commit_offset)
+        self.fast = FastPath(self.writer, store, self._insert_python, self._commit_offsets)
         self._consumer: Consumer | None = None
         self._buffers: dict[tuple[str, int], _Buffer] = {}
         self._assigned: set[tuple[str, int]] = set()
@@ -425,7 +428,7 @@ class Sink:
                 buffer.since = now
             buffer.messages.append(message)
             if len(buffer.messages) >= self.options.batch_rows:
-                self._flush(key)
+                self._flush(key)  # a chain buffer takes the others along: one insert
 
     def _on_stats(self, stats_json: str) -> None:
         # Called from inside consume(), on the loop's thread.
@@ -481,49 +484,75 @@ class Sink:
         self._write_subtrees(force=True)
 
     def _flush(self, key: tuple[str, int]) -> None:
-        buffer = self._buffers[key]
-        messages, buffer.messages = buffer.messages, []
+        """Flush the buffer of ``key``; a chain-topic buffer takes every other chain buffer
+        along, so that a round is one insert however many partitions it covers (ClickHouse
+        pays most of an insert's cost per insert, not per row)."""
+        buffer = self._buffers.get(key)
+        if buffer is None or not buffer.messages:
+            return  # already taken along by another chain buffer
         topic, partition = key
         if topic == self.chain_topic:
-            self.metrics.chain_batch.observe(len(messages))
-            self._write_chain_batch(partition, messages)
-        else:
-            self.metrics.checkpoint_batch.observe(len(messages))
-            self._write_checkpoints(partition, messages)
+            self._flush_chains()
+            return
+        messages, buffer.messages = buffer.messages, []
+        self.metrics.checkpoint_batch.observe(len(messages))
+        self._write_checkpoints(partition, messages)
         self.stats.batches += 1
-        offset = Offset(topic, partition, messages[-1].offset())
-        if not self.fast.defer_commit(offset):  # else committed once that insert returned
-            self._commit_offset(offset)
+        self._commit_after([Offset(topic, partition, messages[-1].offset())])
 
-    def _commit_offset(self, offset: Offset) -> None:
-        topic, partition, last_offset = offset.topic, offset.partition, offset.last
-        if self._consumer is None or last_offset is None:
+    def _flush_chains(self) -> None:
+        batches: list[ChainBatch] = []
+        offsets: list[Offset] = []
+        for (topic, partition), buffer in self._buffers.items():
+            if topic != self.chain_topic or not buffer.messages:
+                continue
+            messages, buffer.messages = buffer.messages, []
+            self.metrics.chain_batch.observe(len(messages))
+            batches += self._chain_batches(partition, messages)
+            self.stats.batches += 1
+            offsets.append(Offset(topic, partition, messages[-1].offset()))
+        self._insert_events(batches)
+        self._commit_after(offsets)
+
+    def _commit_after(self, offsets: list[Offset]) -> None:
+        """Commit ``offsets`` now, or once the insert in flight (the last of theirs) is stored."""
+        if not self.fast.defer_commit(offsets):
+            self._commit_offsets(offsets)
+
+    def _commit_offsets(self, offsets: list[Offset]) -> None:
+        ends: dict[tuple[str, int], int] = {}  # the offset to commit per partition
+        for o in offsets:
+            if o.last is not None:
+                ends[(o.topic, o.partition)] = max(o.last + 1, ends.get((o.topic, o.partition), 0))
+        if self._consumer is None or not ends:
             return
         try:
             self._consumer.commit(
-                offsets=[TopicPartition(topic, partition, last_offset + 1)], asynchronous=False
+                offsets=[TopicPartition(t, p, end) for (t, p), end in ends.items()],
+                asynchronous=False,
             )
-            self._committed_since_rebuild = True
-            self._done[(topic, partition)] = last_offset + 1
         except KafkaException as exc:
             # The rows are in ClickHouse; the next owner skips them by seq, so nothing is lost.
             log.warning(
-                "could not commit offset %d of %s/%d (%s); the records will be re-read and skipped",
-                last_offset + 1,
-                topic,
-                partition,
+                "could not commit offsets %s (%s); the records will be re-read and skipped",
+                ", ".join(f"{end} of {t}/{p}" for (t, p), end in ends.items()),
                 describe(exc),
             )
+            return
+        self._committed_since_rebuild = True
+        self._done.update(ends)
 
     # -- writing --------------------------------------------------------------------------------
 
-    def _write_chain_batch(self, partition: int, messages: list[Message]) -> None:
+    def _chain_batches(self, partition: int, messages: list[Message]) -> list[ChainBatch]:
+        """A partition buffer's fresh records, one batch per chain, marked stored (they are,
+        once the round's insert returns: until then nothing is committed). Values that are
+        not chained records go to ``rejects`` here."""
         started = time.perf_counter()
         # Per chain, its items: ClickHouse decodes the rows that sink_avro.parse_chained
         # accepts (record None until needed); the others are decoded here (payload start -1).
         by_chain: dict[str, list[ChainItem]] = {}
         bad: list[RejectRow] = []
-        python_chains: set[str] = set()  # chains with records decoded here
         now_us = time.time_ns() // 1000
         fast = self._fast
         for message in messages:
@@ -551,62 +580,76 @@ class Sink:
                 )
                 continue
             by_chain.setdefault(record.chain, []).append(ChainItem(record.seq, record, value, -1))
-            python_chains.add(record.chain)
-        # The previous batch's insert may still run: its seqs are in ``stored`` already, and
+        # The previous round's insert may still run: its seqs are in ``stored`` already, and
         # nothing below touches ClickHouse before fast.finish() but the seqs of a chain not
         # seen before (a read).
-        runs: set[str] = set()  # chains whose items are one run of seqs, none stored
+        batches: list[ChainBatch] = []
         for chain, items in by_chain.items():
             stored = self.stored.seqs(chain)
             first = items[0].seq
             if stored.none_from(first) and [i.seq for i in items] == list(
                 range(first, first + len(items))
             ):
-                runs.add(chain)  # the usual case, checked in C
-                continue
-            fresh: list[ChainItem] = []
-            seen: set[int] = set()
-            for item in items:
-                if stored.has(item.seq) or item.seq in seen:
-                    self.stats.skipped += 1
+                stored.add_run(first, len(items))  # the usual case, checked in C
+            else:
+                fresh: list[ChainItem] = []
+                seen: set[int] = set()
+                for item in items:
+                    if stored.has(item.seq) or item.seq in seen:
+                        self.stats.skipped += 1
+                        continue
+                    seen.add(item.seq)
+                    fresh.append(item)
+                if not fresh:
                     continue
-                seen.add(item.seq)
-                fresh.append(item)
-            by_chain[chain] = fresh
+                items = fresh
+                stored.add(item.seq for item in items)
+            token = f"{chain}:{items[0].seq}-{items[-1].seq}"
+            batches.append(ChainBatch(chain, partition, items, token, now_us))
+            self._subtrees_due.add(chain)
         if bad:
             self.fast.finish()
-            first, last = bad[0].kafka_offset, bad[-1].kafka_offset
+            first_offset, last_offset = bad[0].kafka_offset, bad[-1].kafka_offset
             self.writer.insert_rejects(
-                bad, f"rejects:{self.chain_topic}/{partition}:{first}-{last}"
+                bad, f"rejects:{self.chain_topic}/{partition}:{first_offset}-{last_offset}"
             )
-        decode_s = time.perf_counter() - started
-        for chain, items in by_chain.items():
-            if not items:
-                continue
-            token = f"{chain}:{items[0].seq}-{items[-1].seq}"
-            batch = ChainBatch(chain, partition, items, token, now_us)
-            # One insert at a time, in order, and one per token either way: a batch with any
-            # row ClickHouse cannot load goes the Python way whole, and so does one the fast
-            # insert fails on. start() writes the batch's file while the previous insert runs,
-            # then finishes that insert before it starts this one.
-            eligible = chain not in python_chains or all(item.record is None for item in items)
-            if eligible and sum(map(len, [i.value for i in items])) <= sink_avro.MAX_BATCH_BYTES:
-                self.fast.start(batch)
-            else:
-                self.fast.finish()
-                decode_s += self._insert_python(batch)
-            # For a fast insert in flight this holds once fast.finish returns; until then
-            # nothing is committed and nothing else is inserted.
-            stored = self.stored.seqs(chain)
-            if chain in runs:
-                stored.add_run(items[0].seq, len(items))
-            else:
-                stored.add(item.seq for item in items)
-            self._subtrees_due.add(chain)
-        self.stats.decode_seconds += decode_s
+        self.stats.decode_seconds += time.perf_counter() - started
+        return batches
 
-    def _insert_python(self, batch: ChainBatch) -> float:
-        return self.writer.insert_decoded(batch, self.chain_topic)
+    def _insert_events(self, batches: list[ChainBatch]) -> None:
+        """Insert a round's chain batches: those ClickHouse can decode as one fast insert (or
+        a few, each at most ``sink_avro.MAX_BATCH_BYTES``), the others as one Python insert.
+
+        One insert at a time, in order, and each with its own token either way: an insert with
+        any row ClickHouse cannot load goes the Python way whole, and so does one the fast
+        insert fails on. start() writes an insert's file while the previous insert runs, then
+        finishes that insert before it starts this one."""
+        fast: list[ChainBatch] = []
+        python: list[ChainBatch] = []
+        for batch in batches:
+            eligible = self._fast and all(item.record is None for item in batch.items)
+            (fast if eligible else python).append(batch)
+        if python:
+            self.fast.finish()
+            self.stats.decode_seconds += self._insert_python(events_insert(python))
+        group: list[ChainBatch] = []
+        size = 0
+        for batch in fast:
+            batch_size = sum(map(len, [i.value for i in batch.items]))
+            if batch_size > sink_avro.MAX_BATCH_BYTES:
+                self.fast.finish()
+                self.stats.decode_seconds += self._insert_python(events_insert([batch]))
+                continue
+            if group and size + batch_size > sink_avro.MAX_BATCH_BYTES:
+                self.fast.start(events_insert(group))
+                group, size = [], 0
+            group.append(batch)
+            size += batch_size
+        if group:
+            self.fast.start(events_insert(group))
+
+    def _insert_python(self, insert: EventsInsert) -> float:
+        return self.writer.insert_decoded(insert, self.chain_topic)
 
     def _write_checkpoints(self, partition: int, messages: list[Message]) -> None:
         self.fast.finish()

@@ -16,10 +16,10 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from clickhouse_connect.driver.insert import InsertContext
 
 from processors.clickhouse_schema import EVENT_COLUMNS, REJECT_COLUMNS, migrate
-from processors.sink.columns import event_columns
+from processors.sink.columns import as_columns, event_rows
 from processors.sink.metrics import PYTHON, SinkMetrics
 from processors.sink.options import SinkStats
-from processors.sink.rows import ChainBatch, RejectRow, pivot, storable
+from processors.sink.rows import EventRow, EventsInsert, RejectRow, pivot, storable
 from schemas.chained import value_record
 from sealtrail.infra import clickhouse
 from sealtrail.infra.config import Settings
@@ -120,36 +120,39 @@ class Writer:
         self.insert("rejects", REJECT_COLUMNS, pivot(rows), token)
         self.stats.rejects += len(rows)
 
-    def insert_decoded(self, batch: ChainBatch, chain_topic: str) -> float:
-        """The Python path: decode a chain batch with fastavro and insert it; returns the
-        decoding seconds. Undecodable payloads also go to ``rejects``, first: once the events
-        rows exist the records are skipped on re-read."""
+    def insert_decoded(self, insert: EventsInsert, chain_topic: str) -> float:
+        """The Python path: decode an insert's chain batches with fastavro and insert them as
+        one block; returns the decoding seconds. Undecodable payloads also go to ``rejects``,
+        first: once the events rows exist the records are skipped on re-read."""
         self.stats.python_batches += 1
         t0 = time.perf_counter()
-        records = [
-            item.record if item.record is not None else storable(value_record(item.value))
-            for item in batch.items
-        ]
-        columns, failed = event_columns(records)
-        decode_s = time.perf_counter() - t0
-        if failed:
-            self.insert_rejects(
-                [
-                    RejectRow(
-                        batch.chain,
-                        r.seq,
-                        r.hash,
-                        chain_topic,
-                        batch.partition,
-                        0,
-                        error,
-                        r.payload,
-                        batch.now_us,
-                    )  # fmt: skip
-                    for r, error in failed
-                ],
-                f"rejects:{batch.token}",
+        rows: list[EventRow] = []
+        rejects: list[RejectRow] = []
+        for batch in insert.batches:
+            records = [
+                item.record if item.record is not None else storable(value_record(item.value))
+                for item in batch.items
+            ]
+            batch_rows, failed = event_rows(records)
+            rows += batch_rows
+            rejects += (
+                RejectRow(
+                    batch.chain,
+                    r.seq,
+                    r.hash,
+                    chain_topic,
+                    batch.partition,
+                    0,
+                    error,
+                    r.payload,
+                    batch.now_us,
+                )  # fmt: skip
+                for r, error in failed
             )
-        self.insert("events", EVENT_COLUMNS, columns, batch.token)
-        self.stats.inserted += len(records)
+        columns = as_columns(rows)
+        decode_s = time.perf_counter() - t0
+        if rejects:
+            self.insert_rejects(rejects, f"rejects:{insert.token}")
+        self.insert("events", EVENT_COLUMNS, columns, insert.token)
+        self.stats.inserted += len(rows)
         return decode_s

@@ -13,7 +13,7 @@ from processors import sink_avro
 from processors.integrity.record import ChainHead, link
 from processors.sink.fast_path import AVRO_FILE_NAMES, FastPath, Offset
 from processors.sink.options import SinkStats
-from processors.sink.rows import ChainBatch, ChainItem
+from processors.sink.rows import ChainBatch, ChainItem, EventsInsert, events_insert
 from processors.sink.writer import Writer
 from schemas.chained import record_value
 from schemas.codec import encode_audit_event
@@ -24,9 +24,9 @@ from tests.integration.sink_support import sample_events
 CHAIN = "audit.events/0"
 
 
-def _batches(sizes: list[int]) -> list[ChainBatch]:
+def _batches(sizes: list[int], chain: str = CHAIN) -> list[ChainBatch]:
     payloads = [encode_audit_event(e) for e in sample_events()]
-    head, out, seq = ChainHead(CHAIN), [], 0
+    head, out, seq = ChainHead(chain), [], 0
     for size in sizes:
         items = []
         for _ in range(size):
@@ -35,9 +35,13 @@ def _batches(sizes: list[int]) -> list[ChainBatch]:
             assert parsed is not None
             items.append(ChainItem(seq, None, value, parsed[2]))
             seq += 1
-        token = f"{CHAIN}:{items[0].seq}-{items[-1].seq}"
-        out.append(ChainBatch(CHAIN, 0, items, token, 0))
+        token = f"{chain}:{items[0].seq}-{items[-1].seq}"
+        out.append(ChainBatch(chain, 0, items, token, 0))
     return out
+
+
+def _inserts(sizes: list[int]) -> list[EventsInsert]:
+    return [events_insert([batch]) for batch in _batches(sizes)]
 
 
 @pytest.fixture
@@ -55,17 +59,17 @@ def _stored(writer: Writer) -> tuple[Any, ...]:
 def test_the_next_batch_is_written_while_an_insert_runs_and_each_commits_once_stored(
     writer: Writer, tmp_path: Path
 ) -> None:
-    commits: list[Offset] = []
+    commits: list[list[Offset]] = []
     fast = FastPath(writer, tmp_path, lambda b: writer.insert_decoded(b, "chain"), commits.append)
-    first, second, third = _batches([30, 20, 25])
+    first, second, third = _inserts([30, 20, 25])
     fast.start(first)
-    fast.defer_commit(Offset("chain", 0, 29))
+    fast.defer_commit([Offset("chain", 0, 29)])
     fast.start(second)  # written into the other file while the first may still be inserted
-    assert commits == [Offset("chain", 0, 29)]  # start() finished the first before the second
-    fast.defer_commit(Offset("chain", 0, 49))
+    assert commits == [[Offset("chain", 0, 29)]]  # start() finished the first before the second
+    fast.defer_commit([Offset("chain", 0, 49)])
     fast.start(third)
     fast.finish()
-    assert commits == [Offset("chain", 0, 29), Offset("chain", 0, 49)]
+    assert commits == [[Offset("chain", 0, 29)], [Offset("chain", 0, 49)]]
     assert writer.stats.fast_batches == 3 and writer.stats.fast_fallbacks == 0
     assert _stored(writer) == (75, 75)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(AVRO_FILE_NAMES)
@@ -89,12 +93,12 @@ def test_a_failed_insert_leaves_the_next_batch_on_the_fast_path(
     monkeypatch.setattr(sink_avro, "insert_sql", first_fails)
     python: list[str] = []
 
-    def python_insert(batch: ChainBatch) -> float:
-        python.append(batch.token)
-        return writer.insert_decoded(batch, "chain")
+    def python_insert(insert: EventsInsert) -> float:
+        python.append(insert.token)
+        return writer.insert_decoded(insert, "chain")
 
-    fast = FastPath(writer, tmp_path, python_insert, lambda _offset: None)
-    first, second = _batches([30, 20])
+    fast = FastPath(writer, tmp_path, python_insert, lambda _offsets: None)
+    first, second = _inserts([30, 20])
     _ = writer.client  # migrated before the clock of the first insert starts
     fast.start(first)
     fast.start(second)  # written before the first insert's failure is seen
@@ -110,14 +114,49 @@ def test_a_file_that_cannot_be_written_sends_its_batch_the_python_way(
 ) -> None:
     python: list[str] = []
 
-    def python_insert(batch: ChainBatch) -> float:
-        python.append(batch.token)
-        return writer.insert_decoded(batch, "chain")
+    def python_insert(insert: EventsInsert) -> float:
+        python.append(insert.token)
+        return writer.insert_decoded(insert, "chain")
 
-    fast = FastPath(writer, tmp_path / "missing", python_insert, lambda _offset: None)
-    (batch,) = _batches([10])
+    fast = FastPath(writer, tmp_path / "missing", python_insert, lambda _offsets: None)
+    (batch,) = _inserts([10])
     fast.start(batch)
     fast.finish()
     assert python == [batch.token] and writer.stats.fast_fallbacks == 1
     assert _stored(writer) == (10, 10)
     fast.shutdown()
+
+
+def test_one_insert_stores_several_chains_and_commits_all_their_offsets(
+    writer: Writer, tmp_path: Path
+) -> None:
+    """A round's batches of several chains are one insert with one token naming each range;
+    the same insert redone the Python way (same token) stores nothing twice."""
+    commits: list[list[Offset]] = []
+    fast = FastPath(writer, tmp_path, lambda b: writer.insert_decoded(b, "chain"), commits.append)
+    batches = [_batches([40], f"audit.events/{p}")[0] for p in range(3)]
+    insert = events_insert(batches)
+    assert insert.token == "audit.events/0:0-39+audit.events/1:0-39+audit.events/2:0-39"
+    assert insert.rows == 120
+    fast.start(insert)
+    offsets = [Offset("chain", p, 39) for p in range(3)]
+    fast.defer_commit(offsets)
+    fast.finish()
+    assert commits == [offsets]
+    assert writer.stats.fast_batches == 1 and writer.stats.inserted == 120
+    per_chain = f"SELECT chain, count(), min(seq), max(seq) FROM {writer.db}.events GROUP BY chain"
+    rows = sorted(tuple(r) for r in writer.client.query(per_chain).result_rows)
+    assert rows == [(f"audit.events/{p}", 40, 0, 39) for p in range(3)]
+    # A retry of the same insert the Python way (e.g. after a crash before the commit) is
+    # deduplicated by its token.
+    writer.insert_decoded(insert, "chain")
+    assert _stored(writer) == (120, 40)
+    fast.shutdown()
+
+
+def test_a_long_joined_token_is_hashed() -> None:
+    batches = [_batches([2], f"audit.events/{p}")[0] for p in range(40)]
+    token = events_insert(batches).token
+    assert token.startswith("sha256:") and len(token) == len("sha256:") + 64
+    assert events_insert(batches).token == token  # the same insert, the same token
+    assert events_insert(batches[:-1]).token != token
