@@ -48,7 +48,8 @@ _COUNTERS = {
     ),
     "fast_batches": (
         "sealtrail_sink_fast_path_batches",
-        "Chain batches ClickHouse decoded and stored itself (the fast path).",
+        "Inserts ClickHouse decoded and stored itself (the fast path): one per round of chain "
+        "batches flushed together.",
     ),
     "fast_fallbacks": (
         "sealtrail_sink_fast_path_fallbacks",
@@ -56,7 +57,8 @@ _COUNTERS = {
     ),
     "python_batches": (
         "sealtrail_sink_python_batches",
-        "Chain batches decoded in Python (not eligible for the fast path, or a fallback).",
+        "Inserts decoded in Python (chain batches not eligible for the fast path, or a "
+        "fallback).",
     ),
     "decode_seconds": ("sealtrail_sink_decode_seconds", "Seconds spent decoding in Python."),
     "insert_seconds": ("sealtrail_sink_insert_seconds", "Seconds spent in inserts, all tables."),

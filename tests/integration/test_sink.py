@@ -113,7 +113,9 @@ def test_a_round_of_every_partition_is_one_insert(settings: Settings) -> None:
     try:
         sink._assign_all(consumer)
         # Read everything into the buffers before flushing: the round is then all three.
+        deadline = time.monotonic() + 120
         while sum(len(b.messages) for b in sink._buffers.values()) < total:
+            assert time.monotonic() < deadline, "the records did not arrive within 120 s"
             sink._poll(consumer)
         sink._flush_all()
         assert sink.stats.fast_batches == 1 and sink.stats.python_batches == 1
