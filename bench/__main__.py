@@ -5,7 +5,7 @@ table (stage, rate, baseline rate, ratio, p50/p99, CPU-us per event, peak RSS) a
 bench/results/all.json. End to end runs beside a raw pipeline (producer -> topic -> consumer ->
 chdb) on the same broker and prints CPU-us per event of every process (bench/bench_e2e.py).
 
-python -m bench [--tiny] [--only producers,chainer,sink,verify,e2e,memory]
+python -m bench [--tiny] [--only producers,chainer,sink,sink-paced,verify,e2e,memory]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ SIZES = {
     "producers": (40_000, 2_000),
     "chainer": (40_000, 2_000),
     "sink": (200_000, 2_000),
+    "sink_paced": (100_000, 3_000),  # records written at SINK_PACE records/s
     "verify": (50_000, 2_000),
     "verify_chains": (200_000, 2_000),  # in 2 chains, as the CLI verifies a deployment
     "proofs": (10_000_000, 10_000),
@@ -67,6 +68,29 @@ def _chainer(n: int, kafka: str) -> list[Result]:
             baseline="chainer, no checkpoints",
             baseline_rate=out["c_chainer"],
         ),
+    ]
+
+
+# Records/s the caught-up sink is offered (normal, tiny): a load the pipeline carries here.
+SINK_PACE = (7_000, 3_000)
+
+
+def _sink_paced(n: int, rate: float, kafka: str) -> list[Result]:
+    from bench import bench_sink_paced
+
+    out = bench_sink_paced.run(rate, n, bootstrap=kafka)
+    sink, raw = out["sink"], out["raw_consumer"]
+    print(json.dumps(out, indent=2))
+    return [
+        Result(
+            f"sink, caught up at {rate:,.0f} records/s (CPU)",
+            1e6 / sink["cpu_us_per_record"],
+            "records/CPU-s",
+            "raw consumer -> chdb, same records and pace",
+            1e6 / raw["cpu_us_per_record"],
+            cpu_us_per_event=sink["cpu_us_per_record"],
+            extra=out,
+        )
     ]
 
 
@@ -123,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop our children on the way out
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks it runs (CI)")
-    parser.add_argument("--only", default="producers,chainer,sink,verify,e2e,memory")
+    parser.add_argument("--only", default="producers,chainer,sink,sink-paced,verify,e2e,memory")
     args = parser.parse_args(argv)
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     size = {stage: counts[1 if args.tiny else 0] for stage, counts in SIZES.items()}
@@ -136,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             ("producers", lambda: results.extend(_producers(size["producers"], kafka))),
             ("chainer", lambda: results.extend(_chainer(size["chainer"], kafka))),
             ("sink", lambda: results.extend(_sink(size["sink"], kafka))),
+            (
+                "sink-paced",
+                lambda: results.extend(
+                    _sink_paced(size["sink_paced"], SINK_PACE[1 if args.tiny else 0], kafka)
+                ),
+            ),
         ]
         for name, step in steps:
             if name in wanted:

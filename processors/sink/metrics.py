@@ -57,8 +57,7 @@ _COUNTERS = {
     ),
     "python_batches": (
         "sealtrail_sink_python_batches",
-        "Inserts decoded in Python (chain batches not eligible for the fast path, or a "
-        "fallback).",
+        "Inserts decoded in Python (chain batches not eligible for the fast path, or a fallback).",
     ),
     "decode_seconds": ("sealtrail_sink_decode_seconds", "Seconds spent decoding in Python."),
     "insert_seconds": ("sealtrail_sink_insert_seconds", "Seconds spent in inserts, all tables."),

@@ -65,6 +65,7 @@ def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
         "no-op transactional relay",
         "chainer, no checkpoints",
         "sink: chain topic -> ClickHouse (chdb)",
+        "sink, caught up at 3,000 records/s (CPU)",
         "end to end: webhook 200 -> row queryable",
         "raw pipeline: producer -> topic -> chdb",
         "verify: 2 chains as `verify --full --no-clickhouse` runs them",
@@ -84,6 +85,12 @@ def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
     assert e2e["observer"]["records_scanned"] >= e2e["events"]
     assert e2e["checkpointed_p99_ms"] is not None
     assert all(r["rate"] > 0 for r in report["results"])
+    # The caught-up sink's CPU, split by thread, beside the raw consumer's.
+    (paced,) = [r for r in report["results"] if r["stage"].startswith("sink, caught up")]
+    sink = paced["extra"]["sink"]
+    assert sink["records"] == 3_000 and sink["inserts"]["fast"] >= 1, sink
+    assert sink["cpu_us_per_record_by_thread"]["python"] > 0, sink
+    assert paced["extra"]["raw_consumer"]["cpu_us_per_record"] > 0, paced
     # The paced run (latency at a load the pipeline carries) and memory as the stream grows.
     paced = e2e["paced"]
     assert paced["complete"] and paced["queryable_p99_ms"] is not None, paced

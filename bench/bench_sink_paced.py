@@ -1,0 +1,274 @@
+"""The sink's CPU per record at a steady pace, beside a raw consumer of the same records.
+
+``python -m bench.bench_sink_paced --rate R --records N``: chained records of the Falco
+samples, spread over ``--partitions`` chain-topic partitions, are written the way the chainer
+writes them (one transaction every 20 ms holding every partition's share) at ``R`` records/s,
+first for a raw consumer (``bench/raw_pipeline.py consume``: inserts (key, time, value) rows
+into chdb and commits), then, on fresh topics, for ``sealtrail sink``. Each runs as its own
+process; its CPU is read from ``/proc`` (chdb's merges and insert threads included) from the
+first record written until every record is committed. The sink's CPU is also split by thread
+(Python, chdb's insert and merge pools, librdkafka), among the threads alive at the end.
+
+A fleet's sink runs like this most of the time: caught up, inserting what arrives. Unlike
+``bench_sink`` (a backlog read with ``--once``), the cost per insert and the merges of the
+parts those inserts make show here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from bench.common import bench_broker, free_port, fresh_settings, sample_payloads
+from processors.integrity.record import ChainHead, link
+from schemas.chained import record_value
+from sealtrail.infra.config import Settings
+from sealtrail.infra.kafka import producer_conf
+from sealtrail.supervisor import child_env
+
+TRANSACTIONS_PER_S = 50  # the chainer commits about this often under load
+START_TIMEOUT_S = 120.0
+_TICK = os.sysconf("SC_CLK_TCK")
+
+# Linux thread name prefix -> what it does (chdb names its pools; Python threads carry the
+# process's name).
+THREAD_GROUPS = {
+    "MergeMutate": "merges",
+    "ThreadPool": "insert pool",
+    "rdk:": "librdkafka",
+}
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the whole process, exited threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds per thread group among the threads alive now."""
+    groups: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        group = next((g for p, g in THREAD_GROUPS.items() if name.startswith(p)), None)
+        if group is None:
+            group = "python" if name in ("python", "python3", "sealtrail") else "other"
+        groups[group] = groups.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return groups
+
+
+def chained_values(records: int, partitions: int, topic_raw: str) -> list[list[bytes]]:
+    """Each partition's chain-topic values, in order."""
+    payloads = sample_payloads()
+    heads = [ChainHead(f"{topic_raw}/{p}") for p in range(partitions)]
+    values: list[list[bytes]] = [[] for _ in range(partitions)]
+    now = time.time_ns() // 1000
+    for i in range(records):
+        p = i % partitions
+        values[p].append(
+            record_value(link(heads[p], i // partitions, now + i, payloads[i % len(payloads)]))
+        )
+    return values
+
+
+def feed(settings: Settings, values: list[list[bytes]], rate: float) -> float:
+    """Write ``values`` at ``rate`` records/s in transactions; returns the seconds it took."""
+    producer = Producer(producer_conf(settings, **{"transactional.id": f"pace-{uuid.uuid4()}"}))
+    producer.init_transactions(30)
+    total = sum(map(len, values))
+    per_tx = max(1, round(rate / TRANSACTIONS_PER_S / len(values)))  # per partition
+    keys = [f"{settings.topics.raw}/{p}".encode() for p in range(len(values))]  # as the chainer
+    started = time.monotonic()
+    sent = 0
+    for start in range(0, max(map(len, values)), per_tx):
+        producer.begin_transaction()
+        for partition, chain in enumerate(values):
+            for value in chain[start : start + per_tx]:
+                producer.produce(
+                    settings.topics.chain, key=keys[partition], value=value, partition=partition
+                )
+                sent += 1
+        producer.commit_transaction(60)
+        delay = started + sent / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    assert sent == total
+    return time.monotonic() - started
+
+
+def committed(settings: Settings, group: str, ends: dict[int, int]) -> Callable[[], bool]:
+    """A check that ``group`` committed each chain partition up to its end (the last record +
+    1: the marker after it is not committed)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka, "group.id": group})
+    parts = [TopicPartition(settings.topics.chain, p) for p in ends]
+
+    def done() -> bool:
+        offsets = consumer.committed(parts, timeout=10)
+        return all(tp.offset >= ends[tp.partition] for tp in offsets)
+
+    return done
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=out, stderr=out, env=env)
+
+
+def _wait(
+    what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path
+) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            why = "exited" if process.poll() is not None else f"not within {START_TIMEOUT_S:.0f} s"
+            raise RuntimeError(f"{what}: {why}; log ends:\n{log.read_text()[-1500:]}")
+        time.sleep(0.2)
+
+
+def _measure(
+    name: str,
+    settings: Settings,
+    group: str,
+    process: subprocess.Popen[bytes],
+    values: list[list[bytes]],
+    rate: float,
+    log: Path,
+) -> dict[str, Any]:
+    """Feed ``values`` to the running ``process`` and return its CPU until all is committed."""
+    records = sum(map(len, values))
+    # The last record's offset + 1 per partition: every transaction adds one marker.
+    ends = {p: 0 for p in range(len(values))}
+    per_tx = max(1, round(rate / TRANSACTIONS_PER_S / len(values)))
+    for p, chain in enumerate(values):
+        transactions = -(-len(chain) // per_tx)
+        ends[p] = len(chain) + transactions - 1
+    done = committed(settings, group, ends)
+    cpu0, threads0 = process_cpu_s(process.pid), thread_cpu_s(process.pid)
+    started = time.monotonic()
+    fed_s = feed(settings, values, rate)
+    _wait(f"{name} committing every record", done, process, log)
+    caught_up_s = time.monotonic() - started - fed_s
+    cpu = process_cpu_s(process.pid) - cpu0
+    threads1 = thread_cpu_s(process.pid)
+    split = {g: round((s - threads0.get(g, 0.0)) / records * 1e6, 1) for g, s in threads1.items()}
+    return {
+        "records": records,
+        "fed_seconds": round(fed_s, 2),
+        "committed_after_last_s": round(caught_up_s, 2),
+        "cpu_seconds": round(cpu, 3),
+        "cpu_us_per_record": round(cpu / records * 1e6, 1),
+        "cpu_us_per_record_by_thread": dict(sorted(split.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def run(
+    rate: float = 7000.0, records: int = 100_000, partitions: int = 3, bootstrap: str | None = None
+) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="sealtrail-sink-paced-"))
+    with bench_broker(bootstrap=bootstrap) as kafka:
+        # The raw consumer: same records, same pace, its own topics.
+        raw_settings = fresh_settings(kafka, partitions)
+        values = chained_values(records, partitions, raw_settings.topics.raw)
+        group = f"bench-raw-{uuid.uuid4().hex[:8]}"
+        ready = work / "raw.ready"
+        log = work / "raw.log"
+        raw = _spawn(
+            [
+                *(sys.executable, "-m", "bench.raw_pipeline", "consume"),
+                *("--bootstrap", kafka, "--topic", raw_settings.topics.chain),
+                *("--ready", str(ready), "--out", str(work / "raw.json")),
+                *("--group", group, "--partitions", str(partitions)),
+                *("--chdb", str(work / "raw-store")),
+            ],
+            log,
+            dict(os.environ),
+        )
+        try:
+            _wait("the raw consumer", ready.exists, raw, log)
+            baseline = _measure("the raw consumer", raw_settings, group, raw, values, rate, log)
+        finally:
+            if raw.stdin is not None:
+                raw.stdin.close()
+            raw.wait(60)
+
+        # The sink, as `sealtrail sink` runs (its own store, its own topics).
+        settings = fresh_settings(
+            kafka, partitions, clickhouse=f"chdb://{work / 'store'}", clickhouse_database="paced"
+        )
+        values = chained_values(records, partitions, settings.topics.raw)
+        log = work / "sink.log"
+        metrics_port = free_port()
+        sink = _spawn(
+            [
+                *(sys.executable, "-m", "sealtrail.cli", "sink"),
+                *("--metrics-listen", f"127.0.0.1:{metrics_port}"),
+            ],
+            log,
+            child_env(settings),
+        )
+        try:
+            # Assigned: the store is open and migrated, the consumer in its group.
+            _wait("the sink", lambda: "assigned" in log.read_text(errors="replace"), sink, log)
+            measured = _measure("the sink", settings, settings.groups.sink, sink, values, rate, log)
+            measured["inserts"] = _inserts(metrics_port)
+        finally:
+            sink.terminate()
+            sink.wait(60)
+    return {
+        "rate": rate,
+        "partitions": partitions,
+        "sink": measured,
+        "raw_consumer": baseline,
+        "cpu_ratio_raw_vs_sink": round(
+            baseline["cpu_us_per_record"] / measured["cpu_us_per_record"], 3
+        ),
+    }
+
+
+def _metrics(port: int) -> str:
+    from urllib.request import urlopen
+
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def _inserts(port: int) -> dict[str, float]:
+    wanted = {
+        "sealtrail_sink_fast_path_batches_total": "fast",
+        "sealtrail_sink_python_batches_total": "python",
+    }
+    out: dict[str, float] = {}
+    for line in _metrics(port).splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[wanted[name]] = float(value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rate", type=float, default=7000.0, help="records/s offered")
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--partitions", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(run(args.rate, args.records, args.partitions), indent=2))
+
+
+if __name__ == "__main__":
+    main()
