@@ -152,11 +152,3 @@ def test_one_insert_stores_several_chains_and_commits_all_their_offsets(
     writer.insert_decoded(insert, "chain")
     assert _stored(writer) == (120, 40)
     fast.shutdown()
-
-
-def test_a_long_joined_token_is_hashed() -> None:
-    batches = [_batches([2], f"audit.events/{p}")[0] for p in range(40)]
-    token = events_insert(batches).token
-    assert token.startswith("sha256:") and len(token) == len("sha256:") + 64
-    assert events_insert(batches).token == token  # the same insert, the same token
-    assert events_insert(batches[:-1]).token != token
