@@ -7,8 +7,8 @@ first for a raw consumer (``bench/raw_pipeline.py consume``: inserts (key, time,
 into chdb and commits), then, on fresh topics, for ``sealtrail sink``. Each runs as its own
 process; its CPU is read from ``/proc`` (chdb's merges and insert threads included) from the
 first record written until every record is committed. The sink's CPU is also split by thread
-(the Python threads, chdb's insert and merge pools, librdkafka), among the threads alive at
-the end.
+(the loop, the insert worker, chdb's insert and merge pools, librdkafka), among the threads
+alive at the end.
 
 A fleet's sink runs like this most of the time: caught up, inserting what arrives. Unlike
 ``bench_sink`` (a backlog read with ``--once``), the cost per insert and the merges of the
@@ -42,12 +42,13 @@ TRANSACTIONS_PER_S = 50  # the chainer commits about this often under load
 START_TIMEOUT_S = 120.0
 _TICK = os.sysconf("SC_CLK_TCK")
 
-# Linux thread name prefix -> what it does (chdb names its pools; Python threads carry the
-# process's name: "python threads" is the sink's loop and its insert worker, on which chdb runs
-# part of each INSERT, about two thirds of their CPU by bench/profiles/sink-paced-pyspy.txt).
+# Linux thread name prefix -> what it does. chdb names its pools and the sink its insert worker
+# (processors/sink/fast_path.py; chdb runs part of each INSERT on the thread that calls it);
+# the other Python threads carry the process's name: "loop" is mostly the sink's main loop.
 THREAD_GROUPS = {
     "MergeMutate": "merges",
     "ThreadPool": "insert pool",
+    "sink-insert": "insert worker",
     "rdk:": "librdkafka",
 }
 
@@ -70,7 +71,7 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
         fields = raw.rsplit(")", 1)[1].split()
         group = next((g for p, g in THREAD_GROUPS.items() if name.startswith(p)), None)
         if group is None:
-            group = "python threads" if name in ("python", "python3", "sealtrail") else "other"
+            group = "loop" if name in ("python", "python3", "sealtrail") else "other"
         groups[group] = groups.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
     return groups
 
