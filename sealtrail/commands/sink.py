@@ -167,7 +167,13 @@ def sink(
     once: Annotated[
         bool, typer.Option("--once", help="Store what is in the topics now, then exit.")
     ] = False,
-    batch_rows: Annotated[int, typer.Option(help="Rows per insert (per partition).")] = 10000,
+    batch_rows: Annotated[
+        int,
+        typer.Option(
+            help="Rows a partition buffers before it is inserted; the buffers flushed together "
+            "are one insert."
+        ),
+    ] = 10000,
     batch_ms: Annotated[
         int,
         typer.Option(
