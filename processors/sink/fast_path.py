@@ -7,8 +7,9 @@ insert runs on one worker thread (chdb releases the GIL) while the sink reads an
 next round and writes it into a second file; the worker runs no Python of its own, which would
 wait for the GIL. At most one insert is in flight, and it is finished, its offsets committed,
 before anything else touches ClickHouse or the offsets (the seqs of a chain seen for the first
-time are read meanwhile). An insert ClickHouse refuses, or fails on, goes the Python way whole
-with the same token.
+time are read meanwhile). An insert ClickHouse fails on goes the Python way whole with the same
+token; one it refuses for its rows is redone chain by chain under each chain's token, and only
+the chains with such rows go the Python way.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
 from processors import sink_avro
 from processors.sink.metrics import FAST
-from processors.sink.rows import EventsInsert
+from processors.sink.rows import ChainBatch, ChainItem, EventsInsert, events_insert
 from processors.sink.writer import Stopped, Writer
 from sealtrail.infra import clickhouse
 from sealtrail.infra.service import backoff
@@ -109,8 +110,9 @@ class FastPath:
                 initargs=(INSERT_THREAD,),
             )
         started = time.perf_counter()
+        self._slot = 1 - self._slot  # the file the insert in flight (if any) is not reading
         try:
-            path, marker = self._write_file(insert)
+            path, marker = self._write_file(insert, self._slot)
         except OSError as exc:
             self.finish()
             self._fall_back(insert, exc, self._slot)
@@ -120,15 +122,14 @@ class FastPath:
         future = self._worker.submit(self._insert, path, marker, insert.token, written)
         self._inflight = Inflight(future, insert, self._slot)
 
-    def _write_file(self, insert: EventsInsert) -> tuple[str, bytes]:
-        """Write the insert's rows into the file the insert in flight (if any) is not reading."""
-        self._slot = 1 - self._slot
-        opened = self._files[self._slot]
+    def _write_file(self, insert: EventsInsert, slot: int) -> tuple[str, bytes]:
+        """Write the insert's rows into the file of ``slot``, which no insert is reading."""
+        opened = self._files[slot]
         if opened is None:
             # Inside the embedded store, which one process owns: fixed names that a sink
             # killed mid-batch leaves behind once (clear_stale removes them on the next start).
-            path = str((self.store or Path(tempfile.gettempdir())) / AVRO_FILE_NAMES[self._slot])
-            opened = self._files[self._slot] = (os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path)
+            path = str((self.store or Path(tempfile.gettempdir())) / AVRO_FILE_NAMES[slot])
+            opened = self._files[slot] = (os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path)
         fd, path = opened
         marker = sink_avro.new_marker()
         rows = [
@@ -177,6 +178,18 @@ class FastPath:
         insert with the same token then skips."""
         self.stats.fast_fallbacks += 1
         if getattr(exc, "code", None) in sink_avro.BAD_DATA_CODES:
+            if len(insert.batches) > 1:
+                # One chain's rows should not send the round's other chains the Python way.
+                log.info(
+                    "insert %s has rows ClickHouse cannot decode as the Python decoder does "
+                    "(%s); inserting each of its %d chains on its own",
+                    insert.token,
+                    clickhouse.first_line(exc)[:120],
+                    len(insert.batches),
+                )
+                for batch in insert.batches:
+                    self._insert_alone(batch, slot)
+                return
             log.info(
                 "insert %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
                 "decoding it in Python",
@@ -200,6 +213,52 @@ class FastPath:
             if self.writer.stop.wait(delay):
                 raise Stopped from None
         self.stats.decode_seconds += self._python_insert(insert)
+
+    def _insert_alone(self, batch: ChainBatch, slot: int) -> None:
+        """Insert one chain's batch of a refused round through ClickHouse, now, on this thread,
+        under the chain's own token, from the file of ``slot`` (its insert is over). A refused
+        round should have stored nothing (the rows are checked before any part is written); the
+        seqs already stored are left out all the same, so that a different token cannot store
+        a row twice. Refused again: the Python way (:meth:`_fall_back`)."""
+        items = self._not_stored(batch)
+        if not items:
+            return
+        if len(items) < len(batch.items):
+            token = f"{batch.chain}:{items[0].seq}-{items[-1].seq}"
+            batch = batch._replace(items=items, token=token)
+        insert = events_insert([batch])
+        started = time.perf_counter()
+        try:
+            path, marker = self._write_file(insert, slot)
+            self.writer.client.command(
+                sink_avro.insert_sql(self.writer.db, path, marker, insert.token)
+            )
+        except (DriverError, OSError) as exc:
+            self._fall_back(insert, exc, slot)
+            return
+        seconds = time.perf_counter() - started
+        self.stats.insert_seconds += seconds
+        self.writer.metrics.inserted("events", FAST, seconds)
+        self.stats.fast_batches += 1
+        self.stats.inserted += len(items)
+
+    def _not_stored(self, batch: ChainBatch) -> list[ChainItem]:
+        seqs = [item.seq for item in batch.items]
+        first, last = min(seqs), max(seqs)
+        found = self.writer.retrying(
+            f"reading the stored seqs {first}-{last} of chain {batch.chain}",
+            lambda: (
+                self.writer.client.query(
+                    f"SELECT seq FROM {self.writer.db}.events WHERE chain = {{chain:String}} "
+                    "AND seq BETWEEN {first:UInt64} AND {last:UInt64}",
+                    parameters={"chain": batch.chain, "first": first, "last": last},
+                ).result_rows
+            ),
+        )
+        stored = {seq for (seq,) in found}
+        if stored:
+            self.stats.skipped += len(stored)
+        return [item for item in batch.items if item.seq not in stored]
 
     def abandon(self) -> None:
         """On the way out after an error: let the insert in flight end, commit nothing (its

@@ -152,3 +152,51 @@ def test_one_insert_stores_several_chains_and_commits_all_their_offsets(
     writer.insert_decoded(insert, "chain")
     assert _stored(writer) == (120, 40)
     fast.shutdown()
+
+
+def test_a_round_refused_for_one_chains_rows_keeps_the_other_chains_on_the_fast_path(
+    writer: Writer, tmp_path: Path
+) -> None:
+    """A payload ClickHouse refuses (bytes after the datum: the Python path stores it with
+    decode_ok = 0 and a reject) in one chain of a round: the round is redone chain by chain,
+    the good chains by ClickHouse, only the bad chain the Python way; nothing twice."""
+    python: list[str] = []
+
+    def python_insert(insert: EventsInsert) -> float:
+        python.append(insert.token)
+        return writer.insert_decoded(insert, "chain")
+
+    fast = FastPath(writer, tmp_path, python_insert, lambda _offsets: None)
+    good_a = _batches([20], "audit.events/0")[0]
+    good_c = _batches([15], "audit.events/2")[0]
+    # Chain 1's seq 4 carries bytes after its AuditEvent datum.
+    head = ChainHead("audit.events/1")
+    payloads = [encode_audit_event(e) for e in sample_events()]
+    items = []
+    for seq in range(10):
+        payload = payloads[seq % 7] + (b"\x00\x02\x04" if seq == 4 else b"")
+        record_bytes = record_value(link(head, seq, 1_700_000_000_000_000 + seq, payload))
+        parsed = sink_avro.parse_chained(record_bytes)
+        assert parsed is not None  # ClickHouse is to decode it, and refuses
+        items.append(ChainItem(seq, None, record_bytes, parsed[2]))
+    bad = ChainBatch("audit.events/1", 0, items, "audit.events/1:0-9", 0)
+    # Five rows of chain 0 are stored already (as a partial earlier attempt would leave them):
+    # chain 0 on its own, under another token, must not store them twice.
+    first_five = good_a._replace(items=good_a.items[:5], token="audit.events/0:0-4")
+    writer.insert_decoded(events_insert([first_five]), "chain")
+    fast.start(events_insert([good_a, bad, good_c]))
+    fast.finish()
+    assert python == ["audit.events/1:0-9"]
+    assert writer.stats.fast_fallbacks == 2  # the round, then chain 1 on its own
+    assert writer.stats.fast_batches == 2 and writer.stats.python_batches == 2
+    assert writer.stats.skipped == 5
+    per_chain = f"SELECT chain, count(), uniqExact(seq) FROM {writer.db}.events GROUP BY chain"
+    rows = sorted(tuple(r) for r in writer.client.query(per_chain).result_rows)
+    assert rows == [
+        ("audit.events/0", 20, 20),
+        ("audit.events/1", 10, 10),
+        ("audit.events/2", 15, 15),
+    ]
+    bad_rows = f"SELECT seq FROM {writer.db}.events WHERE decode_ok = 0"
+    assert writer.client.query(bad_rows).result_rows == [(4,)]
+    fast.shutdown()
