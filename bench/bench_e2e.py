@@ -55,6 +55,8 @@ from bench.common import (
     fresh_settings,
     listening_pid,
     print_table,
+    spawn,
+    wait_until,
     write_json,
 )
 from bench.observer import mark_name
@@ -65,7 +67,6 @@ from sealtrail.supervisor import child_env
 SAMPLES = K8S_AUDIT_SAMPLES
 STAGES = ("webhook", "chainer", "sink")  # the processes whose CPU counts as sealtrail's
 PACED_FRACTION = 0.5  # the paced run offers this share of the saturated end-to-end rate
-START_TIMEOUT = 120.0  # a loaded 2-core machine can take long to start chdb and join groups
 
 
 class Batch(NamedTuple):
@@ -183,21 +184,6 @@ def _latency(acked: dict[str, float], marks: dict[str, Any], state: str) -> dict
     return {f"{state}_p50_ms": _percentile(ms, 50), f"{state}_p99_ms": _percentile(ms, 99)}
 
 
-def _wait(what: str, ready: Callable[[], bool], processes: dict[str, Any], logs: Path) -> None:
-    """Wait (with a deadline) until ``ready()``; fail with the logs' tail if a process died."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while not ready():
-        dead = [name for name, p in processes.items() if p.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            tails = "\n".join(
-                f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}"
-                for log in sorted(logs.glob("*.log"))
-            )
-            why = f"{', '.join(dead)} exited" if dead else f"not within {START_TIMEOUT:.0f} s"
-            raise RuntimeError(f"{what}: {why}; logs end:\n{tails}")
-        time.sleep(0.1)
-
-
 def _groups_stable(kafka: str, groups: list[str]) -> Callable[[], bool]:
     """A check that every group has members and has finished its rebalance."""
     from confluent_kafka import ConsumerGroupState, KafkaException
@@ -214,11 +200,6 @@ def _groups_stable(kafka: str, groups: list[str]) -> Callable[[], bool]:
         return all(g.state == ConsumerGroupState.STABLE and g.members for g in described)
 
     return stable
-
-
-def _spawn(args: list[str], log: Path, stdin: int | None = subprocess.DEVNULL, **kw: Any) -> Any:
-    with open(log, "ab") as out:
-        return subprocess.Popen(args, stdin=stdin, stdout=out, stderr=out, **kw)
 
 
 def _stop(process: Any, timeout: float = 60) -> None:
@@ -273,8 +254,8 @@ def _start_observer(
     ]
     if checkpoints:
         command += ["--checkpoints", checkpoints]
-    process = _spawn(command, work / "observer.log")
-    _wait("observer", ready.exists, {"observer": process}, work)
+    process = spawn(command, work / "observer.log")
+    wait_until("observer", ready.exists, {"observer": process}, work)
     return Observed(process, out)
 
 
@@ -323,7 +304,7 @@ def run_raw(
     (work / "events.jsonl").write_bytes(b"\n".join(i for b in batches for i in b.items))
     role = [sys.executable, "-m", "bench.raw_pipeline"]
     common = ["--bootstrap", kafka, "--topic", topic]
-    consumer = _spawn(
+    consumer = spawn(
         [*role, "consume", *common, "--ready", str(work / "consumer.ready")]
         + ["--out", str(work / "consumer.json"), "--group", group]
         + ["--partitions", str(partitions), "--chdb", str(work / "clickhouse")],
@@ -333,11 +314,11 @@ def run_raw(
     producer = None
     observed = None
     try:
-        _wait("raw consumer", (work / "consumer.ready").exists, {"consumer": consumer}, work)
+        wait_until("raw consumer", (work / "consumer.ready").exists, {"consumer": consumer}, work)
         observed = _start_observer(
             kafka, topic, group, partitions, len(batches), work, "", settle_timeout
         )
-        producer = _spawn(
+        producer = spawn(
             [*role, "produce", *common, "--ready", str(work / "producer.ready")]
             + ["--out", str(work / "producer.json"), "--events", str(work / "events.jsonl")]
             + ["--batch", str(len(batches[0].items)), "--inflight", str(clients)]
@@ -346,7 +327,7 @@ def run_raw(
             stdin=subprocess.PIPE,
         )
         procs = {"consumer": consumer, "producer": producer}
-        _wait("raw producer", (work / "producer.ready").exists, procs, work)
+        wait_until("raw producer", (work / "producer.ready").exists, procs, work)
         meters = {name: Metered(f"raw {name}", p.pid) for name, p in procs.items()}
         for meter in meters.values():
             meter.start()
@@ -354,7 +335,7 @@ def run_raw(
         producer.stdin.write(b"go\n")
         producer.stdin.flush()
         observer = _observed(observed, settle_timeout)
-        _wait("raw producer's report", (work / "producer.json").exists, procs, work)
+        wait_until("raw producer's report", (work / "producer.json").exists, procs, work)
         processes = {name: m.report(events) for name, m in meters.items()}
     finally:
         for process in (producer, consumer, observed.process if observed else None):
@@ -418,7 +399,7 @@ def run_e2e(
         "--allow-plain-http-tokens",  # loopback load; TLS is not what this bench measures
         *("--signing-key", str(private), "--health-listen", f"127.0.0.1:{health}"),
     ]
-    run_process = _spawn(command, work / "run.log", env=child_env(settings))
+    run_process = spawn(command, work / "run.log", env=child_env(settings))
     observed = None
     try:
 
@@ -430,9 +411,11 @@ def run_e2e(
             except OSError:
                 return False
 
-        _wait("sealtrail run", healthy, {"sealtrail run": run_process}, work)
+        wait_until("sealtrail run", healthy, {"sealtrail run": run_process}, work)
         groups = [settings.groups.chainer, settings.groups.sink]
-        _wait("chainer and sink groups", _groups_stable(kafka, groups), {"run": run_process}, work)
+        wait_until(
+            "chainer and sink groups", _groups_stable(kafka, groups), {"run": run_process}, work
+        )
         observed = _start_observer(
             kafka,
             settings.topics.chain,

@@ -25,13 +25,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.common import bench_broker, free_port, fresh_settings, sample_payloads
+from bench.common import (
+    Metered,
+    bench_broker,
+    free_port,
+    fresh_settings,
+    sample_payloads,
+    spawn,
+    wait_until,
+)
 from processors.integrity.record import ChainHead, link
 from schemas.chained import record_value
 from sealtrail.infra.config import Settings
@@ -39,7 +46,6 @@ from sealtrail.infra.kafka import producer_conf
 from sealtrail.supervisor import child_env
 
 TRANSACTIONS_PER_S = 50  # the chainer commits about this often under load
-START_TIMEOUT_S = 120.0
 _TICK = os.sysconf("SC_CLK_TCK")
 
 # Linux thread name prefix -> what it does. chdb names its pools and the sink its insert worker
@@ -51,12 +57,6 @@ THREAD_GROUPS = {
     "sink-insert": "insert worker",
     "rdk:": "librdkafka",
 }
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of the whole process, exited threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -115,35 +115,6 @@ def feed(settings: Settings, values: list[list[bytes]], rate: float) -> float:
     return time.monotonic() - started
 
 
-def committed(settings: Settings, group: str, ends: dict[int, int]) -> Callable[[], bool]:
-    """A check that ``group`` committed each chain partition up to its end (the last record +
-    1: the marker after it is not committed)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka, "group.id": group})
-    parts = [TopicPartition(settings.topics.chain, p) for p in ends]
-
-    def done() -> bool:
-        offsets = consumer.committed(parts, timeout=10)
-        return all(tp.offset >= ends[tp.partition] for tp in offsets)
-
-    return done
-
-
-def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=out, stderr=out, env=env)
-
-
-def _wait(
-    what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path
-) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            why = "exited" if process.poll() is not None else f"not within {START_TIMEOUT_S:.0f} s"
-            raise RuntimeError(f"{what}: {why}; log ends:\n{log.read_text()[-1500:]}")
-        time.sleep(0.2)
-
-
 def _measure(
     name: str,
     settings: Settings,
@@ -151,24 +122,33 @@ def _measure(
     process: subprocess.Popen[bytes],
     values: list[list[bytes]],
     rate: float,
-    log: Path,
+    logs: Path,
 ) -> dict[str, Any]:
-    """Feed ``values`` to the running ``process`` and return its CPU until all is committed."""
+    """Feed ``values`` to the running ``process`` and return its CPU until ``group`` committed
+    every record."""
     records = sum(map(len, values))
-    # The last record's offset + 1 per partition: every transaction adds one marker.
-    ends = {p: 0 for p in range(len(values))}
+    # The last record's offset + 1 per partition (every transaction adds one marker; the
+    # marker after the last record is not committed).
     per_tx = max(1, round(rate / TRANSACTIONS_PER_S / len(values)))
-    for p, chain in enumerate(values):
-        transactions = -(-len(chain) // per_tx)
-        ends[p] = len(chain) + transactions - 1
-    done = committed(settings, group, ends)
-    cpu0, threads0 = process_cpu_s(process.pid), thread_cpu_s(process.pid)
-    started = time.monotonic()
-    fed_s = feed(settings, values, rate)
-    _wait(f"{name} committing every record", done, process, log)
-    caught_up_s = time.monotonic() - started - fed_s
-    cpu = process_cpu_s(process.pid) - cpu0
-    threads1 = thread_cpu_s(process.pid)
+    ends = {p: len(chain) + -(-len(chain) // per_tx) - 1 for p, chain in enumerate(values)}
+    parts = [TopicPartition(settings.topics.chain, p) for p in ends]
+    reader = Consumer({"bootstrap.servers": settings.kafka, "group.id": group})
+
+    def committed() -> bool:
+        return all(tp.offset >= ends[tp.partition] for tp in reader.committed(parts, timeout=10))
+
+    try:
+        metered = Metered(name, process.pid)
+        metered.start()
+        threads0 = thread_cpu_s(process.pid)
+        started = time.monotonic()
+        fed_s = feed(settings, values, rate)
+        wait_until(f"{name} committing every record", committed, {name: process}, logs)
+        caught_up_s = time.monotonic() - started - fed_s
+        cpu = metered.cpu_seconds()
+        threads1 = thread_cpu_s(process.pid)
+    finally:
+        reader.close()
     split = {g: round((s - threads0.get(g, 0.0)) / records * 1e6, 1) for g, s in threads1.items()}
     return {
         "records": records,
@@ -190,8 +170,7 @@ def run(
         values = chained_values(records, partitions, raw_settings.topics.raw)
         group = f"bench-raw-{uuid.uuid4().hex[:8]}"
         ready = work / "raw.ready"
-        log = work / "raw.log"
-        raw = _spawn(
+        raw = spawn(
             [
                 *(sys.executable, "-m", "bench.raw_pipeline", "consume"),
                 *("--bootstrap", kafka, "--topic", raw_settings.topics.chain),
@@ -199,12 +178,12 @@ def run(
                 *("--group", group, "--partitions", str(partitions)),
                 *("--chdb", str(work / "raw-store")),
             ],
-            log,
-            dict(os.environ),
+            work / "raw.log",
+            stdin=subprocess.PIPE,  # it runs until its stdin closes
         )
         try:
-            _wait("the raw consumer", ready.exists, raw, log)
-            baseline = _measure("the raw consumer", raw_settings, group, raw, values, rate, log)
+            wait_until("the raw consumer", ready.exists, {"raw consumer": raw}, work)
+            baseline = _measure("the raw consumer", raw_settings, group, raw, values, rate, work)
         finally:
             if raw.stdin is not None:
                 raw.stdin.close()
@@ -217,18 +196,23 @@ def run(
         values = chained_values(records, partitions, settings.topics.raw)
         log = work / "sink.log"
         metrics_port = free_port()
-        sink = _spawn(
+        sink = spawn(
             [
                 *(sys.executable, "-m", "sealtrail.cli", "sink"),
                 *("--metrics-listen", f"127.0.0.1:{metrics_port}"),
             ],
             log,
-            child_env(settings),
+            env=child_env(settings),
         )
         try:
             # Assigned: the store is open and migrated, the consumer in its group.
-            _wait("the sink", lambda: "assigned" in log.read_text(errors="replace"), sink, log)
-            measured = _measure("the sink", settings, settings.groups.sink, sink, values, rate, log)
+            def assigned() -> bool:
+                return "assigned" in log.read_text(errors="replace")
+
+            wait_until("the sink", assigned, {"sink": sink}, work)
+            measured = _measure(
+                "the sink", settings, settings.groups.sink, sink, values, rate, work
+            )
             measured["inserts"] = _inserts(metrics_port)
         finally:
             sink.terminate()

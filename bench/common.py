@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -270,3 +271,29 @@ def write_json(name: str, results: list[Result], extra: dict[str, Any] | None = 
     payload = {"machine": machine(), "results": [r.as_dict() for r in results], **(extra or {})}
     path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return path
+
+
+# A loaded 2-core machine can take long to start chdb and join groups.
+START_TIMEOUT = 120.0
+
+
+def spawn(args: list[str], log: Path, stdin: int | None = subprocess.DEVNULL, **kw: Any) -> Any:
+    """A child process whose stdout and stderr go to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, stdin=stdin, stdout=out, stderr=out, **kw)
+
+
+def wait_until(what: str, ready: Callable[[], bool], processes: dict[str, Any], logs: Path) -> None:
+    """Wait (with a deadline) until ``ready()``; fail with the tails of the ``*.log`` files in
+    ``logs`` if one of ``processes`` died."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready():
+        dead = [name for name, p in processes.items() if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            tails = "\n".join(
+                f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}"
+                for log in sorted(logs.glob("*.log"))
+            )
+            why = f"{', '.join(dead)} exited" if dead else f"not within {START_TIMEOUT:.0f} s"
+            raise RuntimeError(f"{what}: {why}; logs end:\n{tails}")
+        time.sleep(0.1)

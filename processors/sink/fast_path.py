@@ -141,8 +141,8 @@ class FastPath:
         return path, marker
 
     def _insert(self, path: str, marker: bytes, token: str, written: float) -> float:
-        """On the worker: insert the container file; returns the seconds taken, the file's
-        writing (``written``) included."""
+        """Insert the container file (on the worker; on the loop's thread for the chains of a
+        refused round); returns the seconds taken, the file's writing (``written``) included."""
         started = time.perf_counter()
         self.writer.client.command(sink_avro.insert_sql(self.writer.db, path, marker, token))
         return written + time.perf_counter() - started
@@ -164,10 +164,7 @@ class FastPath:
         except (DriverError, OSError) as exc:
             self._fall_back(job.insert, exc, job.slot)
         else:
-            self.stats.insert_seconds += seconds
-            self.writer.metrics.inserted("events", FAST, seconds)
-            self.stats.fast_batches += 1
-            self.stats.inserted += job.insert.rows
+            self._stored(job.insert, seconds)
         if commit and job.commit is not None:
             self._commit(job.commit)
 
@@ -178,24 +175,18 @@ class FastPath:
         insert with the same token then skips."""
         self.stats.fast_fallbacks += 1
         if getattr(exc, "code", None) in sink_avro.BAD_DATA_CODES:
-            if len(insert.batches) > 1:
-                # One chain's rows should not send the round's other chains the Python way.
-                log.info(
-                    "insert %s has rows ClickHouse cannot decode as the Python decoder does "
-                    "(%s); inserting each of its %d chains on its own",
-                    insert.token,
-                    clickhouse.first_line(exc)[:120],
-                    len(insert.batches),
-                )
+            # One chain's rows should not send the round's other chains the Python way.
+            split = len(insert.batches) > 1
+            log.info(
+                "insert %s has rows ClickHouse cannot decode as the Python decoder does (%s); %s",
+                insert.token,
+                clickhouse.first_line(exc)[:120],
+                "inserting each of its chains on its own" if split else "decoding it in Python",
+            )
+            if split:
                 for batch in insert.batches:
                     self._insert_alone(batch, slot)
                 return
-            log.info(
-                "insert %s has rows ClickHouse cannot decode as the Python decoder does (%s); "
-                "decoding it in Python",
-                insert.token,
-                clickhouse.first_line(exc)[:120],
-            )
         else:
             # Maybe transient (disk full, ...): count it and back off once like an insert.
             self.stats.retries += 1
@@ -230,17 +221,18 @@ class FastPath:
         started = time.perf_counter()
         try:
             path, marker = self._write_file(insert, slot)
-            self.writer.client.command(
-                sink_avro.insert_sql(self.writer.db, path, marker, insert.token)
-            )
+            seconds = self._insert(path, marker, insert.token, time.perf_counter() - started)
         except (DriverError, OSError) as exc:
             self._fall_back(insert, exc, slot)
             return
-        seconds = time.perf_counter() - started
+        self._stored(insert, seconds)
+
+    def _stored(self, insert: EventsInsert, seconds: float) -> None:
+        """Account for a fast insert ClickHouse stored in ``seconds``."""
         self.stats.insert_seconds += seconds
         self.writer.metrics.inserted("events", FAST, seconds)
         self.stats.fast_batches += 1
-        self.stats.inserted += len(items)
+        self.stats.inserted += insert.rows
 
     def _not_stored(self, batch: ChainBatch) -> list[ChainItem]:
         seqs = [item.seq for item in batch.items]

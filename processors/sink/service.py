@@ -503,15 +503,16 @@ class Sink:
     def _flush_chains(self) -> None:
         batches: list[ChainBatch] = []
         offsets: list[Offset] = []
+        decoded_here: set[str] = set()  # chains with records decoded in Python
         for (topic, partition), buffer in self._buffers.items():
             if topic != self.chain_topic or not buffer.messages:
                 continue
             messages, buffer.messages = buffer.messages, []
             self.metrics.chain_batch.observe(len(messages))
-            batches += self._chain_batches(partition, messages)
+            batches += self._chain_batches(partition, messages, decoded_here)
             self.stats.batches += 1
             offsets.append(Offset(topic, partition, messages[-1].offset()))
-        self._insert_events(batches)
+        self._insert_events(batches, decoded_here)
         self._commit_after(offsets)
 
     def _commit_after(self, offsets: list[Offset]) -> None:
@@ -544,10 +545,13 @@ class Sink:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def _chain_batches(self, partition: int, messages: list[Message]) -> list[ChainBatch]:
+    def _chain_batches(
+        self, partition: int, messages: list[Message], decoded_here: set[str]
+    ) -> list[ChainBatch]:
         """A partition buffer's fresh records, one batch per chain, marked stored (they are,
         once the round's insert returns: until then nothing is committed). Values that are
-        not chained records go to ``rejects`` here."""
+        not chained records go to ``rejects`` here; chains with records decoded here are
+        added to ``decoded_here``."""
         started = time.perf_counter()
         # Per chain, its items: ClickHouse decodes the rows that sink_avro.parse_chained
         # accepts (record None until needed); the others are decoded here (payload start -1).
@@ -580,6 +584,7 @@ class Sink:
                 )
                 continue
             by_chain.setdefault(record.chain, []).append(ChainItem(record.seq, record, value, -1))
+            decoded_here.add(record.chain)
         # The previous round's insert may still run: its seqs are in ``stored`` already, and
         # nothing below touches ClickHouse before fast.finish() but the seqs of a chain not
         # seen before (a read).
@@ -616,7 +621,7 @@ class Sink:
         self.stats.decode_seconds += time.perf_counter() - started
         return batches
 
-    def _insert_events(self, batches: list[ChainBatch]) -> None:
+    def _insert_events(self, batches: list[ChainBatch], decoded_here: set[str]) -> None:
         """Insert a round's chain batches: those ClickHouse can decode as one fast insert (or
         a few, each at most ``sink_avro.MAX_BATCH_BYTES``), the others as one Python insert.
 
@@ -627,7 +632,10 @@ class Sink:
         fast: list[ChainBatch] = []
         python: list[ChainBatch] = []
         for batch in batches:
-            eligible = self._fast and all(item.record is None for item in batch.items)
+            # Only a chain with records decoded here needs its items looked at.
+            eligible = self._fast and (
+                batch.chain not in decoded_here or all(item.record is None for item in batch.items)
+            )
             (fast if eligible else python).append(batch)
         if python:
             self.fast.finish()
