@@ -254,6 +254,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=3)
     args = parser.parse_args()
+    for name in ("rate", "records", "partitions"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} must be above 0, not {getattr(args, name)}")
     print(json.dumps(run(args.rate, args.records, args.partitions), indent=2))
 
 
