@@ -73,12 +73,13 @@ def _chainer(n: int, kafka: str) -> list[Result]:
 
 # Records/s the caught-up sink is offered (normal, tiny): a load the pipeline carries here.
 SINK_PACE = (7_000, 3_000)
+SINK_LINGERS_MS = (50, 400)  # sealtrail sink's default --linger-ms, then a longer one
 
 
 def _sink_paced(n: int, rate: float, kafka: str) -> list[Result]:
     from bench import bench_sink_paced
 
-    out = bench_sink_paced.run(rate, n, bootstrap=kafka)
+    out = bench_sink_paced.run(rate, n, bootstrap=kafka, lingers=SINK_LINGERS_MS)
     sink, raw = out["sink"], out["raw_consumer"]
     print(json.dumps(out, indent=2))
     return [

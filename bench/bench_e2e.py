@@ -33,7 +33,6 @@ import json
 import resource
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from bench.common import (
     free_port,
     fresh_settings,
     listening_pid,
+    percentile,
     print_table,
     spawn,
     wait_until,
@@ -166,14 +166,6 @@ async def _post_all(
     return sent
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
 def _latency(acked: dict[str, float], marks: dict[str, Any], state: str) -> dict[str, Any]:
     """p50/p99 ms from each batch's acknowledgement to its marker reaching ``state``."""
     ms = [
@@ -181,7 +173,7 @@ def _latency(acked: dict[str, float], marks: dict[str, Any], state: str) -> dict
         for m, at in acked.items()
         if m in marks and marks[m][state] is not None
     ]
-    return {f"{state}_p50_ms": _percentile(ms, 50), f"{state}_p99_ms": _percentile(ms, 99)}
+    return {f"{state}_p50_ms": percentile(ms, 50), f"{state}_p99_ms": percentile(ms, 99)}
 
 
 def _groups_stable(kafka: str, groups: list[str]) -> Callable[[], bool]:

@@ -8,7 +8,12 @@ into chdb and commits), then, on fresh topics, for ``sealtrail sink``. Each runs
 process; its CPU is read from ``/proc`` (chdb's merges and insert threads included) from the
 first record written until every record is committed. The sink's CPU is also split by thread
 (the loop, the insert worker, chdb's insert and merge pools, librdkafka), among the threads
-alive at the end.
+alive at the end. Latency: a watcher thread reads the group's committed offsets every
+``WATCH_S`` and times each transaction from its commit to the offset that covers it (the sink
+commits once the rows are stored, so this is "written -> queryable" plus up to ``WATCH_S``).
+
+``--linger-ms 50,400`` runs the sink once per value (``sealtrail sink --linger-ms``, fresh
+topics and store each time): the trade of CPU per record for latency that option makes.
 
 A fleet's sink runs like this most of the time: caught up, inserting what arrives. Unlike
 ``bench_sink`` (a backlog read with ``--once``), the cost per insert and the merges of the
@@ -23,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +41,7 @@ from bench.common import (
     bench_broker,
     free_port,
     fresh_settings,
+    percentile,
     sample_payloads,
     spawn,
     wait_until,
@@ -46,6 +53,8 @@ from sealtrail.infra.kafka import producer_conf
 from sealtrail.supervisor import child_env
 
 TRANSACTIONS_PER_S = 50  # the chainer commits about this often under load
+WATCH_S = 0.02  # how often the latency watcher reads the committed offsets
+DEFAULT_LINGER_MS = 50  # sealtrail sink's default --linger-ms
 _TICK = os.sysconf("SC_CLK_TCK")
 
 # Linux thread name prefix -> what it does. chdb names its pools and the sink its insert worker
@@ -90,8 +99,9 @@ def chained_values(records: int, partitions: int, topic_raw: str) -> list[list[b
     return values
 
 
-def feed(settings: Settings, values: list[list[bytes]], rate: float) -> float:
-    """Write ``values`` at ``rate`` records/s in transactions; returns the seconds it took."""
+def feed(settings: Settings, values: list[list[bytes]], rate: float) -> tuple[float, list[float]]:
+    """Write ``values`` at ``rate`` records/s in transactions; returns the seconds it took and
+    when (monotonic) each transaction was committed."""
     producer = Producer(producer_conf(settings, **{"transactional.id": f"pace-{uuid.uuid4()}"}))
     producer.init_transactions(30)
     total = sum(map(len, values))
@@ -99,6 +109,7 @@ def feed(settings: Settings, values: list[list[bytes]], rate: float) -> float:
     keys = [f"{settings.topics.raw}/{p}".encode() for p in range(len(values))]  # as the chainer
     started = time.monotonic()
     sent = 0
+    committed_at: list[float] = []
     for start in range(0, max(map(len, values)), per_tx):
         producer.begin_transaction()
         for partition, chain in enumerate(values):
@@ -108,11 +119,55 @@ def feed(settings: Settings, values: list[list[bytes]], rate: float) -> float:
                 )
                 sent += 1
         producer.commit_transaction(60)
+        committed_at.append(time.monotonic())
         delay = started + sent / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
     assert sent == total
-    return time.monotonic() - started
+    return time.monotonic() - started, committed_at
+
+
+class Watcher(threading.Thread):
+    """Reads ``group``'s committed offsets of ``parts`` every ``WATCH_S``, noting when each
+    partition's offset moved (its own consumer handle, in this bench process)."""
+
+    def __init__(self, settings: Settings, group: str, parts: list[TopicPartition]) -> None:
+        super().__init__(daemon=True)
+        self.reader = Consumer({"bootstrap.servers": settings.kafka, "group.id": group})
+        self.parts = parts
+        self.moves: dict[int, list[tuple[float, int]]] = {tp.partition: [] for tp in parts}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.done.is_set():
+                offsets = self.reader.committed(self.parts, timeout=10)
+                seen = time.monotonic()
+                for tp in offsets:
+                    moves = self.moves[tp.partition]
+                    if tp.offset >= 0 and (not moves or tp.offset > moves[-1][1]):
+                        moves.append((seen, tp.offset))
+                self.done.wait(WATCH_S)
+        finally:
+            self.reader.close()
+
+    def latencies_ms(
+        self, committed_at: list[float], per_tx: int, lengths: dict[int, int]
+    ) -> list[float]:
+        """Per transaction and partition: from its commit until the committed offset covered
+        its records (offsets: ``per_tx`` records, fewer in the last, then one commit marker
+        per transaction; ``lengths``: records per partition)."""
+        out: list[float] = []
+        for partition, moves in self.moves.items():
+            for k, at in enumerate(committed_at):
+                in_tx = min(per_tx, lengths[partition] - k * per_tx)
+                if in_tx <= 0:
+                    continue
+                need = k * (per_tx + 1) + in_tx  # the last record's offset + 1
+                stored = next((t for t, offset in moves if offset >= need), None)
+                if stored is not None:
+                    out.append(max(0.0, stored - at) * 1000)
+        return out
 
 
 def _measure(
@@ -133,6 +188,7 @@ def _measure(
     ends = {p: len(chain) + -(-len(chain) // per_tx) - 1 for p, chain in enumerate(values)}
     parts = [TopicPartition(settings.topics.chain, p) for p in ends]
     reader = Consumer({"bootstrap.servers": settings.kafka, "group.id": group})
+    watcher = Watcher(settings, group, parts)
 
     def committed() -> bool:
         return all(tp.offset >= ends[tp.partition] for tp in reader.committed(parts, timeout=10))
@@ -141,15 +197,20 @@ def _measure(
         metered = Metered(name, process.pid)
         metered.start()
         threads0 = thread_cpu_s(process.pid)
+        watcher.start()
         started = time.monotonic()
-        fed_s = feed(settings, values, rate)
+        fed_s, committed_at = feed(settings, values, rate)
         wait_until(f"{name} committing every record", committed, {name: process}, logs)
         caught_up_s = time.monotonic() - started - fed_s
         cpu = metered.cpu_seconds()
         threads1 = thread_cpu_s(process.pid)
     finally:
+        watcher.done.set()
+        watcher.join(30)
         reader.close()
     split = {g: round((s - threads0.get(g, 0.0)) / records * 1e6, 1) for g, s in threads1.items()}
+    lengths = {p: len(chain) for p, chain in enumerate(values)}
+    latencies = watcher.latencies_ms(committed_at, per_tx, lengths)
     return {
         "records": records,
         "fed_seconds": round(fed_s, 2),
@@ -157,12 +218,22 @@ def _measure(
         "cpu_seconds": round(cpu, 3),
         "cpu_us_per_record": round(cpu / records * 1e6, 1),
         "cpu_us_per_record_by_thread": dict(sorted(split.items(), key=lambda kv: -kv[1])),
+        **{
+            f"stored_p{q}_ms": None if (v := percentile(latencies, q)) is None else round(v, 1)
+            for q in (50, 99)
+        },
     }
 
 
 def run(
-    rate: float = 7000.0, records: int = 100_000, partitions: int = 3, bootstrap: str | None = None
+    rate: float = 7000.0,
+    records: int = 100_000,
+    partitions: int = 3,
+    bootstrap: str | None = None,
+    lingers: tuple[int, ...] = (DEFAULT_LINGER_MS,),
 ) -> dict[str, Any]:
+    """The raw consumer, then the sink once per ``--linger-ms`` of ``lingers`` (the first is
+    reported as ``sink``)."""
     work = Path(tempfile.mkdtemp(prefix="sealtrail-sink-paced-"))
     with bench_broker(bootstrap=bootstrap) as kafka:
         # The raw consumer: same records, same pace, its own topics.
@@ -189,43 +260,59 @@ def run(
                 raw.stdin.close()
             raw.wait(60)
 
-        # The sink, as `sealtrail sink` runs (its own store, its own topics).
-        settings = fresh_settings(
-            kafka, partitions, clickhouse=f"chdb://{work / 'store'}", clickhouse_database="paced"
-        )
-        values = chained_values(records, partitions, settings.topics.raw)
-        log = work / "sink.log"
-        metrics_port = free_port()
-        sink = spawn(
-            [
-                *(sys.executable, "-m", "sealtrail.cli", "sink"),
-                *("--metrics-listen", f"127.0.0.1:{metrics_port}"),
-            ],
-            log,
-            env=child_env(settings),
-        )
-        try:
-            # Assigned: the store is open and migrated, the consumer in its group.
-            def assigned() -> bool:
-                return "assigned" in log.read_text(errors="replace")
-
-            wait_until("the sink", assigned, {"sink": sink}, work)
-            measured = _measure(
-                "the sink", settings, settings.groups.sink, sink, values, rate, work
+        # The sink, as `sealtrail sink` runs (its own store, its own topics), per linger.
+        by_linger = {
+            str(linger): _run_sink(
+                kafka, work / f"linger-{linger}", rate, records, partitions, linger
             )
-            measured["inserts"] = _inserts(metrics_port)
-        finally:
-            sink.terminate()
-            sink.wait(60)
+            for linger in lingers
+        }
+    measured = by_linger[str(lingers[0])]
     return {
         "rate": rate,
         "partitions": partitions,
         "sink": measured,
+        "sink_by_linger_ms": by_linger,
         "raw_consumer": baseline,
         "cpu_ratio_raw_vs_sink": round(
             baseline["cpu_us_per_record"] / measured["cpu_us_per_record"], 3
         ),
     }
+
+
+def _run_sink(
+    kafka: str, work: Path, rate: float, records: int, partitions: int, linger_ms: int
+) -> dict[str, Any]:
+    """``sealtrail sink --linger-ms linger_ms`` on fresh topics and a fresh store, measured."""
+    work.mkdir(parents=True)
+    settings = fresh_settings(
+        kafka, partitions, clickhouse=f"chdb://{work / 'store'}", clickhouse_database="paced"
+    )
+    values = chained_values(records, partitions, settings.topics.raw)
+    log = work / "sink.log"
+    metrics_port = free_port()
+    sink = spawn(
+        [
+            *(sys.executable, "-m", "sealtrail.cli", "sink"),
+            *("--metrics-listen", f"127.0.0.1:{metrics_port}"),
+            *("--linger-ms", str(linger_ms)),
+        ],
+        log,
+        env=child_env(settings),
+    )
+    try:
+        # Assigned: the store is open and migrated, the consumer in its group.
+        def assigned() -> bool:
+            return "assigned" in log.read_text(errors="replace")
+
+        wait_until("the sink", assigned, {"sink": sink}, work)
+        measured = _measure("the sink", settings, settings.groups.sink, sink, values, rate, work)
+        measured["linger_ms"] = linger_ms
+        measured["inserts"] = _inserts(metrics_port)
+    finally:
+        sink.terminate()
+        sink.wait(60)
+    return measured
 
 
 def _metrics(port: int) -> str:
@@ -253,11 +340,24 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=7000.0, help="records/s offered")
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument(
+        "--linger-ms",
+        default=str(DEFAULT_LINGER_MS),
+        help="comma-separated sealtrail sink --linger-ms values, one sink run each",
+    )
     args = parser.parse_args()
     for name in ("rate", "records", "partitions"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name} must be above 0, not {getattr(args, name)}")
-    print(json.dumps(run(args.rate, args.records, args.partitions), indent=2))
+    try:
+        lingers = tuple(int(v) for v in args.linger_ms.split(","))
+    except ValueError:
+        parser.error(
+            f"--linger-ms must be whole milliseconds separated by commas, not {args.linger_ms!r}"
+        )
+    if any(v < 0 for v in lingers):
+        parser.error(f"--linger-ms must be 0 or more, not {args.linger_ms}")
+    print(json.dumps(run(args.rate, args.records, args.partitions, lingers=lingers), indent=2))
 
 
 if __name__ == "__main__":

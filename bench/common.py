@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -297,3 +298,12 @@ def wait_until(what: str, ready: Callable[[], bool], processes: dict[str, Any], 
             why = f"{', '.join(dead)} exited" if dead else f"not within {START_TIMEOUT:.0f} s"
             raise RuntimeError(f"{what}: {why}; logs end:\n{tails}")
         time.sleep(0.1)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (1-99) of ``values``; None for none."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]

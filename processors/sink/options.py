@@ -11,6 +11,8 @@ from sealtrail.infra.errors import ConfigError
 class SinkOptions:
     batch_rows: int = 10000
     batch_ms: int = 1000
+    # Embedded store: how long rows wait for company once no insert runs (at most batch_ms).
+    linger_ms: int = 50
     once: bool = False
     group: str = ""  # default: Settings.groups.sink (<topic prefix>sealtrail-sink)
     # Embedded ClickHouse only: the engine decodes the payloads (processors/sink_avro.py).
@@ -25,6 +27,8 @@ class SinkOptions:
             raise ConfigError(f"--batch-rows must be at least 1, not {self.batch_rows}")
         if self.batch_ms < 1:
             raise ConfigError(f"--batch-ms must be at least 1, not {self.batch_ms}")
+        if self.linger_ms < 0:
+            raise ConfigError(f"--linger-ms must be 0 or more, not {self.linger_ms}")
 
 
 @dataclass(slots=True)

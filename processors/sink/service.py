@@ -83,8 +83,6 @@ _COORDINATOR_ERRORS = {
 }
 
 
-# With the fast path's worker idle, buffered rows wait this long for company (not --batch-ms).
-EARLY_FLUSH_S = 0.05
 # While an insert is in flight and rows wait, poll this often to start the next one promptly.
 INFLIGHT_POLL_S = 0.02
 
@@ -459,11 +457,13 @@ class Sink:
 
     def _wait_s(self) -> float:
         """How long buffered rows wait now. With the fast path's insert worker idle, only
-        ``EARLY_FLUSH_S``: a batch goes as soon as the previous insert is done, so batches are
+        ``--linger-ms``: a batch goes soon after the previous insert is done, so batches are
         small (fresh rows) under light load and grow up to ``--batch-ms`` / ``--batch-rows``
-        while inserts keep the worker busy (fewer, larger inserts when it counts)."""
+        while inserts keep the worker busy (fewer, larger inserts when it counts). A longer
+        linger trades fresh rows for fewer inserts: ClickHouse pays much of an insert, and of
+        the merges of the parts it makes, per insert, not per row."""
         if self._fast and not self.fast.busy:
-            return min(EARLY_FLUSH_S, self.options.batch_ms / 1000.0)
+            return min(self.options.linger_ms, self.options.batch_ms) / 1000.0
         return self.options.batch_ms / 1000.0
 
     def _flush_due(self) -> None:

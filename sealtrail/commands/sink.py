@@ -181,6 +181,15 @@ def sink(
             "goes as soon as the previous insert is done."
         ),
     ] = 1000,
+    linger_ms: Annotated[
+        int,
+        typer.Option(
+            envvar=config.ENV_SINK_LINGER_MS,
+            help="Embedded store: how long rows wait for company once no insert runs (ms, at "
+            "most --batch-ms). Longer: fewer, larger inserts (less CPU and merging per row), "
+            "rows queryable later (docs/DEPLOY.md).",
+        ),
+    ] = 50,
     group: Annotated[
         str,
         typer.Option(help="Kafka consumer group.", show_default="<topic prefix>sealtrail-sink"),
@@ -197,6 +206,7 @@ def sink(
     options = SinkOptions(
         batch_rows=batch_rows,
         batch_ms=batch_ms,
+        linger_ms=linger_ms,
         once=once,
         group=group,
         metrics_listen=parse_metrics_listen(metrics_listen, metrics_allow_remote),

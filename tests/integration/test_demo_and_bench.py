@@ -92,6 +92,12 @@ def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
     assert sink["cpu_us_per_record_by_thread"]["loop"] > 0, sink
     assert "insert worker" in sink["cpu_us_per_record_by_thread"], sink  # named in the kernel
     assert paced["extra"]["raw_consumer"]["cpu_us_per_record"] > 0, paced
+    # Once per --linger-ms, each with its latency from transaction commit to stored.
+    lingers = paced["extra"]["sink_by_linger_ms"]
+    assert set(lingers) == {"50", "400"}, lingers
+    for linger, run in lingers.items():
+        assert run["linger_ms"] == int(linger) and run["inserts"]["fast"] >= 1, run
+        assert 0 < run["stored_p50_ms"] <= run["stored_p99_ms"], run
     # The paced run (latency at a load the pipeline carries) and memory as the stream grows.
     paced = e2e["paced"]
     assert paced["complete"] and paced["queryable_p99_ms"] is not None, paced
