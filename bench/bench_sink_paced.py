@@ -23,6 +23,7 @@ parts those inserts make show here.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import subprocess
@@ -159,14 +160,15 @@ class Watcher(threading.Thread):
         per transaction; ``lengths``: records per partition)."""
         out: list[float] = []
         for partition, moves in self.moves.items():
+            offsets = [offset for _t, offset in moves]  # increasing
             for k, at in enumerate(committed_at):
                 in_tx = min(per_tx, lengths[partition] - k * per_tx)
                 if in_tx <= 0:
                     continue
                 need = k * (per_tx + 1) + in_tx  # the last record's offset + 1
-                stored = next((t for t, offset in moves if offset >= need), None)
-                if stored is not None:
-                    out.append(max(0.0, stored - at) * 1000)
+                first = bisect.bisect_left(offsets, need)
+                if first < len(moves):
+                    out.append(max(0.0, moves[first][0] - at) * 1000)
         return out
 
 
