@@ -73,7 +73,7 @@ def _chainer(n: int, kafka: str) -> list[Result]:
 
 # Records/s the caught-up sink is offered (normal, tiny): a load the pipeline carries here.
 SINK_PACE = (7_000, 3_000)
-SINK_LINGERS_MS = (50, 400)  # sealtrail sink's default --linger-ms, then a longer one
+SINK_LINGERS_MS = (250, 50, 400)  # sealtrail sink's default --linger-ms, a shorter, a longer
 
 
 def _sink_paced(n: int, rate: float, kafka: str) -> list[Result]:

@@ -12,7 +12,7 @@ alive at the end. Latency: a watcher thread reads the group's committed offsets 
 ``WATCH_S`` and times each transaction from its commit to the offset that covers it (the sink
 commits once the rows are stored, so this is "written -> queryable" plus up to ``WATCH_S``).
 
-``--linger-ms 50,400`` runs the sink once per value (``sealtrail sink --linger-ms``, fresh
+``--linger-ms 250,50,400`` runs the sink once per value (``sealtrail sink --linger-ms``, fresh
 topics and store each time): the trade of CPU per record for latency that option makes.
 
 A fleet's sink runs like this most of the time: caught up, inserting what arrives. Unlike
@@ -55,7 +55,7 @@ from sealtrail.supervisor import child_env
 
 TRANSACTIONS_PER_S = 50  # the chainer commits about this often under load
 WATCH_S = 0.02  # how often the latency watcher reads the committed offsets
-DEFAULT_LINGER_MS = 50  # sealtrail sink's default --linger-ms
+DEFAULT_LINGER_MS = 250  # sealtrail sink's default --linger-ms
 _TICK = os.sysconf("SC_CLK_TCK")
 
 # Linux thread name prefix -> what it does. chdb names its pools and the sink its insert worker

@@ -12,7 +12,7 @@ class SinkOptions:
     batch_rows: int = 10000
     batch_ms: int = 1000
     # Embedded store: how long rows wait for company once no insert runs (at most batch_ms).
-    linger_ms: int = 50
+    linger_ms: int = 250
     once: bool = False
     group: str = ""  # default: Settings.groups.sink (<topic prefix>sealtrail-sink)
     # Embedded ClickHouse only: the engine decodes the payloads (processors/sink_avro.py).

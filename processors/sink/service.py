@@ -83,7 +83,7 @@ _COORDINATOR_ERRORS = {
 }
 
 
-# While an insert is in flight and rows wait, poll this often to start the next one promptly.
+# While an insert is in flight, poll this often to commit it and start the next one promptly.
 INFLIGHT_POLL_S = 0.02
 
 
@@ -390,18 +390,23 @@ class Sink:
     # -- reading --------------------------------------------------------------------------------
 
     def _poll(self, consumer: Consumer) -> None:
-        # Wait for records no longer than until the oldest buffered row is due.
-        timeout = min(0.2, self.options.batch_ms / 1000.0)
+        # consume() returns early only with a full batch: otherwise it waits out its timeout,
+        # whatever arrived meanwhile. So the timeout is how late the loop sees what happened:
+        # an insert in flight is looked at every INFLIGHT_POLL_S (stored rows are committed and
+        # the next batch goes promptly), buffered rows once they are due, and with nothing
+        # buffered new rows after at most --linger-ms (they are then due at once).
+        started = time.monotonic()
+        timeout = min(0.2, self.options.batch_ms / 1000.0, self._wait_s())
+        if self._fast and self.fast.busy:
+            timeout = min(timeout, INFLIGHT_POLL_S)
         pending = [b.since for b in self._buffers.values() if b.messages]
         if pending:
-            if self._fast and self.fast.busy:
-                timeout = min(timeout, INFLIGHT_POLL_S)  # flush soon after the insert ends
-            due = min(pending) + self._wait_s() - time.monotonic()
-            timeout = max(0.005, min(timeout, due))
+            timeout = min(timeout, min(pending) + self._wait_s() - started)
         messages = consumer.consume(
-            num_messages=min(self.options.batch_rows, 5000), timeout=timeout
+            num_messages=min(self.options.batch_rows, 5000), timeout=max(0.005, timeout)
         )
-        now = time.monotonic()
+        # Rows count as waiting from when this call began: they may have arrived any time in it.
+        now = started
         self.stats.consumed += len(messages)
         if not messages:
             self._settle_positions(consumer)

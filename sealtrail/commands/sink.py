@@ -178,7 +178,7 @@ def sink(
         int,
         typer.Option(
             help="Longest a row waits before its insert (ms); with the embedded store a batch "
-            "goes as soon as the previous insert is done."
+            "goes once the previous insert is done and --linger-ms has passed."
         ),
     ] = 1000,
     linger_ms: Annotated[
@@ -189,7 +189,7 @@ def sink(
             "most --batch-ms). Longer: fewer, larger inserts (less CPU and merging per row), "
             "rows queryable later (docs/DEPLOY.md).",
         ),
-    ] = 50,
+    ] = 250,
     group: Annotated[
         str,
         typer.Option(help="Kafka consumer group.", show_default="<topic prefix>sealtrail-sink"),

@@ -25,7 +25,7 @@ def test_linger_is_how_long_rows_wait_with_no_insert_running(tmp_path: Path) -> 
         return Sink(settings, SinkOptions(**options))._wait_s()  # nothing is opened yet
 
     embedded = f"chdb://{tmp_path / 'store'}"
-    assert wait_s(embedded) == 0.05  # the default: rows go soon after the last insert
+    assert wait_s(embedded) == 0.25  # the default
     assert wait_s(embedded, linger_ms=400) == 0.4
     assert wait_s(embedded, linger_ms=0) == 0.0
     assert wait_s(embedded, linger_ms=5000, batch_ms=1000) == 1.0  # never past --batch-ms
@@ -50,3 +50,43 @@ def test_the_sink_command_refuses_a_negative_linger_in_one_sentence(
         assert "--linger-ms must be 0 or more, not -5" in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "clickhouse").exists()  # refused before opening anything
+
+
+class RecordingConsumer:
+    """Stands in for the Kafka consumer of one poll: records the timeout, returns nothing."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[object]:
+        self.timeouts.append(timeout)
+        return []
+
+
+def test_a_poll_waits_no_longer_than_the_linger_or_the_oldest_buffered_row(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from processors.sink import Sink
+    from processors.sink.service import _Buffer
+    from sealtrail.infra.config import Settings
+
+    def sink(dsn: str) -> Sink:
+        settings = Settings(kafka="127.0.0.1:1", clickhouse=dsn)
+        return Sink(settings, SinkOptions(linger_ms=120, batch_ms=1000))
+
+    # consume() waits out its whole timeout unless a full batch arrives: with nothing
+    # buffered, new rows are seen after at most the linger (not a fixed 200 ms).
+    embedded = sink(f"chdb://{tmp_path / 'store'}")
+    consumer = RecordingConsumer()
+    embedded._poll(consumer)  # type: ignore[arg-type]
+    assert consumer.timeouts == [0.12]
+    # Buffered rows: no longer than until the oldest is due.
+    embedded._buffers[("chain", 0)] = _Buffer(messages=[object()], since=time.monotonic() - 0.1)  # type: ignore[list-item]
+    embedded._poll(consumer)  # type: ignore[arg-type]
+    assert 0.005 <= consumer.timeouts[-1] <= 0.02
+    # A server has no insert worker: rows wait --batch-ms, looked at every 200 ms.
+    server = sink("http://127.0.0.1:1")
+    server._poll(consumer)  # type: ignore[arg-type]
+    assert consumer.timeouts[-1] == 0.2
