@@ -5,7 +5,7 @@ table (stage, rate, baseline rate, ratio, p50/p99, CPU-us per event, peak RSS) a
 bench/results/all.json. End to end runs beside a raw pipeline (producer -> topic -> consumer ->
 chdb) on the same broker and prints CPU-us per event of every process (bench/bench_e2e.py).
 
-python -m bench [--tiny] [--only producers,chainer,sink,sink-paced,verify,e2e,memory]
+python -m bench [--tiny] [--keep] [--only producers,chainer,sink,sink-paced,verify,e2e,memory]
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -149,7 +151,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks it runs (CI)")
     parser.add_argument("--only", default="producers,chainer,sink,sink-paced,verify,e2e,memory")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run's stores, brokers' data and logs"
+    )
     args = parser.parse_args(argv)
+    # Every stage's stores, brokers' data and logs (gigabytes at full size) go in one directory
+    # of this run, children's included, removed once the run succeeds.
+    run_dir = tempfile.mkdtemp(prefix="sealtrail-bench-run-")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = run_dir
+    try:
+        code = _run(args)
+    except BaseException:
+        print(f"bench: the run's stores and logs are kept in {run_dir}", file=sys.stderr)
+        raise
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+    if args.keep:
+        print(f"the run's stores and logs are in {run_dir}")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     size = {stage: counts[1 if args.tiny else 0] for stage, counts in SIZES.items()}
     results: list[Result] = []

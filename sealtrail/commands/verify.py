@@ -136,13 +136,18 @@ def run_verify(
     from processors.verifier.run import run_verify as verify_deployment
 
     client = _clickhouse_client(settings, clickhouse)
-    return verify_deployment(
-        settings,
-        ring,
-        client,
-        VerifyOptions(**options),
-        lambda total, what="records": _Progress(total, progress, what),
-    )
+    try:
+        return verify_deployment(
+            settings,
+            ring,
+            client,
+            VerifyOptions(**options),
+            lambda total, what="records": _Progress(total, progress, what),
+        )
+    finally:
+        if client is not None:
+            # Removes the check session's scratch directory (a cron run left one per run).
+            client.close()
 
 
 def _print_report(report: Report) -> None:

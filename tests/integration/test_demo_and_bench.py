@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tests.conftest import free_port_base
@@ -48,7 +49,9 @@ def test_quick_demo_shows_green_then_red(tmp_path: Path) -> None:
 
 
 def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
-    env = dict(os.environ, SEALTRAIL_KAFKA=kafka_bootstrap)
+    # A short temp dir of its own (a Unix socket path under it must fit in 107 bytes).
+    tmp = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))
+    env = dict(os.environ, SEALTRAIL_KAFKA=kafka_bootstrap, TMPDIR=str(tmp))
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--tiny"],
         env=env,
@@ -59,6 +62,9 @@ def test_tiny_benchmark_runs_every_stage(kafka_bootstrap: str) -> None:
         check=False,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    # Its stores, brokers' data and logs went into one directory, removed at the end.
+    assert not list(tmp.iterdir()), list(tmp.iterdir())
+    tmp.rmdir()
     report = json.loads((ROOT / "bench" / "results" / "all-tiny.json").read_text())
     stages = {r["stage"] for r in report["results"]}
     for expected in (

@@ -346,17 +346,32 @@ def test_clickhouse_tampering(sunk: Case, sql: str, seq: int) -> None:
     assert seq in {f["seq"] for f in doc["findings"] if f["kind"] == "clickhouse_mismatch"}
 
 
-def test_the_cli_has_clickhouse_decode_the_payloads(case: Case) -> None:
+def test_the_cli_has_clickhouse_decode_the_payloads(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`sealtrail verify` on an embedded store it opens compares the decoded columns in
-    ClickHouse (its scratch session), not in Python: the evidence is ClickHouse's rendering."""
+    ClickHouse (its scratch session), not in Python: the evidence is ClickHouse's rendering.
+    The session's scratch directory is gone after the run (a cron run left one per run)."""
     from processors.sink import Sink, SinkOptions
+    from sealtrail.infra.scratch_session import ScratchSession
 
+    directories: list[Path] = []
+    real_open = ScratchSession.open
+
+    def recording_open(dsn: str) -> ScratchSession:
+        session = real_open(dsn)
+        directories.append(session.directory)
+        return session
+
+    monkeypatch.setattr(ScratchSession, "open", staticmethod(recording_open))
     Sink(case.settings, SinkOptions(once=True)).run()
     _ch(case, "ALTER TABLE {db}.events UPDATE verb = 'get' WHERE seq = 3")
     doc = expect(case, "clickhouse_mismatch")
     found = [f for f in doc["findings"] if f["seq"] == 3]
     assert found and "decoded column verb" in found[0]["message"]
     assert found[0]["found"] == "('get')", found[0]  # a ClickHouse tuple (Python would say get)
+    assert len(directories) == 1, directories
+    assert not directories[0].exists()
 
 
 def test_progress_counts_records_then_clickhouse_rows(case: Case) -> None:
