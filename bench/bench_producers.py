@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def run(events: int = 40_000, bootstrap: str | None = None) -> dict[str, Any]:
     ]
     with bench_broker(bootstrap=bootstrap) as servers:
         settings = fresh_settings(servers)
-        home = Path(f"/tmp/sealtrail-bench-{time.time_ns()}")
+        home = Path(tempfile.mkdtemp(prefix="sealtrail-bench-webhook-"))  # the run's temp dir
         raw_k8s = _raw(fresh_settings(servers), k8s_values)
         webhook = _webhook(settings, bodies, events, home)
         sdk_settings = fresh_settings(servers)
