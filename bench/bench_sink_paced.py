@@ -156,20 +156,26 @@ class Watcher(threading.Thread):
         self, committed_at: list[float], per_tx: int, lengths: dict[int, int]
     ) -> list[float]:
         """Per transaction and partition: from its commit until the committed offset covered
-        its records (offsets: ``per_tx`` records, fewer in the last, then one commit marker
-        per transaction; ``lengths``: records per partition)."""
+        its records (:func:`tx_end`; ``lengths``: records per partition)."""
         out: list[float] = []
         for partition, moves in self.moves.items():
             offsets = [offset for _t, offset in moves]  # increasing
             for k, at in enumerate(committed_at):
-                in_tx = min(per_tx, lengths[partition] - k * per_tx)
-                if in_tx <= 0:
+                need = tx_end(k, per_tx, lengths[partition])
+                if need is None:
                     continue
-                need = k * (per_tx + 1) + in_tx  # the last record's offset + 1
                 first = bisect.bisect_left(offsets, need)
                 if first < len(moves):
                     out.append(max(0.0, moves[first][0] - at) * 1000)
         return out
+
+
+def tx_end(k: int, per_tx: int, length: int) -> int | None:
+    """The committed offset that covers transaction ``k``'s records in a partition of
+    ``length`` records written by :func:`feed` (each transaction: ``per_tx`` records, fewer in
+    the last, then one commit marker); None if it wrote none there."""
+    in_tx = min(per_tx, length - k * per_tx)
+    return k * (per_tx + 1) + in_tx if in_tx > 0 else None
 
 
 def _measure(
@@ -184,10 +190,12 @@ def _measure(
     """Feed ``values`` to the running ``process`` and return its CPU until ``group`` committed
     every record."""
     records = sum(map(len, values))
-    # The last record's offset + 1 per partition (every transaction adds one marker; the
-    # marker after the last record is not committed).
+    # The offset that covers each partition's last transaction (its marker is not committed).
     per_tx = max(1, round(rate / TRANSACTIONS_PER_S / len(values)))
-    ends = {p: len(chain) + -(-len(chain) // per_tx) - 1 for p, chain in enumerate(values)}
+    ends = {
+        p: tx_end(-(-len(chain) // per_tx) - 1, per_tx, len(chain)) or 0
+        for p, chain in enumerate(values)
+    }
     parts = [TopicPartition(settings.topics.chain, p) for p in ends]
     reader = Consumer({"bootstrap.servers": settings.kafka, "group.id": group})
     watcher = Watcher(settings, group, parts)

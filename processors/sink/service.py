@@ -396,12 +396,13 @@ class Sink:
         # the next batch goes promptly), buffered rows once they are due, and with nothing
         # buffered new rows after at most --linger-ms (they are then due at once).
         started = time.monotonic()
-        timeout = min(0.2, self.options.batch_ms / 1000.0, self._wait_s())
+        wait_s = self._wait_s()  # at most --batch-ms
+        timeout = min(0.2, wait_s)
         if self._fast and self.fast.busy:
             timeout = min(timeout, INFLIGHT_POLL_S)
         pending = [b.since for b in self._buffers.values() if b.messages]
         if pending:
-            timeout = min(timeout, min(pending) + self._wait_s() - started)
+            timeout = min(timeout, min(pending) + wait_s - started)
         messages = consumer.consume(
             num_messages=min(self.options.batch_rows, 5000), timeout=max(0.005, timeout)
         )
