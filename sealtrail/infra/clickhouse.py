@@ -22,6 +22,12 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import ClickHouseError, ConfigError
 
+# chdb loads numpy, whose OpenBLAS starts a thread per core that spins for about 0.1 s of CPU
+# in every process that opens the embedded store (the CLI's queries, each verify from cron, each
+# sink start); nothing here does linear algebra. Read when chdb is first imported (at connect);
+# a value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 _clients: dict[str, Client] = {}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
