@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from bench.common import (
     Result,
@@ -32,7 +32,7 @@ from processors.integrity.record import ChainedRecord, ChainHead, link
 from processors.sink import Sink, SinkOptions, event_columns
 from schemas.chained import record_value
 from sealtrail.infra import clickhouse
-from sealtrail.infra.kafka import producer_conf
+from sealtrail.infra.kafka import consumer_conf, producer_conf
 from sealtrail.infra.service import tune_gc
 
 
@@ -62,6 +62,27 @@ def _fill(settings: Any, rows: int, partitions: int) -> list[ChainedRecord]:
     return records
 
 
+def _warm_group(settings: Any, group: str, partitions: int) -> None:
+    """Ask the group coordinator for ``group``'s offsets once. A running cluster has it loaded;
+    a fresh bench broker creates __consumer_offsets on the first group request, which took
+    0.2-1 s here: a one-time cost of the cluster that the sink's first offset lookup paid
+    inside the clock, and the baseline (no Kafka) never does."""
+    consumer = Consumer(consumer_conf(settings, group))
+    parts = [TopicPartition(settings.topics.chain, p) for p in range(partitions)]
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                consumer.committed(parts, timeout=10)
+                return
+            except KafkaException:  # "not coordinator" while the broker loads it
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        consumer.close()
+
+
 def _settle(client: Any, db: str, limit_s: float = 60.0) -> None:
     """Wait for the background merges of ``db``'s tables to end, so that the next measurement
     does not share the cores with the previous one's merges."""
@@ -87,8 +108,10 @@ def run(
 
         sink = Sink(settings, SinkOptions(once=True, batch_rows=batch_rows))
         # Open the embedded engine and migrate before the clock starts: the baseline below
-        # inserts into an open store too, so both measure steady-state rows/s.
+        # inserts into an open store too, so both measure steady-state rows/s. Likewise the
+        # cluster's group coordinator (_warm_group).
         _ = sink.client
+        _warm_group(settings, sink.group, partitions)
         # The garbage collector as `sealtrail sink` sets it; the baselines run with
         # CPython's defaults, as a plain clickhouse-connect program does.
         thresholds = gc.get_threshold()
