@@ -13,14 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from typing import Any
 
-from bench.common import Result, bench_broker, machine, print_table, write_json
+from bench.common import (
+    KEEP_HELP,
+    Result,
+    bench_broker,
+    machine,
+    print_table,
+    run_directory,
+    write_json,
+)
 
 SIZES = {
     # stage: (normal, tiny)
@@ -151,30 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks it runs (CI)")
     parser.add_argument("--only", default="producers,chainer,sink,sink-paced,verify,e2e,memory")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the run's stores, brokers' data and logs"
-    )
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args(argv)
     # Every stage's stores, brokers' data and logs (gigabytes at full size) go in one directory
     # of this run, children's included, removed once the run succeeds.
-    run_dir = tempfile.mkdtemp(prefix="sealtrail-bench-run-")
-    saved = tempfile.tempdir, os.environ.get("TMPDIR")
-    tempfile.tempdir = os.environ["TMPDIR"] = run_dir
-    try:
+    with run_directory(args.keep):
         code = _run(args)
-    except BaseException:
-        print(f"bench: the run's stores and logs are kept in {run_dir}", file=sys.stderr)
-        raise
-    finally:
-        tempfile.tempdir = saved[0]
-        if saved[1] is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved[1]
-    if args.keep:
-        print(f"the run's stores and logs are in {run_dir}")
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
     return code
 
 

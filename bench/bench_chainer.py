@@ -26,7 +26,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.common import PeakRss, bench_broker, fresh_settings, machine, sample_payloads
+from bench.common import (
+    KEEP_HELP,
+    PeakRss,
+    bench_broker,
+    fresh_settings,
+    machine,
+    run_directory,
+    sample_payloads,
+)
 from processors.chainer import Chainer, ChainerOptions
 from processors.integrity.keys import write_keypair
 from sealtrail.infra.config import Settings
@@ -187,8 +195,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--kafka", default=None, help="bootstrap (default: a throwaway broker)")
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
-    print(json.dumps(run(args.records, args.kafka), indent=2))
+    with run_directory(args.keep):
+        print(json.dumps(run(args.records, args.kafka), indent=2))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import psutil
 
 from bench.common import (
+    KEEP_HELP,
     Metered,
     Result,
     bench_broker,
@@ -55,6 +56,7 @@ from bench.common import (
     listening_pid,
     percentile,
     print_table,
+    run_directory,
     spawn,
     wait_until,
     write_json,
@@ -712,8 +714,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=400)
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
-    result = run(args.events, args.clients, args.batch, args.partitions)
+    with run_directory(args.keep):
+        result = run(args.events, args.clients, args.batch, args.partitions)
     lines = result_lines(result)
     print_table(lines)
     print()

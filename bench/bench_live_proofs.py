@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import KEEP_HELP, run_directory
+
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = "audit.events/0"
 DEPLOYMENT = "bench.local"
@@ -320,21 +322,23 @@ def main() -> None:
     )
     parser.add_argument("--owner", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--no-serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
     if args.owner:
         n, home = int(args.owner[0]), Path(args.owner[1])
         _owner(home, n, home / "ready.json", serve=not args.no_serve)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    if args.pipeline:
-        from bench.common import bench_broker
+    with run_directory(args.keep):
+        if args.pipeline:
+            from bench.common import bench_broker
 
-        with bench_broker() as kafka:
-            results = [_measure_pipeline(n, args.proofs, kafka) for n in sizes]
-        name = "live_proofs_pipeline.json"
-    else:
-        results = [_measure(n, args.proofs) for n in sizes]
-        name = "live_proofs.json"
+            with bench_broker() as kafka:
+                results = [_measure_pipeline(n, args.proofs, kafka) for n in sizes]
+            name = "live_proofs_pipeline.json"
+        else:
+            results = [_measure(n, args.proofs) for n in sizes]
+            name = "live_proofs.json"
     for r in results:
         print(json.dumps(r))
     out = ROOT / "bench" / "results" / name

@@ -20,7 +20,15 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from bench.common import Result, bench_broker, fresh_settings, print_table, write_json
+from bench.common import (
+    KEEP_HELP,
+    Result,
+    bench_broker,
+    fresh_settings,
+    print_table,
+    run_directory,
+    write_json,
+)
 from producers.k8s import parse_line
 from producers.load import event_list, generate
 from producers.sdk import Emitter
@@ -180,8 +188,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--kafka", default=None, help="use this broker instead of a throwaway one")
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
-    out = run(args.events, args.kafka)
+    with run_directory(args.keep):
+        out = run(args.events, args.kafka)
     print(json.dumps({k: round(v["ratio"], 3) for k, v in out.items() if v["ratio"]}))
 
 

@@ -21,10 +21,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from bench.common import (
+    KEEP_HELP,
     Result,
     bench_broker,
     fresh_settings,
     print_table,
+    run_directory,
     sample_payloads,
     write_json,
 )
@@ -184,8 +186,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch-rows", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
-    result = run(args.rows, args.batch_rows, args.partitions)
+    with run_directory(args.keep):
+        result = run(args.rows, args.batch_rows, args.partitions)
     print(json.dumps(result, indent=2))
     lines = [
         Result(

@@ -38,11 +38,13 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.common import (
+    KEEP_HELP,
     Metered,
     bench_broker,
     free_port,
     fresh_settings,
     percentile,
+    run_directory,
     sample_payloads,
     spawn,
     wait_until,
@@ -355,6 +357,7 @@ def main() -> None:
         default=str(DEFAULT_LINGER_MS),
         help="comma-separated sealtrail sink --linger-ms values, one sink run each",
     )
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
     for name in ("rate", "records", "partitions"):
         if not getattr(args, name) > 0:
@@ -367,7 +370,9 @@ def main() -> None:
         )
     if any(v < 0 for v in lingers):
         parser.error(f"--linger-ms must be 0 or more, not {args.linger_ms}")
-    print(json.dumps(run(args.rate, args.records, args.partitions, lingers=lingers), indent=2))
+    with run_directory(args.keep):
+        out = run(args.rate, args.records, args.partitions, lingers=lingers)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

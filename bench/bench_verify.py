@@ -31,11 +31,13 @@ from typing import Any
 from confluent_kafka import Producer
 
 from bench.common import (
+    KEEP_HELP,
     Result,
     bench_broker,
     fresh_settings,
     max_rss_mb,
     print_table,
+    run_directory,
     sample_payloads,
     write_json,
 )
@@ -446,8 +448,10 @@ def main() -> None:
     parser.add_argument("--proof-records", type=int, default=10_000_000)
     parser.add_argument("--clickhouse-rows", type=int, default=1_000_000)
     parser.add_argument("--deployment-records", type=int, default=200_000)
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
-    out = run(args.records, args.proof_records, args.clickhouse_rows, args.deployment_records)
+    with run_directory(args.keep):
+        out = run(args.records, args.proof_records, args.clickhouse_rows, args.deployment_records)
     if out["results"]:
         print_table(
             [Result(**{k: v for k, v in r.items() if k != "ratio"}) for r in out["results"]]

@@ -6,9 +6,12 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -194,6 +197,35 @@ def free_port() -> int:
 def max_rss_mb() -> float:
     """Peak RSS of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def run_directory(keep: bool = False) -> Iterator[Path]:
+    """One temp directory for everything a bench run writes (stores, brokers' data, logs; its
+    children's too, through TMPDIR): removed once the run succeeds, kept and named if it fails
+    or ``keep``. A full run writes gigabytes; left behind, runs filled this machine's disk."""
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    run_dir = tempfile.mkdtemp(prefix="sealtrail-bench-run-")
+    tempfile.tempdir = os.environ["TMPDIR"] = run_dir
+    done = False
+    try:
+        yield Path(run_dir)
+        done = True
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        if not done:
+            print(f"bench: the run's stores and logs are kept in {run_dir}", file=sys.stderr)
+        elif keep:
+            print(f"the run's stores and logs are in {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+KEEP_HELP = "keep the run's stores, brokers' data and logs (removed once it succeeds)"
 
 
 @contextmanager

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench.bench_sink import _fill
-from bench.common import bench_broker, fresh_settings
+from bench.common import KEEP_HELP, bench_broker, fresh_settings, run_directory
 
 #: Kernel symbol patterns -> what the kernel did for the process (first match wins). chdb's
 #: own library is stripped, so its samples are reported as one line.
@@ -118,8 +118,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--frequency", type=int, default=499, help="perf samples per second")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
-    text = profile(args.rows, args.frequency)
+    with run_directory(args.keep):
+        text = profile(args.rows, args.frequency)
     print(text, end="")
     if args.out:
         args.out.write_text(text)

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from bench.bench_producers import post_event_lists, start_bench_webhook
-from bench.common import bench_broker, fresh_settings
+from bench.common import KEEP_HELP, bench_broker, fresh_settings, run_directory
 from producers.load import event_list, generate
 
 CLIENTS = 8
@@ -86,13 +86,15 @@ def main() -> None:
     parser.add_argument("--clients", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--summary", type=Path, help="summarise a py-spy raw profile")
     parser.add_argument("--thread", default="webhook")
+    parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
     if args.summary:
         print(summary(args.summary, thread=args.thread))
     elif args.clients:
         _clients(args.clients, args.events)
     else:
-        _serve(args.events)
+        with run_directory(args.keep):
+            _serve(args.events)
 
 
 if __name__ == "__main__":
