@@ -101,6 +101,15 @@ class Batch:
         if finish:
             self._finish()
 
+    def _withdraw(self, count: int = 1) -> None:
+        """``count`` counted records were not queued, and the caller may queue them again:
+        they leave the batch without failing it."""
+        with self._lock:
+            self._pending -= count
+            finish = self._sealed and self._pending == 0
+        if finish:
+            self._finish()
+
     def _fail(self, reason: str) -> None:
         with self._lock:
             if self._error is None:
@@ -201,7 +210,9 @@ class ConfirmedProducer:
                 self._stop.wait(0.1)
 
     def produce(self, batch: Batch, topic: str, key: bytes, value: bytes) -> None:
-        """Queue one record for ``batch``; raises :class:`Backpressure` if the queue is full."""
+        """Queue one record for ``batch``. Raises :class:`Backpressure` if the queue is full:
+        the record is then not part of ``batch`` (queue it again once acks drain the queue, or
+        give up on the batch)."""
         if self.fatal is not None:
             raise DeliveryFailed(
                 f"the Kafka producer stopped after a fatal error ({self.fatal}); restart it"
@@ -210,7 +221,10 @@ class ConfirmedProducer:
         try:
             self._producer.produce(topic, value=value, key=key, on_delivery=batch._delivered)
         except BufferError:
-            batch._delivered(KafkaError(KafkaError._QUEUE_FULL), None)
+            # Not queued, so not failed: callers that wait for room queue it again, and a
+            # record that was stored must not fail its batch (a load run, or a streamed body
+            # answered 503 after Kafka stored all of it, which the API server sends again).
+            batch._withdraw()
             raise Backpressure(
                 "the Kafka producer queue is full; retry once Kafka catches up"
             ) from None

@@ -457,6 +457,24 @@ def test_load_generator_sends_reproducible_events(settings: Settings) -> None:
     assert {e["original"] for e in events} == expected
 
 
+def small_queue(settings: Settings, tmp_path: Path, messages: int = 20) -> Settings:
+    """Settings whose producers queue at most ``messages`` records before Kafka acks some."""
+    conf = tmp_path / "small-queue.properties"
+    conf.write_text(f"queue.buffering.max.messages={messages}\n", encoding="utf-8")
+    conf.chmod(0o600)
+    return settings.with_(kafka_config=conf)
+
+
+def test_load_generator_waits_out_a_full_producer_queue(settings: Settings, tmp_path: Path) -> None:
+    """The queue fills many times over; each event waits for room and is stored once. (A full
+    queue used to fail the run at the end, every event stored: "did not acknowledge every
+    event (Local: Queue full)".)"""
+    stats = send_kafka(small_queue(settings, tmp_path), 600, 0, 3, seed=5, progress=lambda *_: None)
+    assert stats.sent == 600
+    originals = [e["original"] for e in raw_events(settings)]
+    assert sorted(originals) == sorted(line for _c, line in generate(600, 3, seed=5))
+
+
 def test_load_generator_sends_to_a_tls_webhook_with_its_ca(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -556,6 +574,24 @@ def test_large_events_and_bodies_are_streamed_and_every_item_chained(
         assert last["sha256"] == hashlib.sha256(broken).hexdigest()
         assert last["body_bytes"] == len(broken) and broken.startswith(last["body"])
         assert metric_value(server, "sealtrail_webhook_produced_events_total") == len(items) + 32
+    finally:
+        server.stop()
+
+
+def test_a_streamed_body_that_fills_the_producer_queue_is_stored_once_and_answered_200(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A chunked body of 300 events through a producer queue of 20: each item waits for room,
+    and the answer is 200. (It was 503 once the queue had been full, every item stored: the
+    API server would have sent all of them again.)"""
+    lines = good_lines()
+    items = [lines[i % len(lines)] for i in range(300)]
+    server = started_webhook(small_queue(settings, tmp_path), tmp_path)
+    try:
+        before = len(raw_events(settings))
+        status, answer = _chunked_post(server.port, event_list(items), TOKEN_A)
+        assert (status, json.loads(answer)) == (200, {"accepted": 300, "rejected": 0})
+        assert [e["original"] for e in raw_events(settings)[before:]] == items
     finally:
         server.stop()
 

@@ -38,3 +38,29 @@ def test_produce_many_empty_batch_is_done_at_seal() -> None:
         assert batch.error is None
     finally:
         producer.close(0)
+
+
+def test_a_record_the_full_queue_refused_leaves_its_batch_unfailed() -> None:
+    """produce() on a full queue raises Backpressure and the record is not in the batch: a
+    caller that queues it again once there is room gets the batch's true outcome."""
+    settings = Settings.from_env().with_(kafka="127.0.0.1:1")
+    producer = ConfirmedProducer(
+        settings, message_timeout_s=1.0, **{"queue.buffering.max.messages": 1}
+    )
+    try:
+        batch = Batch()
+        producer.produce(batch, "raw", b"k", b"v0")
+        with pytest.raises(Backpressure):
+            producer.produce(batch, "raw", b"k", b"v1")
+        assert batch.error is None
+        other = Batch()  # a batch whose only record never got into the queue
+        with pytest.raises(Backpressure):
+            producer.produce(other, "raw", b"k", b"v2")
+        other.seal()
+        assert other.wait(1) and other.error is None and other.acked == 0
+        batch.seal()
+        # Only v0 is pending: it times out unacknowledged, and that alone fails the batch.
+        assert batch.wait(30)
+        assert batch.error is not None and "Queue full" not in batch.error
+    finally:
+        producer.close(0)
