@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every stage's stores, brokers' data and logs (gigabytes at full size) go in one directory
     # of this run, children's included, removed once the run succeeds.
     with run_directory(args.keep):
-        code = _run(args)
-    return code
+        return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.common import (
     KEEP_HELP,
@@ -64,23 +64,17 @@ def _fill(settings: Any, rows: int, partitions: int) -> list[ChainedRecord]:
     return records
 
 
-def _warm_group(settings: Any, group: str, partitions: int) -> None:
-    """Ask the group coordinator for ``group``'s offsets once. A running cluster has it loaded;
-    a fresh bench broker creates __consumer_offsets on the first group request, which took
-    0.2-1 s here: a one-time cost of the cluster that the sink's first offset lookup paid
-    inside the clock, and the baseline (no Kafka) never does."""
-    consumer = Consumer(consumer_conf(settings, group))
-    parts = [TopicPartition(settings.topics.chain, p) for p in range(partitions)]
-    deadline = time.monotonic() + 60
+def _warm_group(settings: Any, sink: Sink, partitions: int) -> None:
+    """Ask the group coordinator for the sink's offsets once, as the sink does (retrying while
+    the broker loads it). A running cluster has it loaded; a fresh bench broker creates
+    __consumer_offsets on the first group request, which took 0.2-1 s here: a one-time cost of
+    the cluster that the sink's first offset lookup paid inside the clock, and the baseline
+    (no Kafka) never does."""
+    consumer = Consumer(consumer_conf(settings, sink.group))
     try:
-        while True:
-            try:
-                consumer.committed(parts, timeout=10)
-                return
-            except KafkaException:  # "not coordinator" while the broker loads it
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        sink._committed(
+            consumer, [TopicPartition(settings.topics.chain, p) for p in range(partitions)]
+        )
     finally:
         consumer.close()
 
@@ -113,7 +107,7 @@ def run(
         # inserts into an open store too, so both measure steady-state rows/s. Likewise the
         # cluster's group coordinator (_warm_group).
         _ = sink.client
-        _warm_group(settings, sink.group, partitions)
+        _warm_group(settings, sink, partitions)
         # The garbage collector as `sealtrail sink` sets it; the baselines run with
         # CPython's defaults, as a plain clickhouse-connect program does.
         thresholds = gc.get_threshold()

@@ -93,13 +93,8 @@ class Batch:
 
     def _dropped(self, count: int, reason: str) -> None:
         """``count`` counted records were never queued: they fail the batch."""
-        with self._lock:
-            self._pending -= count
-            if self._error is None:
-                self._error = reason
-            finish = self._sealed and self._pending == 0
-        if finish:
-            self._finish()
+        self._fail(reason)
+        self._withdraw(count)
 
     def _withdraw(self, count: int = 1) -> None:
         """``count`` counted records were not queued, and the caller may queue them again:
