@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import socket
@@ -187,11 +188,37 @@ def listening_pid(bootstrap: str) -> int | None:
     return None
 
 
+def ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (32768 if unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nobody holds now (a fixed port in the ephemeral range may be taken)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody holds now, below the kernel's ephemeral range: one the kernel
+    picked can be taken by any outgoing connection (a Kafka client's) before a child binds it
+    (seen in CI: a bench run's chainer could not serve its metrics)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, ephemeral_low())
+        if port not in _HANDED_OUT and port_free(port):
+            _HANDED_OUT.add(port)  # two calls in a row name two ports
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def max_rss_mb() -> float:

@@ -52,6 +52,10 @@ def child_env(settings: Settings) -> dict[str, str]:
 class Child:
     name: str
     args: list[str]
+    # Descriptors the child inherits at each start (its metrics socket, kept open here so a
+    # restarted child serves on the same port and nothing else can take it meanwhile).
+    pass_fds: tuple[int, ...] = ()
+    metrics_url: str | None = None  # plain HTTP on loopback, fetched for /metrics while up
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -67,20 +71,17 @@ class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        children: list[tuple[str, list[str]]],
+        children: list[Child],
         health_listen: tuple[str, int] | None,
         stop: StopFlag,
         webhook_metrics_url: str | None = None,
         webhook_ca: Path | None = None,
-        child_metrics_urls: list[str] | None = None,
     ) -> None:
         self.settings = settings
-        self.children = [Child(name, args) for name, args in children]
+        self.children = children
         self.health_listen = health_listen
         self.stop = stop
         self.webhook_metrics_url = webhook_metrics_url
-        # The chainer's and the sink's --metrics-listen, on loopback, plain HTTP.
-        self.child_metrics_urls = list(child_metrics_urls or [])
         # Our own webhook's certificate, trusted as it is (it may name a host, not 127.0.0.1).
         self._webhook_tls: ssl.SSLContext | None = None
         if webhook_ca is not None:
@@ -94,7 +95,10 @@ class Supervisor:
         command = [sys.executable, "-m", "sealtrail", *child.args]
         log.info("starting %s", child.name)
         child.process = subprocess.Popen(
-            command, env=child_env(self.settings), stdin=subprocess.DEVNULL
+            command,
+            env=child_env(self.settings),
+            stdin=subprocess.DEVNULL,
+            pass_fds=child.pass_fds,
         )
         child.started_at = time.monotonic()
 
@@ -149,13 +153,14 @@ class Supervisor:
             for c in self.children
         ]
         text = "\n".join(lines) + "\n"
+        # A child that is down or restarting is left out; sealtrail_run_child_up says so (its
+        # socket, held here, would take the connection and leave it unanswered).
         sources: list[tuple[str, ssl.SSLContext | None]] = [
-            (url, None) for url in self.child_metrics_urls
+            (c.metrics_url, None) for c in self.children if c.metrics_url and c.up
         ]
         if self.webhook_metrics_url:
             sources.insert(0, (self.webhook_metrics_url, self._webhook_tls))
         for url, tls in sources:
-            # A child that is down or restarting is left out; sealtrail_run_child_up says so.
             try:
                 with urllib.request.urlopen(url, timeout=2, context=tls) as response:  # noqa: S310
                     text += response.read().decode("utf-8", "replace")

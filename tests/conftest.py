@@ -10,13 +10,13 @@ import gc
 import os
 import random
 import signal
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.common import ephemeral_low, port_free
 from processors.integrity.checkpoint import KeyRing
 from processors.integrity.keys import load_verifiers, write_keypair
 from sealtrail.infra.config import Settings
@@ -31,34 +31,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-def _ephemeral_low() -> int:
-    """The first port the kernel hands to outgoing connections (32768 if unknown)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_base(width: int = 3, offsets: tuple[int, ...] = (0, 100)) -> int:
     """A base port P with P..P+width-1 and their controller ports (P+100...) all free
     (``offsets=(0, 100, 200)`` for the secured stack's internal listener too)."""
     rng = random.Random()
     # Below the kernel's ephemeral range: a port chosen there can be taken by any outgoing
     # connection between this check and the broker's bind (seen in CI: BindException).
-    top = _ephemeral_low() - max(offsets) - width
+    top = ephemeral_low() - max(offsets) - width
     for _ in range(200):
         base = rng.randrange(10000, top)
         ports = [base + o + i for o in offsets for i in range(width)]
-        if all(_port_free(p) for p in ports):
+        if all(port_free(p) for p in ports):
             return base
     raise RuntimeError("no free port range found")
 

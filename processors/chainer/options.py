@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sealtrail.infra.errors import ConfigError
+from sealtrail.infra.metrics_server import InheritedSocket
 
 __all__ = [
     "ENV_INSTANCE_ID",
@@ -35,8 +36,9 @@ class ChainerOptions:
     # Static group membership makes a restarted instance take its partitions back at once;
     # the session timeout is how long a stopped instance's partitions wait to move.
     session_timeout_ms: int = 10000
-    # (host, port) serving GET /metrics (--metrics-listen); None: no metrics endpoint.
-    metrics_listen: tuple[str, int] | None = None
+    # (host, port) serving GET /metrics (--metrics-listen), or the socket 'sealtrail run'
+    # handed over; None: no metrics endpoint.
+    metrics_listen: tuple[str, int] | InheritedSocket | None = None
 
     def validated(self) -> ChainerOptions:
         if self.batch_records < 1:

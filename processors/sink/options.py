@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sealtrail.infra.errors import ConfigError
+from sealtrail.infra.metrics_server import InheritedSocket
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +20,9 @@ class SinkOptions:
     avro_fast_path: bool = True
     # Embedded ClickHouse only: serve read-only queries on a socket (sealtrail/liveserver.py).
     serve_reads: bool = True
-    # (host, port) serving GET /metrics (--metrics-listen); None: no metrics endpoint.
-    metrics_listen: tuple[str, int] | None = None
+    # (host, port) serving GET /metrics (--metrics-listen), or the socket 'sealtrail run'
+    # handed over; None: no metrics endpoint.
+    metrics_listen: tuple[str, int] | InheritedSocket | None = None
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:

@@ -57,6 +57,7 @@ def chain(
     metrics_allow_remote: Annotated[
         bool, metrics_options.allow_remote_option(config.ENV_CHAIN_METRICS_ALLOW_REMOTE)
     ] = False,
+    metrics_fd: Annotated[int | None, metrics_options.fd_option()] = None,
 ) -> None:
     """Hash-chain the raw topic into the chain topic, exactly once, with signed checkpoints."""
     from processors.chainer import Chainer, ChainerOptions
@@ -70,7 +71,7 @@ def chain(
         checkpoint_seconds=checkpoint_seconds,
         instance_id=instance_id,
         export_checkpoints=export_checkpoints,
-        metrics_listen=parse_metrics_listen(metrics_listen, metrics_allow_remote),
+        metrics_listen=parse_metrics_listen(metrics_listen, metrics_allow_remote, fd=metrics_fd),
     )
     settings = settings_of(ctx)
     check_login(settings)  # a refused login is one sentence, not a silent retry loop

@@ -1,5 +1,6 @@
 """The ``--metrics-listen`` and ``--metrics-allow-remote`` options of ``sealtrail chain`` and
-``sealtrail sink`` (each with its own environment variables)."""
+``sealtrail sink`` (each with its own environment variables), and the hidden ``--metrics-fd``
+by which ``sealtrail run`` hands each its listening socket."""
 
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ def allow_remote_option(envvar: str) -> Any:
         help="Let --metrics-listen take a non-loopback address (metrics are "
         "unauthenticated: only behind a trusted network).",
     )
+
+
+def fd_option() -> Any:
+    # Hidden: only 'sealtrail run' knows which descriptor it passed (sealtrail/supervisor.py).
+    return typer.Option("--metrics-fd", hidden=True, min=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -12,9 +13,9 @@ from sealtrail.commands.context import settings_of
 from sealtrail.infra import config
 from sealtrail.infra.config import parse_listen
 from sealtrail.infra.errors import ConfigError
-from sealtrail.infra.metrics_server import free_loopback_ports
+from sealtrail.infra.metrics_server import listening_loopback_socket
 from sealtrail.infra.service import StopFlag
-from sealtrail.supervisor import Supervisor
+from sealtrail.supervisor import Child, Supervisor
 
 
 def run(
@@ -83,7 +84,7 @@ def run(
 
         raise ConfigError(TLS_FOR_TOKENS)
     webhook_host, webhook_port = parse_listen(listen, "--listen")
-    children: list[tuple[str, list[str]]] = []
+    children: list[Child] = []
     if not no_webhook:
         webhook = ["produce", "webhook", "--listen", listen]
         if tokens is not None:
@@ -96,17 +97,30 @@ def run(
             webhook += ["--insecure-no-auth"]
         if cluster:
             webhook += ["--cluster", cluster]
-        children.append(("webhook", as_role("producer", producer_kafka_config, webhook)))
-    # Chainer and sink serve their metrics on loopback ports of their own; /metrics here
-    # fetches them, so one scrape shows every stage.
-    chain_port, sink_port = free_loopback_ports(2)
-    chain_metrics, sink_metrics = f"127.0.0.1:{chain_port}", f"127.0.0.1:{sink_port}"
-    chain = ["chain", "--metrics-listen", chain_metrics]
+        children.append(Child("webhook", as_role("producer", producer_kafka_config, webhook)))
+    # Chainer and sink serve their metrics on loopback sockets bound here and handed down;
+    # /metrics here fetches them, so one scrape shows every stage.
+    chain_socket, sink_socket = listening_loopback_socket(), listening_loopback_socket()
+    chain = ["chain", "--metrics-fd", str(chain_socket.fileno())]
     if signing_key is not None:
         chain += ["--signing-key", str(signing_key)]
-    children.append(("chainer", as_role("chainer", chainer_kafka_config, chain)))
-    sink = ["sink", "--metrics-listen", sink_metrics]
-    children.append(("sink", as_role("sink", sink_kafka_config, sink)))
+    children.append(
+        Child(
+            "chainer",
+            as_role("chainer", chainer_kafka_config, chain),
+            pass_fds=(chain_socket.fileno(),),
+            metrics_url=_metrics_url(chain_socket),
+        )
+    )
+    sink = ["sink", "--metrics-fd", str(sink_socket.fileno())]
+    children.append(
+        Child(
+            "sink",
+            as_role("sink", sink_kafka_config, sink),
+            pass_fds=(sink_socket.fileno(),),
+            metrics_url=_metrics_url(sink_socket),
+        )
+    )
     scheme = "http" if tls_cert is None else "https"
     if webhook_host in ("0.0.0.0", "::"):
         webhook_host = "127.0.0.1"  # listening everywhere: ask it over loopback
@@ -119,9 +133,13 @@ def run(
         if no_webhook
         else f"{scheme}://{webhook_host}:{webhook_port}/metrics",
         webhook_ca=tls_cert,
-        child_metrics_urls=[f"http://{chain_metrics}/metrics", f"http://{sink_metrics}/metrics"],
     )
     raise typer.Exit(supervisor.run())
+
+
+def _metrics_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}/metrics"
 
 
 def register(app: typer.Typer) -> None:

@@ -200,6 +200,7 @@ def sink(
     metrics_allow_remote: Annotated[
         bool, metrics_options.allow_remote_option(config.ENV_SINK_METRICS_ALLOW_REMOTE)
     ] = False,
+    metrics_fd: Annotated[int | None, metrics_options.fd_option()] = None,
 ) -> None:
     """Load the chain and checkpoint topics into ClickHouse, exactly once (until SIGTERM)."""
     settings = settings_of(ctx)
@@ -209,7 +210,7 @@ def sink(
         linger_ms=linger_ms,
         once=once,
         group=group,
-        metrics_listen=parse_metrics_listen(metrics_listen, metrics_allow_remote),
+        metrics_listen=parse_metrics_listen(metrics_listen, metrics_allow_remote, fd=metrics_fd),
     )
     stop = StopFlag().install()
     check_login(settings)  # a refused login is one sentence, not a silent retry loop

@@ -11,7 +11,6 @@ import os
 import queue
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from sealtrail.infra.errors import KafkaUnavailable
 from sealtrail.infra.kafka_read import read_range, reader
 from sealtrail.infra.topics import partition_count
 from sealtrail.supervisor import child_env
+from tests.conftest import free_port_base
 
 LONG = os.environ.get("SEALTRAIL_FAULTS") == "long"
 RESULTS_ENV = "SEALTRAIL_FAULTS_RESULTS"
@@ -39,9 +39,7 @@ MIN_AGE_S = 8.0
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port_base(1)
 
 
 # ----------------------------------------------------------------------------- processes

@@ -836,9 +836,9 @@ def test_subprocess_debug_logs_hold_no_tokens(settings: Settings, tmp_path: Path
     import sys
 
     tokens = token_file(tmp_path, f"{TOKEN_A} cluster-a\n{TOKEN_B} cluster-b\n")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.conftest import free_port_base
+
+    port = free_port_base(1)
     env = {
         **os.environ,
         "SEALTRAIL_LOG_LEVEL": "debug",

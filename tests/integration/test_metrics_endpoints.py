@@ -16,8 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sealtrail.infra.config import Settings
-from sealtrail.infra.metrics_server import free_loopback_ports
 from sealtrail.supervisor import child_env
+from tests.conftest import free_port_base
 from tests.integration.chainer_support import (
     PARTITIONS,
     chainer_env,
@@ -140,7 +140,8 @@ def test_chainer_and_sink_metrics_move_as_records_flow(
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    chain_port, sink_port = free_loopback_ports(2)
+    chain_port = free_port_base(2)
+    sink_port = chain_port + 1
     env = chainer_env(
         settings,
         SEALTRAIL_SIGNING_KEY=str(keypair[0]),
@@ -223,7 +224,8 @@ def test_chainer_and_sink_metrics_move_as_records_flow(
 
 
 def test_run_serves_the_metrics_of_every_stage(settings: Settings, tmp_path: Path) -> None:
-    listen_port, health_port = free_loopback_ports(2)
+    listen_port = free_port_base(2)
+    health_port = listen_port + 1
     env = child_env(settings.with_(clickhouse=f"chdb://{tmp_path / 'ch'}"))
     log = (tmp_path / "run.log").open("wb")
     process = subprocess.Popen(

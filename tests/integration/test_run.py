@@ -67,7 +67,12 @@ def test_run_restarts_a_killed_child_and_drains(settings: Settings, tmp_path: Pa
         os.kill(chainer.pid, signal.SIGKILL)
         assert _wait(lambda: _get(health)[0] == 503, 10), "health did not report the dead child"
         assert _wait(lambda: _get(health)[0] == 200, 30), "the killed child was not restarted"
-        status, metrics = _get(f"http://127.0.0.1:{base + 1}/metrics")
+        # The restarted chainer serves its metrics on the socket run kept for it.
+        page = f"http://127.0.0.1:{base + 1}/metrics"
+        assert _wait(lambda: "sealtrail_chainer_records_out_total" in _get(page)[1], 60), (
+            "the restarted chainer's metrics never reached run's /metrics"
+        )
+        status, metrics = _get(page)
         assert status == 200
         assert 'sealtrail_run_child_restarts_total{child="chainer"} 1' in metrics
         assert 'sealtrail_run_child_up{child="sink"} 1' in metrics

@@ -1,4 +1,5 @@
-"""bench.common.run_directory: a bench run's files live in one temp directory of the run."""
+"""bench.common: a bench run's files live in one temp directory of the run; the ports it
+hands its children are free and outside the range outgoing connections take."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import run_directory
+from bench.common import ephemeral_low, free_port, run_directory
 
 _CHILD_WRITES = "import tempfile; print(tempfile.mkdtemp(prefix='child-'))"
 
@@ -53,3 +54,9 @@ def test_keep_keeps_a_successful_run(
         (run / "store").mkdir()
     assert (run / "store").is_dir() and str(run) in capsys.readouterr().out
     assert "TMPDIR" not in os.environ and tempfile.tempdir == str(tmp_path)
+
+
+def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(10000 <= port < ephemeral_low() for port in ports)

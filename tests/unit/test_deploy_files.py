@@ -178,12 +178,12 @@ def defined_metric_names() -> set[str]:
     from sealtrail.infra.config import Settings
     from sealtrail.infra.metrics import exposed_names
     from sealtrail.infra.service import StopFlag
-    from sealtrail.supervisor import Supervisor
+    from sealtrail.supervisor import Child, Supervisor
 
     names = exposed_names(ChainerMetrics(ChainerStats()).registry)
     names |= exposed_names(SinkMetrics(SinkStats()).registry)
     names |= exposed_names(WebhookMetrics().registry)
-    run_page = Supervisor(Settings(), [("chainer", [])], None, StopFlag()).metrics()
+    run_page = Supervisor(Settings(), [Child("chainer", [])], None, StopFlag()).metrics()
     names |= {s.name for f in text_string_to_metric_families(run_page) for s in f.samples}
     return names
 

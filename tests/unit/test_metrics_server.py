@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,8 +15,9 @@ from sealtrail.cli import app
 from sealtrail.infra.errors import ConfigError
 from sealtrail.infra.metrics_server import (
     CONTENT_TYPE,
+    InheritedSocket,
     MetricsServer,
-    free_loopback_ports,
+    listening_loopback_socket,
     metrics_listen,
 )
 
@@ -56,9 +60,35 @@ def test_a_taken_port_is_one_sentence() -> None:
         first.stop()
 
 
-def test_free_loopback_ports_are_distinct() -> None:
-    ports = free_loopback_ports(3)
-    assert len(set(ports)) == 3 and all(0 < p < 65536 for p in ports)
+def test_a_handed_over_socket_is_served_and_outlives_its_server() -> None:
+    # What 'sealtrail run' does: it keeps the listening socket, each child start serves a copy.
+    kept = listening_loopback_socket()
+    try:
+        assert kept.get_inheritable()
+        port = kept.getsockname()[1]
+        assert metrics_listen("127.0.0.1:9100", False, fd=7) == InheritedSocket(7)
+        for generation in (b"first 1\n", b"second 2\n"):
+            server = MetricsServer(InheritedSocket(os.dup(kept.fileno())), lambda g=generation: g)
+            server.start()
+            try:
+                assert server.port == port
+                url = f"http://127.0.0.1:{port}/metrics"
+                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+                    assert response.read() == generation
+            finally:
+                server.stop()
+    finally:
+        kept.close()
+
+
+def test_a_descriptor_that_is_no_listening_socket_is_one_sentence(tmp_path: Path) -> None:
+    with (tmp_path / "f").open("wb") as file:
+        with pytest.raises(ConfigError, match="is not a socket this process was given"):
+            MetricsServer(InheritedSocket(os.dup(file.fileno())), lambda: b"").start()
+    with socket.socket() as unbound:
+        with pytest.raises(ConfigError, match="is not a listening TCP socket"):
+            MetricsServer(InheritedSocket(unbound.fileno()), lambda: b"").start()
+        unbound.getsockname()  # still open: the refusal did not close what it was not given
 
 
 @pytest.mark.parametrize("command", ["chain", "sink"])
