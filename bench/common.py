@@ -262,22 +262,13 @@ def bench_broker(home: Path | None = None, bootstrap: str | None = None) -> Iter
     if bootstrap:
         yield bootstrap
         return
-    import socket
     import tempfile
 
     from sealtrail.stack import LocalKafka
 
-    def free(port: int) -> bool:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-
     # Below the kernel's ephemeral ports (32768 and up): a port there can be taken by an
     # outgoing connection before the broker binds it.
-    base = next(p for p in range(29092, 29900, 7) if free(p) and free(p + 100))
+    base = next(p for p in range(29092, 29900, 7) if port_free(p) and port_free(p + 100))
     directory = home or Path(tempfile.mkdtemp(prefix="sealtrail-bench-"))
     kafka = LocalKafka(directory)
     state = kafka.up(port=base, brokers=1)
