@@ -205,6 +205,20 @@ def port_free(port: int) -> bool:
     return True
 
 
+def port_range() -> tuple[int, int]:
+    """Where to pick loopback ports: [low, high), below the kernel's ephemeral range; under
+    pytest-xdist, this worker's slice of it (inherited by the processes a test starts), so two
+    workers never pick the same port between one's check and its bind."""
+    low, high = 10000, ephemeral_low()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1:
+        width = (high - low) // int(count)
+        low += int(worker[2:]) % int(count) * width
+        high = low + width
+    return low, high
+
+
 _HANDED_OUT: set[int] = set()
 
 
@@ -214,7 +228,7 @@ def free_port() -> int:
     (seen in CI: a bench run's chainer could not serve its metrics)."""
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(10000, ephemeral_low())
+        port = rng.randrange(*port_range())
         if port not in _HANDED_OUT and port_free(port):
             _HANDED_OUT.add(port)  # two calls in a row name two ports
             return port

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import ephemeral_low, port_free
+from bench.common import port_free, port_range
 from processors.integrity.checkpoint import KeyRing
 from processors.integrity.keys import load_verifiers, write_keypair
 from sealtrail.infra.config import Settings
@@ -36,10 +36,12 @@ def free_port_base(width: int = 3, offsets: tuple[int, ...] = (0, 100)) -> int:
     (``offsets=(0, 100, 200)`` for the secured stack's internal listener too)."""
     rng = random.Random()
     # Below the kernel's ephemeral range: a port chosen there can be taken by any outgoing
-    # connection between this check and the broker's bind (seen in CI: BindException).
-    top = ephemeral_low() - max(offsets) - width
+    # connection between this check and the broker's bind (seen in CI: BindException). And in
+    # this xdist worker's slice of it: the other worker checks and binds on its own clock.
+    low, high = port_range()
+    top = high - max(offsets) - width
     for _ in range(200):
-        base = rng.randrange(10000, top)
+        base = rng.randrange(low, top)
         ports = [base + o + i for o in offsets for i in range(width)]
         if all(port_free(p) for p in ports):
             return base

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import ephemeral_low, free_port, run_directory
+from bench.common import ephemeral_low, free_port, port_range, run_directory
 
 _CHILD_WRITES = "import tempfile; print(tempfile.mkdtemp(prefix='child-'))"
 
@@ -60,3 +60,16 @@ def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == len(ports)
     assert all(10000 <= port < ephemeral_low() for port in ports)
+
+
+def test_xdist_workers_pick_ports_from_disjoint_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    slices = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        slices.append(port_range())
+        assert all(slices[-1][0] <= free_port() < slices[-1][1] for _ in range(10))
+    (low0, high0), (low1, high1) = slices
+    assert 10000 == low0 < high0 <= low1 < high1 <= ephemeral_low()
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert port_range() == (10000, ephemeral_low())
