@@ -2,7 +2,8 @@
 
 One local broker serves every stage (started here unless SEALTRAIL_KAFKA names one). Prints one
 table (stage, rate, baseline rate, ratio, p50/p99, CPU-us per event, peak RSS) and writes
-bench/results/all.json. End to end runs beside a raw pipeline (producer -> topic -> consumer ->
+bench/results/all.json (a run of some stages: only-<stages>.json, e.g. only-e2e.json). End to
+end runs beside a raw pipeline (producer -> topic -> consumer ->
 chdb) on the same broker and prints CPU-us per event of every process (bench/bench_e2e.py).
 
 python -m bench [--tiny] [--keep] [--only producers,chainer,sink,sink-paced,verify,e2e,memory]
@@ -152,13 +153,34 @@ def _memory(n: int, kafka: str, pace: float) -> tuple[list[Result], dict[str, An
     return bench_e2e.memory_lines(out), out
 
 
+STAGES = ("producers", "chainer", "sink", "sink-paced", "verify", "e2e", "memory")
+
+
+def results_name(tiny: bool, stages: set[str]) -> str:
+    """``all`` (``all-tiny``) for a run of every stage; a run of some writes its own file
+    (``only-e2e.json``), so it does not replace the whole run's results."""
+    name = "all" if stages >= set(STAGES) else "only-" + "-".join(s for s in STAGES if s in stages)
+    return f"{name}-tiny" if tiny else name
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop our children on the way out
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks it runs (CI)")
-    parser.add_argument("--only", default="producers,chainer,sink,sink-paced,verify,e2e,memory")
+    parser.add_argument(
+        "--only",
+        default=",".join(STAGES),
+        help=f"comma-separated stages to run (default: all of {','.join(STAGES)})",
+    )
     parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args(argv)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown or not wanted:
+        parser.error(
+            f"--only: {'unknown stage ' + ', '.join(map(repr, unknown)) if unknown else 'no stage'}"
+            f"; choose from {','.join(STAGES)}"
+        )
     # Every stage's stores, brokers' data and logs (gigabytes at full size) go in one directory
     # of this run, children's included, removed once the run succeeds.
     with run_directory(args.keep):
@@ -210,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
     extra["seconds"] = round(time.monotonic() - started, 1)
     print("\n## sealtrail benchmark", json.dumps(machine()))
     print_table(results)
-    path = write_json("all-tiny" if args.tiny else "all", results, extra)
+    path = write_json(results_name(args.tiny, wanted), results, extra)
     print(f"\nwritten to {path}")
     return 0
 
