@@ -27,25 +27,32 @@ CHAIN = "audit.events/0"
 
 
 class Timed:
-    """A client whose ``query`` records (statement kind, seconds) of every call."""
+    """A client whose ``query`` records (statement kind, wall seconds, process CPU seconds) of
+    every call (chdb runs in this process, so its threads' CPU is ours)."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.calls: list[tuple[str, float]] = []
+        self.calls: list[tuple[str, float, float]] = []
 
     def query(self, sql: str, parameters: Any = None, **kw: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return self.client.query(sql, parameters=parameters, **kw)
         finally:
-            self.calls.append((_kind(sql), time.perf_counter() - t0))
+            self.calls.append((_kind(sql), time.perf_counter() - t0, time.process_time() - c0))
 
     def append(self, path: Any, sql: str, parameters: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return self.client.append(path, sql, parameters)
         finally:
-            self.calls.append(("INTO OUTFILE: " + _kind(sql), time.perf_counter() - t0))
+            self.calls.append(
+                (
+                    "INTO OUTFILE: " + _kind(sql),
+                    time.perf_counter() - t0,
+                    time.process_time() - c0,
+                )
+            )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
@@ -109,15 +116,22 @@ def main() -> None:
     )
     total = time.perf_counter() - t0
     assert result.ok and result.records_verified == args.rows, result.findings[:3]
-    by: dict[str, list[float]] = {}
-    for kind, s in timed.calls:
-        by.setdefault(kind, []).append(s)
+    by: dict[str, list[tuple[float, float]]] = {}
+    for kind, wall, cpu in timed.calls:
+        by.setdefault(kind, []).append((wall, cpu))
     path = "writable owner session" if args.writable else f"read-only ({client.via})"
     print(f"check_chain, {args.rows} rows, {path}: {total:.2f} s = {args.rows / total:,.0f} rows/s")
-    print(f"{len(timed.calls)} statements; by kind, biggest first (count, total s, share):")
-    for kind, times in sorted(by.items(), key=lambda kv: -sum(kv[1])):
-        print(f"  {len(times):4d}  {sum(times):7.2f} s  {sum(times) / total:5.1%}  {kind}")
-    print(f"  python between statements: {total - sum(s for _k, s in timed.calls):.2f} s")
+    print(
+        f"{len(timed.calls)} statements; by kind, biggest first "
+        "(count, wall s, share, process CPU s, cores busy):"
+    )
+    for kind, times in sorted(by.items(), key=lambda kv: -sum(w for w, _c in kv[1])):
+        wall, cpu = sum(w for w, _c in times), sum(c for _w, c in times)
+        print(
+            f"  {len(times):4d}  {wall:7.2f} s  {wall / total:5.1%}  {cpu:6.2f} CPU-s  "
+            f"{cpu / max(wall, 1e-9):4.2f}  {kind}"
+        )
+    print(f"  python between statements: {total - sum(w for _k, w, _c in timed.calls):.2f} s")
 
 
 if __name__ == "__main__":
