@@ -107,11 +107,14 @@ class _V6Server(ThreadingHTTPServer):
 
 def _adopt(inherited: InheritedSocket, handler: type[PlainHandler]) -> ThreadingHTTPServer:
     """An HTTP server on a socket that is already bound and listening."""
+    sock: socket.socket | None = None
     try:
         sock = socket.socket(fileno=inherited.fd)
         address = sock.getsockname()
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     except OSError as exc:
+        if sock is not None:
+            sock.detach()  # not ours to close
         raise ConfigError(
             f"file descriptor {inherited.fd} is not a socket this process was given "
             f"({exc.strerror or exc}); it is passed by 'sealtrail run' only"
