@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from confluent_kafka import Consumer, KafkaException
 
 from processors.integrity import chains
 from processors.integrity.checkpoint import KeyRing, origin_for
-from processors.integrity.errors import MalformedRecord
+from processors.integrity.errors import MalformedRecord, Truncated
 from processors.integrity.record import ChainedRecord
 from processors.verifier.core import (
     ChainResult,
@@ -32,6 +33,7 @@ __all__ = [
     "ChainJob",
     "chain_id",
     "chain_partitions",
+    "checkpoint_notes_until_now",
     "decode_record",
     "iter_records",
     "iter_values",
@@ -79,11 +81,16 @@ def decode_record(value: bytes | None) -> ChainedRecord:
 
 
 def read_partition(
-    consumer: Consumer, topic: str, partition: int, start: int | None = None
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    start: int | None = None,
+    end: int | None = None,
 ) -> Iterator[tuple[int, bytes | None, bytes | None]]:
-    """(offset, key, value) of one partition from ``start`` (default earliest) to the last stable
-    offset at call time (see :func:`sealtrail.infra.kafka_read.read_range`)."""
-    for message in read_range(consumer, topic, partition, start):
+    """(offset, key, value) of one partition from ``start`` (default earliest) to ``end``
+    (default: the last stable offset at call time; see
+    :func:`sealtrail.infra.kafka_read.read_range`)."""
+    for message in read_range(consumer, topic, partition, start, end):
         yield message.offset() or 0, message.key(), message.value()
 
 
@@ -124,19 +131,46 @@ def iter_records(
 def read_checkpoint_notes(settings: Settings, partition: int, chain: str) -> list[SourceCheckpoint]:
     """Every checkpoint note in the partition of ``chain``. The Kafka key (the chain id) is not
     signed, so it selects nothing: a note of another chain fails the origin check instead."""
+    return checkpoint_notes_until_now(settings, partition)()
+
+
+def checkpoint_notes_until_now(
+    settings: Settings, partition: int
+) -> Callable[[], list[SourceCheckpoint]]:
+    """Fix the end of checkpoint partition ``partition`` now (its last stable offset); the
+    function returned reads every note below it, once, from any thread.
+
+    Fix it before the chain partition's end: the chainer commits a checkpoint in the same
+    transaction as the records it vouches for (docs/FORMAT.md), so each note read then vouches
+    only for records the chain read will see. Fixed later, a checkpoint committed in between
+    vouches for records past the chain's end: a false "records were cut" on a live log.
+    """
     consumer = reader(settings)
-    out: list[SourceCheckpoint] = []
     try:
-        for offset, _key, value in read_partition(consumer, settings.topics.checkpoints, partition):
-            raw = value or b""
-            try:
-                note = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                # Kept invalid (not replaced by U+FFFD): open_checkpoint rejects it as not UTF-8.
-                note = raw.decode("utf-8", "surrogateescape")
-            out.append(SourceCheckpoint(note, offset, "topic"))
-    finally:
+        _low, end = watermarks(consumer, settings.topics.checkpoints, partition)
+    except BaseException:
         consumer.close()
+        raise
+
+    def read() -> list[SourceCheckpoint]:
+        try:
+            return _notes(consumer, settings.topics.checkpoints, partition, end)
+        finally:
+            consumer.close()
+
+    return read
+
+
+def _notes(consumer: Consumer, topic: str, partition: int, end: int) -> list[SourceCheckpoint]:
+    out: list[SourceCheckpoint] = []
+    for offset, _key, value in read_partition(consumer, topic, partition, end=end):
+        raw = value or b""
+        try:
+            note = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # Kept invalid (not replaced by U+FFFD): open_checkpoint rejects it as not UTF-8.
+            note = raw.decode("utf-8", "surrogateescape")
+        out.append(SourceCheckpoint(note, offset, "topic"))
     return out
 
 
@@ -171,48 +205,82 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
     ring = KeyRing.parse(job.keyring_text, "key ring")
     incremental = job.state is not None and job.state.size > 0
     start = job.state.offset if job.state is not None and incremental else None
-    # The checkpoint topic is read while the chain's first batch is fetched (each read waits
-    # mostly on the broker and on closing its consumer).
+    # The checkpoint partition's end is fixed before the chain's (checkpoint_notes_until_now
+    # says why), then read while the chain's first batch is fetched (each read waits mostly on
+    # the broker and on closing its consumer).
+    read_notes = checkpoint_notes_until_now(settings, job.partition)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        notes = pool.submit(read_checkpoint_notes, settings, job.partition, chain)
-        low, _high, batches = iter_values(settings, job.partition, start)
+        notes = pool.submit(read_notes)
+        low, high, batches = iter_values(settings, job.partition, start)
         first = next(batches, None)
         cps = notes.result()
     cps += [SourceCheckpoint(n, None, "offsite") for n in job.offsite_notes]
     if first is not None:
         batches = itertools.chain([first], batches)
-    result = verify_chain_values(
-        chain,
-        batches,
-        cps,
-        ring,
-        origin=origin_for(settings.deployment, chain),
-        state=job.state,
-        low_offset=low,
-        require_anchored=job.require_anchored,
-        probe_size=job.probe_size,
-        max_findings=job.max_findings,
-        on_record=on_record,
-        state_check=job.state_check if not incremental else None,
-    )
+
+    def replay(low: int, batches: Iterator[ValueBatch], full: bool, report: bool) -> ChainResult:
+        return verify_chain_values(
+            chain,
+            batches,
+            cps,
+            ring,
+            origin=origin_for(settings.deployment, chain),
+            state=None if full else job.state,
+            low_offset=low,
+            require_anchored=job.require_anchored,
+            probe_size=job.probe_size,
+            max_findings=job.max_findings,
+            on_record=on_record if report else None,
+            state_check=job.state if full else job.state_check if not incremental else None,
+        )
+
+    result = replay(low, batches, False, True)
+    deadline = time.monotonic() + MARKER_PATIENCE_S
+    while _cut_short(result) and time.monotonic() < deadline:
+        # A checkpoint read vouches for records past the chain's end. Its transaction is
+        # committed, but the broker writes the commit marker of each partition on its own, so
+        # the chain's may still be on its way: while a transaction is open on the chain
+        # partition, wait for its end to move and read it again (with the same checkpoints).
+        # Nothing open, or no records by the deadline: the cut is real.
+        stable, written = _ends(settings, job.partition)
+        if stable > high:
+            low, high, batches = iter_values(settings, job.partition, start)
+            result = replay(low, batches, False, False)
+        elif stable >= written:
+            break
+        else:
+            time.sleep(0.1)
     if not result.anchor_failed:
         return result
     # The remembered record is not at its offset (topic rebuilt, re-partitioned or cut): replay
     # everything and check the remembered head at its size, which names what happened.
     low, _high, batches = iter_values(settings, job.partition, None)
-    return verify_chain_values(
-        chain,
-        batches,
-        cps,
-        ring,
-        origin=origin_for(settings.deployment, chain),
-        low_offset=low,
-        require_anchored=job.require_anchored,
-        probe_size=job.probe_size,
-        max_findings=job.max_findings,
-        on_record=on_record,
-        state_check=job.state,
-    )
+    return replay(low, batches, True, True)
+
+
+MARKER_PATIENCE_S = 10.0
+"""How long a chain whose records a checkpoint vouches for but the chain read did not reach,
+and whose partition has a transaction open, is given for its end to move before the cut is
+reported (commit markers are written to each partition of a transaction separately)."""
+
+
+def _cut_short(result: ChainResult) -> bool:
+    """A checkpoint vouches for more records than the chain read held (the finding that
+    ``ChainReplay.finish`` makes of it; the remembered head missing has no size found)."""
+    return any(isinstance(f, Truncated) and f.found is not None for f in result.findings)
+
+
+def _ends(settings: Settings, partition: int) -> tuple[int, int]:
+    """(last stable offset, high watermark) of the chain partition: they differ while a
+    transaction there is open or its commit marker is not written yet."""
+    ends = []
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = reader(settings, **{"isolation.level": isolation})
+        try:
+            ends.append(watermarks(consumer, settings.topics.chain, partition)[1])
+        finally:
+            consumer.close()
+    return ends[0], ends[1]
 
 
 # How far back from a committed offset to look for the record below it: transaction markers take
