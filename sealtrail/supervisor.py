@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -52,15 +53,22 @@ def child_env(settings: Settings) -> dict[str, str]:
 class Child:
     name: str
     args: list[str]
-    # Descriptors the child inherits at each start (its metrics socket, kept open here so a
-    # restarted child serves on the same port and nothing else can take it meanwhile).
-    pass_fds: tuple[int, ...] = ()
-    metrics_url: str | None = None  # plain HTTP on loopback, fetched for /metrics while up
+    # The loopback socket the child serves its metrics on (plain HTTP, fetched for /metrics
+    # while it is up), kept open here and inherited at each start: a restarted child serves
+    # on the same port, and nothing else can take it meanwhile.
+    metrics_socket: socket.socket | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
     delays: Iterator[float] = field(default_factory=lambda: backoff(0.5, 30.0))
     next_start: float = 0.0
+
+    @property
+    def metrics_url(self) -> str | None:
+        if self.metrics_socket is None:
+            return None
+        host, port = self.metrics_socket.getsockname()[:2]
+        return f"http://{host}:{port}/metrics"
 
     @property
     def up(self) -> bool:
@@ -98,7 +106,7 @@ class Supervisor:
             command,
             env=child_env(self.settings),
             stdin=subprocess.DEVNULL,
-            pass_fds=child.pass_fds,
+            pass_fds=() if child.metrics_socket is None else (child.metrics_socket.fileno(),),
         )
         child.started_at = time.monotonic()
 
@@ -156,7 +164,7 @@ class Supervisor:
         # A child that is down or restarting is left out; sealtrail_run_child_up says so (its
         # socket, held here, would take the connection and leave it unanswered).
         sources: list[tuple[str, ssl.SSLContext | None]] = [
-            (c.metrics_url, None) for c in self.children if c.metrics_url and c.up
+            (url, None) for c in self.children if (url := c.metrics_url) and c.up
         ]
         if self.webhook_metrics_url:
             sources.insert(0, (self.webhook_metrics_url, self._webhook_tls))

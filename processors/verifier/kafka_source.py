@@ -236,20 +236,26 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
 
     result = replay(low, batches, False, True)
     deadline = time.monotonic() + MARKER_PATIENCE_S
-    while _cut_short(result) and time.monotonic() < deadline:
-        # A checkpoint read vouches for records past the chain's end. Its transaction is
-        # committed, but the broker writes the commit marker of each partition on its own, so
-        # the chain's may still be on its way: while a transaction is open on the chain
-        # partition, wait for its end to move and read it again (with the same checkpoints).
-        # Nothing open, or no records by the deadline: the cut is real.
-        stable, written = _ends(settings, job.partition)
-        if stable > high:
-            low, high, batches = iter_values(settings, job.partition, start)
-            result = replay(low, batches, False, False)
-        elif stable >= written:
-            break
-        else:
-            time.sleep(0.1)
+    ends: _ChainEnds | None = None  # opened only if needed
+    try:
+        while _cut_short(result) and time.monotonic() < deadline:
+            # A checkpoint read vouches for records past the chain's end. Its transaction is
+            # committed, but the broker writes the commit marker of each partition on its own,
+            # so the chain's may still be on its way: while a transaction is open on the chain
+            # partition, wait for its end to move and read it again (with the same
+            # checkpoints). Nothing open, or no records by the deadline: the cut is real.
+            ends = ends or _ChainEnds(settings, job.partition)
+            stable, written = ends.now()
+            if stable > high:
+                low, high, batches = iter_values(settings, job.partition, start)
+                result = replay(low, batches, False, False)
+            elif stable >= written:
+                break
+            else:
+                time.sleep(0.1)
+    finally:
+        if ends is not None:
+            ends.close()
     if not result.anchor_failed:
         return result
     # The remembered record is not at its offset (topic rebuilt, re-partitioned or cut): replay
@@ -270,17 +276,23 @@ def _cut_short(result: ChainResult) -> bool:
     return any(isinstance(f, Truncated) and f.found is not None for f in result.findings)
 
 
-def _ends(settings: Settings, partition: int) -> tuple[int, int]:
-    """(last stable offset, high watermark) of the chain partition: they differ while a
-    transaction there is open or its commit marker is not written yet."""
-    ends = []
-    for isolation in ("read_committed", "read_uncommitted"):
-        consumer = reader(settings, **{"isolation.level": isolation})
-        try:
-            ends.append(watermarks(consumer, settings.topics.chain, partition)[1])
-        finally:
-            consumer.close()
-    return ends[0], ends[1]
+class _ChainEnds:
+    """(last stable offset, high watermark) of a chain partition, asked as often as needed
+    over two consumers opened once: they differ while a transaction there is open or its
+    commit marker is not written yet."""
+
+    def __init__(self, settings: Settings, partition: int) -> None:
+        self.topic, self.partition = settings.topics.chain, partition
+        self.committed = reader(settings)
+        self.uncommitted = reader(settings, **{"isolation.level": "read_uncommitted"})
+
+    def now(self) -> tuple[int, int]:
+        stable = watermarks(self.committed, self.topic, self.partition)[1]
+        return stable, watermarks(self.uncommitted, self.topic, self.partition)[1]
+
+    def close(self) -> None:
+        self.committed.close()
+        self.uncommitted.close()
 
 
 # How far back from a committed offset to look for the record below it: transaction markers take

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -100,27 +99,11 @@ def run(
         children.append(Child("webhook", as_role("producer", producer_kafka_config, webhook)))
     # Chainer and sink serve their metrics on loopback sockets bound here and handed down;
     # /metrics here fetches them, so one scrape shows every stage.
-    chain_socket, sink_socket = listening_loopback_socket(), listening_loopback_socket()
-    chain = ["chain", "--metrics-fd", str(chain_socket.fileno())]
+    chain = ["chain"]
     if signing_key is not None:
         chain += ["--signing-key", str(signing_key)]
-    children.append(
-        Child(
-            "chainer",
-            as_role("chainer", chainer_kafka_config, chain),
-            pass_fds=(chain_socket.fileno(),),
-            metrics_url=_metrics_url(chain_socket),
-        )
-    )
-    sink = ["sink", "--metrics-fd", str(sink_socket.fileno())]
-    children.append(
-        Child(
-            "sink",
-            as_role("sink", sink_kafka_config, sink),
-            pass_fds=(sink_socket.fileno(),),
-            metrics_url=_metrics_url(sink_socket),
-        )
-    )
+    children.append(_serving_metrics("chainer", as_role("chainer", chainer_kafka_config, chain)))
+    children.append(_serving_metrics("sink", as_role("sink", sink_kafka_config, ["sink"])))
     scheme = "http" if tls_cert is None else "https"
     if webhook_host in ("0.0.0.0", "::"):
         webhook_host = "127.0.0.1"  # listening everywhere: ask it over loopback
@@ -137,9 +120,10 @@ def run(
     raise typer.Exit(supervisor.run())
 
 
-def _metrics_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://{host}:{port}/metrics"
+def _serving_metrics(name: str, args: list[str]) -> Child:
+    """A child that serves its metrics on a loopback socket bound here (--metrics-fd)."""
+    sock = listening_loopback_socket()
+    return Child(name, [*args, "--metrics-fd", str(sock.fileno())], metrics_socket=sock)
 
 
 def register(app: typer.Typer) -> None:
