@@ -32,6 +32,7 @@ from sealtrail.infra.kafka_read import read_batches, read_range, reader, waterma
 __all__ = [
     "ChainJob",
     "chain_id",
+    "chain_end_moved",
     "chain_partitions",
     "checkpoint_notes_until_now",
     "decode_record",
@@ -236,26 +237,11 @@ def run_job(job: ChainJob, on_record: Callable[[int], None] | None = None) -> Ch
 
     result = replay(low, batches, False, True)
     deadline = time.monotonic() + MARKER_PATIENCE_S
-    ends: _ChainEnds | None = None  # opened only if needed
-    try:
-        while _cut_short(result) and time.monotonic() < deadline:
-            # A checkpoint read vouches for records past the chain's end. Its transaction is
-            # committed, but the broker writes the commit marker of each partition on its own,
-            # so the chain's may still be on its way: while a transaction is open on the chain
-            # partition, wait for its end to move and read it again (with the same
-            # checkpoints). Nothing open, or no records by the deadline: the cut is real.
-            ends = ends or _ChainEnds(settings, job.partition)
-            stable, written = ends.now()
-            if stable > high:
-                low, high, batches = iter_values(settings, job.partition, start)
-                result = replay(low, batches, False, False)
-            elif stable >= written:
-                break
-            else:
-                time.sleep(0.1)
-    finally:
-        if ends is not None:
-            ends.close()
+    # A checkpoint read vouches for records past the chain's end: read the chain again (with
+    # the same checkpoints) once its end moves, as long as a transaction is open there.
+    while _cut_short(result) and chain_end_moved(settings, job.partition, high, deadline):
+        low, high, batches = iter_values(settings, job.partition, start)
+        result = replay(low, batches, False, False)
     if not result.anchor_failed:
         return result
     # The remembered record is not at its offset (topic rebuilt, re-partitioned or cut): replay
@@ -276,23 +262,31 @@ def _cut_short(result: ChainResult) -> bool:
     return any(isinstance(f, Truncated) and f.found is not None for f in result.findings)
 
 
-class _ChainEnds:
-    """(last stable offset, high watermark) of a chain partition, asked as often as needed
-    over two consumers opened once: they differ while a transaction there is open or its
-    commit marker is not written yet."""
+def chain_end_moved(settings: Settings, partition: int, end: int, deadline: float) -> bool:
+    """Wait for chain partition ``partition``'s last stable offset to pass ``end`` (where a
+    read that fell short of a checkpoint stopped); True once it has. False at once when no
+    transaction is open there (the last stable offset is the high watermark: the records are
+    not coming), and once ``deadline`` (``time.monotonic()``) has passed.
 
-    def __init__(self, settings: Settings, partition: int) -> None:
-        self.topic, self.partition = settings.topics.chain, partition
-        self.committed = reader(settings)
-        self.uncommitted = reader(settings, **{"isolation.level": "read_uncommitted"})
-
-    def now(self) -> tuple[int, int]:
-        stable = watermarks(self.committed, self.topic, self.partition)[1]
-        return stable, watermarks(self.uncommitted, self.topic, self.partition)[1]
-
-    def close(self) -> None:
-        self.committed.close()
-        self.uncommitted.close()
+    A checkpoint vouches only for records committed in its own transaction, but the broker
+    writes that transaction's commit marker to each partition on its own, so the checkpoint
+    can be readable a moment before the chain records it vouches for.
+    """
+    topic = settings.topics.chain
+    committed = reader(settings)
+    uncommitted = reader(settings, **{"isolation.level": "read_uncommitted"})
+    try:
+        while time.monotonic() < deadline:
+            stable = watermarks(committed, topic, partition)[1]
+            if stable > end:
+                return True
+            if stable >= watermarks(uncommitted, topic, partition)[1]:
+                return False
+            time.sleep(0.1)
+        return False
+    finally:
+        committed.close()
+        uncommitted.close()
 
 
 # How far back from a committed offset to look for the record below it: transaction markers take

@@ -5,16 +5,19 @@ the command parses options and writes the proof."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from processors.integrity.chains import partition_of
 from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, origin_for
-from processors.integrity.errors import IntegrityError
+from processors.integrity.errors import IntegrityError, Truncated
 from processors.integrity.record import ChainedRecord
 from processors.proofs import LeafHashes, make_consistency, make_inclusion
 from processors.verified_read import signed_checkpoints, stored_consistency, stored_inclusion
-from processors.verifier.kafka_source import iter_records, read_checkpoint_notes
+from processors.verifier import kafka_source
+from processors.verifier.core import RecordItem
+from processors.verifier.kafka_source import read_checkpoint_notes
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import ConfigError, SealtrailError
 from sealtrail.infra.reader import open_reader
@@ -94,16 +97,27 @@ def kafka_checkpoints(
 def kafka_leaves(
     settings: Settings, chain: str, size: int, keep: tuple[int, ...] = ()
 ) -> LeafHashes:
-    """The leaf hashes of ``chain``'s first ``size`` records, read from Kafka."""
-    _low, _high, items = iter_records(settings, chain_partition(settings, chain))
+    """The leaf hashes of ``chain``'s first ``size`` records, read from Kafka.
 
-    def recs() -> Iterator[ChainedRecord]:
-        for _offset, fields in items:
-            if not isinstance(fields, tuple):
-                raise fields  # a record that is not one: the proof cannot be built
-            yield ChainedRecord(*fields)
+    The checkpoints were read first; a chain that ends short of one while a transaction is open
+    on its partition is read again once its end moves (its commit marker may lag the
+    checkpoint's, see :func:`~processors.verifier.kafka_source.chain_end_moved`)."""
+    partition = chain_partition(settings, chain)
+    deadline = time.monotonic() + kafka_source.MARKER_PATIENCE_S
+    while True:
+        _low, high, items = kafka_source.iter_records(settings, partition)
+        try:
+            return LeafHashes.from_records(chain, _records(items), size, keep)
+        except Truncated:
+            if not kafka_source.chain_end_moved(settings, partition, high, deadline):
+                raise
 
-    return LeafHashes.from_records(chain, recs(), size, keep)
+
+def _records(items: Iterator[RecordItem]) -> Iterator[ChainedRecord]:
+    for _offset, fields in items:
+        if not isinstance(fields, tuple):
+            raise fields  # a record that is not one: the proof cannot be built
+        yield ChainedRecord(*fields)
 
 
 def _proof_from_store(

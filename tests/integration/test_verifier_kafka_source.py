@@ -20,14 +20,7 @@ from processors.verifier.kafka_source import ChainJob, chain_id, keyring_text, r
 from sealtrail.cli import app
 from sealtrail.infra.config import Settings
 from sealtrail.infra.kafka import producer_conf
-from sealtrail.infra.kafka_read import read_range, reader
-from tests.integration.chainer_support import (
-    chain_records,
-    mixed_payloads,
-    produce_raw,
-    run_chainer,
-    wait_until,
-)
+from tests.integration.verifier_kafka_support import chain_two_rounds, lagging_chain, second_round
 
 pytestmark = pytest.mark.integration
 
@@ -80,24 +73,6 @@ def test_notes_are_read_whatever_their_key_and_never_repaired(
     assert offsite.read_notes(tmp_path, chain) == [mine, other]
 
 
-def _chain_two_rounds(settings: Settings, key: Path, between: object = None) -> None:
-    """Partition 0's chain: 10 records and a checkpoint at 10, then 10 more and one at 20."""
-    produce_raw(settings, mixed_payloads(0, 30))
-    run_chainer(settings, signing_key=key)
-    # run_chainer returns once its commit is acknowledged; the broker writes the partitions'
-    # commit markers right after, and read_committed readers see the records from then on.
-    wait_until(lambda: len(read_checkpoint_notes(settings, 0, chain_id(settings, 0))) == 1,
-               30, "the first checkpoint")  # fmt: skip
-    if callable(between):
-        between()
-
-
-def _second_round(settings: Settings, key: Path) -> None:
-    produce_raw(settings, mixed_payloads(30, 30))
-    run_chainer(settings, signing_key=key)
-    wait_until(lambda: len(chain_records(settings, 0)) == 20, 30, "the second round's records")
-
-
 def _job(settings: Settings, keyring: KeyRing) -> ChainJob:
     return ChainJob(settings, 0, keyring_text(keyring), None)
 
@@ -113,49 +88,18 @@ def test_a_checkpoint_committed_while_the_verifier_starts_is_no_cut(
     between gave it a checkpoint for records it did not read: "records were cut from its end"
     on a healthy live log (seen in CI, test_live_pipeline). Here that transaction commits right
     after the checkpoints' end is fixed: its records are read, its checkpoint is not."""
-    _chain_two_rounds(settings, keypair[0])
+    chain_two_rounds(settings, keypair[0])
     real = kafka_source.checkpoint_notes_until_now
 
     def then_the_chainer_commits(*args: object) -> object:
         read = real(*args)  # type: ignore[arg-type]
-        _second_round(settings, keypair[0])
+        second_round(settings, keypair[0])
         return read
 
     monkeypatch.setattr(kafka_source, "checkpoint_notes_until_now", then_the_chainer_commits)
     result = kafka_source.run_job(_job(settings, keyring))
     assert result.findings == [], [str(f) for f in result.findings]
     assert (result.size, result.newest_checkpoint, result.anchored) == (20, 10, True)
-
-
-def _chain_offsets(settings: Settings) -> list[int]:
-    consumer = reader(settings)
-    try:
-        return [m.offset() or 0 for m in read_range(consumer, settings.topics.chain, 0)]
-    finally:
-        consumer.close()
-
-
-def _lagging_chain(settings: Settings, calls: list[int], lagging: int) -> object:
-    """iter_values whose first ``lagging`` calls end after the first 10 records, as a chain
-    partition whose commit marker is not written yet does."""
-    real = kafka_source.iter_values
-
-    def iter_values(settings_: Settings, partition: int, start: int | None = None) -> object:
-        calls.append(partition)
-        low, high, batches = real(settings_, partition, start)
-        if len(calls) > lagging:
-            return low, high, batches
-        end = _chain_offsets(settings)[9] + 1
-
-        def cut() -> object:
-            for offs, values in batches:
-                kept = [(o, v) for o, v in zip(offs, values, strict=True) if o < end]
-                if kept:
-                    yield [o for o, _v in kept], [v for _o, v in kept]
-
-        return low, end, cut()
-
-    return iter_values
 
 
 def test_a_chain_partition_behind_its_checkpoint_is_read_again_once_it_moves(
@@ -167,9 +111,9 @@ def test_a_chain_partition_behind_its_checkpoint_is_read_again_once_it_moves(
     """The broker writes a transaction's commit markers partition by partition: for a moment
     the checkpoint can be readable and the chain records it vouches for not yet. The verifier
     reads the chain again once its end has moved, and finds nothing."""
-    _chain_two_rounds(settings, keypair[0], lambda: _second_round(settings, keypair[0]))
+    chain_two_rounds(settings, keypair[0], lambda: second_round(settings, keypair[0]))
     calls: list[int] = []
-    monkeypatch.setattr(kafka_source, "iter_values", _lagging_chain(settings, calls, 1))
+    monkeypatch.setattr(kafka_source, "iter_values", lagging_chain(settings, calls, 1))
     result = kafka_source.run_job(_job(settings, keyring))
     assert result.findings == [], [str(f) for f in result.findings]
     assert (result.size, result.newest_checkpoint, result.anchored) == (20, 20, True)
@@ -182,9 +126,9 @@ def test_a_cut_that_stays_is_reported(
     keyring: KeyRing,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _chain_two_rounds(settings, keypair[0], lambda: _second_round(settings, keypair[0]))
+    chain_two_rounds(settings, keypair[0], lambda: second_round(settings, keypair[0]))
     calls: list[int] = []
-    monkeypatch.setattr(kafka_source, "iter_values", _lagging_chain(settings, calls, 10**6))
+    monkeypatch.setattr(kafka_source, "iter_values", lagging_chain(settings, calls, 10**6))
     monkeypatch.setattr(kafka_source, "MARKER_PATIENCE_S", 1.0)
     result = kafka_source.run_job(_job(settings, keyring))
     [cut] = result.findings
