@@ -55,6 +55,8 @@ __all__ = [
     "FILES_PER_PAGE",
     "ChainCounts",
     "DecodedProblem",
+    "OddRows",
+    "RowChecks",
     "RowProblem",
     "Remembered",
     "TableParts",
@@ -145,6 +147,25 @@ class RowProblem:
     computed: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class OddRows:
+    """Rows whose payload ClickHouse does not decode for the check (not ``SQL_DECODABLE``):
+    how many, and the lowest and highest seq among them (0 when there are none)."""
+
+    count: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class RowChecks:
+    """What :func:`row_problems` found: the rows flagged, first ``limit`` by seq, and the rows
+    left to Python's decoding."""
+
+    problems: list[RowProblem]
+    odd: OddRows
+
+
 def row_problems(
     client: Any,
     database: str,
@@ -154,9 +175,10 @@ def row_problems(
     limit: int,
     where: str = "1",
     link_from_zero: bool = True,
-) -> list[RowProblem]:
+) -> RowChecks:
     """Rows of ``chain`` with seq < ``below`` whose hash does not recompute, whose seq is not
-    the previous row's plus one, or whose prev_hash is not the previous row's hash.
+    the previous row's plus one, or whose prev_hash is not the previous row's hash; and, from
+    the same read of the payloads, the rows whose decoded columns ClickHouse cannot check.
 
     ``where`` narrows the rows checked (incremental runs pass the changed parts and their
     neighbours); with ``link_from_zero`` the first row checked must be seq 0 linking to zeros.
@@ -184,14 +206,18 @@ WHERE (rn = 1 AND NOT {first_ok})
 ORDER BY seq
 LIMIT {int(limit)}
 """
-    # Compared as bytes (FixedString(32) both); hex only for the rows that differ.
+    # One pass over the payloads: the rows whose hash does not recompute (compared as bytes,
+    # FixedString(32) both; hex only for those), and which rows ClickHouse cannot decode for
+    # the decoded-columns check (Python decodes them; see check_chain).
     hashes = f"""
-SELECT seq, hex(prev_hash), hex(hash), hex(computed) FROM {db}.events
-WHERE chain = {{chain:String}} AND seq < {{below:UInt64}} AND ({where})
-  AND (({record_hash_sql()}) AS computed) != hash
-ORDER BY seq
-LIMIT 1 BY seq
-LIMIT {int(limit)}
+SELECT groupArraySortedIf({2 * int(limit)})(
+         (seq, hex(prev_hash), hex(hash), hex(computed)), computed != hash),
+       countIf(NOT decodable), minIf(seq, NOT decodable), maxIf(seq, NOT decodable)
+FROM (
+  SELECT seq, prev_hash, hash, ({record_hash_sql()}) AS computed, {SQL_DECODABLE} AS decodable
+  FROM {db}.events
+  WHERE chain = {{chain:String}} AND seq < {{below:UInt64}} AND ({where})
+)
 """
     params = {"chain": chain, "below": below}
     out: dict[int, RowProblem] = {}
@@ -210,8 +236,13 @@ LIMIT {int(limit)}
             out[p.seq] = p
         else:
             out.setdefault(-1 - p.seq, p)  # the copy: reported as a duplicate
-    for r in query(client, hashes, params):
+    [(wrong, odd, odd_lo, odd_hi)] = query(client, hashes, params)
+    seen: set[int] = set()
+    for r in wrong:
         seq = int(r[0])
+        if seq in seen:
+            continue  # a repeated seq: its first row stands for it, as in the link check
+        seen.add(seq)
         had = out.get(seq)
         prev, h, computed = bytes.fromhex(r[1]), bytes.fromhex(r[2]), bytes.fromhex(r[3])
         if had is not None:
@@ -219,7 +250,7 @@ LIMIT {int(limit)}
         else:  # links fine: only the hash is wrong
             out[seq] = RowProblem(seq, False, seq - 1, prev, prev, h, computed)
     found = sorted(out.values(), key=lambda p: (p.seq, p.first or p.seq != p.prev_seq))
-    return found[:limit]
+    return RowChecks(found[:limit], OddRows(int(odd), int(odd_lo), int(odd_hi)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,11 +369,17 @@ class DecodedProblem:
     found: str
 
 
-def _rows_where(where: str) -> str:
+def _rows_where(where: str, decodable: str = SQL_DECODABLE) -> str:
     return (
         "chain = {chain:String} AND seq >= {lo:UInt64} AND seq < {hi:UInt64} "
-        f"AND {SQL_DECODABLE} AND ({where})"
+        f"AND {decodable} AND ({where})"
     )
+
+
+# The stored side of the decode join: decode_ok = 1 only, so it reads no payload. A row the
+# page left out (not SQL_DECODABLE) has no partner in the inner join; check_chain has Python
+# decode those rows (row_problems counts them in its own read of the payloads).
+_STORED_DECODED = "decode_ok = 1"
 
 
 def _blocks_sql(database: str, where: str) -> str:
@@ -387,7 +424,9 @@ def decoded_sql(database: str, where: str = "1", scratch: str | None = None) -> 
     found = "multiIf(" + ", ".join(f"{w}, toString(tuple(t.{c}))" for c, w in differs) + ", '')"
     return f"""
 SELECT t.seq, if(d_bad, 'payload', {which}) AS col, {expected}, {found}
-FROM (SELECT seq, {", ".join(columns)} FROM {db}.events WHERE {_rows_where(where)}) AS t
+FROM (
+  SELECT seq, {", ".join(columns)} FROM {db}.events WHERE {_rows_where(where, _STORED_DECODED)}
+) AS t
 INNER JOIN (
   SELECT reinterpretAsUInt64(reverse(x_seq)) AS seq, ({different_sql(_MARKER)}) AS d_bad, {decoded}
   FROM {source}
@@ -504,17 +543,6 @@ def serve_decoded_problems(
     return ["seq", "column", "expected", "found"], ["UInt64", "String", "String", "String"], rows
 
 
-def decodable_count(client: Any, database: str, chain: str, lo: int, hi: int) -> int:
-    db = validate_identifier(database)
-    rows = query(
-        client,
-        f"SELECT count() FROM {db}.events WHERE chain = {{chain:String}} "
-        f"AND seq >= {{lo:UInt64}} AND seq < {{hi:UInt64}} AND {SQL_DECODABLE}",
-        {"chain": chain, "lo": lo, "hi": hi},
-    )
-    return int(rows[0][0]) if rows else 0
-
-
 DECODE_PAGE_BYTES = 256 << 20
 """Payload bytes a decode page holds at most (its scratch files, or format()'s constant)."""
 _BUCKET_ROWS = 1000
@@ -610,15 +638,14 @@ def check_chain(
 
     params = {"chain": chain, "size": size}
     scope = "1" if changed_parts is None else part_filter(changed_parts)
-    odd_if = f"({scope}) AND NOT {SQL_DECODABLE}"
+    # No payload is read here (row_problems reads them once, for the hashes and the odd rows).
     stats = query(
         client,
-        f"SELECT count(), countIf({scope}), minIf(seq, {scope}), maxIf(seq, {scope}), "
-        f"countIf({odd_if}), minIf(seq, {odd_if}), maxIf(seq, {odd_if}) FROM {db}.events "
-        "WHERE chain = {chain:String} AND seq < {size:UInt64}",
+        f"SELECT count(), countIf({scope}), minIf(seq, {scope}), maxIf(seq, {scope}) "
+        f"FROM {db}.events WHERE chain = {{chain:String}} AND seq < {{size:UInt64}}",
         params,
     )[0]
-    total, rows, lo_seq, hi_seq, odd, odd_lo, odd_hi = (int(v) for v in stats)
+    total, rows, lo_seq, hi_seq = (int(v) for v in stats)
     incremental = changed_parts is not None and remembered is not None
     if incremental and total != size:
         # Rows are missing or repeated somewhere: the full check names where.
@@ -665,16 +692,19 @@ def check_chain(
                 )
     else:
         where = "1"
-    problems = (
+    checks = (
         row_problems(
             client, db, chain, below=size, limit=max_findings, where=where, link_from_zero=False
         )
         if incremental and rows
-        else []
+        else RowChecks([], OddRows(0, 0, 0))
         if incremental
         else row_problems(client, db, chain, below=size, limit=max_findings)
     )
-    for p in problems:
+    # Rows ClickHouse cannot decode (an incremental run's count takes in the changed rows'
+    # neighbours too; Python decodes only the changed parts' rows of the range).
+    odd, odd_lo, odd_hi = checks.odd.count, checks.odd.lo, checks.odd.hi
+    for p in checks.problems:
         expect = 0 if p.first else p.prev_seq + 1
         if not p.first and p.seq == p.prev_seq:
             if not incremental:
