@@ -26,6 +26,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import Producer
@@ -35,6 +36,7 @@ from bench.common import (
     Result,
     bench_broker,
     fresh_settings,
+    generated_payloads,
     max_rss_mb,
     print_table,
     run_directory,
@@ -192,27 +194,23 @@ def kafka_part(records: int) -> list[Result]:
     ]
 
 
-def _fill_clickhouse(client: Any, db: str, chain: str, head: ChainHead, n: int, cr: Any) -> None:
-    """Append n chained rows to ``events`` as the sink stores them (one insert = one part).
-    Decoded columns come from the sink's own event_columns, computed once per sample."""
+def _fill_clickhouse(
+    client: Any, db: str, chain: str, head: ChainHead, n: int, cr: Any, payloads: Iterator[bytes]
+) -> None:
+    """Append n chained rows to ``events`` as the sink stores them (one insert = one part),
+    their payloads taken from ``payloads`` and their columns from the sink's event_columns."""
     from processors.clickhouse_schema import EVENT_COLUMNS
-    from processors.integrity.record import ChainedRecord
     from processors.sink import event_columns
 
-    payloads = sample_payloads()
-    templates = []
-    for p in payloads:
-        cols, _failed = event_columns([ChainedRecord(chain, 0, bytes(32), bytes(32), 0, 0, p)])
-        templates.append([c[0] for c in cols])
-    batch: list[list[Any]] = []
+    records = []
     for _ in range(n):
         i = head.next_seq
-        rec = link(head, i, 1_700_000_000_000_000 + i, payloads[i % len(payloads)])
+        rec = link(head, i, 1_700_000_000_000_000 + i, next(payloads))
         cr.append(rec.hash)
-        row = list(templates[i % len(payloads)])
-        row[:7] = [chain, rec.seq, rec.prev_hash, rec.hash, i, rec.ingested_at_us, rec.payload]
-        batch.append(row)
-    client.insert(f"{db}.events", batch, column_names=list(EVENT_COLUMNS))
+        records.append(rec)
+    columns, failed = event_columns(records)
+    assert not failed, failed[:1]
+    client.insert(f"{db}.events", columns, column_names=list(EVENT_COLUMNS), column_oriented=True)
 
 
 def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
@@ -244,10 +242,11 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
     chain = "audit.events/0"
     head, cr = ChainHead(chain), CompactRange()
     step = 100_000
+    payloads = generated_payloads()
     for lo in range(0, rows, step):
-        _fill_clickhouse(client, "bench", chain, head, min(step, rows - lo), cr)
+        _fill_clickhouse(client, "bench", chain, head, min(step, rows - lo), cr, payloads)
     (home / "scratch").mkdir()
-    scratch = ScratchSession.over(client, home / "scratch")
+    scratch = ScratchSession.over(client, home / "scratch", store=str(home / "ch"))
     t0 = time.perf_counter()
     full = check_chain(client, "bench", chain, size=rows, expected_root=cr.root(), scratch=scratch)
     full_s = time.perf_counter() - t0
@@ -278,7 +277,7 @@ def clickhouse_part(rows: int, python_rows: int = 100_000) -> list[Result]:
     before = table_parts(client, "bench")
     remembered = Remembered(rows, cr.to_bytes())
     new = max(1, rows // 100)
-    _fill_clickhouse(client, "bench", chain, head, new, cr)
+    _fill_clickhouse(client, "bench", chain, head, new, cr, payloads)
     t0 = time.perf_counter()
     changed = changed_parts(before.parts, table_parts(client, "bench").parts)
     inc = check_chain(

@@ -71,6 +71,19 @@ def sample_payloads() -> list[bytes]:
     return out
 
 
+def generated_payloads(seed: int = 7, clusters: int = 8) -> Iterator[bytes]:
+    """Avro-encoded AuditEvents from the load generator, each one different (about 1.3 KB):
+    an endless stream. A store filled from :func:`sample_payloads` holds a few dozen payloads
+    over and over, which ClickHouse compresses some 800 to 1 once its parts sort them side by
+    side; real audit events compress about 9 to 1, and a check that reads them pays for that."""
+    from producers.k8s import parse_line
+    from producers.load import generate
+    from schemas.codec import encode_audit_event
+
+    for cluster, line in generate(1 << 62, clusters, seed=seed):
+        yield encode_audit_event(parse_line(line, cluster, 1))
+
+
 def timed(function: Callable[[], int]) -> tuple[int, float]:
     """Run ``function`` (which returns how many items it processed); return (items, seconds)."""
     started = time.perf_counter()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_verify import _fill_clickhouse
+from bench.common import generated_payloads
 from processors.integrity.merkle import CompactRange
 from processors.integrity.record import ChainHead
 
@@ -54,6 +55,19 @@ class Timed:
                 )
             )
 
+    def append_all(self, appends: Any) -> Any:
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return self.client.append_all(appends)
+        finally:
+            self.calls.append(
+                (
+                    f"INTO OUTFILE, {len(appends)} at once: " + _kind(appends[0].sql),
+                    time.perf_counter() - t0,
+                    time.process_time() - c0,
+                )
+            )
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
 
@@ -77,8 +91,9 @@ def fill(store: Path, rows: int) -> str:
         return str(json.loads(done.read_text())["root"])
     migrate(client, "bench")
     head, cr = ChainHead(CHAIN), CompactRange()
+    payloads = generated_payloads()
     for lo in range(0, rows, 100_000):
-        _fill_clickhouse(client, "bench", CHAIN, head, min(100_000, rows - lo), cr)
+        _fill_clickhouse(client, "bench", CHAIN, head, min(100_000, rows - lo), cr, payloads)
     done.write_text(json.dumps({"rows": rows, "root": cr.root().hex()}))
     return cr.root().hex()
 
@@ -105,7 +120,7 @@ def main() -> None:
     timed = Timed(client)
     if args.writable:
         scratch_dir = Path(tempfile.mkdtemp(prefix="profile-ch-check-"))
-        scratch = ScratchSession.over(client, scratch_dir)
+        scratch = ScratchSession.over(client, scratch_dir, store=str(args.store))
     else:
         scratch = client.scratch()
     timed_scratch: Any = Timed(scratch)

@@ -46,7 +46,7 @@ from schemas.codec import HEADER_SIZE, avro_long
 from sealtrail.infra.clickhouse import quote, validate_identifier
 from sealtrail.infra.errors import ClickHouseError, WriteRefused
 from sealtrail.infra.reader import SocketReader
-from sealtrail.infra.scratch_session import ScratchSession
+from sealtrail.infra.scratch_session import Append, ScratchSession
 
 __all__ = [
     "DECODE_CHECK",
@@ -207,11 +207,12 @@ ORDER BY seq
 LIMIT {int(limit)}
 """
     # One pass over the payloads: the rows whose hash does not recompute (compared as bytes,
-    # FixedString(32) both; hex only for those), and which rows ClickHouse cannot decode for
+    # FixedString(32) both; hex only for the few kept: the arguments of an -If aggregate are
+    # computed for every row), and which rows ClickHouse cannot decode for
     # the decoded-columns check (Python decodes them; see check_chain).
     hashes = f"""
-SELECT groupArraySortedIf({2 * int(limit)})(
-         (seq, hex(prev_hash), hex(hash), hex(computed)), computed != hash),
+SELECT arrayMap(r -> (r.1, hex(r.2), hex(r.3), hex(r.4)),
+         groupArraySortedIf({2 * int(limit)})((seq, prev_hash, hash, computed), computed != hash)),
        countIf(NOT decodable), minIf(seq, NOT decodable), maxIf(seq, NOT decodable)
 FROM (
   SELECT seq, prev_hash, hash, ({record_hash_sql()}) AS computed, {SQL_DECODABLE} AS decodable
@@ -485,11 +486,14 @@ def decoded_problems(
         files: list[Path] = []
         try:
             step = max(1, -(-(hi - lo) // FILES_PER_PAGE))
+            appends = []
             for flo in range(lo, hi, step):
                 path = scratch.new_file(_FILE_START)
                 files.append(path)
                 fparams = {**params, "lo": flo, "hi": min(hi, flo + step)}
-                scratch.append(path, _blocks_sql(database, where), fparams)
+                appends.append(Append(path, _blocks_sql(database, where), fparams))
+            # Written at once, each on a session of its own (ScratchSession.append_all).
+            scratch.append_all(appends)
             rows = []
             if files:
                 names = ",".join(p.stem for p in files)

@@ -19,7 +19,9 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,33 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from sealtrail.infra import clickhouse
 from sealtrail.infra.errors import ClickHouseError
 
-__all__ = ["ScratchSession"]
+__all__ = ["Append", "ScratchSession"]
 
 
 def _failure(exc: DriverError) -> ClickHouseError:
     return ClickHouseError(f"ClickHouse refused a verifier query: {clickhouse.first_line(exc)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One ``SELECT`` whose single String column goes to the end of ``path``, bytes as they are."""
+
+    path: Path
+    sql: str
+    parameters: Mapping[str, Any]
+
+
+def _check_session(path: str) -> Client:
+    """A new ``readonly = 2`` session on the embedded store at ``path`` (this process owns it)."""
+    try:
+        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        client.command("SET readonly = 2")
+    except DriverError as exc:
+        raise ClickHouseError(
+            f"cannot open a check session on the embedded ClickHouse at {path}: "
+            f"{clickhouse.first_line(exc)}"
+        ) from None
+    return client
 
 
 class ScratchSession:
@@ -43,26 +67,28 @@ class ScratchSession:
     writable one in tests and benches)."""
 
     def __init__(
-        self, client: Client, directory: Path, *, owns_client: bool, owns_directory: bool
+        self,
+        client: Client,
+        directory: Path,
+        *,
+        owns_client: bool,
+        owns_directory: bool,
+        store: str | None = None,
     ) -> None:
         self.client = client
         self.directory = directory
         self._owns_client = owns_client
         self._owns_directory = owns_directory
+        # The store's path, for more sessions that append at once (append_all); None: one.
+        self._store = store
+        self._writers: list[Client] = []
 
     @classmethod
     def open(cls, dsn: str) -> ScratchSession:
         path = clickhouse.chdb_path(dsn)
         if path is None or not clickhouse.owns(path):
             raise ClickHouseError(f"a scratch session needs the embedded store {dsn} opened first")
-        try:
-            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-            client.command("SET readonly = 2")
-        except DriverError as exc:
-            raise ClickHouseError(
-                f"cannot open a check session on the embedded ClickHouse at {path}: "
-                f"{clickhouse.first_line(exc)}"
-            ) from None
+        client = _check_session(str(path))
         try:
             directory = Path(tempfile.mkdtemp(prefix="sealtrail-check-"))  # 0700
         except OSError as exc:
@@ -72,11 +98,13 @@ class ScratchSession:
                 f"cannot make a scratch directory in {tempfile.gettempdir()} ({exc.strerror}); "
                 "set TMPDIR to a writable directory"
             ) from None
-        return cls(client, directory, owns_client=True, owns_directory=True)
+        return cls(client, directory, owns_client=True, owns_directory=True, store=str(path))
 
     @classmethod
-    def over(cls, client: Client, directory: Path) -> ScratchSession:
-        return cls(client, directory, owns_client=False, owns_directory=False)
+    def over(cls, client: Client, directory: Path, store: str | None = None) -> ScratchSession:
+        """A session over ``client``; with ``store`` (the embedded store's path, which this
+        process owns) :meth:`append_all` opens sessions of its own to append at once."""
+        return cls(client, directory, owns_client=False, owns_directory=False, store=store)
 
     def new_file(self, header: bytes, suffix: str = ".avro") -> Path:
         """A new file of this session's directory (0600) holding ``header``."""
@@ -97,12 +125,57 @@ class ScratchSession:
 
     def append(self, path: Path, sql: str, parameters: Mapping[str, Any]) -> None:
         """Append the single String column of ``sql``'s rows to ``path``, bytes as they are."""
-        if path.parent != self.directory:
-            raise ClickHouseError(f"{path} is not a file of the check session's directory")
+        self._append_on(self.client, Append(path, sql, parameters))
+
+    def append_all(self, appends: Sequence[Append]) -> None:
+        """Run ``appends`` at once, each on a session of its own: ClickHouse writes an ``INTO
+        OUTFILE`` result from one thread, so one append at a time leaves a core idle. One after
+        another on this session when it has no store to open more sessions on. Raises the
+        first failure once every append has ended (the files are the caller's to remove)."""
+        failures: list[ClickHouseError] = []
+        if len(appends) < 2 or not self._writers_for(len(appends) - 1):
+            for a in appends:
+                try:
+                    self._append_on(self.client, a)
+                except ClickHouseError as exc:
+                    failures.append(exc)
+        else:
+            with ThreadPoolExecutor(max_workers=len(appends) - 1) as pool:
+                others = [
+                    pool.submit(self._append_on, writer, a)
+                    for writer, a in zip(self._writers, appends[1:], strict=False)
+                ]
+                try:
+                    self._append_on(self.client, appends[0])
+                except ClickHouseError as exc:
+                    failures.append(exc)
+                for future in others:
+                    try:
+                        future.result()
+                    except ClickHouseError as exc:
+                        failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    def _writers_for(self, count: int) -> bool:
+        """Open writer sessions up to ``count``; False when there can be none."""
+        if self._store is None:
+            return False
+        while len(self._writers) < count:
+            try:
+                self._writers.append(_check_session(self._store))
+            except ClickHouseError:
+                self._store = None  # appends go one after another from now on
+                return False
+        return True
+
+    def _append_on(self, client: Client, a: Append) -> None:
+        if a.path.parent != self.directory:
+            raise ClickHouseError(f"{a.path} is not a file of the check session's directory")
         try:
-            self.client.raw_query(
-                f"{sql} INTO OUTFILE {clickhouse.quote(str(path))} APPEND",
-                parameters=dict(parameters),
+            client.raw_query(
+                f"{a.sql} INTO OUTFILE {clickhouse.quote(str(a.path))} APPEND",
+                parameters=dict(a.parameters),
                 fmt="RawBLOB",
             )
         except DriverError as exc:
@@ -116,6 +189,10 @@ class ScratchSession:
             raise _failure(exc) from None
 
     def close(self) -> None:
+        for writer in self._writers:
+            with contextlib.suppress(Exception):
+                writer.close()
+        self._writers.clear()
         if self._owns_client:
             with contextlib.suppress(Exception):
                 self.client.close()

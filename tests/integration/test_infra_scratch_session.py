@@ -14,7 +14,7 @@ from sealtrail.infra import clickhouse
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import ClickHouseError
 from sealtrail.infra.reader import open_reader
-from sealtrail.infra.scratch_session import ScratchSession
+from sealtrail.infra.scratch_session import Append, ScratchSession
 
 
 def test_files_round_trip_and_stay_private(base_settings: Settings) -> None:
@@ -98,3 +98,42 @@ def test_no_usable_temp_dir_means_python_not_a_crash(
     session = ScratchSession.over(client, tmp_path / "gone")
     with pytest.raises(ClickHouseError, match="cannot write a scratch file"):
         session.new_file(b"x")
+
+
+def test_appends_at_once_write_what_appends_one_after_another_write(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """append_all runs its appends each on a session of its own (a store this process owns)
+    or one after another (a session made over a client): the files are the same either way;
+    a failing append raises once the others have ended, and they are written."""
+    client = clickhouse.connect(base_settings)
+    migrate(client, base_settings.clickhouse_database)
+    sql = "SELECT toString(number) FROM numbers({lo:UInt64}, {n:UInt64})"
+    own = ScratchSession.open(base_settings.clickhouse_dsn)
+    plain = ScratchSession.over(client, tmp_path)
+    try:
+        for session in (own, plain):
+            paths = [session.new_file(f"{i}:".encode()) for i in range(3)]
+            session.append_all(
+                [Append(p, sql, {"lo": 10 * i, "n": 3}) for i, p in enumerate(paths)]
+            )
+            assert [p.read_bytes() for p in paths] == [b"0:012", b"1:101112", b"2:202122"]
+            again = [session.new_file(b"") for _ in range(2)]
+            with pytest.raises(ClickHouseError, match="refused a verifier query"):
+                session.append_all(
+                    [
+                        Append(again[0], "SELECT no_such_column", {}),
+                        Append(again[1], sql, {"lo": 5, "n": 2}),
+                    ]
+                )
+            assert again[1].read_bytes() == b"56"
+            with pytest.raises(ClickHouseError, match="not a file of the check session"):
+                session.append_all(
+                    [
+                        Append(paths[0], sql, {"lo": 0, "n": 1}),
+                        Append(Path("/tmp/x.avro"), sql, {"lo": 0, "n": 1}),
+                    ]
+                )
+    finally:
+        own.close()
+    assert not own.directory.exists()
