@@ -39,6 +39,7 @@ from sealtrail.infra.liveserver import LiveReadServer
 from sealtrail.infra.reader import SocketReader, as_reader
 from sealtrail.infra.scratch_session import ScratchSession
 from tests.conftest import K8S_SAMPLES
+from tests.integration.test_sink_avro import _crafted as crafted_payloads
 from tests.unit.test_integrity_format_doc import payload_of, vectors
 
 CHAIN = "audit.events/0"
@@ -53,7 +54,9 @@ def ch(chdb_dsn: str, tmp_path: Path) -> tuple[Any, str]:
     return client, db
 
 
-def records(n: int, garbage_at: int | None = None) -> list[ChainedRecord]:
+def records(
+    n: int, garbage_at: int | None = None, garbage: bytes = b"\x00not avro"
+) -> list[ChainedRecord]:
     lines = [f.read_bytes().strip().splitlines()[0] for f in sorted(K8S_SAMPLES.glob("*.json"))]
     lines = [x for x in lines if b'"kind":"Event"' in x.replace(b" ", b"")]
     head = ChainHead(CHAIN)
@@ -62,7 +65,7 @@ def records(n: int, garbage_at: int | None = None) -> list[ChainedRecord]:
         datum = parse_line(lines[i % len(lines)], "c1", 1_700_000_000_000_000 + i)
         payload = encode_audit_event(datum)
         if i == garbage_at:
-            payload = b"\x00not avro"
+            payload = garbage
         out.append(link(head, i, 1_700_000_000_000_000 + i, payload))
     return out
 
@@ -436,3 +439,22 @@ def test_padded_varints_and_long_fields_are_checked_in_sql_and_python_alike(
     scratch = ScratchSession.over(client, tmp_path)
     found = decoded_problems(client, db, CHAIN, 0, len(recs), limit=10, scratch=scratch)
     assert [(d.seq, d.column) for d in found] == [(1, "verb"), (2, "verb"), (5, "verb")]
+
+
+@pytest.mark.parametrize("kind", sorted(crafted_payloads()))
+def test_payloads_fastavro_reads_otherwise_are_checked_as_the_sink_stores_them(
+    ch: tuple[Any, str], kind: str
+) -> None:
+    """The payloads the sink's fast path refuses (fastavro would read them otherwise, or not
+    at all) are stored by its Python path: the check finds nothing there, in SQL and in
+    Python alike; forced to decode_ok = 1 where they did not decode, they are found."""
+    client, db = ch
+    recs = records(N, garbage_at=7, garbage=crafted_payloads()[kind])
+    root = stored(client, db, recs)
+    clean_sql, clean_py = both(client, db, N, root)
+    assert clean_sql == clean_py == set()
+    (ok,) = query(client, f"SELECT decode_ok FROM {db}.events WHERE seq = 7")[0]
+    if not ok:
+        run(client, db, "ALTER TABLE {db}.events UPDATE decode_ok = 1 WHERE seq = 7")
+        found_sql, found_py = both(client, db, N, root)
+        assert found_sql == found_py == {7}
