@@ -101,3 +101,18 @@ def test_malformed_key_messages_name_a_real_command(tmp_path: Path) -> None:
             result = runner.invoke(app, [*args, "--out", str(out)])
             assert result.exit_code == 0, (command, result.output)
             assert (out / "fresh.pub").exists()
+
+
+def test_pub_file_is_one_line_and_hash_names(tmp_path: Path) -> None:
+    """docs/FORMAT.md sections 6-7: a .pub file is the verifier key and one newline; a name may
+    hold '#', but not start with it (a key ring line starting with '#' is a comment)."""
+    out = tmp_path / "k"
+    result = runner.invoke(app, ["keys", "generate", "--name", "audit#2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = (out / "audit%232.pub").read_text(encoding="utf-8")
+    assert text.endswith("\n") and text.count("\n") == 1 and text.startswith("audit#2+")
+    assert load_keyring(str(out / "audit%232.pub")).verifiers()[0].name == "audit#2"
+    bad = runner.invoke(app, ["keys", "generate", "--name", "#audit", "--out", str(out)])
+    assert bad.exit_code == 2, bad.output
+    assert "starts with '#'" in bad.output and "Traceback" not in bad.output
+    assert sorted(p.name for p in out.iterdir()) == ["audit%232.key", "audit%232.pub"]
