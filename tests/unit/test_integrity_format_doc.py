@@ -264,3 +264,73 @@ def test_offsite_names_must_be_canonical(tmp_path: Path) -> None:
     (tmp_path / "audit.events%2f1.checkpoints").write_text("")
     with pytest.raises(ConfigError, match="not named by the percent-encoding"):
         offsite.chains_in(tmp_path)
+
+
+def _section(number: int) -> str:
+    m = re.search(rf"^## {number}\. .*?(?=^## |\Z)", DOC, re.M | re.S)
+    assert m, f"FORMAT.md lost its section {number}"
+    return m.group(0)
+
+
+def _rabin(data: bytes) -> int:
+    """CRC-64-AVRO (Rabin) as the Avro specification gives it, independent of fastavro."""
+    empty = 0xC15D213AA4D7A795
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (empty & -(fp & 1))
+        table.append(fp)
+    fp = empty
+    for byte in data:
+        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def test_schema_canonical_form_and_fingerprint_in_doc() -> None:
+    """Section 1: the schema shown is the shipped one, the table lists its fields in order, and
+    the fingerprint is the Rabin fingerprint of the canonical form, little-endian on the wire."""
+    import json
+
+    shown = json.loads(block("avro-schema"))
+    shipped = json.loads(
+        (Path(__file__).resolve().parents[2] / "schemas" / "chained_event.avsc").read_text()
+    )
+    assert shown == shipped and shown["namespace"] == "dev.sealtrail"
+    table = re.findall(r"^\| `(\w+)` \| [^|]*\| [^|]*\|$", _section(1), re.M)
+    assert table == [f["name"] for f in shipped["fields"]]
+    canonical = block("avro-canonical").strip()
+    assert canonical == CHAINED_EVENT.canonical_form
+    value = _rabin(canonical.encode("utf-8"))
+    assert f"`0x{value:016x}`" in DOC
+    assert value.to_bytes(8, "little") == CHAINED_EVENT.fingerprint
+    assert " ".join(f"{b:02x}" for b in CHAINED_EVENT.fingerprint) in " ".join(DOC.split())
+
+
+def test_wire_decoding_vectors_in_doc() -> None:
+    """Section 1: padded varints decode to the same record; trailing bytes, another
+    fingerprint, no marker, a cut datum, bad UTF-8, a negative length are malformed_record,
+    on the verifier's fast path and its general one."""
+    from processors.verifier.core import value_item
+    from processors.verifier.replay import verify_chain_values
+
+    v1, v2 = vectors()[:2]
+    names = ("chain", "seq", "prev_hash", "hash", "source_offset", "ingested_at", "payload")
+    first = encode_chained(dict(zip(names, _fields(v1), strict=True)))
+    ring = KeyRing.parse(block("example-key").split()[1])
+    entries = [line.rpartition(" = ") for line in block("wire-decoding").splitlines()]
+    verdicts = [label.split(":")[0] for label, _, _ in entries]
+    assert verdicts.count("accept") >= 1 and verdicts.count("malformed_record") >= 6
+    for label, _, hexed in entries:
+        raw = bytes.fromhex(hexed)
+        result = verify_chain_values(
+            v1["chain"], [([0, 1], [first, raw])], [], ring, origin="o/" + v1["chain"]
+        )
+        fields = value_item(1, raw)[1]
+        if label.startswith("accept"):
+            assert fields == _fields(v2), label
+            assert result.ok and result.size == 2, (label, result.findings)
+        else:
+            assert label.startswith("malformed_record:"), label
+            assert isinstance(fields, MalformedRecord), label
+            assert [f.kind for f in result.findings] == ["malformed_record"], label
