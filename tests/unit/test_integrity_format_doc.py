@@ -334,3 +334,110 @@ def test_wire_decoding_vectors_in_doc() -> None:
             assert label.startswith("malformed_record:"), label
             assert isinstance(fields, MalformedRecord), label
             assert [f.kind for f in result.findings] == ["malformed_record"], label
+
+
+def test_key_strings_split_at_their_first_plus_signs() -> None:
+    """Section 6: base64 may hold '+': a verifier key splits at its first two, a private key at
+    its first four; the decoded key is 0x01 and 32 bytes; the id is the computed one."""
+    from processors.integrity.note import key_id
+
+    skey, vkey = block("example-key").split()
+    name, hex8, b64 = vkey.split("+", 2)
+    assert "+" in b64  # the example shows why
+    raw = base64.b64decode(b64)
+    assert len(raw) == 33 and raw[0] == 1 and int(hex8, 16) == key_id(name, raw[1:])
+    private, key, name2, hex2, seed = skey.split("+", 4)
+    assert (private, key, name2, hex2) == ("PRIVATE", "KEY", name, hex8)
+    assert len(base64.b64decode(seed)) == 33
+
+
+def test_signature_line_is_key_id_and_ed25519_signature() -> None:
+    """Section 5: the decoded signature is 68 bytes, the key id then 64 signature bytes; the
+    name on the line is the key's name (not taken from the origin)."""
+    skey, vkey = block("example-key").split()
+    note = block("checkpoint-example")
+    dash, name, b64 = note.splitlines()[-1].split(" ")
+    blob = base64.b64decode(b64)
+    assert dash == "\u2014" and name == vkey.split("+")[0]
+    assert len(blob) == 68 and blob[:4] == bytes.fromhex(vkey.split("+")[1])
+    signer = Signer.from_private_key(skey)
+    assert blob[4:] == signer.sign(note[: note.rindex("\n\n") + 1].encode("utf-8"))
+
+
+def test_keyring_example_in_doc() -> None:
+    """Section 7: the rotation example parses as shown (comments, tab, ranges) and holds the
+    example key retired after 4999 and another key from 5000 on."""
+    ring = KeyRing.parse(block("keyring-example"))
+    example = KeyRing.parse(block("example-key").split()[1]).verifiers()[0]
+    got = [(e.verifier.name, e.from_size, e.to_size) for e in ring]
+    assert got == [(example.name, 0, 4999), ("example.com/audit", 5000, None)]
+    assert ring.entries[0].verifier == example
+    assert open_checkpoint(block("checkpoint-example"), ring).size == 2
+
+
+def _unescape(text: str) -> bytes:
+    r"""The notes of the note-rejects block: ``\r`` is byte 0d, ``\xNN`` byte NN."""
+    out = bytearray()
+    for part in re.split(r"(\\r|\\x[0-9a-f]{2})", text):
+        if part == "\\r":
+            out += b"\r"
+        elif part.startswith("\\x"):
+            out.append(int(part[2:], 16))
+        else:
+            out += part.encode("utf-8")
+    return bytes(out)
+
+
+def test_note_rejects_in_doc() -> None:
+    """Sections 5 and 7: each note is rejected with the finding its heading names, by the
+    verifier as it reads notes from Kafka (bytes that are not UTF-8 kept as they are)."""
+    from processors.integrity import errors
+
+    kinds = {
+        cls.kind: cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.IntegrityError) and cls.kind
+    }
+    vkey = block("example-key").split()[1]
+    example = block("checkpoint-example")
+    entries = re.split(r"^# (.*)\n", block("note-rejects"), flags=re.M)
+    assert entries[0] == ""
+    seen = set()
+    for title, body in zip(entries[1::2], entries[2::2], strict=True):
+        kind = title.split(":")[0]
+        ring_text = vkey
+        if body.startswith("key ring: "):
+            ring_line, body = body.split("\n", 1)
+            ring_text = ring_line.removeprefix("key ring: ")
+        ring = KeyRing.parse(ring_text)
+        raw = _unescape(body)
+        # The example with one change (for key_out_of_range the change is the key ring).
+        assert raw.startswith(example.split("\n\n")[0].encode())
+        assert (raw == example.encode()) == (ring_text != vkey), title
+        note = raw.decode("utf-8", "surrogateescape")  # as the Kafka reader keeps it
+        with pytest.raises(kinds[kind]):
+            open_checkpoint(note, ring)
+        result = verify_chain_fields(
+            "audit.events/0",
+            [],
+            [SourceCheckpoint(note, 7)],
+            ring,
+            origin="sealtrail.local/audit.events/0",
+        )
+        assert [(f.kind, f.offset) for f in result.findings] == [(kind, 7)], title
+        seen.add(kind)
+    assert seen == {"malformed_checkpoint", "bad_signature", "key_out_of_range"}
+
+
+def test_offsite_block_is_the_bytes_between_the_lines(tmp_path: Path) -> None:
+    """Section 4: a note is exactly the bytes after the BEGIN line up to the END line; blank
+    lines may stand between blocks, nothing else may."""
+    note = block("checkpoint-example")
+    path = offsite.chain_file(tmp_path, "audit.events/0")
+    path.write_text(
+        f"\n{offsite.BEGIN}\n{note}{offsite.END}\n  \n{offsite.BEGIN}\n{note}{offsite.END}\n"
+    )
+    assert offsite.read_notes(tmp_path, "audit.events/0") == [note]  # read once
+    path.write_text(f"{offsite.BEGIN}\n{note}{offsite.END}\nstray\n")
+    with pytest.raises(ConfigError, match="outside a checkpoint block"):
+        offsite.read_notes(tmp_path, "audit.events/0")
