@@ -441,3 +441,38 @@ def test_offsite_block_is_the_bytes_between_the_lines(tmp_path: Path) -> None:
     path.write_text(f"{offsite.BEGIN}\n{note}{offsite.END}\nstray\n")
     with pytest.raises(ConfigError, match="outside a checkpoint block"):
         offsite.read_notes(tmp_path, "audit.events/0")
+
+
+def test_section_8_names_every_finding_kind() -> None:
+    """Section 8's normative list uses the verifier's own finding names, all of them (the
+    ClickHouse check is not part of the format)."""
+    from processors.verifier.report import FINDING_KINDS
+
+    text = _section(8)
+    missing = [k for k in FINDING_KINDS if k != "clickhouse_mismatch" and f"`{k}`" not in text]
+    assert not missing, missing
+    for word in ("read_committed", "READ_COMMITTED", "READ_UNCOMMITTED", "last stable offset"):
+        assert word in DOC
+
+
+def test_section_8_which_finding_a_fork_gives() -> None:
+    """Section 8: a fork is reported for the later note of a size; only the kept note (the
+    first read, unless an offsite note replaces a topic one) is then checked against the
+    chain."""
+    from tests.unit.verifier_support import ORIGIN, SIGNER, build, checkpoint, run, src
+
+    recs = build(3)
+    good = checkpoint(recs, 2)
+    bad = sign_checkpoint(Checkpoint(ORIGIN, 2, bytes([1]) * 32, recs[1].hash, 1), SIGNER)
+
+    def found(*notes: tuple[str, str]) -> list[str]:
+        items = [SourceCheckpoint(n, i, source) for i, (n, source) in enumerate(notes)]
+        return [f.kind for f in run(src(recs), items).findings]
+
+    assert found((bad, "topic"), (good, "offsite")) == ["fork"]
+    assert found((good, "topic"), (bad, "offsite")) == ["fork", "history_rewritten"]
+    assert found((bad, "topic"), (good, "topic")) == ["fork", "checkpoint_mismatch"]
+    assert found((good, "topic"), (bad, "topic")) == ["fork"]
+    assert "the first one read, except that an offsite note replaces a topic note" in " ".join(
+        _section(8).split()
+    )
