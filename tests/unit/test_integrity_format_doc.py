@@ -476,3 +476,12 @@ def test_section_8_which_finding_a_fork_gives() -> None:
     assert "the first one read, except that an offsite note replaces a topic note" in " ".join(
         _section(8).split()
     )
+
+
+def test_docs_quote_signature_lines_as_written() -> None:
+    """A signature line is '— <key name> <base64>' (section 5): no doc may show the key id in
+    hex after the name (that is a key label, 'name+hhhhhhhh', used in messages only)."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    for path in sorted(docs.glob("*.md")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert not re.search(r"\u2014 \S+\+[0-9a-f]{8} ", line), (path.name, line)
