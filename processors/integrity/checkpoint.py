@@ -58,6 +58,15 @@ __all__ = [
 
 HEAD_EXTENSION = "sealtrail-head"
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
+_RING_SIZE = re.compile(r"[0-9]+")
+
+
+def _ring_size(text: str) -> int:
+    """A key ring size: ASCII digits only (``int`` alone would also take ``+5``, ``1_000`` and
+    other scripts' digits, which no other reader of the format would)."""
+    if not _RING_SIZE.fullmatch(text):
+        raise ValueError(text)
+    return int(text)
 
 
 def _b64(raw: bytes) -> str:
@@ -211,7 +220,10 @@ class KeyRing:
 
     @classmethod
     def parse(cls, text: str, source: str = "key ring") -> KeyRing:
-        """Parse lines of ``<verifier key> [from_size] [to_size|-]``; ``#`` starts a comment."""
+        """Parse lines of ``<verifier key> [from_size] [to_size|-]`` (docs/FORMAT.md section 7):
+        fields are separated by whitespace, a field that starts with ``#`` starts a comment
+        running to the end of the line (a ``#`` inside a field is part of it), sizes are ASCII
+        decimal digits."""
         ring = cls()
         for lineno, raw in enumerate(text.splitlines(), 1):
             parts = raw.split()
@@ -231,8 +243,8 @@ class KeyRing:
             except KeyFileError as exc:
                 raise KeyFileError(f"{source} line {lineno}: {exc}") from None
             try:
-                lo = int(parts[1]) if len(parts) > 1 else 0
-                hi = None if len(parts) < 3 or parts[2] == "-" else int(parts[2])
+                lo = _ring_size(parts[1]) if len(parts) > 1 else 0
+                hi = None if len(parts) < 3 or parts[2] == "-" else _ring_size(parts[2])
             except ValueError:
                 raise KeyFileError(
                     f"{source} line {lineno} has a size that is not a number; "

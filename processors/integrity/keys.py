@@ -58,6 +58,13 @@ def write_keypair(name: str, out_dir: Path) -> tuple[Path, Path]:
     """Generate a key pair for ``name``; write ``<stem>.key`` (0600) and ``<stem>.pub`` (0644),
     ``stem`` = :func:`file_stem` of ``name``."""
     stem = file_stem(name)
+    if name.startswith("#"):
+        # Valid in a signed note, but a key ring line (docs/FORMAT.md section 7) that starts
+        # with '#' is a comment: the .pub file would hold no key for any verifier.
+        raise KeyFileError(
+            f"key name {name!r} starts with '#', which starts a comment in a key ring or .pub "
+            "file; choose a name that does not start with '#'"
+        )
     if len(stem) + len(".key") > _MAX_FILE_NAME:
         raise KeyFileError(
             f"key name {name!r} gives a file name longer than {_MAX_FILE_NAME} bytes; "

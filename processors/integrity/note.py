@@ -60,6 +60,8 @@ SIG_PREFIX = "\u2014 "  # em dash, space
 MAX_SIGNATURES = 100
 MAX_NOTE_BYTES = 1 << 20
 _PRIVATE_PREFIX = "PRIVATE+KEY+"
+# What a malformed key file's message tells the user to run (tests check it is a real command).
+_REGENERATE = "regenerate it with `sealtrail keys generate --name NAME`"
 
 
 def is_valid_name(name: str) -> bool:
@@ -101,7 +103,7 @@ def _parse_key(text: str, kind: str) -> tuple[str, int, bytes]:
     """Split ``name+hhhhhhhh+base64(alg || key32)``; never echo key material in errors."""
 
     def bad(why: str) -> KeyFileError:
-        return KeyFileError(f"{kind} is malformed ({why}); regenerate it with `sealtrail keygen`")
+        return KeyFileError(f"{kind} is malformed ({why}); {_REGENERATE}")
 
     parts = text.split("+", 2)
     if len(parts) != 3:
@@ -199,15 +201,13 @@ class Signer:
         skey = skey.strip()
         if not skey.startswith(_PRIVATE_PREFIX):
             raise KeyFileError(
-                "private key is malformed (expected PRIVATE+KEY+...); "
-                "regenerate it with `sealtrail keygen`"
+                f"private key is malformed (expected PRIVATE+KEY+...); {_REGENERATE}"
             )
         name, hash_, seed = _parse_key(skey[len(_PRIVATE_PREFIX) :], "private key")
         signer = cls(name, seed)
         if signer.key_hash != hash_:
             raise KeyFileError(
-                "private key is malformed (key ID does not match the key); "
-                "regenerate it with `sealtrail keygen`"
+                f"private key is malformed (key ID does not match the key); {_REGENERATE}"
             )
         return signer
 

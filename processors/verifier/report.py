@@ -69,6 +69,23 @@ class Report:
     def kinds(self) -> Counter[str]:
         return Counter(f.kind for f in self.findings())
 
+    @property
+    def empty_chains(self) -> int:
+        """Chains without records (a raw partition that never got an event)."""
+        return sum(1 for r in self.chains if r.size == 0 and r.ok)
+
+    def unsigned_tails(self) -> list[str]:
+        """One line per clean, anchored chain that has records above its newest verified
+        checkpoint: they are linked to it but no signature covers them yet, so whoever can
+        write the chain topic could have appended them (docs/FORMAT.md section 8). Not a
+        finding; a chain with no checkpoint at all gets the "linked, not anchored" warning."""
+        return [
+            f"chain {r.chain}: {r.size - r.newest_checkpoint} record(s) above the newest "
+            f"checkpoint (size {r.newest_checkpoint}) are linked but not yet signed"
+            for r in self.chains
+            if r.ok and r.newest_checkpoint is not None and r.size > r.newest_checkpoint
+        ]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "deployment": self.deployment,

@@ -18,7 +18,8 @@ def generate(
     name: Annotated[
         str,
         typer.Option(
-            help="Key name, e.g. an origin-style example.com/audit (no whitespace, no '+')."
+            help="Key name, e.g. an origin-style example.com/audit (no whitespace, no '+', not "
+            "starting with '#')."
         ),
     ],
     out: Annotated[

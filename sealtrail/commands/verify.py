@@ -153,6 +153,8 @@ def run_verify(
 def _print_report(report: Report) -> None:
     for w in report.to_json()["warnings"]:
         _say(f"warning: {w}")
+    for line in report.unsigned_tails():
+        _say(line)
     findings = report.findings()
     for f in findings[:SHOW_FINDINGS]:
         ev = f.evidence()
@@ -163,17 +165,25 @@ def _print_report(report: Report) -> None:
     more = report.findings_total - min(len(findings), SHOW_FINDINGS)
     if more > 0:
         _say(f"... and {more} more finding(s); see the --json report")
+    typer.echo(summary_line(report))
+
+
+def summary_line(report: Report) -> str:
+    """The one line ``sealtrail verify`` prints on stdout."""
     chains = len(report.chains)
     anchored = sum(1 for r in report.chains if r.anchored)
+    # An empty chain (a raw partition without events) is never anchored: say so, or "3
+    # chain(s) verified, 2 anchored" reads like an unsigned chain.
+    empty = f", {report.empty_chains} empty" if report.empty_chains else ""
     ch = (
         f", ClickHouse rows checked: {sum(r.records_verified for r in report.clickhouse)}"
         if report.clickhouse_checked
         else ", ClickHouse not checked"
     )
     verdict = "OK" if report.ok else f"FAILED ({report.findings_total} finding(s))"
-    typer.echo(
+    return (
         f"{verdict}: {report.records_verified} records in {chains} chain(s) verified, "
-        f"{anchored} anchored by signed checkpoints{ch}"
+        f"{anchored} anchored by signed checkpoints{empty}{ch}"
     )
 
 

@@ -65,3 +65,54 @@ def test_keys_generate_default_dir_and_bad_name(tmp_path: Path) -> None:
     assert (home / "keys" / "other.key").exists()
     bad = runner.invoke(app, ["--home", str(home), "keys", "generate", "--name", "a+b"])
     assert bad.exit_code == 2
+
+
+def test_malformed_key_messages_name_a_real_command(tmp_path: Path) -> None:
+    """A malformed key file's message says how to make a new one with a command that exists."""
+    import re
+
+    import pytest
+
+    from processors.integrity.checkpoint import KeyRing
+    from sealtrail.infra.errors import KeyFileError
+
+    bad_private = tmp_path / "bad.key"
+    bad_private.write_text("PRIVATE+KEY+name+0000000g+AAAA\n")
+    bad_private.chmod(0o600)
+    not_private = tmp_path / "other.key"
+    not_private.write_text("name+00000000+AAAA\n")
+    not_private.chmod(0o600)
+    messages = []
+    for load in (
+        lambda: load_signer(bad_private),
+        lambda: load_signer(not_private),
+        lambda: KeyRing.parse("name+00000000+AAAA\n"),
+    ):
+        with pytest.raises(KeyFileError) as err:
+            load()
+        messages.append(str(err.value))
+    for message in messages:
+        assert "keygen" not in message, message
+        commands = re.findall(r"`sealtrail ([^`]*)`", message)
+        assert commands, message
+        for command in commands:
+            args = [a if a != "NAME" else "fresh" for a in command.split()]
+            out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+            result = runner.invoke(app, [*args, "--out", str(out)])
+            assert result.exit_code == 0, (command, result.output)
+            assert (out / "fresh.pub").exists()
+
+
+def test_pub_file_is_one_line_and_hash_names(tmp_path: Path) -> None:
+    """docs/FORMAT.md sections 6-7: a .pub file is the verifier key and one newline; a name may
+    hold '#', but not start with it (a key ring line starting with '#' is a comment)."""
+    out = tmp_path / "k"
+    result = runner.invoke(app, ["keys", "generate", "--name", "audit#2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = (out / "audit%232.pub").read_text(encoding="utf-8")
+    assert text.endswith("\n") and text.count("\n") == 1 and text.startswith("audit#2+")
+    assert load_keyring(str(out / "audit%232.pub")).verifiers()[0].name == "audit#2"
+    bad = runner.invoke(app, ["keys", "generate", "--name", "#audit", "--out", str(out)])
+    assert bad.exit_code == 2, bad.output
+    assert "starts with '#'" in bad.output and "Traceback" not in bad.output
+    assert sorted(p.name for p in out.iterdir()) == ["audit%232.key", "audit%232.pub"]

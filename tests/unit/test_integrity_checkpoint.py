@@ -256,3 +256,25 @@ def test_keyring_parse_and_load(tmp_path: Path) -> None:
             KeyRing.parse(bad)
     with pytest.raises(KeyFileError):
         KeyRing.load(tmp_path / "missing")
+
+
+def test_keyring_comments_fields_and_sizes() -> None:
+    """docs/FORMAT.md section 7: any whitespace separates fields; '#' starts a comment only
+    where a field starts (a key name may hold '#'); sizes are ASCII digits."""
+    hashed = signer("audit#1.example")
+    key = hashed.verifier.verifier_key()
+    assert key.startswith("audit#1.example+")
+    kr = KeyRing.parse(f"\t{key}\t 5 \t -\n")
+    assert [(e.verifier, e.from_size, e.to_size) for e in kr] == [(hashed.verifier, 5, None)]
+    kr = KeyRing.parse(f"{key} 0 9 #retired\n{key} #whole-line comment after the key\n")
+    assert [(e.from_size, e.to_size) for e in kr] == [(0, 9), (0, None)]
+    # A '#' inside a field is not a comment: here it makes the size not a number.
+    with pytest.raises(KeyFileError, match="not a number"):
+        KeyRing.parse(f"{key} 0#x\n")
+    # A line whose first field starts with '#' is a comment, whatever follows.
+    with pytest.raises(KeyFileError, match="no verifier keys"):
+        KeyRing.parse(f"#{key}\n")
+    for size in ("+5", "1_000", "\u0663", "-1", "0x10"):
+        with pytest.raises(KeyFileError):
+            KeyRing.parse(f"{key} {size}\n")
+    assert KeyRing.parse(f"{key} 007 10\n").entries[0].from_size == 7

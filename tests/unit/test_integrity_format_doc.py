@@ -264,3 +264,224 @@ def test_offsite_names_must_be_canonical(tmp_path: Path) -> None:
     (tmp_path / "audit.events%2f1.checkpoints").write_text("")
     with pytest.raises(ConfigError, match="not named by the percent-encoding"):
         offsite.chains_in(tmp_path)
+
+
+def _section(number: int) -> str:
+    m = re.search(rf"^## {number}\. .*?(?=^## |\Z)", DOC, re.M | re.S)
+    assert m, f"FORMAT.md lost its section {number}"
+    return m.group(0)
+
+
+def _rabin(data: bytes) -> int:
+    """CRC-64-AVRO (Rabin) as the Avro specification gives it, independent of fastavro."""
+    empty = 0xC15D213AA4D7A795
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (empty & -(fp & 1))
+        table.append(fp)
+    fp = empty
+    for byte in data:
+        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def test_schema_canonical_form_and_fingerprint_in_doc() -> None:
+    """Section 1: the schema shown is the shipped one, the table lists its fields in order, and
+    the fingerprint is the Rabin fingerprint of the canonical form, little-endian on the wire."""
+    import json
+
+    shown = json.loads(block("avro-schema"))
+    shipped = json.loads(
+        (Path(__file__).resolve().parents[2] / "schemas" / "chained_event.avsc").read_text()
+    )
+    assert shown == shipped and shown["namespace"] == "dev.sealtrail"
+    table = re.findall(r"^\| `(\w+)` \| [^|]*\| [^|]*\|$", _section(1), re.M)
+    assert table == [f["name"] for f in shipped["fields"]]
+    canonical = block("avro-canonical").strip()
+    assert canonical == CHAINED_EVENT.canonical_form
+    value = _rabin(canonical.encode("utf-8"))
+    assert f"`0x{value:016x}`" in DOC
+    assert value.to_bytes(8, "little") == CHAINED_EVENT.fingerprint
+    assert " ".join(f"{b:02x}" for b in CHAINED_EVENT.fingerprint) in " ".join(DOC.split())
+
+
+def test_wire_decoding_vectors_in_doc() -> None:
+    """Section 1: padded varints decode to the same record; trailing bytes, another
+    fingerprint, no marker, a cut datum, bad UTF-8, a negative length are malformed_record,
+    on the verifier's fast path and its general one."""
+    from processors.verifier.core import value_item
+    from processors.verifier.replay import verify_chain_values
+
+    v1, v2 = vectors()[:2]
+    names = ("chain", "seq", "prev_hash", "hash", "source_offset", "ingested_at", "payload")
+    first = encode_chained(dict(zip(names, _fields(v1), strict=True)))
+    ring = KeyRing.parse(block("example-key").split()[1])
+    entries = [line.rpartition(" = ") for line in block("wire-decoding").splitlines()]
+    verdicts = [label.split(":")[0] for label, _, _ in entries]
+    assert verdicts.count("accept") >= 1 and verdicts.count("malformed_record") >= 6
+    for label, _, hexed in entries:
+        raw = bytes.fromhex(hexed)
+        result = verify_chain_values(
+            v1["chain"], [([0, 1], [first, raw])], [], ring, origin="o/" + v1["chain"]
+        )
+        fields = value_item(1, raw)[1]
+        if label.startswith("accept"):
+            assert fields == _fields(v2), label
+            assert result.ok and result.size == 2, (label, result.findings)
+        else:
+            assert label.startswith("malformed_record:"), label
+            assert isinstance(fields, MalformedRecord), label
+            assert [f.kind for f in result.findings] == ["malformed_record"], label
+
+
+def test_key_strings_split_at_their_first_plus_signs() -> None:
+    """Section 6: base64 may hold '+': a verifier key splits at its first two, a private key at
+    its first four; the decoded key is 0x01 and 32 bytes; the id is the computed one."""
+    from processors.integrity.note import key_id
+
+    skey, vkey = block("example-key").split()
+    name, hex8, b64 = vkey.split("+", 2)
+    assert "+" in b64  # the example shows why
+    raw = base64.b64decode(b64)
+    assert len(raw) == 33 and raw[0] == 1 and int(hex8, 16) == key_id(name, raw[1:])
+    private, key, name2, hex2, seed = skey.split("+", 4)
+    assert (private, key, name2, hex2) == ("PRIVATE", "KEY", name, hex8)
+    assert len(base64.b64decode(seed)) == 33
+
+
+def test_signature_line_is_key_id_and_ed25519_signature() -> None:
+    """Section 5: the decoded signature is 68 bytes, the key id then 64 signature bytes; the
+    name on the line is the key's name (not taken from the origin)."""
+    skey, vkey = block("example-key").split()
+    note = block("checkpoint-example")
+    dash, name, b64 = note.splitlines()[-1].split(" ")
+    blob = base64.b64decode(b64)
+    assert dash == "\u2014" and name == vkey.split("+")[0]
+    assert len(blob) == 68 and blob[:4] == bytes.fromhex(vkey.split("+")[1])
+    signer = Signer.from_private_key(skey)
+    assert blob[4:] == signer.sign(note[: note.rindex("\n\n") + 1].encode("utf-8"))
+
+
+def test_keyring_example_in_doc() -> None:
+    """Section 7: the rotation example parses as shown (comments, tab, ranges) and holds the
+    example key retired after 4999 and another key from 5000 on."""
+    ring = KeyRing.parse(block("keyring-example"))
+    example = KeyRing.parse(block("example-key").split()[1]).verifiers()[0]
+    got = [(e.verifier.name, e.from_size, e.to_size) for e in ring]
+    assert got == [(example.name, 0, 4999), ("example.com/audit", 5000, None)]
+    assert ring.entries[0].verifier == example
+    assert open_checkpoint(block("checkpoint-example"), ring).size == 2
+
+
+def _unescape(text: str) -> bytes:
+    r"""The notes of the note-rejects block: ``\r`` is byte 0d, ``\xNN`` byte NN."""
+    out = bytearray()
+    for part in re.split(r"(\\r|\\x[0-9a-f]{2})", text):
+        if part == "\\r":
+            out += b"\r"
+        elif part.startswith("\\x"):
+            out.append(int(part[2:], 16))
+        else:
+            out += part.encode("utf-8")
+    return bytes(out)
+
+
+def test_note_rejects_in_doc() -> None:
+    """Sections 5 and 7: each note is rejected with the finding its heading names, by the
+    verifier as it reads notes from Kafka (bytes that are not UTF-8 kept as they are)."""
+    from processors.integrity import errors
+
+    kinds = {
+        cls.kind: cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.IntegrityError) and cls.kind
+    }
+    vkey = block("example-key").split()[1]
+    example = block("checkpoint-example")
+    entries = re.split(r"^# (.*)\n", block("note-rejects"), flags=re.M)
+    assert entries[0] == ""
+    seen = set()
+    for title, body in zip(entries[1::2], entries[2::2], strict=True):
+        kind = title.split(":")[0]
+        ring_text = vkey
+        if body.startswith("key ring: "):
+            ring_line, body = body.split("\n", 1)
+            ring_text = ring_line.removeprefix("key ring: ")
+        ring = KeyRing.parse(ring_text)
+        raw = _unescape(body)
+        # The example with one change (for key_out_of_range the change is the key ring).
+        assert raw.startswith(example.split("\n\n")[0].encode())
+        assert (raw == example.encode()) == (ring_text != vkey), title
+        note = raw.decode("utf-8", "surrogateescape")  # as the Kafka reader keeps it
+        with pytest.raises(kinds[kind]):
+            open_checkpoint(note, ring)
+        result = verify_chain_fields(
+            "audit.events/0",
+            [],
+            [SourceCheckpoint(note, 7)],
+            ring,
+            origin="sealtrail.local/audit.events/0",
+        )
+        assert [(f.kind, f.offset) for f in result.findings] == [(kind, 7)], title
+        seen.add(kind)
+    assert seen == {"malformed_checkpoint", "bad_signature", "key_out_of_range"}
+
+
+def test_offsite_block_is_the_bytes_between_the_lines(tmp_path: Path) -> None:
+    """Section 4: a note is exactly the bytes after the BEGIN line up to the END line; blank
+    lines may stand between blocks, nothing else may."""
+    note = block("checkpoint-example")
+    path = offsite.chain_file(tmp_path, "audit.events/0")
+    path.write_text(
+        f"\n{offsite.BEGIN}\n{note}{offsite.END}\n  \n{offsite.BEGIN}\n{note}{offsite.END}\n"
+    )
+    assert offsite.read_notes(tmp_path, "audit.events/0") == [note]  # read once
+    path.write_text(f"{offsite.BEGIN}\n{note}{offsite.END}\nstray\n")
+    with pytest.raises(ConfigError, match="outside a checkpoint block"):
+        offsite.read_notes(tmp_path, "audit.events/0")
+
+
+def test_section_8_names_every_finding_kind() -> None:
+    """Section 8's normative list uses the verifier's own finding names, all of them (the
+    ClickHouse check is not part of the format)."""
+    from processors.verifier.report import FINDING_KINDS
+
+    text = _section(8)
+    missing = [k for k in FINDING_KINDS if k != "clickhouse_mismatch" and f"`{k}`" not in text]
+    assert not missing, missing
+    for word in ("read_committed", "READ_COMMITTED", "READ_UNCOMMITTED", "last stable offset"):
+        assert word in DOC
+
+
+def test_section_8_which_finding_a_fork_gives() -> None:
+    """Section 8: a fork is reported for the later note of a size; only the kept note (the
+    first read, unless an offsite note replaces a topic one) is then checked against the
+    chain."""
+    from tests.unit.verifier_support import ORIGIN, SIGNER, build, checkpoint, run, src
+
+    recs = build(3)
+    good = checkpoint(recs, 2)
+    bad = sign_checkpoint(Checkpoint(ORIGIN, 2, bytes([1]) * 32, recs[1].hash, 1), SIGNER)
+
+    def found(*notes: tuple[str, str]) -> list[str]:
+        items = [SourceCheckpoint(n, i, source) for i, (n, source) in enumerate(notes)]
+        return [f.kind for f in run(src(recs), items).findings]
+
+    assert found((bad, "topic"), (good, "offsite")) == ["fork"]
+    assert found((good, "topic"), (bad, "offsite")) == ["fork", "history_rewritten"]
+    assert found((bad, "topic"), (good, "topic")) == ["fork", "checkpoint_mismatch"]
+    assert found((good, "topic"), (bad, "topic")) == ["fork"]
+    assert "the first one read, except that an offsite note replaces a topic note" in " ".join(
+        _section(8).split()
+    )
+
+
+def test_docs_quote_signature_lines_as_written() -> None:
+    """A signature line is '— <key name> <base64>' (section 5): no doc may show the key id in
+    hex after the name (that is a key label, 'name+hhhhhhhh', used in messages only)."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    for path in sorted(docs.glob("*.md")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert not re.search(r"\u2014 \S+\+[0-9a-f]{8} ", line), (path.name, line)
