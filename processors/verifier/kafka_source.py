@@ -48,9 +48,28 @@ def chain_id(settings: Settings, partition: int) -> str:
 
 
 def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:
-    """Partitions of the chain topic; KafkaUnavailable / TopicError in one sentence."""
-    topic = settings.topics.chain
+    """Partitions of the chain topic; KafkaUnavailable / TopicError in one sentence, also when
+    the checkpoint topic lacks a partition of one of them (chain partition p keeps its
+    checkpoints in checkpoint partition p: a read of one that does not exist would wait out
+    its timeout and say only "Unknown partition")."""
+    chain_topic, checkpoint_topic = settings.topics.chain, settings.topics.checkpoints
     check_login(settings, timeout)
+    partitions = _topic_partitions(settings, chain_topic, "chain", timeout)
+    have = set(_topic_partitions(settings, checkpoint_topic, "checkpoint", timeout))
+    lacking = [p for p in partitions if p not in have]
+    if lacking:
+        raise TopicError(
+            f"checkpoint topic {checkpoint_topic} has {len(have)} partition(s) and chain topic "
+            f"{chain_topic} {len(partitions)}, so the checkpoints of chain partition(s) "
+            f"{', '.join(map(str, lacking))} have nowhere to be; each chain partition keeps its "
+            "checkpoints in the checkpoint partition of the same number: give the checkpoint "
+            "topic as many partitions as the raw and chain topics "
+            "(kafka-topics.sh --alter --partitions)"
+        )
+    return partitions
+
+
+def _topic_partitions(settings: Settings, topic: str, kind: str, timeout: float) -> list[int]:
     try:
         md = admin(settings).list_topics(topic=topic, timeout=timeout)
     except KafkaException as exc:
@@ -63,7 +82,7 @@ def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:
         raise refused(settings, info.error, f"read topic {topic}")
     if info is None or info.error is not None or not info.partitions:
         raise TopicError(
-            f"chain topic {topic} does not exist on {settings.kafka}; check "
+            f"{kind} topic {topic} does not exist on {settings.kafka}; check "
             "SEALTRAIL_TOPIC_PREFIX or create the topics with 'sealtrail topics init'"
         )
     return sorted(info.partitions)

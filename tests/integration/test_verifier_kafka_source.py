@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import NewTopic
 from typer.testing import CliRunner
 
 from processors.integrity.checkpoint import Checkpoint, KeyRing, open_checkpoint, sign_checkpoint
@@ -19,7 +20,8 @@ from processors.verifier import kafka_source, offsite
 from processors.verifier.kafka_source import ChainJob, chain_id, keyring_text, read_checkpoint_notes
 from sealtrail.cli import app
 from sealtrail.infra.config import Settings
-from sealtrail.infra.kafka import producer_conf
+from sealtrail.infra.kafka import admin, producer_conf
+from sealtrail.infra.topics import append_only_config
 from tests.integration.verifier_kafka_support import chain_two_rounds, lagging_chain, second_round
 
 pytestmark = pytest.mark.integration
@@ -134,3 +136,28 @@ def test_a_cut_that_stays_is_reported(
     [cut] = result.findings
     assert isinstance(cut, Truncated) and (cut.expected, cut.found) == (20, 10), str(cut)
     assert "records were cut from its end" in str(cut)
+
+
+def test_a_checkpoint_topic_with_fewer_partitions_is_refused_at_once(
+    base_settings: Settings, keypair: tuple[Path, Path]
+) -> None:
+    """Chain partition p keeps its checkpoints in checkpoint partition p. A checkpoint topic
+    short of one used to make `verify` wait out its timeout on "Unknown partition"; now it
+    says which chains cannot have checkpoints, before reading anything, with exit 2."""
+    s = base_settings
+    client = admin(s)  # held until the futures resolve
+    futures = client.create_topics(
+        [
+            NewTopic(s.topics.raw, 3, 1, config=append_only_config(1)),
+            NewTopic(s.topics.chain, 3, 1, config=append_only_config(1)),
+            NewTopic(s.topics.checkpoints, 1, 1, config=append_only_config(1)),
+        ]
+    )
+    for future in futures.values():
+        future.result()
+    args = ["--kafka", s.kafka, "--topic-prefix", s.topic_prefix, "--home", str(s.home)]
+    result = CliRunner().invoke(app, [*args, "verify", "--no-clickhouse", "--key", str(keypair[1])])
+    assert result.exit_code == 2, result.output
+    assert f"checkpoint topic {s.topics.checkpoints} has 1 partition(s)" in result.output
+    assert "chain partition(s) 1, 2 have nowhere to be" in result.output
+    assert "Traceback" not in result.output
