@@ -357,6 +357,7 @@ class Demo:
   .venv/bin/sealtrail history deployment/nginx-deployment -n default
   .venv/bin/sealtrail verify --key {self.home / "keys" / "demo.pub"}
   .venv/bin/sealtrail run --tokens {self.home / "webhook-tokens.txt"} \\
+      --listen 127.0.0.1:{self.webhook_port} --health-listen 127.0.0.1:{self.webhook_port + 1} \\
       --allow-plain-http-tokens --signing-key {self.home / "keys" / "demo.key"}
   (for a real API server give --tls-cert/--tls-key instead: docs/DEPLOY.md)
 Stop everything with: make stop   (or .venv/bin/sealtrail stack down)""")
