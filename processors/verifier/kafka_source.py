@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from processors.integrity import chains
 from processors.integrity.checkpoint import KeyRing, origin_for
@@ -54,8 +55,9 @@ def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:
     its timeout and say only "Unknown partition")."""
     chain_topic, checkpoint_topic = settings.topics.chain, settings.topics.checkpoints
     check_login(settings, timeout)
-    partitions = _topic_partitions(settings, chain_topic, "chain", timeout)
-    have = set(_topic_partitions(settings, checkpoint_topic, "checkpoint", timeout))
+    client = admin(settings)
+    partitions = _topic_partitions(settings, client, chain_topic, "chain", timeout)
+    have = set(_topic_partitions(settings, client, checkpoint_topic, "checkpoint", timeout))
     lacking = [p for p in partitions if p not in have]
     if lacking:
         raise TopicError(
@@ -69,9 +71,11 @@ def chain_partitions(settings: Settings, timeout: float = 10.0) -> list[int]:
     return partitions
 
 
-def _topic_partitions(settings: Settings, topic: str, kind: str, timeout: float) -> list[int]:
+def _topic_partitions(
+    settings: Settings, client: AdminClient, topic: str, kind: str, timeout: float
+) -> list[int]:
     try:
-        md = admin(settings).list_topics(topic=topic, timeout=timeout)
+        md = client.list_topics(topic=topic, timeout=timeout)
     except KafkaException as exc:
         raise KafkaUnavailable(
             f"Kafka at {settings.kafka} did not answer within {timeout:.0f}s ({exc.args[0]}); "

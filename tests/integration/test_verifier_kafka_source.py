@@ -22,7 +22,11 @@ from sealtrail.cli import app
 from sealtrail.infra.config import Settings
 from sealtrail.infra.kafka import admin, producer_conf
 from sealtrail.infra.topics import append_only_config
-from tests.integration.verifier_kafka_support import chain_two_rounds, lagging_chain, second_round
+from tests.integration.verifier_kafka_support import (
+    chain_two_rounds,
+    lagging_two_rounds,
+    second_round,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -113,9 +117,7 @@ def test_a_chain_partition_behind_its_checkpoint_is_read_again_once_it_moves(
     """The broker writes a transaction's commit markers partition by partition: for a moment
     the checkpoint can be readable and the chain records it vouches for not yet. The verifier
     reads the chain again once its end has moved, and finds nothing."""
-    chain_two_rounds(settings, keypair[0], lambda: second_round(settings, keypair[0]))
-    calls: list[int] = []
-    monkeypatch.setattr(kafka_source, "iter_values", lagging_chain(settings, calls, 1))
+    calls = lagging_two_rounds(settings, keypair[0], monkeypatch, 1)
     result = kafka_source.run_job(_job(settings, keyring))
     assert result.findings == [], [str(f) for f in result.findings]
     assert (result.size, result.newest_checkpoint, result.anchored) == (20, 20, True)
@@ -128,9 +130,7 @@ def test_a_cut_that_stays_is_reported(
     keyring: KeyRing,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    chain_two_rounds(settings, keypair[0], lambda: second_round(settings, keypair[0]))
-    calls: list[int] = []
-    monkeypatch.setattr(kafka_source, "iter_values", lagging_chain(settings, calls, 10**6))
+    lagging_two_rounds(settings, keypair[0], monkeypatch, 10**6)
     monkeypatch.setattr(kafka_source, "MARKER_PATIENCE_S", 1.0)
     result = kafka_source.run_job(_job(settings, keyring))
     [cut] = result.findings

@@ -16,7 +16,7 @@ from processors.verifier import kafka_source
 from processors.verifier.kafka_source import chain_id
 from processors.verifier.prove import kafka_checkpoints, kafka_leaves, make_proof
 from sealtrail.infra.config import Settings
-from tests.integration.verifier_kafka_support import chain_two_rounds, lagging_chain, second_round
+from tests.integration.verifier_kafka_support import lagging_two_rounds
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +27,9 @@ def test_a_chain_behind_its_checkpoint_is_read_again_and_the_proof_checks(
     keyring: KeyRing,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    chain_two_rounds(settings, keypair[0], lambda: second_round(settings, keypair[0]))
+    calls = lagging_two_rounds(settings, keypair[0], monkeypatch, 1)
     chain = chain_id(settings, 0)
     assert [cp.size for _note, cp in kafka_checkpoints(settings, chain, keyring)] == [10, 20]
-    calls: list[int] = []
-    monkeypatch.setattr(kafka_source, "iter_values", lagging_chain(settings, calls, 1))
     leaves = kafka_leaves(settings, chain, 20, (15,))
     assert leaves.size == 20
     assert len(calls) == 2  # read once behind, once more
@@ -49,9 +47,7 @@ def test_a_chain_that_stays_short_of_its_checkpoint_is_refused(
     keyring: KeyRing,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    chain_two_rounds(settings, keypair[0], lambda: second_round(settings, keypair[0]))
-    calls: list[int] = []
-    monkeypatch.setattr(kafka_source, "iter_values", lagging_chain(settings, calls, 10**6))
+    calls = lagging_two_rounds(settings, keypair[0], monkeypatch, 10**6)
     monkeypatch.setattr(kafka_source, "MARKER_PATIENCE_S", 1.0)
     with pytest.raises(Truncated) as refused:
         kafka_leaves(settings, chain_id(settings, 0), 20)

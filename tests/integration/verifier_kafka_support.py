@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from processors.verifier import kafka_source
 from processors.verifier.kafka_source import chain_id, read_checkpoint_notes
 from sealtrail.infra.config import Settings
@@ -17,7 +19,7 @@ from tests.integration.chainer_support import (
     wait_until,
 )
 
-__all__ = ["chain_two_rounds", "lagging_chain", "second_round"]
+__all__ = ["chain_two_rounds", "lagging_chain", "lagging_two_rounds", "second_round"]
 
 
 def chain_two_rounds(settings: Settings, key: Path, between: object = None) -> None:
@@ -67,3 +69,15 @@ def lagging_chain(settings: Settings, calls: list[int], lagging: int) -> object:
         return low, end, cut()
 
     return iter_values
+
+
+def lagging_two_rounds(
+    settings: Settings, key: Path, monkeypatch: pytest.MonkeyPatch, lagging: int
+) -> list[int]:
+    """Both rounds chained (checkpoints at 10 and 20), then kafka_source.iter_values patched to
+    end after the first 10 records for its first ``lagging`` calls; the partitions it was
+    called for are appended to the list returned."""
+    chain_two_rounds(settings, key, lambda: second_round(settings, key))
+    calls: list[int] = []
+    monkeypatch.setattr(kafka_source, "iter_values", lagging_chain(settings, calls, lagging))
+    return calls

@@ -34,6 +34,7 @@ from processors.verifier.replay import verify_chain_fields
 from schemas.codec import CHAINED_EVENT, decode_chained_fields, encode_chained
 from sealtrail.infra.config import Settings
 from sealtrail.infra.errors import ConfigError
+from tests.unit.test_codec import _crc64_avro as crc64_avro
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md").read_text(encoding="utf-8")
 
@@ -226,14 +227,20 @@ def test_checkpoint_rejects_in_doc() -> None:
         with pytest.raises(MalformedCheckpoint):  # ... the body is not a checkpoint
             open_checkpoint(note, ring)
         # The verifier reports it as a finding of its own, it does not skip it.
-        result = verify_chain_fields(
-            "audit.events/0",
-            [],
-            [SourceCheckpoint(note, 7)],
-            ring,
-            origin="sealtrail.local/audit.events/0",
-        )
-        assert [(f.kind, f.offset) for f in result.findings] == [("malformed_checkpoint", 7)]
+        assert _note_findings(note, ring) == [("malformed_checkpoint", 7)]
+
+
+def _note_findings(note: str, ring: KeyRing) -> list[tuple[str, int | None]]:
+    """(kind, offset) of what the verifier finds in ``note`` read at offset 7 of an empty
+    chain's checkpoint partition."""
+    result = verify_chain_fields(
+        "audit.events/0",
+        [],
+        [SourceCheckpoint(note, 7)],
+        ring,
+        origin="sealtrail.local/audit.events/0",
+    )
+    return [(f.kind, f.offset) for f in result.findings]
 
 
 def test_notes_are_checked_as_stored_bytes() -> None:
@@ -272,21 +279,6 @@ def _section(number: int) -> str:
     return m.group(0)
 
 
-def _rabin(data: bytes) -> int:
-    """CRC-64-AVRO (Rabin) as the Avro specification gives it, independent of fastavro."""
-    empty = 0xC15D213AA4D7A795
-    table = []
-    for i in range(256):
-        fp = i
-        for _ in range(8):
-            fp = (fp >> 1) ^ (empty & -(fp & 1))
-        table.append(fp)
-    fp = empty
-    for byte in data:
-        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
-    return fp
-
-
 def test_schema_canonical_form_and_fingerprint_in_doc() -> None:
     """Section 1: the schema shown is the shipped one, the table lists its fields in order, and
     the fingerprint is the Rabin fingerprint of the canonical form, little-endian on the wire."""
@@ -301,9 +293,9 @@ def test_schema_canonical_form_and_fingerprint_in_doc() -> None:
     assert table == [f["name"] for f in shipped["fields"]]
     canonical = block("avro-canonical").strip()
     assert canonical == CHAINED_EVENT.canonical_form
-    value = _rabin(canonical.encode("utf-8"))
-    assert f"`0x{value:016x}`" in DOC
-    assert value.to_bytes(8, "little") == CHAINED_EVENT.fingerprint
+    fingerprint = crc64_avro(canonical.encode("utf-8"))  # the spec's, not fastavro's
+    assert f"`0x{int.from_bytes(fingerprint, 'little'):016x}`" in DOC
+    assert fingerprint == CHAINED_EVENT.fingerprint
     assert " ".join(f"{b:02x}" for b in CHAINED_EVENT.fingerprint) in " ".join(DOC.split())
 
 
@@ -417,14 +409,7 @@ def test_note_rejects_in_doc() -> None:
         note = raw.decode("utf-8", "surrogateescape")  # as the Kafka reader keeps it
         with pytest.raises(kinds[kind]):
             open_checkpoint(note, ring)
-        result = verify_chain_fields(
-            "audit.events/0",
-            [],
-            [SourceCheckpoint(note, 7)],
-            ring,
-            origin="sealtrail.local/audit.events/0",
-        )
-        assert [(f.kind, f.offset) for f in result.findings] == [(kind, 7)], title
+        assert _note_findings(note, ring) == [(kind, 7)], title
         seen.add(kind)
     assert seen == {"malformed_checkpoint", "bad_signature", "key_out_of_range"}
 
