@@ -13,7 +13,7 @@ from processors.verifier.core import ChainResult
 from processors.verifier.state import write_atomic
 from sealtrail.infra.errors import IntegrityError
 
-__all__ = ["FINDING_KINDS", "Report", "write_metrics"]
+__all__ = ["FINDING_KINDS", "Report", "unsigned_records", "write_metrics"]
 
 # Every kind gets a series (0 when clean) so alerts can use `> 0` without absent().
 FINDING_KINDS = (
@@ -74,6 +74,11 @@ class Report:
         """Chains without records (a raw partition that never got an event)."""
         return sum(1 for r in self.chains if r.size == 0 and r.ok)
 
+    @property
+    def unsigned_records(self) -> int:
+        """Records no verified checkpoint covers yet, over every chain."""
+        return sum(unsigned_records(r) for r in self.chains)
+
     def unsigned_tails(self) -> list[str]:
         """One line per clean, anchored chain that has records above its newest verified
         checkpoint: they are linked to it but no signature covers them yet, so whoever can
@@ -93,6 +98,7 @@ class Report:
             "started": self.started,
             "finished": self.finished,
             "records_verified": self.records_verified,
+            "unsigned_records": self.unsigned_records,
             "findings_total": self.findings_total,
             "findings": [f.evidence() for f in self.findings()],
             "warnings": [*self.warnings, *(w for r in self.chains for w in r.warnings)],
@@ -106,6 +112,7 @@ class Report:
                     "checkpoints_verified": r.checkpoints_verified,
                     "newest_checkpoint": r.newest_checkpoint,
                     "anchored": r.anchored,
+                    "unsigned_records": unsigned_records(r),
                     "root": r.root.hex(),
                     "findings": r.findings_total,
                 }
@@ -123,6 +130,11 @@ class Report:
 
     def write_json(self, path: Path) -> None:
         write_atomic(path, json.dumps(self.to_json(), indent=1, default=str) + "\n")
+
+
+def unsigned_records(result: ChainResult) -> int:
+    """A chain's records above its newest verified checkpoint (all of them without one)."""
+    return max(0, result.size - (result.newest_checkpoint or 0))
 
 
 def _fmt(value: float) -> str:
@@ -155,6 +167,10 @@ def write_metrics(path: Path, report: Report, last_success: float | None) -> Non
     for kind in sorted(set(FINDING_KINDS) | set(kinds)):
         lines.append(f'sealtrail_verify_findings{{kind="{kind}"}} {kinds.get(kind, 0)}')
     lines += [
+        "# HELP sealtrail_verify_unsigned_records Records linked to their chain but above its "
+        "newest verified checkpoint, over every chain (no signature covers them yet).",
+        "# TYPE sealtrail_verify_unsigned_records gauge",
+        f"sealtrail_verify_unsigned_records {report.unsigned_records}",
         "# HELP sealtrail_verify_chains Chains checked by the last run.",
         "# TYPE sealtrail_verify_chains gauge",
         f"sealtrail_verify_chains {len(report.chains)}",

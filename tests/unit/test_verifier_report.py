@@ -29,7 +29,9 @@ def test_metrics_file(tmp_path: Path) -> None:
     assert "sealtrail_verify_last_run_records 3" in path.read_text()
 
 
-def test_unsigned_tail_and_empty_chains_are_told(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unsigned_tail_and_empty_chains_are_told(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """Records above a chain's newest checkpoint are linked, not signed: one line per such chain
     on stderr, not a finding; the summary says how many chains are empty."""
     from sealtrail.commands.verify import _print_report
@@ -53,6 +55,14 @@ def test_unsigned_tail_and_empty_chains_are_told(capsys: pytest.CaptureFixture[s
     assert out.strip().startswith("FAILED (1 finding(s)): 12 records in 5 chain(s) verified, ")
     assert "2 anchored by signed checkpoints, 1 empty, ClickHouse not checked" in out
     assert [f.kind for f in report.findings()] == ["records_deleted"]  # the tail is no finding
+    # The JSON report and the metrics file count them too: per chain, and over every chain
+    # (an unanchored chain's records are all unsigned).
+    doc = report.to_json()
+    assert [c["unsigned_records"] for c in doc["chains"]] == [3, 0, 5, 0, 0]
+    assert doc["unsigned_records"] == 8
+    metrics = tmp_path / "m.prom"
+    write_metrics(metrics, report, None)
+    assert "sealtrail_verify_unsigned_records 8\n" in metrics.read_text()
     clean = Report(DEPLOY, chains=[tail, covered])
     _print_report(clean)
     out, _err = capsys.readouterr()
