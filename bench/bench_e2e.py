@@ -33,6 +33,7 @@ import json
 import resource
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -362,6 +364,28 @@ def _stage(process: psutil.Process) -> str:
     return f"sealtrail {' '.join(args[3:5])}"
 
 
+@dataclass(frozen=True, slots=True)
+class MemorySample:
+    """Each process's resident and anonymous MB once ``events`` events were acknowledged."""
+
+    events: float
+    rss_mb: dict[str, float]
+    anon_mb: dict[str, float]
+
+
+def window_median(
+    samples: list[MemorySample], name: str, field: str, lo: float, hi: float
+) -> float:
+    """The median of ``name``'s ``field`` (rss_mb or anon_mb) over the samples taken with
+    ``lo`` <= events acknowledged < ``hi``; the sample nearest to the window if none fell in it
+    (a short run); 0 without samples."""
+    inside = [getattr(s, field).get(name, 0.0) for s in samples if lo <= s.events < hi]
+    if not inside and samples:
+        nearest = min(samples, key=lambda s: min(abs(s.events - lo), abs(s.events - hi)))
+        inside = [getattr(nearest, field).get(name, 0.0)]
+    return round(statistics.median(inside), 1) if inside else 0.0
+
+
 def run_e2e(
     kafka: str,
     batches: list[Batch],
@@ -374,8 +398,9 @@ def run_e2e(
 ) -> dict[str, Any]:
     """The end-to-end row: clients -> ``sealtrail run`` (webhook, chainer, sink) -> chdb; with
     ``pace``, offered at that many events/s instead of as fast as it takes them. With
-    ``rss_after``, each process's resident memory is also read once that many events were
-    acknowledged and again at the end (memory must stay flat as the stream grows)."""
+    ``rss_after``, each process's resident memory is also sampled every 0.5 s, and its medians
+    over the ``rss_after``..2 x ``rss_after``th events acknowledged and over the last
+    ``rss_after`` reported (memory must stay flat as the stream grows)."""
     work = Path(tempfile.mkdtemp(prefix="sealtrail-e2e-"))
     events = sum(len(b.items) for b in batches)
     settings = fresh_settings(
@@ -426,23 +451,31 @@ def run_e2e(
         for meter in meters.values():
             meter.start()
         acked: dict[str, float] = {}
-        rss_early: dict[str, float] = {}
-        anon_early: dict[str, float] = {}
         clickhouse_early: dict[str, float] = {}
         clickhouse_end: dict[str, float] = {}
+        memory_samples: dict[str, int] = {}
         sampled = threading.Event()
+        samples: list[MemorySample] = []
         if rss_after is not None:
             per_batch = events / len(batches)
 
-            def sample_early() -> None:
-                while not sampled.wait(0.2):
-                    if len(acked) * per_batch >= rss_after:
-                        rss_early.update({n: m.rss_mb() for n, m in meters.items()})
-                        anon_early.update({n: m.anon_mb() for n, m in meters.items()})
+            def sample_memory() -> None:
+                # Every 0.5 s, not once: a sink's RSS swings by a hundred MB with its merges, so
+                # one reading at each point measured the merge it fell on, not the trend.
+                while not sampled.wait(0.5):
+                    done = len(acked) * per_batch
+                    samples.append(
+                        MemorySample(
+                            done,
+                            {n: m.rss_mb() for n, m in meters.items()},
+                            {n: m.anon_mb() for n, m in meters.items()},
+                        )
+                    )
+                    if not clickhouse_early and done >= rss_after:
                         clickhouse_early.update(clickhouse_memory(settings))
-                        return
 
-            threading.Thread(target=sample_early, daemon=True).start()
+            sampler = threading.Thread(target=sample_memory, daemon=True)
+            sampler.start()
         load_cpu = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
         url = f"http://127.0.0.1:{port}/"
@@ -453,12 +486,29 @@ def run_e2e(
         load_cpu_s = after.ru_utime + after.ru_stime - load_cpu.ru_utime - load_cpu.ru_stime
         observer = _observed(observed, settle_timeout)
         processes = {name: m.report(events) for name, m in meters.items()}
-        if rss_early:
-            for name, meter in meters.items():
-                processes[name]["rss_mb_early"] = round(rss_early.get(name, 0.0), 1)
-                processes[name]["rss_mb_end"] = round(meter.rss_mb(), 1)
-                processes[name]["anon_mb_early"] = round(anon_early.get(name, 0.0), 1)
-                processes[name]["anon_mb_end"] = round(meter.anon_mb(), 1)
+        if rss_after is not None:
+            sampler.join()
+            samples.append(
+                MemorySample(
+                    events,
+                    {n: m.rss_mb() for n, m in meters.items()},
+                    {n: m.anon_mb() for n, m in meters.items()},
+                )
+            )
+            early_window = (rss_after, 2 * rss_after)
+            end_window = (events - rss_after, events + 1)
+            for name in meters:
+                for key, field in (("rss", "rss_mb"), ("anon", "anon_mb")):
+                    processes[name][f"{key}_mb_early"] = window_median(
+                        samples, name, field, *early_window
+                    )
+                    processes[name][f"{key}_mb_end"] = window_median(
+                        samples, name, field, *end_window
+                    )
+            memory_samples = {
+                "early": sum(early_window[0] <= s.events < early_window[1] for s in samples),
+                "end": sum(end_window[0] <= s.events < end_window[1] for s in samples),
+            }
             clickhouse_end = clickhouse_memory(settings)
     finally:
         if observed is not None:
@@ -482,6 +532,7 @@ def run_e2e(
         ),
         "processes": processes,
         "sink_clickhouse_memory": {"early": clickhouse_early, "end": clickhouse_end},
+        "memory_samples": memory_samples,
         "observer": _observer_report(observer, events),
         "load_generator": {
             "cpu_seconds": round(load_cpu_s, 3),
@@ -571,7 +622,8 @@ def run_memory(
     settle_timeout: float = 600.0,
 ) -> dict[str, Any]:
     """Memory as the stream grows: ``sealtrail run`` offered ``pace`` events/s for ``events``
-    events; each process's RSS after ``early`` events and at the end."""
+    events; each process's median RSS over the ``early``..2 x ``early``th events and over the
+    last ``early`` events (sampled every 0.5 s)."""
     batches = make_batches(events, batch)
     with bench_broker(bootstrap=bootstrap) as kafka:
         out = run_e2e(
@@ -590,7 +642,8 @@ def run_memory(
 
 
 def memory_lines(out: dict[str, Any]) -> list[Result]:
-    """One row per stage: RSS at the end over RSS after the early events (goal: within 10%)."""
+    """One row per stage: median RSS over the last ``early_events`` over the median over the
+    ``early_events``..2 x ``early_events``th events (goal: within 10%)."""
     lines = []
     for name in STAGES:
         p = out["processes"].get(name)
@@ -598,10 +651,10 @@ def memory_lines(out: dict[str, Any]) -> list[Result]:
             continue
         lines.append(
             Result(
-                f"RSS {name}: {out['events']:,} vs {out['early_events']:,} events",
+                f"RSS {name}: {out['events']:,} vs {out['early_events']:,} events (medians)",
                 p["rss_mb_end"],
                 "MB",
-                f"RSS after {out['early_events']:,}",
+                f"median RSS over events {out['early_events']:,}-{2 * out['early_events']:,}",
                 p["rss_mb_early"],
                 peak_rss_mb=p["peak_rss_mb"],
             )

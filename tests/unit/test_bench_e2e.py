@@ -1,0 +1,30 @@
+"""bench.bench_e2e: the memory windows of the flat-memory row."""
+
+from __future__ import annotations
+
+from bench.bench_e2e import MemorySample, window_median
+
+
+def _sample(events: float, sink_mb: float) -> MemorySample:
+    return MemorySample(events, {"sink": sink_mb}, {"sink": sink_mb / 2})
+
+
+def test_a_window_is_the_median_of_its_samples_so_one_merge_does_not_move_it() -> None:
+    samples = [
+        _sample(50, 400),  # before the window
+        _sample(100, 500),
+        _sample(120, 900),  # a merge's buffers, caught once
+        _sample(150, 510),
+        _sample(199, 505),
+        _sample(200, 2000),  # past the window's end
+    ]
+    assert window_median(samples, "sink", "rss_mb", 100, 200) == 507.5
+    assert window_median(samples, "sink", "anon_mb", 100, 200) == 253.8
+    assert window_median(samples, "webhook", "rss_mb", 100, 200) == 0.0  # not measured
+
+
+def test_an_empty_window_takes_the_nearest_sample_and_no_samples_give_zero() -> None:
+    samples = [_sample(10, 300), _sample(400, 350)]
+    assert window_median(samples, "sink", "rss_mb", 100, 200) == 300.0
+    assert window_median(samples, "sink", "rss_mb", 390, 500) == 350.0
+    assert window_median([], "sink", "rss_mb", 0, 10) == 0.0
