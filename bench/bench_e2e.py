@@ -454,6 +454,7 @@ def run_e2e(
         clickhouse_early: dict[str, float] = {}
         clickhouse_end: dict[str, float] = {}
         memory_samples: dict[str, int] = {}
+        memory_series: list[dict[str, Any]] = []
         sampled = threading.Event()
         samples: list[MemorySample] = []
         if rss_after is not None:
@@ -505,6 +506,10 @@ def run_e2e(
                     processes[name][f"{key}_mb_end"] = window_median(
                         samples, name, field, *end_window
                     )
+            memory_series = [
+                {"events": round(s.events), "rss_mb": s.rss_mb, "anon_mb": s.anon_mb}
+                for s in samples
+            ]
             memory_samples = {
                 "early": sum(early_window[0] <= s.events < early_window[1] for s in samples),
                 "end": sum(end_window[0] <= s.events < end_window[1] for s in samples),
@@ -533,6 +538,7 @@ def run_e2e(
         "processes": processes,
         "sink_clickhouse_memory": {"early": clickhouse_early, "end": clickhouse_end},
         "memory_samples": memory_samples,
+        "memory_series": memory_series,  # every 0.5 s: is a rise a trend or a merge?
         "observer": _observer_report(observer, events),
         "load_generator": {
             "cpu_seconds": round(load_cpu_s, 3),
@@ -685,6 +691,32 @@ def memory_lines(out: dict[str, Any]) -> list[Result]:
     return lines
 
 
+def memory_by_fifth(out: dict[str, Any]) -> str:
+    """Each process's median (min-max) RSS and median anonymous MB over each fifth of a memory
+    run's events, from its 0.5 s samples: a trend shows as rising medians, a merge as a max."""
+    series = out.get("memory_series") or []
+    events = out["events"]
+    lines = [f"median RSS MB (min-max) and median anonymous MB by fifth of {events:,} events"]
+    names = [n for n in STAGES if any(n in s["rss_mb"] for s in series)]
+    for k in range(5):
+        lo, hi = events * k / 5, events * (k + 1) / 5 + (1 if k == 4 else 0)
+        window = [s for s in series if lo <= s["events"] < hi]
+        if not window:
+            continue
+        cells = []
+        for name in names:
+            rss = [s["rss_mb"].get(name, 0.0) for s in window]
+            anon = [s["anon_mb"].get(name, 0.0) for s in window]
+            cells.append(
+                f"{name} {statistics.median(rss):.0f} ({min(rss):.0f}-{max(rss):.0f}) "
+                f"anon {statistics.median(anon):.0f}"
+            )
+        lines.append(
+            f"  {lo:>12,.0f}-{min(hi, events):,.0f} ({len(window)} samples): " + "; ".join(cells)
+        )
+    return "\n".join(lines)
+
+
 def result_lines(out: dict[str, Any]) -> list[Result]:
     """The table rows: raw pipeline, then end to end against it (queryable, checkpointed)."""
     raw = out["raw_pipeline"]
@@ -767,8 +799,27 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch", type=int, default=400)
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument(
+        "--memory-pace",
+        type=float,
+        default=None,
+        metavar="EVENTS_PER_S",
+        help="instead: memory as the stream grows, --events offered at this rate (RSS every "
+        "0.5 s; medians per fifth of the run)",
+    )
     parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
+    if args.memory_pace is not None:
+        with run_directory(args.keep):
+            out = run_memory(
+                args.events, args.events // 10, args.memory_pace, args.clients, args.batch,
+                args.partitions,
+            )  # fmt: skip
+        print_table(memory_lines(out))
+        print()
+        print(memory_by_fifth(out))
+        write_json("memory", memory_lines(out), {"memory": out})
+        return
     with run_directory(args.keep):
         result = run(args.events, args.clients, args.batch, args.partitions)
     lines = result_lines(result)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.bench_e2e import MemorySample, window_median
+from bench.bench_e2e import MemorySample, memory_by_fifth, window_median
 
 
 def _sample(events: float, sink_mb: float) -> MemorySample:
@@ -28,3 +28,15 @@ def test_an_empty_window_takes_the_nearest_sample_and_no_samples_give_zero() -> 
     assert window_median(samples, "sink", "rss_mb", 100, 200) == 300.0
     assert window_median(samples, "sink", "rss_mb", 390, 500) == 350.0
     assert window_median([], "sink", "rss_mb", 0, 10) == 0.0
+
+
+def test_memory_by_fifth_gives_each_fifth_its_median_and_range() -> None:
+    series = [
+        {"events": e, "rss_mb": {"sink": 600.0 + (e % 3) * 100}, "anon_mb": {"sink": 300.0}}
+        for e in range(0, 1000, 50)
+    ]
+    text = memory_by_fifth({"events": 1000, "memory_series": series})
+    lines = text.splitlines()
+    assert lines[0].startswith("median RSS MB (min-max) and median anonymous MB by fifth of 1,000")
+    assert len(lines) == 6 and "(4 samples)" in lines[1]
+    assert "sink 650 (600-800) anon 300" in lines[1]
