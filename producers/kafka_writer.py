@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,21 @@ class Batch:
         return self._done.wait(timeout)
 
 
+def _weak_error_cb(owner: ConfirmedProducer) -> Callable[[KafkaError], None]:
+    """``owner._on_error`` through a weak reference: a bound method as the librdkafka handle's
+    error_cb would make the pair a reference cycle, so a dropped producer (the webhook's after a
+    fatal error, an SDK Emitter) kept its handle, and its threads reconnecting to the brokers,
+    until the cyclic collector ran, which a tuned service runs seldom."""
+    ref = weakref.ref(owner)
+
+    def on_error(err: KafkaError) -> None:
+        live = ref()
+        if live is not None:
+            live._on_error(err)
+
+    return on_error
+
+
 class ConfirmedProducer:
     """One idempotent producer plus a poll thread serving delivery callbacks."""
 
@@ -148,7 +164,7 @@ class ConfirmedProducer:
             # librdkafka then fails what it could not deliver in time, so a caller that answered
             # "not stored" is never contradicted later by a late delivery of the same records.
             conf["message.timeout.ms"] = max(1000, int(message_timeout_s * 1000))
-        conf["error_cb"] = self._on_error
+        conf["error_cb"] = _weak_error_cb(self)
         self._producer = Producer(conf)
         self.connected = True
         self.fatal: str | None = None

@@ -281,6 +281,9 @@ def _write_refusal(settings: Settings, topic: str) -> str:
             producer.raise_if_refused(batch)
     finally:
         producer.close(5)
+        # `refused` holds this frame (its traceback), which holds the producer: drop it, or its
+        # handle outlives the module's broker and logs "Connection refused" until a collection.
+        del producer
     return str(refused.value)
 
 

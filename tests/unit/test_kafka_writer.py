@@ -4,8 +4,9 @@ whose broker is unreachable (so nothing is acknowledged and its queue fills)."""
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError
 
-from producers.kafka_writer import Backpressure, Batch, ConfirmedProducer
+from producers.kafka_writer import Backpressure, Batch, ConfirmedProducer, _weak_error_cb
 from sealtrail.infra.config import Settings
 
 
@@ -64,3 +65,25 @@ def test_a_record_the_full_queue_refused_leaves_its_batch_unfailed() -> None:
         assert batch.error is not None and "Queue full" not in batch.error
     finally:
         producer.close(0)
+
+
+def test_a_dropped_producer_frees_its_librdkafka_handle_without_the_cycle_collector() -> None:
+    """The handle's error_cb must not hold the producer: a reference cycle kept a dropped
+    producer, its handle and the handle's threads reconnecting to the brokers until a cyclic
+    collection, which a service with a tuned collector runs seldom. (The handle takes no weak
+    reference; it is held by the producer alone, so it goes with it.)"""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        producer = ConfirmedProducer(Settings.from_env().with_(kafka="127.0.0.1:1"))
+        # The weak error_cb still reaches the live producer.
+        _weak_error_cb(producer)(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+        assert producer.connected is False
+        gone = weakref.ref(producer)
+        producer.close(0)
+        del producer
+        assert gone() is None
+    finally:
+        gc.enable()
