@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -118,18 +119,25 @@ def main() -> None:
         else open_reader(settings)
     )
     timed = Timed(client)
-    if args.writable:
-        scratch_dir = Path(tempfile.mkdtemp(prefix="profile-ch-check-"))
-        scratch = ScratchSession.over(client, scratch_dir, store=str(args.store))
-    else:
-        scratch = client.scratch()
-    timed_scratch: Any = Timed(scratch)
-    timed_scratch.calls = timed.calls
-    t0 = time.perf_counter()
-    result = check_chain(
-        timed, "bench", CHAIN, size=args.rows, expected_root=root, scratch=timed_scratch
-    )
-    total = time.perf_counter() - t0
+    scratch_dir = Path(tempfile.mkdtemp(prefix="profile-ch-check-"))
+    try:
+        if args.writable:
+            scratch = ScratchSession.over(client, scratch_dir, store=str(args.store))
+        else:
+            scratch = client.scratch()
+        timed_scratch: Any = Timed(scratch)
+        timed_scratch.calls = timed.calls
+        t0 = time.perf_counter()
+        result = check_chain(
+            timed, "bench", CHAIN, size=args.rows, expected_root=root, scratch=timed_scratch
+        )
+        total = time.perf_counter() - t0
+    finally:
+        # The reader's close removes its check session's scratch directory (a run left one in
+        # the temp dir each time); the writable run's is ours.
+        if not args.writable:
+            client.close()
+        shutil.rmtree(scratch_dir, ignore_errors=True)
     assert result.ok and result.records_verified == args.rows, result.findings[:3]
     by: dict[str, list[tuple[float, float]]] = {}
     for kind, wall, cpu in timed.calls:
