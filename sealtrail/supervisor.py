@@ -49,6 +49,11 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+METRICS_FETCH_TIMEOUT_S = 2.0
+STARTING_METRICS_TIMEOUT_S = 0.25
+STARTUP_S = 5.0
+
+
 @dataclass
 class Child:
     name: str
@@ -62,6 +67,23 @@ class Child:
     started_at: float = 0.0
     delays: Iterator[float] = field(default_factory=lambda: backoff(0.5, 30.0))
     next_start: float = 0.0
+    # Whether this start of the child has answered a metrics fetch yet. Until it serves (its
+    # first second or so), its socket, held here, takes a connection that nobody accepts: a
+    # scrape then waits only briefly for it instead of the full fetch timeout.
+    answered: bool = False
+
+    def launched(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.started_at = time.monotonic()
+        self.answered = False
+
+    @property
+    def metrics_timeout(self) -> float:
+        """The brief wait while the child starts; the full one once it answered or once its
+        start-up is over (a busy child may be slow to answer, and must still be heard)."""
+        if self.answered or time.monotonic() - self.started_at >= STARTUP_S:
+            return METRICS_FETCH_TIMEOUT_S
+        return STARTING_METRICS_TIMEOUT_S
 
     @property
     def metrics_url(self) -> str | None:
@@ -102,13 +124,14 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         command = [sys.executable, "-m", "sealtrail", *child.args]
         log.info("starting %s", child.name)
-        child.process = subprocess.Popen(
-            command,
-            env=child_env(self.settings),
-            stdin=subprocess.DEVNULL,
-            pass_fds=() if child.metrics_socket is None else (child.metrics_socket.fileno(),),
+        child.launched(
+            subprocess.Popen(
+                command,
+                env=child_env(self.settings),
+                stdin=subprocess.DEVNULL,
+                pass_fds=() if child.metrics_socket is None else (child.metrics_socket.fileno(),),
+            )
         )
-        child.started_at = time.monotonic()
 
     def _serve_health(self) -> None:
         if self.health_listen is None:
@@ -163,15 +186,20 @@ class Supervisor:
         text = "\n".join(lines) + "\n"
         # A child that is down or restarting is left out; sealtrail_run_child_up says so (its
         # socket, held here, would take the connection and leave it unanswered).
-        sources: list[tuple[str, ssl.SSLContext | None]] = [
-            (url, None) for c in self.children if (url := c.metrics_url) and c.up
+        sources: list[tuple[str, ssl.SSLContext | None, Child | None]] = [
+            (url, None, c) for c in self.children if (url := c.metrics_url) and c.up
         ]
         if self.webhook_metrics_url:
-            sources.insert(0, (self.webhook_metrics_url, self._webhook_tls))
-        for url, tls in sources:
+            sources.insert(0, (self.webhook_metrics_url, self._webhook_tls, None))
+        for url, tls, child in sources:
+            timeout = METRICS_FETCH_TIMEOUT_S if child is None else child.metrics_timeout
             try:
-                with urllib.request.urlopen(url, timeout=2, context=tls) as response:  # noqa: S310
+                with urllib.request.urlopen(  # noqa: S310
+                    url, timeout=timeout, context=tls
+                ) as response:
                     text += response.read().decode("utf-8", "replace")
+                if child is not None:
+                    child.answered = True
             except OSError:
                 pass
         return text
