@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import resource
 import secrets
@@ -372,6 +373,14 @@ class MemorySample:
     rss_mb: dict[str, float]
     anon_mb: dict[str, float]
 
+    @classmethod
+    def of(cls, events: float, meters: dict[str, Metered]) -> MemorySample:
+        return cls(
+            round(events),
+            {n: m.rss_mb() for n, m in meters.items()},
+            {n: m.anon_mb() for n, m in meters.items()},
+        )
+
 
 def window_median(
     samples: list[MemorySample], name: str, field: str, lo: float, hi: float
@@ -465,13 +474,7 @@ def run_e2e(
                 # one reading at each point measured the merge it fell on, not the trend.
                 while not sampled.wait(0.5):
                     done = len(acked) * per_batch
-                    samples.append(
-                        MemorySample(
-                            done,
-                            {n: m.rss_mb() for n, m in meters.items()},
-                            {n: m.anon_mb() for n, m in meters.items()},
-                        )
-                    )
+                    samples.append(MemorySample.of(done, meters))
                     if not clickhouse_early and done >= rss_after:
                         clickhouse_early.update(clickhouse_memory(settings))
 
@@ -489,13 +492,7 @@ def run_e2e(
         processes = {name: m.report(events) for name, m in meters.items()}
         if rss_after is not None:
             sampler.join()
-            samples.append(
-                MemorySample(
-                    events,
-                    {n: m.rss_mb() for n, m in meters.items()},
-                    {n: m.anon_mb() for n, m in meters.items()},
-                )
-            )
+            samples.append(MemorySample.of(events, meters))
             early_window = (rss_after, 2 * rss_after)
             end_window = (events - rss_after, events + 1)
             for name in meters:
@@ -506,10 +503,7 @@ def run_e2e(
                     processes[name][f"{key}_mb_end"] = window_median(
                         samples, name, field, *end_window
                     )
-            memory_series = [
-                {"events": round(s.events), "rss_mb": s.rss_mb, "anon_mb": s.anon_mb}
-                for s in samples
-            ]
+            memory_series = [dataclasses.asdict(s) for s in samples]
             memory_samples = {
                 "early": sum(early_window[0] <= s.events < early_window[1] for s in samples),
                 "end": sum(end_window[0] <= s.events < end_window[1] for s in samples),

@@ -119,9 +119,9 @@ def main() -> None:
         else open_reader(settings)
     )
     timed = Timed(client)
-    scratch_dir = Path(tempfile.mkdtemp(prefix="profile-ch-check-"))
+    scratch_dir = Path(tempfile.mkdtemp(prefix="profile-ch-check-")) if args.writable else None
     try:
-        if args.writable:
+        if scratch_dir is not None:
             scratch = ScratchSession.over(client, scratch_dir, store=str(args.store))
         else:
             scratch = client.scratch()
@@ -135,9 +135,10 @@ def main() -> None:
     finally:
         # The reader's close removes its check session's scratch directory (a run left one in
         # the temp dir each time); the writable run's is ours.
-        if not args.writable:
+        if scratch_dir is None:
             client.close()
-        shutil.rmtree(scratch_dir, ignore_errors=True)
+        else:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
     assert result.ok and result.records_verified == args.rows, result.findings[:3]
     by: dict[str, list[tuple[float, float]]] = {}
     for kind, wall, cpu in timed.calls:

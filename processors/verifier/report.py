@@ -85,7 +85,7 @@ class Report:
         write the chain topic could have appended them (docs/FORMAT.md section 8). Not a
         finding; a chain with no checkpoint at all gets the "linked, not anchored" warning."""
         return [
-            f"chain {r.chain}: {r.size - r.newest_checkpoint} record(s) above the newest "
+            f"chain {r.chain}: {unsigned_records(r)} record(s) above the newest "
             f"checkpoint (size {r.newest_checkpoint}) are linked but not yet signed"
             for r in self.chains
             if r.ok and r.newest_checkpoint is not None and r.size > r.newest_checkpoint
