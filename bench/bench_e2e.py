@@ -803,6 +803,12 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help=KEEP_HELP)
     args = parser.parse_args()
+    if args.memory_pace is not None and not (args.memory_pace > 0 and args.events >= 10):
+        parser.error(
+            "--memory-pace needs a rate above 0 events/s and --events of at least 10 (its "
+            "windows are the second and the last tenth of the events); e.g. --events 3000000 "
+            "--memory-pace 12000"
+        )
     if args.memory_pace is not None:
         with run_directory(args.keep):
             out = run_memory(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.bench_e2e import MemorySample, memory_by_fifth, window_median
 
 
@@ -40,3 +42,16 @@ def test_memory_by_fifth_gives_each_fifth_its_median_and_range() -> None:
     assert lines[0].startswith("median RSS MB (min-max) and median anonymous MB by fifth of 1,000")
     assert len(lines) == 6 and "(4 samples)" in lines[1]
     assert "sink 650 (600-800) anon 300" in lines[1]
+
+
+@pytest.mark.parametrize("argv", [["--memory-pace", "0"], ["--events", "5", "--memory-pace", "9"]])
+def test_a_memory_run_without_a_rate_or_events_is_refused_in_one_sentence(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import bench_e2e
+
+    monkeypatch.setattr("sys.argv", ["bench_e2e", *argv])
+    with pytest.raises(SystemExit) as exited:
+        bench_e2e.main()  # refused before any broker starts
+    assert exited.value.code == 2
+    assert "--memory-pace needs a rate above 0 events/s" in capsys.readouterr().err
